@@ -1,0 +1,77 @@
+//! `loadbalancer`: the minilb load balancer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use minilb::balancer::{self, BalancerConfig};
+
+/// The minilb load balancer: gives each client request to an idle server, most powerful
+/// first (round robin among equals), and streams the reply back.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Servers record themselves in the servers file; the balancer picks them up within a second.\nLogs go to stderr; RUST_LOG=debug shows more, RUST_LOG=warn less."
+)]
+struct Args {
+    /// Address to listen on for clients.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on for clients (0 picks a free one).
+    #[arg(long, default_value_t = 5070)]
+    port: u16,
+    /// The servers file to read and watch.
+    #[arg(long, default_value = "data/servers.json")]
+    servers_file: PathBuf,
+    /// Balancing policy: power (fastest idle first) or round-robin.
+    #[arg(long, default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(minilb::policy::NAMES))]
+    algorithm: String,
+    /// Seconds a request waits for a busy server before `ERR busy`.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    queue_timeout: Duration,
+    /// Seconds a server may take to start replying, on top of its processing time.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    server_timeout: Duration,
+    /// Extra attempts on other servers when a server fails before replying.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Most clients connected at once; more get `ERR busy`.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// Seconds Ctrl-C waits for requests in flight.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    grace: Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    minilb::init_logging();
+    let config = BalancerConfig {
+        host: args.host,
+        port: args.port,
+        servers_file: args.servers_file,
+        algorithm: args.algorithm,
+        queue_timeout: args.queue_timeout,
+        server_timeout: args.server_timeout,
+        retries: args.retries,
+        max_clients: args.max_clients,
+        grace: args.grace,
+    };
+    let result = minilb::ctrl_c_channel().and_then(|stop| balancer::run(config, stop));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadbalancer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `server <server_id> <port> <processing_time>`: a minilb backend server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use minilb::server::{self, database::QueryLimits, ServerConfig};
+
+/// A minilb backend server: serves files from a folder and runs SQL on the shared database,
+/// one request at a time, each taking at least <PROCESSING_TIME> seconds.
+#[derive(Parser)]
+#[command(version, after_help = "Example: server 1 5071 0.5   (Ctrl-C stops it and removes it from the servers file)")]
+struct Args {
+    /// This server's id, shown in every reply (`server=<id>`).
+    server_id: u32,
+    /// Port to listen on (0 picks a free one).
+    port: u16,
+    /// Seconds each request takes at least, e.g. 0.5 (smaller = more powerful).
+    #[arg(value_parser = parse_seconds)]
+    processing_time: Duration,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Where the server records itself for the load balancer.
+    #[arg(long, default_value = "data/servers.json")]
+    servers_file: PathBuf,
+    /// Database settings (`{"path": "colors.db", "writable": false}`).
+    #[arg(long, default_value = "data/database.json")]
+    db: PathBuf,
+    /// Folder of files to serve.
+    #[arg(long, default_value = "data/files")]
+    files: PathBuf,
+    /// Seconds a query may run before it is stopped.
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    query_timeout: Duration,
+    /// Largest query reply, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_reply: usize,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    minilb::init_logging();
+    let config = ServerConfig {
+        id: args.server_id,
+        host: args.host,
+        port: args.port,
+        processing_time: args.processing_time,
+        servers_file: args.servers_file,
+        db_config: args.db,
+        files: args.files,
+        limits: QueryLimits {
+            timeout: args.query_timeout,
+            max_reply: args.max_reply,
+        },
+    };
+    let result = minilb::ctrl_c_channel().and_then(|stop| server::run(config, stop));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The load balancer: accepts clients, hands each request to an idle server chosen by the
+//! policy, and streams the reply back.
+//!
+//! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
+//! requests: the client side and the backend side of each), [`backend`] (servers and the
+//! persistent connections to them), [`membership`] (who is in the pool: the servers file,
+//! reconnecting to servers that went down). The idle queue is [`crate::idle_queue`].
+
+pub mod backend;
+pub mod listener;
+pub mod membership;
+pub mod session;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::idle_queue::IdleQueue;
+use crate::policy;
+use backend::BackendConn;
+
+/// The balancer's settings, from its command line.
+#[derive(Debug, Clone)]
+pub struct BalancerConfig {
+    /// Address to listen on for clients.
+    pub host: String,
+    /// Port to listen on; 0 lets the OS choose.
+    pub port: u16,
+    /// The servers file to read and watch.
+    pub servers_file: PathBuf,
+    /// Policy name (see [`policy::NAMES`]).
+    pub algorithm: String,
+    /// How long a request waits for a busy server before `ERR busy`.
+    pub queue_timeout: Duration,
+    /// How long a server may take to start replying, on top of its processing time.
+    pub server_timeout: Duration,
+    /// Most attempts at one request when servers fail.
+    pub retries: u32,
+    /// Most clients connected at once.
+    pub max_clients: usize,
+    /// How long Ctrl-C waits for requests in flight.
+    pub grace: Duration,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            host: "127.0.0.1".into(),
+            port: 5070,
+            servers_file: PathBuf::from("data/servers.json"),
+            algorithm: "power".into(),
+            queue_timeout: Duration::from_secs(30),
+            server_timeout: Duration::from_secs(30),
+            retries: 2,
+            max_clients: 10_000,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// State shared by every thread of a running balancer.
+pub struct Balancer {
+    /// Settings.
+    pub config: BalancerConfig,
+    /// Idle servers and the requests waiting for one.
+    pub queue: IdleQueue<BackendConn>,
+    /// Set once Ctrl-C arrives: no new clients, no new requests after the one in hand.
+    pub stopping: AtomicBool,
+    /// Clients connected now.
+    pub clients: AtomicUsize,
+    /// Requests being handled now (read, not yet answered).
+    pub in_flight: AtomicUsize,
+    /// Numbers requests in the log.
+    pub next_request: AtomicU64,
+}
+
+/// Runs the balancer until a message arrives on `shutdown`; then stops accepting, lets the
+/// requests in flight finish (up to the grace period) and returns.
+///
+/// # Errors
+/// A message saying what failed at start (unknown policy, port in use, bad servers file).
+pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
+    let policy = policy::by_name(&config.algorithm).ok_or_else(|| {
+        format!(
+            "unknown algorithm {:?}; choose one of: {}",
+            config.algorithm,
+            policy::NAMES.join(", ")
+        )
+    })?;
+    let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
+        format!(
+            "cannot listen on {}:{}: {e} (is another balancer running? --port 0 picks a free port)",
+            config.host, config.port
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let lb = Arc::new(Balancer {
+        config,
+        queue: IdleQueue::new(policy),
+        stopping: AtomicBool::new(false),
+        clients: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        next_request: AtomicU64::new(1),
+    });
+
+    let mut watcher = membership::Membership::new(Arc::clone(&lb));
+    watcher.poll()?;
+    let (idle, members, _) = lb.queue.counts();
+    log::info!(
+        "Load balancer listening on {addr} with {members} server(s), policy {}",
+        lb.queue.policy_name()
+    );
+    if idle == 0 {
+        log::warn!(
+            "no server is up yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
+        );
+    }
+    println!("loadbalancer listening on {addr}");
+
+    spawn("membership", move || watcher.run())?;
+    let accepting = Arc::clone(&lb);
+    spawn("accept", move || listener::accept_loop(&accepting, listener))?;
+
+    let _ = shutdown.recv();
+    shut_down(&lb, addr);
+    Ok(())
+}
+
+fn shut_down(lb: &Balancer, addr: SocketAddr) {
+    log::info!("Shutting down: no new clients; finishing requests in flight");
+    lb.stopping.store(true, Ordering::SeqCst);
+    // Wake the accept loop, blocked in accept(), so it sees `stopping`.
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    let deadline = Instant::now() + lb.config.grace;
+    while lb.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = lb.in_flight.load(Ordering::SeqCst);
+    if left > 0 {
+        log::warn!("grace period over with {left} request(s) still in flight");
+    }
+    lb.queue.stop();
+    log::info!("Load balancer stopped");
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}

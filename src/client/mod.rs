@@ -1,0 +1,345 @@
+//! The client: sends requests to the balancer (or straight to a server), prints query replies,
+//! saves downloads, and says how long each took and which server answered.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
+use crate::server::file_store::check_file_name;
+
+/// How long the client waits for the next bytes of a reply before giving up.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The client's settings, from its command line.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The client's id, shown in its messages.
+    pub id: u32,
+    /// `host:port` of the balancer (or of a server).
+    pub lb: String,
+    /// Folder downloads are saved in.
+    pub download_dir: PathBuf,
+    /// Overwrite an existing file instead of saving under a new name.
+    pub force: bool,
+}
+
+/// What one request came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A query's reply, already written to the output.
+    Text {
+        /// Which server answered.
+        server: Option<String>,
+        /// Body length.
+        bytes: u64,
+    },
+    /// A file, saved.
+    Saved {
+        /// Which server answered.
+        server: Option<String>,
+        /// Where it was saved.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// An `ERR` reply.
+    Refused(Error),
+}
+
+/// A connection to the balancer that carries any number of requests.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    header: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`).
+    ///
+    /// # Errors
+    /// The connection error.
+    pub fn open(addr: &str) -> io::Result<Connection> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(Connection {
+            reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
+            writer: stream,
+            header: Vec::new(),
+        })
+    }
+
+    /// Sends one request and reads its reply header; the body, if any, is next on the
+    /// connection and must be read with [`Connection::body`] before the next request.
+    ///
+    /// # Errors
+    /// An I/O error, or `InvalidData` when the reply breaks the protocol.
+    pub fn send(&mut self, request: &Request) -> io::Result<ReplyHeader> {
+        let mut line = request.line().into_bytes();
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
+            Line::Complete => {}
+            Line::Eof | Line::Truncated => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed before a reply arrived",
+                ))
+            }
+            Line::TooLong => return Err(invalid("reply header is too long".into())),
+        }
+        ReplyHeader::parse(&self.header).map_err(invalid)
+    }
+
+    /// The body of the reply just received, `length` bytes long, as a reader.
+    pub fn body(&mut self, length: u64) -> impl Read + '_ {
+        (&mut self.reader).take(length)
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Sends `request` on `conn`; prints a query's body to `out`, saves a file to the download
+/// folder.
+///
+/// # Errors
+/// An I/O or protocol error; the connection should then be dropped. A partial download is
+/// removed.
+pub fn exchange(
+    conn: &mut Connection,
+    config: &ClientConfig,
+    request: &Request,
+    out: &mut dyn Write,
+) -> io::Result<Outcome> {
+    let reply = conn.send(request)?;
+    let (length, server) = match &reply {
+        ReplyHeader::Err(e) => return Ok(Outcome::Refused(e.clone())),
+        ReplyHeader::Ok { length, .. } => (*length, reply.field("server").map(str::to_string)),
+    };
+    match request {
+        Request::Query(_) => {
+            let copied = io::copy(&mut conn.body(length), out)?;
+            check_length(copied, length)?;
+            if length > 0 {
+                out.write_all(b"\n")?;
+            }
+            Ok(Outcome::Text {
+                server,
+                bytes: length,
+            })
+        }
+        Request::File(name) => {
+            let path = save(conn, config, name, length)?;
+            Ok(Outcome::Saved {
+                server,
+                path,
+                bytes: length,
+            })
+        }
+    }
+}
+
+fn check_length(got: u64, promised: u64) -> io::Result<()> {
+    if got < promised {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the reply ended after {got} of its {promised} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams a download into a temp file in the download folder and moves it into place only
+/// once every byte has arrived; on any failure the temp file is removed.
+fn save(conn: &mut Connection, config: &ClientConfig, name: &str, length: u64) -> io::Result<PathBuf> {
+    check_file_name(name).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing to save {name:?}: {}", e.message()),
+        )
+    })?;
+    let dir = &config.download_dir;
+    let tmp = dir.join(format!(".{name}.part.{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        let copied = io::copy(&mut conn.body(length), &mut file)?;
+        check_length(copied, length)?;
+        file.sync_all()?;
+        place(&tmp, dir, name, config.force)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Moves the finished temp file to `name`, or to `name (1)`, `name (2)`... when a file of that
+/// name exists and `force` is off. Linking never replaces a file that appeared meanwhile.
+fn place(tmp: &Path, dir: &Path, name: &str, force: bool) -> io::Result<PathBuf> {
+    let target = dir.join(name);
+    if force {
+        fs::rename(tmp, &target)?;
+        return Ok(target);
+    }
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 0..10_000 {
+        let path = if n == 0 {
+            target.clone()
+        } else {
+            dir.join(format!("{stem} ({n}){ext}"))
+        };
+        match fs::hard_link(tmp, &path) {
+            Ok(()) => {
+                fs::remove_file(tmp)?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("too many files named like {name}; use --force to overwrite"),
+    ))
+}
+
+/// Sends one request, prints the outcome, and returns the exit code: 0 on `OK`, 1 on `ERR`,
+/// 2 when the balancer cannot be reached or the reply is broken.
+pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
+    let request = match Request::parse(line.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("client {}: {}", config.id, e.message());
+            return 1;
+        }
+    };
+    let mut conn = match Connection::open(&config.lb) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", cannot_reach(config, &e));
+            return 2;
+        }
+    };
+    let stdout = io::stdout();
+    match perform(&mut conn, config, &request, &mut stdout.lock()) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("client {}: {e}", config.id);
+            2
+        }
+    }
+}
+
+/// Prompts `Enter query: ` and answers requests until end of input or `quit`, on one
+/// connection (reopened if it breaks). Returns the exit code of the last request.
+pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn Write) -> u8 {
+    let mut conn: Option<Connection> = None;
+    let mut code = 0;
+    loop {
+        let _ = write!(out, "Enter query: ");
+        let _ = out.flush();
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                let _ = writeln!(out);
+                return code;
+            }
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if matches!(line.trim(), "quit" | "exit") {
+            return code;
+        }
+        let request = match Request::parse(line.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(out, "{}", e.message());
+                code = 1;
+                continue;
+            }
+        };
+        if conn.is_none() {
+            match Connection::open(&config.lb) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    let _ = writeln!(out, "{}", cannot_reach(config, &e));
+                    code = 2;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("opened above");
+        code = match perform(c, config, &request, out) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                let _ = writeln!(out, "client {}: {e}; reconnecting for the next request", config.id);
+                conn = None;
+                2
+            }
+        };
+    }
+}
+
+/// Sends one request and prints what happened, like the original client. Returns whether
+/// the reply was `OK`.
+fn perform(
+    conn: &mut Connection,
+    config: &ClientConfig,
+    request: &Request,
+    out: &mut dyn Write,
+) -> io::Result<bool> {
+    writeln!(out, "Sending request from client {}", config.id)?;
+    if let Request::File(name) = request {
+        writeln!(out, "Preparing to receive the file: {name}")?;
+    }
+    let started = Instant::now();
+    let outcome = exchange(conn, config, request, out)?;
+    let secs = started.elapsed().as_secs_f64();
+    let ok = match outcome {
+        Outcome::Text { server, .. } => {
+            writeln!(out, "Answered by server {}", server.as_deref().unwrap_or("?"))?;
+            true
+        }
+        Outcome::Saved {
+            server,
+            path,
+            bytes,
+        } => {
+            writeln!(
+                out,
+                "File {} received successfully! ({bytes} bytes from server {})",
+                path.display(),
+                server.as_deref().unwrap_or("?")
+            )?;
+            true
+        }
+        Outcome::Refused(e) => {
+            writeln!(out, "ERR {}: {}", e.code(), e.message())?;
+            false
+        }
+    };
+    writeln!(out, "Time taken: {secs:.3} s")?;
+    out.flush()?;
+    Ok(ok)
+}
+
+fn cannot_reach(config: &ClientConfig, e: &io::Error) -> String {
+    format!(
+        "client {}: cannot reach the load balancer at {}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
+        config.id, config.lb
+    )
+}

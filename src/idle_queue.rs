@@ -1,0 +1,493 @@
+//! The idle queue: which servers are free right now, and who gets one next.
+//!
+//! Locking, in one place:
+//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership and the
+//!   count of waiting requests. It is held for list operations only, never across I/O: a
+//!   server's connection leaves the lock inside a [`Lease`] and is used outside it.
+//! - `available` (a `Condvar` on `state`) wakes requests waiting for a server, one at a time,
+//!   in the order they started waiting: a newcomer never takes a server while others wait.
+//! - `returned` (a crossbeam channel) carries servers back from finished requests. Sending
+//!   never blocks; whoever takes the lock next moves them into the idle list.
+//!
+//! The queue is generic over the item it hands out (a live connection in the balancer, a plain
+//! number in the tests), so its ordering and blocking are tested without sockets.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::policy::{Candidate, Policy};
+
+/// Why no server was handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// No server is in the pool at all (none started, or all down).
+    NoneUp,
+    /// Every server stayed busy until the timeout.
+    TimedOut,
+    /// The balancer is shutting down.
+    Stopped,
+}
+
+/// A server's place in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Takes requests.
+    Active,
+    /// Finishes its request in flight, then leaves; gets no new one.
+    Draining,
+}
+
+/// The idle queue; see the module docs for its locking.
+pub struct IdleQueue<T> {
+    policy: Box<dyn Policy>,
+    /// Guards the idle list, membership and the waiting count.
+    state: Mutex<State<T>>,
+    /// Signalled when a server may have become idle, or the pool changed.
+    available: Condvar,
+    /// Carries servers back from finished requests (sending side).
+    returned_tx: Sender<(Candidate, T)>,
+    /// Carries servers back from finished requests (receiving side, drained under `state`).
+    returned_rx: Receiver<(Candidate, T)>,
+}
+
+struct State<T> {
+    /// Idle servers as the policy sees them; `items[i]` belongs to `candidates[i]`.
+    candidates: Vec<Candidate>,
+    items: Vec<T>,
+    /// Every server in the pool, idle or busy.
+    members: HashMap<u32, Membership>,
+    /// Requests waiting in line for a server.
+    waiting: usize,
+    /// Sequence number of the last hand-out (for round robin).
+    last_seq: u64,
+    stopped: bool,
+}
+
+/// A server handed to one request. Give it back with [`Lease::release`]; if the request
+/// broke its connection, [`Lease::discard`] it (dropping a lease discards it too, so a
+/// connection in an unknown state is never reused).
+pub struct Lease<'q, T> {
+    queue: &'q IdleQueue<T>,
+    candidate: Candidate,
+    item: Option<T>,
+    /// How long the request waited in line.
+    pub waited: Duration,
+    /// How many servers were idle when this one was chosen (itself included).
+    pub idle_count: usize,
+}
+
+impl<T> IdleQueue<T> {
+    /// An empty queue that hands out servers by `policy`.
+    pub fn new(policy: Box<dyn Policy>) -> Self {
+        let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
+        IdleQueue {
+            policy,
+            state: Mutex::new(State {
+                candidates: Vec::new(),
+                items: Vec::new(),
+                members: HashMap::new(),
+                waiting: 0,
+                last_seq: 0,
+                stopped: false,
+            }),
+            available: Condvar::new(),
+            returned_tx,
+            returned_rx,
+        }
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Adds an idle server to the pool. Returns false (and drops `item`) when a server with
+    /// the same id is already in it.
+    pub fn add(&self, candidate: Candidate, item: T) -> bool {
+        let mut s = self.lock();
+        if s.members.contains_key(&candidate.id) {
+            return false;
+        }
+        s.members.insert(candidate.id, Membership::Active);
+        s.candidates.push(candidate);
+        s.items.push(item);
+        drop(s);
+        self.available.notify_one();
+        true
+    }
+
+    /// Takes the idle server the policy prefers, waiting in line up to `timeout` while all
+    /// are busy.
+    ///
+    /// # Errors
+    /// [`NoServer`] says why none was handed out.
+    pub fn acquire(&self, timeout: Duration) -> Result<Lease<'_, T>, NoServer> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut s = self.state.lock();
+        let mut in_line = false;
+        loop {
+            self.absorb_returned(&mut s);
+            let outcome = if s.stopped {
+                Some(Err(NoServer::Stopped))
+            } else if !s.members.values().any(|m| *m == Membership::Active) {
+                Some(Err(NoServer::NoneUp))
+            } else if in_line || s.waiting == 0 {
+                self.policy.pick(&s.candidates).map(Ok)
+            } else {
+                None
+            };
+            let outcome = match outcome {
+                None if Instant::now() >= deadline => Some(Err(NoServer::TimedOut)),
+                other => other,
+            };
+            if let Some(outcome) = outcome {
+                if in_line {
+                    s.waiting -= 1;
+                }
+                let lease = outcome.map(|i| self.take(&mut s, i, started.elapsed()));
+                // Pass the turn on: another idle server and someone still in line.
+                if !s.candidates.is_empty() && s.waiting > 0 {
+                    self.available.notify_one();
+                }
+                return lease;
+            }
+            if !in_line {
+                s.waiting += 1;
+                in_line = true;
+            }
+            self.available.wait_until(&mut s, deadline);
+        }
+    }
+
+    /// Marks a server as draining: taken out now if idle, or when its request finishes.
+    /// Returns false when it was not in the pool.
+    pub fn retire(&self, id: u32) -> bool {
+        let mut s = self.lock();
+        if !s.members.contains_key(&id) {
+            return false;
+        }
+        if let Some(i) = s.candidates.iter().position(|c| c.id == id) {
+            s.candidates.swap_remove(i);
+            s.items.swap_remove(i);
+            s.members.remove(&id);
+        } else {
+            s.members.insert(id, Membership::Draining);
+        }
+        drop(s);
+        // Waiters may now have no server at all to wait for.
+        self.available.notify_all();
+        true
+    }
+
+    /// Refuses every further request; waiting ones get [`NoServer::Stopped`].
+    pub fn stop(&self) {
+        self.state.lock().stopped = true;
+        self.available.notify_all();
+    }
+
+    /// The server's place in the pool, if it is in it.
+    pub fn membership(&self, id: u32) -> Option<Membership> {
+        self.lock().members.get(&id).copied()
+    }
+
+    /// How many servers are idle, how many are in the pool, how many requests wait.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut s = self.lock();
+        (s.candidates.len(), s.members.len(), s.waiting)
+    }
+
+    /// Takes the lock and brings the idle list up to date with returned servers.
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        let mut s = self.state.lock();
+        self.absorb_returned(&mut s);
+        s
+    }
+
+    fn take(&self, s: &mut State<T>, i: usize, waited: Duration) -> Lease<'_, T> {
+        let idle_count = s.candidates.len();
+        let mut candidate = s.candidates.swap_remove(i);
+        let item = s.items.swap_remove(i);
+        s.last_seq += 1;
+        candidate.last_chosen = s.last_seq;
+        Lease {
+            queue: self,
+            candidate,
+            item: Some(item),
+            waited,
+            idle_count,
+        }
+    }
+
+    /// Moves servers returned through the channel into the idle list (or out of the pool,
+    /// for a draining one).
+    fn absorb_returned(&self, s: &mut MutexGuard<'_, State<T>>) {
+        for (candidate, item) in self.returned_rx.try_iter() {
+            match s.members.get(&candidate.id) {
+                Some(Membership::Active) => {
+                    s.candidates.push(candidate);
+                    s.items.push(item);
+                }
+                Some(Membership::Draining) => {
+                    s.members.remove(&candidate.id);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn give_back(&self, candidate: Candidate, item: T) {
+        // The receiver lives as long as the queue, so the send cannot fail.
+        let _ = self.returned_tx.send((candidate, item));
+        // Taking the lock orders this return before a waiter's next look at the channel,
+        // so the wake-up below is never lost.
+        drop(self.state.lock());
+        self.available.notify_one();
+    }
+
+    fn remove_member(&self, id: u32) {
+        let mut s = self.state.lock();
+        s.members.remove(&id);
+        let none_left = s.members.is_empty();
+        drop(s);
+        if none_left {
+            self.available.notify_all();
+        }
+    }
+}
+
+impl<T> Lease<'_, T> {
+    /// The server's id.
+    pub fn id(&self) -> u32 {
+        self.candidate.id
+    }
+
+    /// The server as the policy saw it.
+    pub fn candidate(&self) -> Candidate {
+        self.candidate
+    }
+
+    /// The leased item (the server's connection).
+    pub fn item(&mut self) -> &mut T {
+        self.item.as_mut().expect("a lease holds its item until released")
+    }
+
+    /// Returns the server to the idle list: its connection is clean and reusable.
+    pub fn release(mut self) {
+        if let Some(item) = self.item.take() {
+            self.queue.give_back(self.candidate, item);
+        }
+    }
+
+    /// Takes the server out of the pool (its connection broke) and hands back its item.
+    pub fn discard(mut self) -> T {
+        let item = self.item.take().expect("a lease holds its item until released");
+        self.queue.remove_member(self.candidate.id);
+        item
+    }
+}
+
+impl<T> std::fmt::Debug for Lease<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("server", &self.candidate.id)
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+impl<T> Drop for Lease<'_, T> {
+    fn drop(&mut self) {
+        if self.item.take().is_some() {
+            self.queue.remove_member(self.candidate.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{by_name, candidate};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn queue(servers: &[(u32, f64)]) -> IdleQueue<u32> {
+        let q = IdleQueue::new(by_name("power").unwrap());
+        for &(id, secs) in servers {
+            assert!(q.add(candidate(id, secs, 0), id));
+        }
+        q
+    }
+
+    const NOW: Duration = Duration::from_millis(0);
+
+    #[test]
+    fn hands_out_fastest_first() {
+        let q = queue(&[(1, 2.0), (2, 0.5), (3, 1.0)]);
+        let a = q.acquire(NOW).unwrap();
+        let b = q.acquire(NOW).unwrap();
+        let c = q.acquire(NOW).unwrap();
+        assert_eq!((a.id(), b.id(), c.id()), (2, 3, 1));
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        b.release();
+        assert_eq!(q.acquire(NOW).unwrap().id(), 3);
+    }
+
+    #[test]
+    fn rotates_among_equal_power() {
+        let q = queue(&[(1, 0.5), (2, 0.5), (3, 0.5), (4, 1.0)]);
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let lease = q.acquire(NOW).unwrap();
+            order.push(lease.id());
+            lease.release();
+        }
+        // Every fast server in turn; the slow one never while a fast one is idle.
+        let mut first = order[..3].to_vec();
+        first.sort();
+        assert_eq!(first, vec![1, 2, 3]);
+        assert_eq!(order[3..], order[..3]);
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let q = queue(&[(1, 0.5)]);
+        assert!(!q.add(candidate(1, 0.1, 0), 99));
+        assert_eq!(q.counts(), (1, 1, 0));
+    }
+
+    #[test]
+    fn empty_pool_fails_at_once() {
+        let q = queue(&[]);
+        let started = Instant::now();
+        assert_eq!(
+            q.acquire(Duration::from_secs(10)).unwrap_err(),
+            NoServer::NoneUp
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn blocks_until_a_server_is_released() {
+        let q = Arc::new(queue(&[(7, 0.5)]));
+        let held = q.acquire(NOW).unwrap();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
+        };
+        // Wait until the other thread is in line, then release.
+        while q.counts().2 == 0 {
+            std::thread::yield_now();
+        }
+        held.release();
+        assert_eq!(waiter.join().unwrap(), Ok(7));
+    }
+
+    #[test]
+    fn waiters_are_served_first_come_first_served() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let held = q.acquire(NOW).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for n in 0..5 {
+            let (q2, order2) = (Arc::clone(&q), Arc::clone(&order));
+            threads.push(std::thread::spawn(move || {
+                let lease = q2.acquire(Duration::from_secs(30)).unwrap();
+                order2.lock().push(n);
+                lease.release();
+            }));
+            // Each joins the line before the next starts.
+            while q.counts().2 < n + 1 {
+                std::thread::yield_now();
+            }
+        }
+        held.release();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn discarded_servers_leave_and_waiters_hear_it() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let held = q.acquire(NOW).unwrap();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
+        };
+        while q.counts().2 == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(held.discard(), 1);
+        assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
+        assert_eq!(q.membership(1), None);
+    }
+
+    #[test]
+    fn retire_drains_a_busy_server() {
+        let q = queue(&[(1, 0.5), (2, 1.0)]);
+        let busy = q.acquire(NOW).unwrap();
+        assert!(q.retire(1));
+        assert_eq!(q.membership(1), Some(Membership::Draining));
+        busy.release();
+        assert_eq!(q.membership(1), None);
+        assert!(q.retire(2));
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::NoneUp);
+    }
+
+    #[test]
+    fn stop_wakes_waiters() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let _held = q.acquire(NOW).unwrap();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
+        };
+        while q.counts().2 == 0 {
+            std::thread::yield_now();
+        }
+        q.stop();
+        assert_eq!(waiter.join().unwrap(), Err(NoServer::Stopped));
+    }
+
+    #[test]
+    fn stress_never_hands_a_server_to_two_requests_or_loses_one() {
+        const SERVERS: u32 = 4;
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 2000;
+        let q = Arc::new(queue(&[(0, 0.1), (1, 0.1), (2, 0.2), (3, 0.3)]));
+        let in_use: Arc<Vec<AtomicBool>> =
+            Arc::new((0..SERVERS).map(|_| AtomicBool::new(false)).collect());
+        let served = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (q, in_use, served) =
+                    (Arc::clone(&q), Arc::clone(&in_use), Arc::clone(&served));
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        let mut lease = q.acquire(Duration::from_secs(60)).unwrap();
+                        let id = *lease.item() as usize;
+                        assert_eq!(lease.id() as usize, id);
+                        assert!(
+                            !in_use[id].swap(true, Ordering::SeqCst),
+                            "server {id} handed to two requests"
+                        );
+                        std::hint::spin_loop();
+                        in_use[id].store(false, Ordering::SeqCst);
+                        served.fetch_add(1, Ordering::Relaxed);
+                        lease.release();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(served.load(Ordering::Relaxed), THREADS * ROUNDS);
+        assert_eq!(q.counts(), (SERVERS as usize, SERVERS as usize, 0));
+    }
+}

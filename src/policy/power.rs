@@ -1,0 +1,45 @@
+//! `power`: the idle server with the smallest declared processing time; among servers of equal
+//! power, the one chosen longest ago (round robin). The original project's rule.
+
+use super::{Candidate, Policy};
+
+/// Fastest idle server first, round robin among equals.
+pub struct Power;
+
+impl Policy for Power {
+    fn name(&self) -> &'static str {
+        "power"
+    }
+
+    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
+        (0..idle.len()).min_by_key(|&i| (idle[i].processing_time, idle[i].last_chosen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::candidate;
+
+    #[test]
+    fn picks_the_fastest() {
+        let idle = [
+            candidate(1, 2.0, 0),
+            candidate(2, 0.5, 9),
+            candidate(3, 1.0, 0),
+        ];
+        assert_eq!(Power.pick(&idle), Some(1));
+        assert_eq!(Power.pick(&[]), None);
+    }
+
+    #[test]
+    fn rotates_among_equals() {
+        let idle = [
+            candidate(1, 0.5, 7),
+            candidate(2, 0.5, 3),
+            candidate(3, 0.5, 5),
+            candidate(4, 1.0, 0),
+        ];
+        assert_eq!(Power.pick(&idle), Some(1));
+    }
+}

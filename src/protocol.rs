@@ -1,0 +1,344 @@
+//! The wire protocol shared by client↔balancer and balancer↔server (see `docs/PROTOCOL.md`).
+//!
+//! A request is one UTF-8 line; a reply is `OK <length>[ key=value]...\n` and exactly
+//! `<length>` bytes of body, or `ERR <code> <message>\n` with no body.
+
+use std::io::{self, BufRead, IoSlice, Write};
+
+use crate::error::Error;
+
+/// Longest request line, not counting the `\n`.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// Longest reply header line, not counting the `\n`.
+pub const MAX_HEADER_LINE: usize = 8 * 1024;
+
+/// One request, as parsed from its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `file <name>`: download a file from the server's files folder.
+    File(String),
+    /// Any other line: one SQL statement.
+    Query(String),
+}
+
+impl Request {
+    /// Parses a request line (without its `\n`; a trailing `\r` is dropped here).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` inside the
+    /// line, or `file` with no name; [`Error::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
+    pub fn parse(line: &[u8]) -> Result<Request, Error> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > MAX_REQUEST_LINE {
+            return Err(Error::TooLarge(format!(
+                "request line is over {MAX_REQUEST_LINE} bytes"
+            )));
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|_| Error::BadRequest("request is not valid UTF-8".into()))?;
+        if text.contains('\0') {
+            return Err(Error::BadRequest("request contains a NUL byte".into()));
+        }
+        if text.contains('\r') {
+            return Err(Error::BadRequest(
+                "request contains a carriage return inside the line".into(),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(Error::BadRequest(
+                "empty request: send `file <name>` or an SQL query".into(),
+            ));
+        }
+        if text == "file" || text.starts_with("file ") {
+            let name = text["file".len()..].trim();
+            if name.is_empty() {
+                return Err(Error::BadRequest("missing file name: `file <name>`".into()));
+            }
+            return Ok(Request::File(name.to_string()));
+        }
+        Ok(Request::Query(text.to_string()))
+    }
+
+    /// The request as a line, without the `\n`.
+    pub fn line(&self) -> String {
+        match self {
+            Request::File(name) => format!("file {name}"),
+            Request::Query(sql) => sql.clone(),
+        }
+    }
+}
+
+/// A parsed reply header line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyHeader {
+    /// `OK <length>[ key=value]...`: a body of `length` bytes follows.
+    Ok {
+        /// Body length in bytes.
+        length: u64,
+        /// The `key=value` pairs, in order.
+        fields: Vec<(String, String)>,
+    },
+    /// `ERR <code> <message>`: no body follows.
+    Err(Error),
+}
+
+impl ReplyHeader {
+    /// An `OK` header with the given fields.
+    pub fn ok(length: u64, fields: &[(&str, String)]) -> ReplyHeader {
+        ReplyHeader::Ok {
+            length,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Parses a header line (without its `\n`; a trailing `\r` is dropped).
+    ///
+    /// # Errors
+    /// A message saying what is wrong when the line is not a valid header.
+    pub fn parse(line: &[u8]) -> Result<ReplyHeader, String> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let text = std::str::from_utf8(line).map_err(|_| "reply header is not UTF-8")?;
+        if let Some(rest) = text.strip_prefix("OK ") {
+            let mut parts = rest.split(' ');
+            let length = parts.next().unwrap_or("");
+            if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("bad length in reply header: {text:?}"));
+            }
+            let length: u64 = length
+                .parse()
+                .map_err(|_| format!("length out of range in reply header: {text:?}"))?;
+            let mut fields = Vec::new();
+            for part in parts {
+                match part.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => fields.push((k.to_string(), v.to_string())),
+                    _ => return Err(format!("bad field {part:?} in reply header")),
+                }
+            }
+            return Ok(ReplyHeader::Ok { length, fields });
+        }
+        if let Some(rest) = text.strip_prefix("ERR ") {
+            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Error::from_code(code, message)
+                .map(ReplyHeader::Err)
+                .ok_or_else(|| format!("unknown error code {code:?} in reply header"));
+        }
+        Err(format!("reply header is neither OK nor ERR: {text:?}"))
+    }
+
+    /// Body length that follows this header (0 for `ERR`).
+    pub fn body_length(&self) -> u64 {
+        match self {
+            ReplyHeader::Ok { length, .. } => *length,
+            ReplyHeader::Err(_) => 0,
+        }
+    }
+
+    /// The value of field `key` in an `OK` header.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        match self {
+            ReplyHeader::Ok { fields, .. } => fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str()),
+            ReplyHeader::Err(_) => None,
+        }
+    }
+
+    /// The header as one line, with its `\n`.
+    pub fn to_line(&self) -> String {
+        match self {
+            ReplyHeader::Ok { length, fields } => {
+                let mut s = format!("OK {length}");
+                for (k, v) in fields {
+                    s.push(' ');
+                    s.push_str(k);
+                    s.push('=');
+                    s.push_str(v);
+                }
+                s.push('\n');
+                s
+            }
+            ReplyHeader::Err(e) => e.header_line(),
+        }
+    }
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A whole line is in the buffer, without its `\n`.
+    Complete,
+    /// The peer closed the connection before sending anything.
+    Eof,
+    /// The peer closed the connection in the middle of a line.
+    Truncated,
+    /// The line is longer than the limit; the connection can no longer be trusted.
+    TooLong,
+}
+
+/// Reads one `\n`-terminated line into `line` (cleared first, `\n` not included), reading at
+/// most `limit + 1` bytes so a peer cannot make us buffer without bound.
+///
+/// # Errors
+/// The underlying I/O error (a timeout shows as `WouldBlock` or `TimedOut`).
+pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -> io::Result<Line> {
+    line.clear();
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Truncated
+            });
+        }
+        let room = limit + 1 - line.len();
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1),
+            None => (available, available.len()),
+        };
+        if chunk.len() > room - 1 {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let found = done > chunk.len();
+        reader.consume(done);
+        if found {
+            return Ok(Line::Complete);
+        }
+    }
+}
+
+/// Writes `a` then `b` with as few system calls as the kernel allows (one, usually), so a
+/// header and the start of its body leave in one TCP segment.
+///
+/// # Errors
+/// The underlying I/O error.
+pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
+    let mut bufs = &mut bufs[..];
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufReader;
+
+    #[test]
+    fn parses_file_and_query_requests() {
+        assert_eq!(
+            Request::parse(b"file colors.csv").unwrap(),
+            Request::File("colors.csv".into())
+        );
+        assert_eq!(
+            Request::parse(b"file  a b.txt \r").unwrap(),
+            Request::File("a b.txt".into())
+        );
+        assert_eq!(
+            Request::parse(b"SELECT * FROM COLORS LIMIT 3;\r").unwrap(),
+            Request::Query("SELECT * FROM COLORS LIMIT 3;".into())
+        );
+        // Only the exact word `file` makes a file request, as in the original.
+        assert_eq!(
+            Request::parse(b"filename").unwrap(),
+            Request::Query("filename".into())
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"\r",
+            b"file",
+            b"file   ",
+            b"SELECT\0 1",
+            b"SELECT\r1",
+            b"\xff\xfe",
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert_eq!(e.code(), "bad_request", "{bad:?}");
+        }
+        let long = vec![b'a'; MAX_REQUEST_LINE + 1];
+        assert_eq!(Request::parse(&long).unwrap_err().code(), "too_large");
+        let max = vec![b'a'; MAX_REQUEST_LINE];
+        assert!(Request::parse(&max).is_ok());
+    }
+
+    #[test]
+    fn parses_reply_headers() {
+        let h = ReplyHeader::parse(b"OK 12 server=2 rows=3").unwrap();
+        assert_eq!(h.body_length(), 12);
+        assert_eq!(h.field("server"), Some("2"));
+        assert_eq!(h.field("nope"), None);
+        assert_eq!(h.to_line(), "OK 12 server=2 rows=3\n");
+        let e = ReplyHeader::parse(b"ERR not_found no such file: x").unwrap();
+        assert_eq!(
+            e,
+            ReplyHeader::Err(Error::NotFound("no such file: x".into()))
+        );
+        assert_eq!(e.body_length(), 0);
+        assert_eq!(ReplyHeader::parse(b"OK 0").unwrap().body_length(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_reply_headers() {
+        for bad in [
+            &b"OK"[..],
+            b"OK ",
+            b"OK -1",
+            b"OK +1",
+            b"OK 1x",
+            b"OK 99999999999999999999999",
+            b"OK 1 novalue",
+            b"OK 1 =v",
+            b"ERR nonsense message",
+            b"HELLO",
+            b"\xff",
+        ] {
+            assert!(ReplyHeader::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn read_line_splits_and_limits() {
+        let mut r = BufReader::with_capacity(4, &b"ab\ncdefgh\nxyz"[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut r, &mut line, 10).unwrap(), Line::Complete);
+        assert_eq!(line, b"ab");
+        assert_eq!(read_line(&mut r, &mut line, 10).unwrap(), Line::Complete);
+        assert_eq!(line, b"cdefgh");
+        assert_eq!(read_line(&mut r, &mut line, 10).unwrap(), Line::Truncated);
+        assert_eq!(read_line(&mut r, &mut line, 10).unwrap(), Line::Eof);
+
+        let mut r = BufReader::with_capacity(3, &b"abcdef\n"[..]);
+        assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::Complete);
+        let mut r = BufReader::with_capacity(3, &b"abcdefg\n"[..]);
+        assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::TooLong);
+    }
+
+    #[test]
+    fn write_both_writes_everything() {
+        let mut out = Vec::new();
+        write_both(&mut out, b"OK 3\n", b"abc").unwrap();
+        assert_eq!(out, b"OK 3\nabc");
+    }
+}

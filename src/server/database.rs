@@ -1,0 +1,435 @@
+//! The database every server shares: `database.json` names an SQLite file; the first server
+//! to start creates it from a CSV seed. Queries run here and come back as the protocol's text.
+//!
+//! Read-only mode is enforced by SQLite (the file is opened `SQLITE_OPEN_READ_ONLY`), never by
+//! looking at the SQL text.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// How long a writer waits for another server's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The contents of `database.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The SQLite file; a relative path is relative to the folder of `database.json`.
+    pub path: PathBuf,
+    /// Whether queries may change the database.
+    #[serde(default)]
+    pub writable: bool,
+    /// CSV that fills the `COLORS` table when the database does not exist yet.
+    #[serde(default = "default_seed")]
+    pub seed: PathBuf,
+}
+
+fn default_seed() -> PathBuf {
+    PathBuf::from("colors.csv")
+}
+
+impl DatabaseConfig {
+    /// Reads `database.json`, resolving relative paths against its folder.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<DatabaseConfig, String> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("cannot read database config {}: {e}", path.display()))?;
+        let mut config: DatabaseConfig = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a valid database config ({e}); expected {{\"path\": \"colors.db\", \"writable\": false}}",
+                path.display()
+            )
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.path = dir.join(&config.path);
+        config.seed = dir.join(&config.seed);
+        Ok(config)
+    }
+}
+
+/// Limits applied to every query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// A query running longer than this is interrupted (`ERR timeout`).
+    pub timeout: Duration,
+    /// A reply body larger than this is refused (`ERR too_large`).
+    pub max_reply: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(5),
+            max_reply: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A query's answer: the reply body and what the header says about it.
+#[derive(Debug)]
+pub struct QueryOutput {
+    /// The text body: `Column: value` lines, a blank line between rows, or `No output`.
+    pub body: Vec<u8>,
+    /// Rows returned.
+    pub rows: usize,
+    /// Rows changed, for a statement that writes.
+    pub changes: Option<u64>,
+}
+
+/// One open connection to the shared database.
+pub struct Database {
+    conn: Connection,
+    writable: bool,
+    limits: QueryLimits,
+    /// Milliseconds since `epoch` after which the running query is interrupted; read by
+    /// SQLite's progress handler on the same thread, so relaxed ordering is enough.
+    deadline_ms: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Database {
+    /// Opens the database named by `config`, creating it from the seed CSV first if it does
+    /// not exist.
+    ///
+    /// # Errors
+    /// A message saying what failed and what to do.
+    pub fn open(config: &DatabaseConfig, limits: QueryLimits) -> Result<Database, String> {
+        if !config.path.exists() {
+            create_from_seed(&config.path, &config.seed)?;
+        }
+        let flags = if config.writable {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&config.path, flags)
+            .map_err(|e| format!("cannot open database {}: {e}", config.path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        let epoch = Instant::now();
+        let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
+        let deadline = Arc::clone(&deadline_ms);
+        conn.progress_handler(
+            10_000,
+            Some(move || epoch.elapsed().as_millis() as u64 > deadline.load(Ordering::Relaxed)),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Database {
+            conn,
+            writable: config.writable,
+            limits,
+            deadline_ms,
+            epoch,
+        })
+    }
+
+    /// Runs one SQL statement and formats its rows.
+    ///
+    /// # Errors
+    /// [`Error::Sql`] when SQLite refuses it, [`Error::Forbidden`] for a write on a read-only
+    /// database, [`Error::Timeout`] past the time limit, [`Error::TooLarge`] past the reply limit.
+    pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+        let deadline = self.epoch.elapsed() + self.limits.timeout;
+        self.deadline_ms
+            .store(deadline.as_millis() as u64, Ordering::Relaxed);
+        let result = self.run(sql);
+        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        result.map_err(|e| self.map_error(e))
+    }
+
+    fn run(&mut self, sql: &str) -> Result<QueryOutput, QueryError> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let writes = !stmt.readonly();
+        let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+        let mut body = String::new();
+        let mut rows = 0;
+        let mut query = stmt.query([])?;
+        while let Some(row) = query.next()? {
+            if rows > 0 {
+                body.push('\n');
+            }
+            for (i, name) in names.iter().enumerate() {
+                let _ = write!(body, "{name}: ");
+                match row.get_ref(i)? {
+                    ValueRef::Null => body.push_str("NULL"),
+                    ValueRef::Integer(n) => {
+                        let _ = write!(body, "{n}");
+                    }
+                    ValueRef::Real(x) => {
+                        let _ = write!(body, "{x}");
+                    }
+                    ValueRef::Text(t) => body.push_str(&String::from_utf8_lossy(t)),
+                    ValueRef::Blob(b) => {
+                        body.push_str("X'");
+                        for byte in b {
+                            let _ = write!(body, "{byte:02X}");
+                        }
+                        body.push('\'');
+                    }
+                }
+                body.push('\n');
+                if body.len() > self.limits.max_reply {
+                    return Err(QueryError::TooLarge);
+                }
+            }
+            rows += 1;
+        }
+        drop(query);
+        if rows == 0 {
+            body.push_str("No output");
+        }
+        Ok(QueryOutput {
+            body: body.into_bytes(),
+            rows,
+            changes: writes.then(|| self.conn.changes()),
+        })
+    }
+
+    fn map_error(&self, e: QueryError) -> Error {
+        match e {
+            QueryError::TooLarge => Error::TooLarge(format!(
+                "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
+                self.limits.max_reply
+            )),
+            QueryError::Sql(e) => match e.sqlite_error_code() {
+                Some(ErrorCode::ReadOnly) if !self.writable => Error::Forbidden(
+                    "the database is read-only; set \"writable\": true in database.json to allow writes".into(),
+                ),
+                Some(ErrorCode::OperationInterrupted) => Error::Timeout(format!(
+                    "query ran longer than {:.1} s and was stopped",
+                    self.limits.timeout.as_secs_f64()
+                )),
+                _ => match e {
+                    rusqlite::Error::MultipleStatement => {
+                        Error::Sql("send one SQL statement per request".into())
+                    }
+                    rusqlite::Error::Empty => {
+                        Error::Sql("the query holds no SQL statement".into())
+                    }
+                    e => Error::Sql(e.to_string()),
+                },
+            },
+        }
+    }
+}
+
+enum QueryError {
+    Sql(rusqlite::Error),
+    TooLarge,
+}
+
+impl From<rusqlite::Error> for QueryError {
+    fn from(e: rusqlite::Error) -> Self {
+        QueryError::Sql(e)
+    }
+}
+
+/// Builds the database in a temp file and links it into place only when complete, so servers
+/// starting together never see a half-built database; the loser of the race just uses the
+/// winner's file.
+fn create_from_seed(path: &Path, seed: &Path) -> Result<(), String> {
+    let csv = fs::read_to_string(seed).map_err(|e| {
+        format!(
+            "database {} does not exist and its seed {} cannot be read: {e}",
+            path.display(),
+            seed.display()
+        )
+    })?;
+    let rows = parse_csv(&csv).map_err(|e| format!("{}: {e}", seed.display()))?;
+    let (header, rows) = rows
+        .split_first()
+        .ok_or_else(|| format!("{} is empty", seed.display()))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = build(&tmp, header, rows).and_then(|()| match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    });
+    let _ = fs::remove_file(&tmp);
+    if result.is_ok() {
+        log::info!(
+            "created database {} from {} ({} rows)",
+            path.display(),
+            seed.display(),
+            rows.len()
+        );
+    }
+    result
+}
+
+fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), String> {
+    let _ = fs::remove_file(path);
+    let fail = |e: rusqlite::Error| format!("cannot build database {}: {e}", path.display());
+    let mut conn = Connection::open(path).map_err(fail)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+    let columns: Vec<String> = header
+        .iter()
+        .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
+        .collect();
+    let tx = conn.transaction().map_err(fail)?;
+    tx.execute(&format!("CREATE TABLE COLORS ({})", columns.join(", ")), [])
+        .map_err(fail)?;
+    {
+        let marks = vec!["?"; header.len()].join(", ");
+        let mut insert = tx
+            .prepare(&format!("INSERT INTO COLORS VALUES ({marks})"))
+            .map_err(fail)?;
+        for (n, row) in rows.iter().enumerate() {
+            if row.len() != header.len() {
+                return Err(format!(
+                    "seed row {} has {} fields, the header has {}",
+                    n + 2,
+                    row.len(),
+                    header.len()
+                ));
+            }
+            insert
+                .execute(rusqlite::params_from_iter(row.iter()))
+                .map_err(fail)?;
+        }
+    }
+    tx.commit().map_err(fail)?;
+    conn.close().map_err(|(_, e)| fail(e))
+}
+
+/// Parses simple CSV: comma-separated, fields optionally in double quotes (`""` is a quote).
+fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut field)),
+                (c, _) => field.push(c),
+            }
+        }
+        if quoted {
+            return Err(format!("line {}: unclosed quote", n + 1));
+        }
+        fields.push(field);
+        rows.push(fields);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_handles_quotes() {
+        let rows = parse_csv("Name,RGB\nWhite,\"rgb(1,2,3)\"\n\n\"a \"\"b\"\"\",x\n").unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["Name".to_string(), "RGB".into()],
+                vec!["White".into(), "rgb(1,2,3)".into()],
+                vec!["a \"b\"".into(), "x".into()],
+            ]
+        );
+        assert!(parse_csv("a,\"b\n").is_err());
+    }
+
+    fn temp_db(name: &str, writable: bool) -> DatabaseConfig {
+        let dir = std::env::temp_dir().join(format!("minilb-db-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("colors.csv"),
+            "Name,HEX,RGB\nWhite,#FFFFFF,\"rgb(255,255,255)\"\nBlack,#000000,\"rgb(0,0,0)\"\n",
+        )
+        .unwrap();
+        DatabaseConfig {
+            path: dir.join("colors.db"),
+            writable,
+            seed: dir.join("colors.csv"),
+        }
+    }
+
+    #[test]
+    fn formats_rows_like_the_original() {
+        let mut db = Database::open(&temp_db("format", false), QueryLimits::default()).unwrap();
+        let out = db.query("SELECT * FROM COLORS").unwrap();
+        assert_eq!(
+            String::from_utf8(out.body).unwrap(),
+            "Name: White\nHEX: #FFFFFF\nRGB: rgb(255,255,255)\n\nName: Black\nHEX: #000000\nRGB: rgb(0,0,0)\n"
+        );
+        assert_eq!(out.rows, 2);
+        assert_eq!(out.changes, None);
+        let out = db
+            .query("SELECT NULL AS n, 1 AS i, 2.5 AS r, x'00ff' AS b")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.body).unwrap(),
+            "n: NULL\ni: 1\nr: 2.5\nb: X'00FF'\n"
+        );
+        let out = db.query("SELECT * FROM COLORS WHERE Name = 'Nope'").unwrap();
+        assert_eq!(out.body, b"No output");
+    }
+
+    #[test]
+    fn read_only_is_enforced_by_sqlite() {
+        let mut db = Database::open(&temp_db("ro", false), QueryLimits::default()).unwrap();
+        let e = db
+            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
+            .unwrap_err();
+        assert_eq!(e.code(), "forbidden", "{e}");
+        let out = db.query("SELECT count(*) AS n FROM COLORS").unwrap();
+        assert_eq!(out.body, b"n: 2\n");
+    }
+
+    #[test]
+    fn writes_and_errors() {
+        let mut db = Database::open(&temp_db("rw", true), QueryLimits::default()).unwrap();
+        let out = db
+            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
+            .unwrap();
+        assert_eq!(out.changes, Some(1));
+        assert_eq!(out.body, b"No output");
+        assert_eq!(db.query("SELEC 1").unwrap_err().code(), "sql");
+        assert_eq!(db.query("SELECT 1; SELECT 2").unwrap_err().code(), "sql");
+        assert_eq!(db.query("-- nothing").unwrap_err().code(), "sql");
+    }
+
+    #[test]
+    fn limits_time_and_size() {
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(200),
+            max_reply: 1000,
+        };
+        let mut db = Database::open(&temp_db("limits", false), limits).unwrap();
+        let e = db
+            .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c")
+            .unwrap_err();
+        assert_eq!(e.code(), "timeout", "{e}");
+        let e = db
+            .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c")
+            .unwrap_err();
+        assert_eq!(e.code(), "too_large", "{e}");
+        // The connection still works after both.
+        assert_eq!(db.query("SELECT 1 AS one").unwrap().body, b"one: 1\n");
+    }
+}

@@ -1,0 +1,122 @@
+//! One connection to a server (from the balancer, or a client that connects directly): read a
+//! request line, answer it, repeat until the peer closes.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::protocol::{self, Line, ReplyHeader, Request, MAX_REQUEST_LINE};
+use crate::server::Server;
+
+/// A reply ready to send: the work is done, only I/O is left.
+enum Reply {
+    /// A query's text.
+    Text(ReplyHeader, Vec<u8>),
+    /// A file, streamed from disk.
+    File(ReplyHeader, File, u64),
+    /// An error line.
+    Err(Error),
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+pub fn serve_connection(server: &Server, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    log::info!("Connected with {peer}");
+    if let Err(e) = serve(server, stream, &peer) {
+        log::info!("connection with {peer} ended: {e}");
+    } else {
+        log::info!("connection with {peer} closed");
+    }
+}
+
+fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::with_capacity(8 * 1024, stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = Vec::new();
+    loop {
+        match protocol::read_line(&mut reader, &mut line, MAX_REQUEST_LINE)? {
+            Line::Complete => {}
+            Line::Eof | Line::Truncated => return Ok(()),
+            Line::TooLong => {
+                let e = Error::TooLarge(format!(
+                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
+                ));
+                writer.write_all(e.header_line().as_bytes())?;
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
+        let reply = match Request::parse(&line) {
+            Ok(request) => {
+                log::info!("{peer}: {}", request.line());
+                log::debug!("Received request. Processing...");
+                answer(server, &request)
+            }
+            Err(e) => Reply::Err(e),
+        };
+        let sent = send(&mut writer, reply)?;
+        log::info!(
+            "{peer}: response sent ({sent}, {:.3} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Does the request's work: one request at a time per server, each taking at least the
+/// server's processing time.
+fn answer(server: &Server, request: &Request) -> Reply {
+    let id = server.id.to_string();
+    // Held while the request is processed (not while the reply is sent): this lock is what
+    // makes the server "busy", one request at a time, and it guards the database connection.
+    let mut db = server.worker.lock();
+    std::thread::sleep(server.processing_time);
+    match request {
+        Request::Query(sql) => match db.query(sql) {
+            Ok(out) => {
+                let mut fields = vec![("server", id), ("rows", out.rows.to_string())];
+                if let Some(n) = out.changes {
+                    fields.push(("changes", n.to_string()));
+                }
+                Reply::Text(ReplyHeader::ok(out.body.len() as u64, &fields), out.body)
+            }
+            Err(e) => Reply::Err(e),
+        },
+        Request::File(name) => match server.files.open(name) {
+            Ok((file, len)) => Reply::File(ReplyHeader::ok(len, &[("server", id)]), file, len),
+            Err(e) => Reply::Err(e),
+        },
+    }
+}
+
+/// Writes a reply; says what was sent, for the log.
+fn send(writer: &mut TcpStream, reply: Reply) -> io::Result<String> {
+    match reply {
+        Reply::Text(header, body) => {
+            protocol::write_both(writer, header.to_line().as_bytes(), &body)?;
+            Ok(format!("{} bytes", body.len()))
+        }
+        Reply::File(header, file, len) => {
+            writer.write_all(header.to_line().as_bytes())?;
+            // `io::copy` from a file to a socket uses sendfile(2) on Linux: no copy through us.
+            let copied = io::copy(&mut file.take(len), writer)?;
+            if copied < len {
+                // The file shrank while we sent it: the reply cannot be completed, so the
+                // connection must close rather than carry a short body.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file shrank while sending ({copied} of {len} bytes)"),
+                ));
+            }
+            Ok(format!("file, {len} bytes"))
+        }
+        Reply::Err(e) => {
+            writer.write_all(e.header_line().as_bytes())?;
+            Ok(format!("ERR {}", e.code()))
+        }
+    }
+}
