@@ -10,7 +10,10 @@ use minilb::server::{self, database::QueryLimits, ServerConfig};
 /// A minilb backend server: serves files from a folder and runs SQL on the shared database,
 /// one request at a time, each taking at least <PROCESSING_TIME> seconds.
 #[derive(Parser)]
-#[command(version, after_help = "Example: server 1 5071 0.5   (Ctrl-C stops it and removes it from the servers file)")]
+#[command(
+    version,
+    after_help = "Example: server 1 5071 0.5   (Ctrl-C stops it and removes it from the servers file)"
+)]
 struct Args {
     /// This server's id, shown in every reply (`server=<id>`).
     server_id: u32,

@@ -196,7 +196,7 @@ impl<T> IdleQueue<T> {
 
     /// How many servers are idle, how many are in the pool, how many requests wait.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let mut s = self.lock();
+        let s = self.lock();
         (s.candidates.len(), s.members.len(), s.waiting)
     }
 
@@ -272,7 +272,9 @@ impl<T> Lease<'_, T> {
 
     /// The leased item (the server's connection).
     pub fn item(&mut self) -> &mut T {
-        self.item.as_mut().expect("a lease holds its item until released")
+        self.item
+            .as_mut()
+            .expect("a lease holds its item until released")
     }
 
     /// Returns the server to the idle list: its connection is clean and reusable.
@@ -284,7 +286,10 @@ impl<T> Lease<'_, T> {
 
     /// Takes the server out of the pool (its connection broke) and hands back its item.
     pub fn discard(mut self) -> T {
-        let item = self.item.take().expect("a lease holds its item until released");
+        let item = self
+            .item
+            .take()
+            .expect("a lease holds its item until released");
         self.queue.remove_member(self.candidate.id);
         item
     }

@@ -80,7 +80,9 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
 /// # Errors
 /// An I/O error from locking, reading or writing the file.
 pub fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
-    update(path, |list| list.retain(|e| !(e.id == id && e.port == port)))
+    update(path, |list| {
+        list.retain(|e| !(e.id == id && e.port == port))
+    })
 }
 
 /// Applies `change` to the list under the file lock and replaces the file atomically.
@@ -125,10 +127,8 @@ mod tests {
     use std::sync::Arc;
 
     fn temp_file(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "minilb-servers-file-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("minilb-servers-file-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir.join("servers.json")

@@ -81,7 +81,9 @@ impl Membership {
                 return true;
             }
             if queue.retire(*id) {
-                log::info!("server {id} left the servers file: draining (its request in flight completes)");
+                log::info!(
+                    "server {id} left the servers file: draining (its request in flight completes)"
+                );
             }
             false
         });

@@ -123,7 +123,9 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
 
     spawn("membership", move || watcher.run())?;
     let accepting = Arc::clone(&lb);
-    spawn("accept", move || listener::accept_loop(&accepting, listener))?;
+    spawn("accept", move || {
+        listener::accept_loop(&accepting, listener)
+    })?;
 
     let _ = shutdown.recv();
     shut_down(&lb, addr);

@@ -117,7 +117,11 @@ fn handle(
             Ok(lease) => lease,
             Err(why) => return refuse(lb, id, why, client),
         };
-        log::info!("req {id}: Chosen server: {} ({})", lease.id(), why_chosen(lb, &lease));
+        log::info!(
+            "req {id}: Chosen server: {} ({})",
+            lease.id(),
+            why_chosen(lb, &lease)
+        );
         let server = lease.id();
         match relay(lease.item(), line, header, client) {
             Ok((reply, bytes)) => {
@@ -142,8 +146,7 @@ fn handle(
             Err(RelayError::ServerBefore(why)) => {
                 let conn = lease.discard();
                 log::warn!("req {id}: server {server} failed ({why}); marked down");
-                let may_have_run =
-                    matches!(request, Request::Query(_)) && conn.backend.writable;
+                let may_have_run = matches!(request, Request::Query(_)) && conn.backend.writable;
                 if may_have_run {
                     let e = Error::Unavailable(format!(
                         "server {server} failed while running the query; it may or may not have run, so it was not retried"
@@ -151,7 +154,10 @@ fn handle(
                     return client.write_all(e.header_line().as_bytes());
                 }
                 if attempt < attempts {
-                    log::info!("req {id}: retrying on another server (attempt {} of {attempts})", attempt + 1);
+                    log::info!(
+                        "req {id}: retrying on another server (attempt {} of {attempts})",
+                        attempt + 1
+                    );
                 }
             }
         }
@@ -181,7 +187,11 @@ fn why_chosen(lb: &Balancer, lease: &Lease<'_, BackendConn>) -> String {
     let c = lease.candidate();
     let mut why = format!(
         "{} of {} idle by {}, processing time {} s",
-        if lease.idle_count == 1 { "only one" } else { "best" },
+        if lease.idle_count == 1 {
+            "only one"
+        } else {
+            "best"
+        },
         lease.idle_count,
         lb.queue.policy_name(),
         c.processing_time.as_secs_f64()
@@ -221,7 +231,9 @@ fn relay(
     header.push(b'\n');
 
     let buffered = conn.reader.buffer();
-    let first = buffered.len().min(usize::try_from(length).unwrap_or(usize::MAX));
+    let first = buffered
+        .len()
+        .min(usize::try_from(length).unwrap_or(usize::MAX));
     let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
     conn.reader.consume(first);
     let mut remaining = length - first as u64;
@@ -232,7 +244,9 @@ fn relay(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
         };
-        let n = chunk.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = chunk
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         if client_error.is_none() {
             client_error = client.write_all(&chunk[..n]).err();
         }

@@ -157,7 +157,12 @@ fn check_length(got: u64, promised: u64) -> io::Result<()> {
 
 /// Streams a download into a temp file in the download folder and moves it into place only
 /// once every byte has arrived; on any failure the temp file is removed.
-fn save(conn: &mut Connection, config: &ClientConfig, name: &str, length: u64) -> io::Result<PathBuf> {
+fn save(
+    conn: &mut Connection,
+    config: &ClientConfig,
+    name: &str,
+    length: u64,
+) -> io::Result<PathBuf> {
     check_file_name(name).map_err(|e| {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -286,7 +291,11 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
             Ok(true) => 0,
             Ok(false) => 1,
             Err(e) => {
-                let _ = writeln!(out, "client {}: {e}; reconnecting for the next request", config.id);
+                let _ = writeln!(
+                    out,
+                    "client {}: {e}; reconnecting for the next request",
+                    config.id
+                );
                 conn = None;
                 2
             }
@@ -311,7 +320,11 @@ fn perform(
     let secs = started.elapsed().as_secs_f64();
     let ok = match outcome {
         Outcome::Text { server, .. } => {
-            writeln!(out, "Answered by server {}", server.as_deref().unwrap_or("?"))?;
+            writeln!(
+                out,
+                "Answered by server {}",
+                server.as_deref().unwrap_or("?")
+            )?;
             true
         }
         Outcome::Saved {

@@ -273,7 +273,8 @@ fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), Str
     let _ = fs::remove_file(path);
     let fail = |e: rusqlite::Error| format!("cannot build database {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(fail)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(fail)?;
     let columns: Vec<String> = header
         .iter()
         .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
@@ -386,7 +387,9 @@ mod tests {
             String::from_utf8(out.body).unwrap(),
             "n: NULL\ni: 1\nr: 2.5\nb: X'00FF'\n"
         );
-        let out = db.query("SELECT * FROM COLORS WHERE Name = 'Nope'").unwrap();
+        let out = db
+            .query("SELECT * FROM COLORS WHERE Name = 'Nope'")
+            .unwrap();
         assert_eq!(out.body, b"No output");
     }
 

@@ -68,7 +68,11 @@ impl FileStore {
 /// # Errors
 /// [`Error::Forbidden`] saying what is wrong with the name.
 pub fn check_file_name(name: &str) -> Result<(), Error> {
-    let bad = |why: &str| Err(Error::Forbidden(format!("{why}: ask for a plain file name")));
+    let bad = |why: &str| {
+        Err(Error::Forbidden(format!(
+            "{why}: ask for a plain file name"
+        )))
+    };
     if name.len() > MAX_NAME_LEN {
         return bad("file name is over 255 bytes");
     }

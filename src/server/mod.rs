@@ -61,7 +61,10 @@ pub struct Server {
 pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     let db_config = DatabaseConfig::load(&config.db_config)?;
     let database = Database::open(&db_config, config.limits)?;
-    log::info!("Connected to database {} successfully", db_config.path.display());
+    log::info!(
+        "Connected to database {} successfully",
+        db_config.path.display()
+    );
     let files = FileStore::new(&config.files)?;
     let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
         format!(
@@ -103,7 +106,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let _ = shutdown.recv();
-    log::info!("Server {} stopping: finishing the request in hand", config.id);
+    log::info!(
+        "Server {} stopping: finishing the request in hand",
+        config.id
+    );
     // Waiting for the worker means the request being processed has finished.
     let _idle = server.worker.lock();
     if let Err(e) = servers_file::deregister(&config.servers_file, config.id, addr.port()) {

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The demo: three servers of different power and the balancer, on this machine.
+# Ctrl-C stops them all; the servers file is left as it was.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LB_PORT=${LB_PORT:-5070}
+SERVERS=("1 5071 0.5" "2 5072 1" "3 5073 2")
+LOGS=target/cluster-logs
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$LB_PORT" 5071 5072 5073; do
+  if port_in_use "$p"; then
+    echo "run-cluster: port $p is already in use (another cluster running?). Stop it first." >&2
+    exit 1
+  fi
+done
+
+echo "Building (release)..."
+cargo build --release --quiet
+BIN=target/release
+mkdir -p "$LOGS"
+saved=$(mktemp)
+cp data/servers.json "$saved" 2>/dev/null || echo "[]" > "$saved"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "Stopping the cluster..."
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  cp "$saved" data/servers.json && rm -f "$saved"
+  echo "Stopped. data/servers.json is as it was."
+}
+trap stop INT TERM EXIT
+
+for s in "${SERVERS[@]}"; do
+  set -- $s
+  "$BIN/server" "$1" "$2" "$3" >/dev/null 2>"$LOGS/server-$1.log" &
+  pids+=($!)
+done
+# Wait until every server has recorded itself.
+for _ in $(seq 1 300); do
+  n=$(grep -c '"id"' data/servers.json 2>/dev/null || true)
+  [ "${n:-0}" -ge "${#SERVERS[@]}" ] && break
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "run-cluster: a server failed to start; see $LOGS/" >&2; cat "$LOGS"/server-*.log >&2; exit 1; }
+  done
+  sleep 0.1
+done
+
+"$BIN/loadbalancer" --port "$LB_PORT" >"$LOGS/loadbalancer.out" &
+pids+=($!)
+for _ in $(seq 1 300); do grep -q listening "$LOGS/loadbalancer.out" 2>/dev/null && break; sleep 0.1; done
+
+cat <<MSG
+
+minilb cluster running:
+  servers      1 on 5071 (0.5 s), 2 on 5072 (1 s), 3 on 5073 (2 s)   logs: $LOGS/server-N.log
+  loadbalancer 127.0.0.1:$LB_PORT (its log follows below)
+
+Try, from another terminal in this folder:
+  target/release/client 1 'SELECT * FROM COLORS LIMIT 3;'
+  target/release/client 1 file palette.png
+  target/release/client 1                       (interactive; 'quit' to leave)
+  printf 'SELECT Name FROM COLORS LIMIT 2\n' | nc -q1 127.0.0.1 $LB_PORT
+
+Ctrl-C stops everything.
+
+MSG
+wait

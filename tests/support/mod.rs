@@ -1,0 +1,319 @@
+//! Helpers for the integration tests: temp folders with a copy of `data/`, and the real
+//! binaries started on ports the OS picks, stopped when their handle drops.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to say it is listening, on a busy machine.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A temp folder holding a copy of the project's `data/`, removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    /// A fresh folder with `database.json` (read-only unless `writable`), the seed CSV, an
+    /// empty servers file and the files folder.
+    pub fn new(writable: bool) -> TestDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "minilb-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(path.join("files")).unwrap();
+        fs::create_dir_all(path.join("downloads")).unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        fs::copy(data.join("colors.csv"), path.join("colors.csv")).unwrap();
+        for entry in fs::read_dir(data.join("files")).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), path.join("files").join(entry.file_name())).unwrap();
+        }
+        fs::write(
+            path.join("database.json"),
+            format!("{{\"path\": \"colors.db\", \"writable\": {writable}}}\n"),
+        )
+        .unwrap();
+        fs::write(path.join("servers.json"), "[]\n").unwrap();
+        TestDir { path }
+    }
+
+    pub fn servers_file(&self) -> PathBuf {
+        self.path.join("servers.json")
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.path.join("downloads")
+    }
+
+    pub fn data_file(name: &str) -> Vec<u8> {
+        fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("data/files")
+                .join(name),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running binary, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGINT (Ctrl-C) and waits up to `timeout` for the exit; returns its status code.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<i32> {
+        signal(self.child.id(), "INT");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The process's log (its stderr) so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with `kill(1)`.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+/// Starts `bin` with `args`, its stderr to `log`, and waits for its `... listening on ADDR`
+/// line on stdout.
+pub fn spawn(bin: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
+    let mut child = Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the process never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+        panic!(
+            "{bin} did not say it was listening; its log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{bin} printed {line:?} instead of its address; its log:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Proc { child, addr, log }
+}
+
+/// Starts `server <id> 0 <secs>` on the test folder's data.
+pub fn start_server(dir: &TestDir, id: u32, secs: f64, extra: &[&str]) -> Proc {
+    let mut args = vec![id.to_string(), "0".into(), secs.to_string()];
+    args.extend(
+        [
+            "--servers-file",
+            "servers.json",
+            "--db",
+            "database.json",
+            "--files",
+            "files",
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    spawn(
+        env!("CARGO_BIN_EXE_server"),
+        &args,
+        dir.path.join(format!("server-{id}.log")),
+        &dir.path,
+    )
+}
+
+/// Starts the balancer on port 0 over the test folder's servers file and waits until
+/// `servers` servers are in its pool.
+pub fn start_balancer(dir: &TestDir, servers: usize, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = ["--port", "0", "--servers-file", "servers.json"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let lb = spawn(
+        env!("CARGO_BIN_EXE_loadbalancer"),
+        &args,
+        dir.path.join("loadbalancer.log"),
+        &dir.path,
+    );
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().matches("Connected to server").count() >= servers
+    });
+    lb
+}
+
+/// Polls `done` until it holds, panicking after `timeout`.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw protocol connection, for asserting exact bytes.
+pub struct Wire {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+/// One reply as read off the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub header: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+
+    pub fn server(&self) -> Option<u32> {
+        self.header
+            .split(' ')
+            .find_map(|f| f.strip_prefix("server="))
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.header.starts_with("OK ")
+    }
+
+    /// The code of an `ERR` reply.
+    pub fn code(&self) -> Option<&str> {
+        self.header.strip_prefix("ERR ")?.split(' ').next()
+    }
+}
+
+impl Wire {
+    pub fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Wire {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Sends `line` and a `\n`, and reads the reply.
+    pub fn request(&mut self, line: &str) -> Reply {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// Reads one reply: the header line and, for `OK`, exactly its length of body.
+    pub fn read_reply(&mut self) -> Reply {
+        let mut header = String::new();
+        self.reader.read_line(&mut header).unwrap();
+        assert!(
+            header.ends_with('\n'),
+            "reply header {header:?} has no newline"
+        );
+        let header = header.trim_end_matches('\n').to_string();
+        let mut body = Vec::new();
+        if let Some(rest) = header.strip_prefix("OK ") {
+            let length: usize = rest.split(' ').next().unwrap().parse().unwrap();
+            body.resize(length, 0);
+            self.reader.read_exact(&mut body).unwrap();
+        } else {
+            assert!(header.starts_with("ERR "), "bad reply header {header:?}");
+        }
+        Reply { header, body }
+    }
+}
+
+/// Runs the client binary with `args` in `cwd`; returns (exit code, stdout, stderr).
+pub fn run_client(cwd: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
