@@ -42,6 +42,16 @@ struct Args {
     /// Seconds Ctrl-C waits for requests in flight.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     grace: Duration,
+    /// Address of the admin listener (HTTP: servers join here).
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_host: String,
+    /// Port of the admin listener (0 picks a free one).
+    #[arg(long, default_value_t = 5080)]
+    admin_port: u16,
+    /// File holding the shared secret servers must present to join over the network;
+    /// without it only loopback peers may join.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -55,6 +65,18 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     minilb::init_logging();
+    let token = match args
+        .token_file
+        .as_deref()
+        .map(minilb::token::read)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("loadbalancer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = BalancerConfig {
         host: args.host,
         port: args.port,
@@ -65,6 +87,9 @@ fn main() -> ExitCode {
         retries: args.retries,
         max_clients: args.max_clients,
         grace: args.grace,
+        admin_host: args.admin_host,
+        admin_port: args.admin_port,
+        token,
     };
     let result = minilb::ctrl_c_channel().and_then(|stop| balancer::run(config, stop));
     match result {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use minilb::server::{self, database::QueryLimits, ServerConfig};
+use minilb::server::{self, database::QueryLimits, registration::Registration, ServerConfig};
 
 /// A minilb backend server: serves files from a folder and runs SQL on the shared database,
 /// one request at a time, each taking at least <PROCESSING_TIME> seconds.
@@ -28,6 +28,13 @@ struct Args {
     /// Where the server records itself for the load balancer.
     #[arg(long, default_value = "data/servers.json")]
     servers_file: PathBuf,
+    /// Join the balancer whose admin listener is at HOST:PORT over the network, instead of
+    /// recording this server in the servers file (for servers on other machines).
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// File holding the shared secret for --join (the balancer's --token-file).
+    #[arg(long, requires = "join")]
+    token_file: Option<PathBuf>,
     /// Database settings (`{"path": "colors.db", "writable": false}`).
     #[arg(long, default_value = "data/database.json")]
     db: PathBuf,
@@ -53,12 +60,28 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     minilb::init_logging();
+    let token = match args
+        .token_file
+        .as_deref()
+        .map(minilb::token::read)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let registration = match args.join {
+        Some(admin) => Registration::Join { admin, token },
+        None => Registration::File(args.servers_file),
+    };
     let config = ServerConfig {
         id: args.server_id,
         host: args.host,
         port: args.port,
         processing_time: args.processing_time,
-        servers_file: args.servers_file,
+        registration,
         db_config: args.db,
         files: args.files,
         limits: QueryLimits {

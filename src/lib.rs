@@ -6,7 +6,8 @@
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
 //! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
 //! - [`client`]: the client (one-shot and interactive).
-//! - [`servers_file`]: the list of running servers that servers write and the balancer reads.
+//! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
+//!   [`token`]: the shared secret for servers that join over the network.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod servers_file;
+pub mod token;
 
 pub use error::Error;
 

@@ -1,15 +1,22 @@
-//! Who is in the pool. A watcher thread reads the servers file a few times a second: a server
-//! that records itself joins, one that removes itself drains and leaves, and one whose
-//! connection broke is reconnected with capped exponential backoff.
+//! Who is in the pool. A watcher thread looks a few times a second at the servers file and at
+//! the servers joined over the network (the admin listener): a server that appears joins, one
+//! that disappears drains and leaves. A server that is listed but not in the pool (new, or its
+//! connection broke) gets a reconnector thread that connects, checks that the server answers,
+//! and retries with capped exponential backoff.
+//!
+//! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its request
+//! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::Balancer;
-use crate::servers_file;
+use crate::protocol::{self, Line, ReplyHeader, MAX_HEADER_LINE};
+use crate::servers_file::{self, ServerEntry};
 
 /// How often the servers file is read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -19,128 +26,221 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The request that checks a (re)connected server really answers: a hung process still
+/// completes TCP handshakes, so a connection alone proves nothing.
+const PROBE: &[u8] = b"SELECT 1\n";
 
-/// The watcher's memory of each server it has seen in the file.
+/// A listed server, as the watcher last saw it.
 struct Known {
     backend: Arc<Backend>,
-    /// When to try connecting again, and the wait after that if it fails.
-    retry_at: Instant,
-    backoff: Duration,
-    /// Whether it was in the pool at the last look (to log changes once).
+    /// Set when the server leaves the list, to stop its reconnector.
+    cancelled: Arc<AtomicBool>,
+    /// Set while a reconnector thread runs for it.
+    reconnecting: Arc<AtomicBool>,
+    /// Whether it was in the pool at the last look (to log a fall once).
     was_up: bool,
 }
 
-/// Keeps the idle queue's membership in line with the servers file.
+impl Drop for Known {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Keeps the idle queue's membership in line with the servers file and the joined servers.
 pub struct Membership {
     lb: Arc<Balancer>,
     known: HashMap<u32, Known>,
-    last_file_error: Option<String>,
+    /// The servers file as last read well, kept when a later read fails.
+    last_file: Vec<ServerEntry>,
+    last_error: Option<String>,
 }
 
 impl Membership {
-    /// A watcher for `lb`'s servers file.
+    /// A watcher for `lb`.
     pub fn new(lb: Arc<Balancer>) -> Self {
         Membership {
             lb,
             known: HashMap::new(),
-            last_file_error: None,
+            last_file: Vec::new(),
+            last_error: None,
         }
     }
 
     /// Polls until the balancer stops.
     pub fn run(mut self) {
         while !self.lb.stopping.load(Ordering::SeqCst) {
+            self.poll();
             std::thread::sleep(POLL_INTERVAL);
-            if let Err(e) = self.poll() {
-                if self.last_file_error.as_ref() != Some(&e) {
-                    log::warn!("{e}");
-                    self.last_file_error = Some(e);
-                }
-            }
         }
     }
 
-    /// One look at the servers file: join new servers, drain removed ones, reconnect lost ones.
-    ///
-    /// # Errors
-    /// A message when the servers file cannot be read.
-    pub fn poll(&mut self) -> Result<(), String> {
-        let path = &self.lb.config.servers_file;
-        let entries = servers_file::read(path)
-            .map_err(|e| format!("cannot read servers file {}: {e}", path.display()))?;
-        self.last_file_error = None;
-        let listed: HashMap<u32, Backend> = entries
-            .iter()
-            .map(|e| (e.id, Backend::from_entry(e)))
-            .collect();
-
-        // Servers gone from the file, or recorded again with other settings: drain them.
+    /// One look: join new servers, drain removed ones, start reconnecting lost ones.
+    pub fn poll(&mut self) {
+        let listed = self.listed();
         let queue = &self.lb.queue;
+        // Servers gone from the list, or listed again with other settings: drain them.
         self.known.retain(|id, known| {
-            if listed.get(id) == Some(&known.backend) {
+            if listed.get(id) == Some(&*known.backend) {
                 return true;
             }
             if queue.retire(*id) {
-                log::info!(
-                    "server {id} left the servers file: draining (its request in flight completes)"
-                );
+                log::info!("server {id} left the list: draining (its request in flight completes)");
             }
             false
         });
-
-        let now = Instant::now();
         for (id, backend) in listed {
             let known = self.known.entry(id).or_insert_with(|| Known {
                 backend: Arc::new(backend),
-                retry_at: now,
-                backoff: FIRST_BACKOFF,
+                cancelled: Arc::new(AtomicBool::new(false)),
+                reconnecting: Arc::new(AtomicBool::new(false)),
                 was_up: false,
             });
-            let up = queue.membership(id).is_some();
-            if up {
+            if queue.membership(id).is_some() {
                 known.was_up = true;
                 continue;
             }
             if known.was_up {
                 known.was_up = false;
-                known.retry_at = now;
-                known.backoff = FIRST_BACKOFF;
                 log::warn!("server {id} is down; reconnecting in the background");
             }
-            if now < known.retry_at {
+            if !known.reconnecting.swap(true, Ordering::SeqCst) {
+                spawn_reconnector(&self.lb, known);
+            }
+        }
+    }
+
+    /// Every listed server: the servers file's, then those joined over the network. A second
+    /// entry with an id or address already listed is ignored, so no server is in the pool twice.
+    fn listed(&mut self) -> HashMap<u32, Backend> {
+        let path = &self.lb.config.servers_file;
+        match servers_file::read(path) {
+            Ok(entries) => {
+                self.last_file = entries;
+                self.last_error = None;
+            }
+            Err(e) => {
+                // Keep the last good list rather than drain every server over a bad edit.
+                let e = format!("cannot read servers file {}: {e}", path.display());
+                if self.last_error.as_ref() != Some(&e) {
+                    log::warn!("{e}; keeping the servers already known");
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        let mut entries = self.last_file.clone();
+        entries.extend(self.lb.joined.lock().values().cloned());
+        let mut listed = HashMap::new();
+        let mut addresses = HashSet::new();
+        for entry in entries {
+            let backend = Backend::from_entry(&entry);
+            if listed.contains_key(&backend.id) || !addresses.insert(backend.addr.clone()) {
+                log::debug!(
+                    "ignoring a second entry for server {} at {}",
+                    backend.id,
+                    backend.addr
+                );
                 continue;
             }
-            connect(&self.lb, known, now);
+            listed.insert(backend.id, backend);
         }
-        Ok(())
+        listed
     }
 }
 
-fn connect(lb: &Balancer, known: &mut Known, now: Instant) {
-    let backend = Arc::clone(&known.backend);
-    let reply_timeout = lb.config.server_timeout + backend.processing_time;
-    match BackendConn::connect(Arc::clone(&backend), CONNECT_TIMEOUT, reply_timeout) {
-        Ok(conn) => {
-            if lb.queue.add(backend.candidate(), conn) {
-                log::info!(
-                    "Connected to server {} at {} (processing time {} s)",
+fn spawn_reconnector(lb: &Arc<Balancer>, known: &Known) {
+    let (lb, backend) = (Arc::clone(lb), Arc::clone(&known.backend));
+    let (cancelled, reconnecting) = (
+        Arc::clone(&known.cancelled),
+        Arc::clone(&known.reconnecting),
+    );
+    let spawned = std::thread::Builder::new()
+        .name(format!("reconnect-{}", backend.id))
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            reconnect(&lb, &backend, &cancelled);
+            reconnecting.store(false, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        known.reconnecting.store(false, Ordering::SeqCst);
+        log::error!("cannot start a reconnector thread: {e}");
+    }
+}
+
+/// Connects and probes until the server answers, waiting longer after each failure.
+fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0u32;
+    while !cancelled.load(Ordering::SeqCst) && !lb.stopping.load(Ordering::SeqCst) {
+        let reply_timeout = lb.config.server_timeout + backend.processing_time;
+        let attempt = BackendConn::connect(Arc::clone(backend), CONNECT_TIMEOUT, reply_timeout)
+            .and_then(|mut conn| probe(&mut conn).map(|()| conn));
+        match attempt {
+            Ok(conn) => {
+                if cancelled.load(Ordering::SeqCst) {
+                    return;
+                }
+                if lb.queue.add(backend.candidate(), conn) {
+                    log::info!(
+                        "Connected to server {} at {} (processing time {} s){}",
+                        backend.id,
+                        backend.addr,
+                        backend.processing_time.as_secs_f64(),
+                        if failures > 0 {
+                            format!(" after {failures} failed attempt(s)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                let message = format!(
+                    "cannot reach server {} at {}: {e}; next try in {:.1} s",
                     backend.id,
                     backend.addr,
-                    backend.processing_time.as_secs_f64()
+                    backoff.as_secs_f64()
                 );
-                known.was_up = true;
-                known.backoff = FIRST_BACKOFF;
+                // The first failure is news; the rest are the same story.
+                if failures == 1 {
+                    log::warn!("{message}");
+                } else {
+                    log::debug!("{message}");
+                }
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !cancelled.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50).min(backoff));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        Err(e) => {
-            log::warn!(
-                "cannot connect to server {} at {}: {e}; next try in {:.1} s",
-                backend.id,
-                backend.addr,
-                known.backoff.as_secs_f64()
-            );
-            known.retry_at = now + known.backoff;
-            known.backoff = (known.backoff * 2).min(MAX_BACKOFF);
-        }
     }
+}
+
+/// Sends [`PROBE`] and reads its whole reply: the server is alive and speaks the protocol.
+fn probe(conn: &mut BackendConn) -> io::Result<()> {
+    conn.writer.write_all(PROBE)?;
+    let mut header = Vec::new();
+    if protocol::read_line(&mut conn.reader, &mut header, MAX_HEADER_LINE)? != Line::Complete {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed the connection instead of answering",
+        ));
+    }
+    let reply =
+        ReplyHeader::parse(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let length = reply.body_length();
+    let read = io::copy(
+        &mut io::Read::take(&mut conn.reader, length),
+        &mut io::sink(),
+    )?;
+    if read < length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "reply cut short",
+        ));
+    }
+    Ok(())
 }

@@ -4,13 +4,16 @@
 //! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
 //! requests: the client side and the backend side of each), [`backend`] (servers and the
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
-//! reconnecting to servers that went down). The idle queue is [`crate::idle_queue`].
+//! reconnecting to servers that went down), [`admin`] (the HTTP admin listener). The idle
+//! queue is [`crate::idle_queue`].
 
+pub mod admin;
 pub mod backend;
 pub mod listener;
 pub mod membership;
 pub mod session;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,9 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 
 use crate::idle_queue::IdleQueue;
 use crate::policy;
+use crate::servers_file::ServerEntry;
 use backend::BackendConn;
 
 /// The balancer's settings, from its command line.
@@ -44,6 +49,12 @@ pub struct BalancerConfig {
     pub max_clients: usize,
     /// How long Ctrl-C waits for requests in flight.
     pub grace: Duration,
+    /// Address of the admin listener (HTTP).
+    pub admin_host: String,
+    /// Port of the admin listener; 0 lets the OS choose.
+    pub admin_port: u16,
+    /// Shared secret that servers joining over the network must present.
+    pub token: Option<String>,
 }
 
 impl Default for BalancerConfig {
@@ -58,6 +69,9 @@ impl Default for BalancerConfig {
             retries: 2,
             max_clients: 10_000,
             grace: Duration::from_secs(10),
+            admin_host: "127.0.0.1".into(),
+            admin_port: 5080,
+            token: None,
         }
     }
 }
@@ -76,6 +90,8 @@ pub struct Balancer {
     pub in_flight: AtomicUsize,
     /// Numbers requests in the log.
     pub next_request: AtomicU64,
+    /// Guards the servers that joined over the network (admin listener), by id.
+    pub joined: Mutex<HashMap<u32, ServerEntry>>,
 }
 
 /// Runs the balancer until a message arrives on `shutdown`; then stops accepting, lets the
@@ -98,6 +114,18 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin =
+        tiny_http::Server::http((config.admin_host.as_str(), config.admin_port)).map_err(|e| {
+            format!(
+                "cannot start the admin listener on {}:{}: {e} (--admin-port 0 picks a free port)",
+                config.admin_host, config.admin_port
+            )
+        })?;
+    let admin = Arc::new(admin);
+    let admin_addr = admin
+        .server_addr()
+        .to_ip()
+        .map_or_else(|| "?".to_string(), |a| a.to_string());
     let lb = Arc::new(Balancer {
         config,
         queue: IdleQueue::new(policy),
@@ -105,29 +133,41 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
         clients: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         next_request: AtomicU64::new(1),
+        joined: Mutex::new(HashMap::new()),
     });
 
-    let mut watcher = membership::Membership::new(Arc::clone(&lb));
-    watcher.poll()?;
-    let (idle, members, _) = lb.queue.counts();
+    let listed = crate::servers_file::read(&lb.config.servers_file).map_err(|e| {
+        format!(
+            "cannot read servers file {}: {e}",
+            lb.config.servers_file.display()
+        )
+    })?;
     log::info!(
-        "Load balancer listening on {addr} with {members} server(s), policy {}",
-        lb.queue.policy_name()
+        "Load balancer listening on {addr} (admin on http://{admin_addr}), policy {}; {} server(s) in {}",
+        lb.queue.policy_name(),
+        listed.len(),
+        lb.config.servers_file.display()
     );
-    if idle == 0 {
+    if listed.is_empty() {
         log::warn!(
-            "no server is up yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
+            "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
         );
     }
+    // Tests and scripts read these two lines to learn the ports.
     println!("loadbalancer listening on {addr}");
+    println!("admin listening on {admin_addr}");
 
+    let watcher = membership::Membership::new(Arc::clone(&lb));
     spawn("membership", move || watcher.run())?;
     let accepting = Arc::clone(&lb);
     spawn("accept", move || {
         listener::accept_loop(&accepting, listener)
     })?;
+    let (admin_lb, admin_http) = (Arc::clone(&lb), Arc::clone(&admin));
+    spawn("admin", move || admin::serve(&admin_lb, &admin_http))?;
 
     let _ = shutdown.recv();
+    admin.unblock();
     shut_down(&lb, addr);
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::error::Error;
@@ -26,11 +27,13 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     log::info!("Connected with {peer}");
+    server.connections.fetch_add(1, Ordering::SeqCst);
     if let Err(e) = serve(server, stream, &peer) {
         log::info!("connection with {peer} ended: {e}");
     } else {
         log::info!("connection with {peer} closed");
     }
+    server.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
@@ -51,6 +54,7 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
             }
         }
         let started = Instant::now();
+        server.in_flight.fetch_add(1, Ordering::SeqCst);
         let reply = match Request::parse(&line) {
             Ok(request) => {
                 log::info!("{peer}: {}", request.line());
@@ -59,7 +63,9 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
             }
             Err(e) => Reply::Err(e),
         };
-        let sent = send(&mut writer, reply)?;
+        let sent = send(&mut writer, reply);
+        server.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let sent = sent?;
         log::info!(
             "{peer}: response sent ({sent}, {:.3} s)",
             started.elapsed().as_secs_f64()

@@ -2,23 +2,33 @@
 //! request at a time, each taking at least `processing_time` (the server's simulated power).
 //!
 //! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file),
-//! [`file_store`] (the files folder).
+//! [`file_store`] (the files folder), [`registration`] (the servers file, or joining a
+//! balancer over the network).
 
 pub mod database;
 pub mod file_store;
 pub mod handler;
+pub mod registration;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::servers_file::{self, ServerEntry};
+use crate::servers_file::ServerEntry;
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
+use registration::Registration;
+
+/// After Ctrl-C, how long the server keeps answering while balancers notice it left (they
+/// look at the servers file five times a second) before it stops waiting for them to hang up.
+const DRAIN: Duration = Duration::from_secs(1);
+/// After Ctrl-C, the longest wait for requests in flight.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// A server's settings, from its command line.
 #[derive(Debug, Clone)]
@@ -31,8 +41,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// Time each request takes at least.
     pub processing_time: Duration,
-    /// Where the server records itself for the balancer.
-    pub servers_file: PathBuf,
+    /// Where the server records itself for balancers.
+    pub registration: Registration,
     /// `database.json`.
     pub db_config: PathBuf,
     /// Folder of files to serve.
@@ -51,6 +61,10 @@ pub struct Server {
     pub worker: Mutex<Database>,
     /// The files folder.
     pub files: FileStore,
+    /// Open connections (the balancer's and direct clients').
+    pub connections: AtomicUsize,
+    /// Requests read and not yet fully answered.
+    pub in_flight: AtomicUsize,
 }
 
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
@@ -80,17 +94,14 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         processing_time: config.processing_time.as_secs_f64(),
         writable: db_config.writable,
     };
-    servers_file::register(&config.servers_file, &entry).map_err(|e| {
-        format!(
-            "cannot record this server in {}: {e}",
-            config.servers_file.display()
-        )
-    })?;
+    config.registration.register(&entry)?;
     let server = Arc::new(Server {
         id: config.id,
         processing_time: config.processing_time,
         worker: Mutex::new(database),
         files,
+        connections: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
     });
     log::info!(
         "Server {} is starting (processing time {} s)...",
@@ -107,16 +118,21 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
 
     let _ = shutdown.recv();
     log::info!(
-        "Server {} stopping: finishing the request in hand",
+        "Server {} stopping: leaving the pool, finishing requests in flight",
         config.id
     );
-    // Waiting for the worker means the request being processed has finished.
-    let _idle = server.worker.lock();
-    if let Err(e) = servers_file::deregister(&config.servers_file, config.id, addr.port()) {
-        log::warn!(
-            "could not remove this server from {}: {e}",
-            config.servers_file.display()
-        );
+    if let Err(e) = config.registration.deregister(&entry) {
+        log::warn!("{e}");
+    }
+    // Keep answering until balancers have let go (or DRAIN passes) and nothing is in flight.
+    let left = Instant::now();
+    while left.elapsed() < GRACE {
+        let busy = server.in_flight.load(Ordering::SeqCst) > 0;
+        let connected = server.connections.load(Ordering::SeqCst) > 0;
+        if !busy && (!connected || left.elapsed() >= DRAIN) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     log::info!("Server {} stopped", config.id);
     Ok(())

@@ -73,7 +73,10 @@ impl Drop for TestDir {
 /// A running binary, killed on drop.
 pub struct Proc {
     pub child: Child,
+    /// Where it listens (the first `listening on` line).
     pub addr: SocketAddr,
+    /// Every address it printed, in order (the balancer's second is its admin listener).
+    pub addrs: Vec<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -99,6 +102,11 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The balancer's admin listener.
+    pub fn admin(&self) -> SocketAddr {
+        self.addrs[1]
+    }
 }
 
 impl Drop for Proc {
@@ -119,9 +127,9 @@ pub fn signal(pid: u32, name: &str) {
     assert!(ok, "kill -{name} {pid} failed");
 }
 
-/// Starts `bin` with `args`, its stderr to `log`, and waits for its `... listening on ADDR`
-/// line on stdout.
-pub fn spawn(bin: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
+/// Starts `bin` with `args`, its stderr to `log`, and waits for `lines` lines of
+/// `... listening on ADDR` on stdout.
+pub fn spawn(bin: &str, args: &[String], log: PathBuf, cwd: &Path, lines: usize) -> Proc {
     let mut child = Command::new(bin)
         .args(args)
         .current_dir(cwd)
@@ -134,31 +142,34 @@ pub fn spawn(bin: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        // Keep draining so the process never blocks on a full pipe.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        // Forward every line; keep draining so the process never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
     });
-    let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
-        panic!(
-            "{bin} did not say it was listening; its log:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
+    let mut addrs = Vec::new();
+    while addrs.len() < lines {
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
             panic!(
-                "{bin} printed {line:?} instead of its address; its log:\n{}",
+                "{bin} did not say it was listening; its log:\n{}",
                 fs::read_to_string(&log).unwrap_or_default()
             )
         });
-    Proc { child, addr, log }
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{bin} printed {line:?} instead of its address"));
+        addrs.push(addr);
+    }
+    Proc {
+        child,
+        addr: addrs[0],
+        addrs,
+        log,
+    }
 }
 
 /// Starts `server <id> 0 <secs>` on the test folder's data.
@@ -181,21 +192,30 @@ pub fn start_server(dir: &TestDir, id: u32, secs: f64, extra: &[&str]) -> Proc {
         &args,
         dir.path.join(format!("server-{id}.log")),
         &dir.path,
+        1,
     )
 }
 
 /// Starts the balancer on port 0 over the test folder's servers file and waits until
 /// `servers` servers are in its pool.
 pub fn start_balancer(dir: &TestDir, servers: usize, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = ["--port", "0", "--servers-file", "servers.json"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--servers-file",
+        "servers.json",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     let lb = spawn(
         env!("CARGO_BIN_EXE_loadbalancer"),
         &args,
         dir.path.join("loadbalancer.log"),
         &dir.path,
+        2,
     );
     wait_until(START_TIMEOUT, || {
         lb.log_text().matches("Connected to server").count() >= servers

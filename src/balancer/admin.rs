@@ -1,0 +1,191 @@
+//! The admin listener: a small HTTP/1.1 API (tiny_http) beside the client port.
+//!
+//! - `POST /servers` with a JSON body `{"id", "host", "port", "processing_time"}` joins a
+//!   server that shares no servers file with the balancer (another machine, say).
+//! - `DELETE /servers/<id>` removes a joined server (it drains first).
+//! - `GET /servers` lists the joined servers.
+//!
+//! Changes need `Authorization: Bearer <token>` when the balancer has `--token-file`; without
+//! one, only loopback peers may make them.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::balancer::Balancer;
+use crate::servers_file::{self, ServerEntry};
+
+/// Largest request body accepted.
+const MAX_BODY: u64 = 64 * 1024;
+
+/// An HTTP answer: status and JSON body.
+type Answer = (u16, serde_json::Value);
+
+/// Serves admin requests until the listener is unblocked.
+pub fn serve(lb: &Arc<Balancer>, http: &tiny_http::Server) {
+    for request in http.incoming_requests() {
+        handle(lb, request);
+    }
+}
+
+fn handle(lb: &Balancer, mut request: Request) {
+    let remote = request.remote_addr().copied();
+    let method = request.method().clone();
+    let path = request.url().split('?').next().unwrap_or("").to_string();
+    let (status, body) = match (&method, path.as_str()) {
+        (Method::Get, "/servers") => (200, serde_json::json!(list(lb))),
+        (Method::Post, "/servers") => {
+            authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))
+        }
+        (Method::Delete, p) if p.starts_with("/servers/") => {
+            authorize(lb, &request, remote, "leave")
+                .unwrap_or_else(|| leave(lb, &p["/servers/".len()..]))
+        }
+        _ => (
+            404,
+            serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
+        ),
+    };
+    let content_type =
+        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid header");
+    let response = Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(content_type);
+    // A peer that left before its answer is no concern of ours.
+    let _ = request.respond(response);
+}
+
+/// `None` when the request may change the pool; otherwise the refusal, logged.
+fn authorize(
+    lb: &Balancer,
+    request: &Request,
+    remote: Option<SocketAddr>,
+    action: &str,
+) -> Option<Answer> {
+    let who = remote.map_or_else(|| "?".to_string(), |a| a.to_string());
+    match &lb.config.token {
+        Some(token) => {
+            let expected = format!("Bearer {token}");
+            let given = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.as_str().trim());
+            if given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+                return None;
+            }
+            log::warn!("refused a {action} request from {who}: wrong or missing token");
+            Some((
+                401,
+                serde_json::json!({"error": "wrong or missing token: send Authorization: Bearer <token from --token-file>"}),
+            ))
+        }
+        None if remote.is_some_and(|a| a.ip().is_loopback()) => None,
+        None => {
+            log::warn!("refused a {action} request from {who}: not loopback and no --token-file");
+            Some((
+                403,
+                serde_json::json!({"error": "registrations from other machines need a shared secret: start the balancer and the server with --token-file"}),
+            ))
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing says nothing of the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn join(lb: &Balancer, request: &mut Request) -> Answer {
+    let mut body = String::new();
+    if request
+        .as_reader()
+        .take(MAX_BODY)
+        .read_to_string(&mut body)
+        .is_err()
+    {
+        return bad("the body is not UTF-8 text");
+    }
+    let entry: ServerEntry = match serde_json::from_str(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return bad(&format!(
+                "expected {{\"id\": 1, \"host\": \"127.0.0.2\", \"port\": 5071, \"processing_time\": 0.5}}: {e}"
+            ))
+        }
+    };
+    if entry.host.is_empty() || entry.port == 0 {
+        return bad("host must be set and port must not be 0");
+    }
+    if !entry.processing_time.is_finite() || entry.processing_time < 0.0 {
+        return bad("processing_time must be a number of seconds, 0 or more");
+    }
+    let in_file = servers_file::read(&lb.config.servers_file).unwrap_or_default();
+    let mut joined = lb.joined.lock();
+    let clash = in_file
+        .iter()
+        .chain(joined.values().filter(|e| e.id != entry.id))
+        .find(|e| e.id == entry.id || e.address() == entry.address());
+    if let Some(other) = clash {
+        let why = format!(
+            "server {} at {} is already in the pool",
+            other.id,
+            other.address()
+        );
+        log::warn!(
+            "refused to join server {} at {}: {why}",
+            entry.id,
+            entry.address()
+        );
+        return (409, serde_json::json!({"error": why}));
+    }
+    log::info!(
+        "server {} at {} joined over the network (processing time {} s)",
+        entry.id,
+        entry.address(),
+        entry.processing_time
+    );
+    let answer = serde_json::json!(entry);
+    joined.insert(entry.id, entry);
+    (201, answer)
+}
+
+fn leave(lb: &Balancer, id: &str) -> Answer {
+    let Ok(id) = id.parse::<u32>() else {
+        return bad("the server id must be a number");
+    };
+    match lb.joined.lock().remove(&id) {
+        Some(entry) => {
+            log::info!("server {id} at {} left over the network", entry.address());
+            (200, serde_json::json!(entry))
+        }
+        None => (
+            404,
+            serde_json::json!({"error": format!("server {id} did not join over the network")}),
+        ),
+    }
+}
+
+fn list(lb: &Balancer) -> Vec<ServerEntry> {
+    let mut list: Vec<ServerEntry> = lb.joined.lock().values().cloned().collect();
+    list.sort_by_key(|e| e.id);
+    list
+}
+
+fn bad(message: &str) -> Answer {
+    (400, serde_json::json!({"error": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"Bearer abc", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer abd", b"Bearer abc"));
+        assert!(!constant_time_eq(b"Bearer ab", b"Bearer abc"));
+    }
+}

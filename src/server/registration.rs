@@ -1,0 +1,109 @@
+//! How a server makes itself known to balancers: by recording itself in the servers file, or
+//! by joining a balancer over the network (`--join`), through the balancer's admin listener.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::servers_file::{self, ServerEntry};
+
+/// How long a join or leave request may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where this server is registered.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// In a servers file shared with the balancer.
+    File(PathBuf),
+    /// With a balancer's admin listener at `admin` (`host:port`), presenting `token`.
+    Join {
+        /// The admin listener's address.
+        admin: String,
+        /// The shared secret, if any.
+        token: Option<String>,
+    },
+}
+
+impl Registration {
+    /// Records `entry`.
+    ///
+    /// # Errors
+    /// A message saying what failed and what to do.
+    pub fn register(&self, entry: &ServerEntry) -> Result<(), String> {
+        match self {
+            Registration::File(path) => servers_file::register(path, entry)
+                .map_err(|e| format!("cannot record this server in {}: {e}", path.display())),
+            Registration::Join { admin, token } => {
+                let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+                http(admin, "POST", "/servers", token.as_deref(), &body)
+                    .map_err(|e| format!("cannot join the balancer at {admin}: {e}"))
+            }
+        }
+    }
+
+    /// Removes `entry`.
+    ///
+    /// # Errors
+    /// A message saying what failed.
+    pub fn deregister(&self, entry: &ServerEntry) -> Result<(), String> {
+        match self {
+            Registration::File(path) => servers_file::deregister(path, entry.id, entry.port)
+                .map_err(|e| format!("cannot remove this server from {}: {e}", path.display())),
+            Registration::Join { admin, token } => {
+                let path = format!("/servers/{}", entry.id);
+                http(admin, "DELETE", &path, token.as_deref(), "")
+                    .map_err(|e| format!("cannot leave the balancer at {admin}: {e}"))
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; `Ok` on a 2xx status. Small enough to read,
+/// so no HTTP client crate is needed.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(), String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{addr} does not resolve"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&target, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|e| e.to_string())?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or("the answer is not HTTP")?;
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string());
+    Err(format!("HTTP {status}: {message}"))
+}
