@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LB_PORT=${LB_PORT:-5070}
+ADMIN_PORT=${ADMIN_PORT:-5080}
 SERVERS=("1 5071 0.5" "2 5072 1" "3 5073 2")
 LOGS=target/cluster-logs
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$LB_PORT" 5071 5072 5073; do
+for p in "$LB_PORT" 5071 5072 5073 "${ADMIN_PORT:-5080}"; do
   if port_in_use "$p"; then
     echo "run-cluster: port $p is already in use (another cluster running?). Stop it first." >&2
     exit 1
@@ -50,7 +51,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 
-"$BIN/loadbalancer" --port "$LB_PORT" >"$LOGS/loadbalancer.out" &
+"$BIN/loadbalancer" --port "$LB_PORT" --admin-port "$ADMIN_PORT" >"$LOGS/loadbalancer.out" &
 pids+=($!)
 for _ in $(seq 1 300); do grep -q listening "$LOGS/loadbalancer.out" 2>/dev/null && break; sleep 0.1; done
 

@@ -124,10 +124,17 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
     }
     let in_file = servers_file::read(&lb.config.servers_file).unwrap_or_default();
     let mut joined = lb.joined.lock();
+    // A server may join again (after a restart) unless its old self is still up elsewhere.
+    let replaceable = |other: &ServerEntry| {
+        other.id == entry.id
+            && joined.contains_key(&other.id)
+            && (other.address() == entry.address() || lb.queue.membership(other.id).is_none())
+    };
     let clash = in_file
         .iter()
-        .chain(joined.values().filter(|e| e.id != entry.id))
-        .find(|e| e.id == entry.id || e.address() == entry.address());
+        .chain(joined.values())
+        .filter(|other| !replaceable(other))
+        .find(|other| other.id == entry.id || other.address() == entry.address());
     if let Some(other) = clash {
         let why = format!(
             "server {} at {} is already in the pool",

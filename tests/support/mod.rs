@@ -337,3 +337,168 @@ pub fn run_client(cwd: &Path, args: &[&str], stdin: &str) -> (i32, String, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// What a steady load saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Replies that were correct.
+    pub ok: usize,
+    /// Everything that went wrong, one line each.
+    pub failures: Vec<String>,
+}
+
+/// Clients sending requests in a loop on persistent connections, checking every reply, until
+/// stopped (or a bound on time and count is reached).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Correct replies so far, by the server that gave them.
+    pub by_server: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<u32, usize>>>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+/// Longest a load runs, whatever the test does.
+pub const LOAD_LIMIT: Duration = Duration::from_secs(120);
+
+impl Load {
+    /// `clients` threads against `addr`, alternating small queries and `file hello.txt`.
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let by_server = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new()));
+        let hello = TestDir::data_file("hello.txt");
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, by_server, hello) =
+                    (Arc::clone(&stop), Arc::clone(&by_server), hello.clone());
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut report = LoadReport::default();
+                    let mut wire: Option<Wire> = None;
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::SeqCst)
+                        && started.elapsed() < LOAD_LIMIT
+                        && i < 1_000_000
+                    {
+                        i += 1;
+                        let w = match &mut wire {
+                            Some(w) => w,
+                            None => match TcpStream::connect(addr) {
+                                Ok(_) => wire.insert(Wire::connect(addr)),
+                                Err(e) => {
+                                    report.failures.push(format!("client {c}: connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    continue;
+                                }
+                            },
+                        };
+                        let (line, expected) = if i.is_multiple_of(2) {
+                            ("file hello.txt".to_string(), hello.clone())
+                        } else {
+                            let n = c * 1_000_000 + i;
+                            (format!("SELECT {n} AS n"), format!("n: {n}\n").into_bytes())
+                        };
+                        match w.try_request(&line) {
+                            Ok(reply) if reply.is_ok() && reply.body == expected => {
+                                report.ok += 1;
+                                *by_server
+                                    .lock()
+                                    .entry(reply.server().unwrap_or(0))
+                                    .or_default() += 1;
+                            }
+                            Ok(reply) => {
+                                report
+                                    .failures
+                                    .push(format!("client {c}: {line}: {}", reply.header));
+                            }
+                            Err(e) => {
+                                report.failures.push(format!("client {c}: {line}: {e}"));
+                                wire = None;
+                            }
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            by_server,
+            threads,
+        }
+    }
+
+    /// Correct replies so far from server `id`.
+    pub fn answered_by(&self, id: u32) -> usize {
+        self.by_server.lock().get(&id).copied().unwrap_or(0)
+    }
+
+    /// Correct replies so far, from any server.
+    pub fn answered(&self) -> usize {
+        self.by_server.lock().values().sum()
+    }
+
+    /// Stops the clients and adds up what they saw.
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().unwrap();
+            total.ok += r.ok;
+            total.failures.extend(r.failures);
+        }
+        total
+    }
+}
+
+impl Wire {
+    /// Like [`Wire::request`], but an I/O or framing failure is an `Err`, not a panic.
+    pub fn try_request(&mut self, line: &str) -> std::io::Result<Reply> {
+        use std::io::{Error, ErrorKind};
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut header = String::new();
+        if self.reader.read_line(&mut header)? == 0 || !header.ends_with('\n') {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let header = header.trim_end_matches('\n').to_string();
+        let mut body = Vec::new();
+        if let Some(rest) = header.strip_prefix("OK ") {
+            let length: usize = rest
+                .split(' ')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| Error::new(ErrorKind::InvalidData, header.clone()))?;
+            body.resize(length, 0);
+            self.reader.read_exact(&mut body)?;
+        } else if !header.starts_with("ERR ") {
+            return Err(Error::new(ErrorKind::InvalidData, header));
+        }
+        Ok(Reply { header, body })
+    }
+}
+
+/// One HTTP/1.1 request to the admin listener; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
