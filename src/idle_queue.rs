@@ -12,7 +12,7 @@
 //! The queue is generic over the item it hands out (a live connection in the balancer, a plain
 //! number in the tests), so its ordering and blocking are tested without sockets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -59,8 +59,10 @@ struct State<T> {
     items: Vec<T>,
     /// Every server in the pool, idle or busy.
     members: HashMap<u32, Membership>,
-    /// Requests waiting in line for a server.
-    waiting: usize,
+    /// Requests waiting in line for a server: when each started waiting, by ticket.
+    in_line: BTreeMap<u64, Instant>,
+    /// The next ticket for the line.
+    next_ticket: u64,
     /// Sequence number of the last hand-out (for round robin).
     last_seq: u64,
     stopped: bool,
@@ -73,10 +75,34 @@ pub struct Lease<'q, T> {
     queue: &'q IdleQueue<T>,
     candidate: Candidate,
     item: Option<T>,
+    /// How the choice was made, for the log and the dashboard.
+    pub decision: Decision,
+}
+
+/// What the queue saw when it handed out a server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// Servers idle at that moment (the chosen one included), in no particular order.
+    pub idle: Vec<u32>,
+    /// Servers in the pool but busy.
+    pub busy: Vec<u32>,
+    /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
+    pub position: Option<usize>,
     /// How long the request waited in line.
     pub waited: Duration,
-    /// How many servers were idle when this one was chosen (itself included).
-    pub idle_count: usize,
+}
+
+/// The queue at one moment, for status pages.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Idle servers as the policy sees them.
+    pub idle: Vec<Candidate>,
+    /// Every server in the pool.
+    pub members: Vec<(u32, Membership)>,
+    /// Requests waiting in line.
+    pub waiting: usize,
+    /// How long the first in line has waited.
+    pub longest_wait: Duration,
 }
 
 impl<T> IdleQueue<T> {
@@ -89,7 +115,8 @@ impl<T> IdleQueue<T> {
                 candidates: Vec::new(),
                 items: Vec::new(),
                 members: HashMap::new(),
-                waiting: 0,
+                in_line: BTreeMap::new(),
+                next_ticket: 0,
                 last_seq: 0,
                 stopped: false,
             }),
@@ -102,6 +129,11 @@ impl<T> IdleQueue<T> {
     /// The policy's name.
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &dyn Policy {
+        self.policy.as_ref()
     }
 
     /// Adds an idle server to the pool. Returns false (and drops `item`) when a server with
@@ -127,15 +159,16 @@ impl<T> IdleQueue<T> {
     pub fn acquire(&self, timeout: Duration) -> Result<Lease<'_, T>, NoServer> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut s = self.state.lock();
-        let mut in_line = false;
+        let mut s = self.lock();
+        // This request's ticket and place once it waits in line.
+        let mut ticket: Option<(u64, usize)> = None;
         loop {
             self.absorb_returned(&mut s);
             let outcome = if s.stopped {
                 Some(Err(NoServer::Stopped))
             } else if !s.members.values().any(|m| *m == Membership::Active) {
                 Some(Err(NoServer::NoneUp))
-            } else if in_line || s.waiting == 0 {
+            } else if ticket.is_some() || s.in_line.is_empty() {
                 self.policy.pick(&s.candidates).map(Ok)
             } else {
                 None
@@ -145,19 +178,26 @@ impl<T> IdleQueue<T> {
                 other => other,
             };
             if let Some(outcome) = outcome {
-                if in_line {
-                    s.waiting -= 1;
+                if let Some((t, _)) = ticket {
+                    s.in_line.remove(&t);
                 }
-                let lease = outcome.map(|i| self.take(&mut s, i, started.elapsed()));
+                let lease = outcome.map(|i| {
+                    let mut lease = self.take(&mut s, i);
+                    lease.decision.position = ticket.map(|(_, place)| place);
+                    lease.decision.waited = started.elapsed();
+                    lease
+                });
                 // Pass the turn on: another idle server and someone still in line.
-                if !s.candidates.is_empty() && s.waiting > 0 {
+                if !s.candidates.is_empty() && !s.in_line.is_empty() {
                     self.available.notify_one();
                 }
                 return lease;
             }
-            if !in_line {
-                s.waiting += 1;
-                in_line = true;
+            if ticket.is_none() {
+                let t = s.next_ticket;
+                s.next_ticket += 1;
+                s.in_line.insert(t, started);
+                ticket = Some((t, s.in_line.len()));
             }
             self.available.wait_until(&mut s, deadline);
         }
@@ -197,7 +237,22 @@ impl<T> IdleQueue<T> {
     /// How many servers are idle, how many are in the pool, how many requests wait.
     pub fn counts(&self) -> (usize, usize, usize) {
         let s = self.lock();
-        (s.candidates.len(), s.members.len(), s.waiting)
+        (s.candidates.len(), s.members.len(), s.in_line.len())
+    }
+
+    /// The queue as it is now.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.lock();
+        Snapshot {
+            idle: s.candidates.clone(),
+            members: s.members.iter().map(|(id, m)| (*id, *m)).collect(),
+            waiting: s.in_line.len(),
+            longest_wait: s
+                .in_line
+                .values()
+                .next()
+                .map_or(Duration::ZERO, Instant::elapsed),
+        }
     }
 
     /// Takes the lock and brings the idle list up to date with returned servers.
@@ -207,18 +262,28 @@ impl<T> IdleQueue<T> {
         s
     }
 
-    fn take(&self, s: &mut State<T>, i: usize, waited: Duration) -> Lease<'_, T> {
-        let idle_count = s.candidates.len();
+    fn take(&self, s: &mut State<T>, i: usize) -> Lease<'_, T> {
+        let idle: Vec<u32> = s.candidates.iter().map(|c| c.id).collect();
+        let busy = s
+            .members
+            .keys()
+            .filter(|id| !idle.contains(id))
+            .copied()
+            .collect();
         let mut candidate = s.candidates.swap_remove(i);
         let item = s.items.swap_remove(i);
         s.last_seq += 1;
         candidate.last_chosen = s.last_seq;
+        candidate.served += 1;
         Lease {
             queue: self,
             candidate,
             item: Some(item),
-            waited,
-            idle_count,
+            decision: Decision {
+                idle,
+                busy,
+                ..Decision::default()
+            },
         }
     }
 
@@ -270,6 +335,11 @@ impl<T> Lease<'_, T> {
         self.candidate
     }
 
+    /// Folds the measured service time of the request just served into the server's average.
+    pub fn record_service(&mut self, took: Duration) {
+        self.candidate.record_service(took);
+    }
+
     /// The leased item (the server's connection).
     pub fn item(&mut self) -> &mut T {
         self.item
@@ -299,7 +369,7 @@ impl<T> std::fmt::Debug for Lease<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
             .field("server", &self.candidate.id)
-            .field("waited", &self.waited)
+            .field("decision", &self.decision)
             .finish()
     }
 }
@@ -355,6 +425,48 @@ mod tests {
         first.sort();
         assert_eq!(first, vec![1, 2, 3]);
         assert_eq!(order[3..], order[..3]);
+    }
+
+    #[test]
+    fn a_lease_says_how_it_was_chosen() {
+        let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
+        let first = q.acquire(NOW).unwrap();
+        assert_eq!(first.decision.busy, Vec::<u32>::new());
+        let mut idle = first.decision.idle.clone();
+        idle.sort();
+        assert_eq!((idle, first.decision.position), (vec![1, 2], None));
+        let second = q.acquire(NOW).unwrap();
+        assert_eq!(
+            (second.decision.idle.clone(), second.decision.busy.clone()),
+            (vec![2], vec![1])
+        );
+        assert_eq!(second.candidate().served, 1);
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                q.acquire(Duration::from_secs(30))
+                    .map(|l| l.decision.clone())
+            })
+        };
+        while q.counts().2 == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(q.snapshot().waiting, 1);
+        first.release();
+        let decision = waiter.join().unwrap().unwrap();
+        assert_eq!(decision.position, Some(1));
+        assert_eq!(decision.busy, vec![2]);
+    }
+
+    #[test]
+    fn measured_service_time_travels_with_the_server() {
+        let q = queue(&[(1, 0.5)]);
+        let mut lease = q.acquire(NOW).unwrap();
+        lease.record_service(Duration::from_millis(80));
+        lease.release();
+        let lease = q.acquire(NOW).unwrap();
+        assert_eq!(lease.candidate().measured, Some(Duration::from_millis(80)));
+        assert_eq!(lease.candidate().served, 2);
     }
 
     #[test]

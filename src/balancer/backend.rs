@@ -6,6 +6,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::balancer::stats::ServerStats;
 use crate::policy::Candidate;
 use crate::servers_file::ServerEntry;
 
@@ -40,11 +41,7 @@ impl Backend {
 
     /// How the idle queue's policy sees it before it was ever chosen.
     pub fn candidate(&self) -> Candidate {
-        Candidate {
-            id: self.id,
-            processing_time: self.processing_time,
-            last_chosen: 0,
-        }
+        Candidate::new(self.id, self.processing_time)
     }
 }
 
@@ -53,6 +50,8 @@ impl Backend {
 pub struct BackendConn {
     /// Who is at the other end.
     pub backend: Arc<Backend>,
+    /// Its live counters.
+    pub stats: Arc<ServerStats>,
     /// Reads replies, through one [`RELAY_BUFFER`].
     pub reader: BufReader<TcpStream>,
     /// Sends requests.
@@ -67,6 +66,7 @@ impl BackendConn {
     /// The connection error, or `NotFound` when the address does not resolve.
     pub fn connect(
         backend: Arc<Backend>,
+        stats: Arc<ServerStats>,
         connect_timeout: Duration,
         reply_timeout: Duration,
     ) -> io::Result<BackendConn> {
@@ -83,6 +83,7 @@ impl BackendConn {
                     let reader = BufReader::with_capacity(RELAY_BUFFER, stream.try_clone()?);
                     return Ok(BackendConn {
                         backend,
+                        stats,
                         reader,
                         writer: stream,
                     });

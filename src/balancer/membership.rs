@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balancer::backend::{Backend, BackendConn};
+use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
 use crate::protocol::{self, Line, ReplyHeader, MAX_HEADER_LINE};
 use crate::servers_file::{self, ServerEntry};
@@ -33,6 +34,7 @@ const PROBE: &[u8] = b"SELECT 1\n";
 /// A listed server, as the watcher last saw it.
 struct Known {
     backend: Arc<Backend>,
+    stats: Arc<ServerStats>,
     /// Set when the server leaves the list, to stop its reconnector.
     cancelled: Arc<AtomicBool>,
     /// Set while a reconnector thread runs for it.
@@ -80,21 +82,27 @@ impl Membership {
         let listed = self.listed();
         let queue = &self.lb.queue;
         // Servers gone from the list, or listed again with other settings: drain them.
+        let stats = &self.lb.stats;
         self.known.retain(|id, known| {
             if listed.get(id) == Some(&*known.backend) {
                 return true;
             }
+            stats.forget(*id);
             if queue.retire(*id) {
                 log::info!("server {id} left the list: draining (its request in flight completes)");
             }
             false
         });
         for (id, backend) in listed {
-            let known = self.known.entry(id).or_insert_with(|| Known {
-                backend: Arc::new(backend),
-                cancelled: Arc::new(AtomicBool::new(false)),
-                reconnecting: Arc::new(AtomicBool::new(false)),
-                was_up: false,
+            let known = self.known.entry(id).or_insert_with(|| {
+                let backend = Arc::new(backend);
+                Known {
+                    stats: stats.server(&backend),
+                    backend,
+                    cancelled: Arc::new(AtomicBool::new(false)),
+                    reconnecting: Arc::new(AtomicBool::new(false)),
+                    was_up: false,
+                }
             });
             if queue.membership(id).is_some() {
                 known.was_up = true;
@@ -149,7 +157,11 @@ impl Membership {
 }
 
 fn spawn_reconnector(lb: &Arc<Balancer>, known: &Known) {
-    let (lb, backend) = (Arc::clone(lb), Arc::clone(&known.backend));
+    let (lb, backend, stats) = (
+        Arc::clone(lb),
+        Arc::clone(&known.backend),
+        Arc::clone(&known.stats),
+    );
     let (cancelled, reconnecting) = (
         Arc::clone(&known.cancelled),
         Arc::clone(&known.reconnecting),
@@ -158,7 +170,7 @@ fn spawn_reconnector(lb: &Arc<Balancer>, known: &Known) {
         .name(format!("reconnect-{}", backend.id))
         .stack_size(128 * 1024)
         .spawn(move || {
-            reconnect(&lb, &backend, &cancelled);
+            reconnect(&lb, &backend, &stats, &cancelled);
             reconnecting.store(false, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
@@ -168,13 +180,23 @@ fn spawn_reconnector(lb: &Arc<Balancer>, known: &Known) {
 }
 
 /// Connects and probes until the server answers, waiting longer after each failure.
-fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool) {
+fn reconnect(
+    lb: &Balancer,
+    backend: &Arc<Backend>,
+    stats: &Arc<ServerStats>,
+    cancelled: &AtomicBool,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     while !cancelled.load(Ordering::SeqCst) && !lb.stopping.load(Ordering::SeqCst) {
         let reply_timeout = lb.config.server_timeout + backend.processing_time;
-        let attempt = BackendConn::connect(Arc::clone(backend), CONNECT_TIMEOUT, reply_timeout)
-            .and_then(|mut conn| probe(&mut conn).map(|()| conn));
+        let attempt = BackendConn::connect(
+            Arc::clone(backend),
+            Arc::clone(stats),
+            CONNECT_TIMEOUT,
+            reply_timeout,
+        )
+        .and_then(|mut conn| probe(&mut conn).map(|()| conn));
         match attempt {
             Ok(conn) => {
                 if cancelled.load(Ordering::SeqCst) {

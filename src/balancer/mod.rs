@@ -12,6 +12,7 @@ pub mod backend;
 pub mod listener;
 pub mod membership;
 pub mod session;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -92,6 +93,8 @@ pub struct Balancer {
     pub next_request: AtomicU64,
     /// Guards the servers that joined over the network (admin listener), by id.
     pub joined: Mutex<HashMap<u32, ServerEntry>>,
+    /// Counters for the status page, the metrics and the dashboard.
+    pub stats: stats::Stats,
 }
 
 /// Runs the balancer until a message arrives on `shutdown`; then stops accepting, lets the
@@ -134,6 +137,7 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
         in_flight: AtomicUsize::new(0),
         next_request: AtomicU64::new(1),
         joined: Mutex::new(HashMap::new()),
+        stats: stats::Stats::default(),
     });
 
     let listed = crate::servers_file::read(&lb.config.servers_file).map_err(|e| {

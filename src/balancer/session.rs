@@ -4,7 +4,8 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::balancer::backend::BackendConn;
 use crate::balancer::Balancer;
@@ -53,7 +54,7 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
             }
             Err(e) => {
                 log::info!("req {id} from {peer}: refused: {e}");
-                client.write_all(e.header_line().as_bytes())?;
+                reply_error(lb, &e, Instant::now(), &mut client)?;
             }
         }
         if lb.stopping.load(Ordering::SeqCst) {
@@ -115,21 +116,37 @@ fn handle(
     for attempt in 1..=attempts {
         let mut lease = match lb.queue.acquire(lb.config.queue_timeout) {
             Ok(lease) => lease,
-            Err(why) => return refuse(lb, id, why, client),
+            Err(why) => return refuse(lb, id, why, started, client),
         };
-        log::info!(
-            "req {id}: Chosen server: {} ({})",
-            lease.id(),
-            why_chosen(lb, &lease)
-        );
         let server = lease.id();
-        match relay(lease.item(), line, header, client) {
-            Ok((reply, bytes)) => {
+        let why = explain(lb, &lease);
+        log::info!("req {id}: Chosen server: {server} ({why})");
+        lb.stats
+            .record_decision(id, format!("req {id} -> server {server}: {why}"));
+        let stats = Arc::clone(&lease.item().stats);
+        stats.busy.store(true, Ordering::Relaxed);
+        let relayed = relay(lease.item(), line, header, client);
+        stats.busy.store(false, Ordering::Relaxed);
+        match relayed {
+            Ok(Relayed {
+                reply,
+                bytes,
+                service,
+            }) => {
+                lease.record_service(service);
                 lease.release();
+                let latency = started.elapsed();
+                let error = match &reply {
+                    ReplyHeader::Err(e) => Some(e),
+                    ReplyHeader::Ok { .. } => None,
+                };
+                lb.stats
+                    .record_server_reply(&stats, service, latency, bytes, error.is_none());
+                lb.stats.record_reply(latency, error);
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
-                    reply_kind(&reply),
-                    started.elapsed().as_secs_f64()
+                    error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),
+                    latency.as_secs_f64()
                 );
                 return Ok(());
             }
@@ -140,18 +157,20 @@ fn handle(
             }
             Err(RelayError::ServerDuring(why)) => {
                 lease.discard();
+                stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("req {id}: server {server} failed mid-reply ({why}); marked down; closing the client's connection");
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
                 let conn = lease.discard();
+                stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("req {id}: server {server} failed ({why}); marked down");
                 let may_have_run = matches!(request, Request::Query(_)) && conn.backend.writable;
                 if may_have_run {
                     let e = Error::Unavailable(format!(
                         "server {server} failed while running the query; it may or may not have run, so it was not retried"
                     ));
-                    return client.write_all(e.header_line().as_bytes());
+                    return reply_error(lb, &e, started, client);
                 }
                 if attempt < attempts {
                     log::info!(
@@ -165,10 +184,27 @@ fn handle(
     let e = Error::Unavailable(format!(
         "no server could answer after {attempts} attempts; try again"
     ));
+    reply_error(lb, &e, started, client)
+}
+
+/// Sends an `ERR` reply made by the balancer itself, and counts it.
+fn reply_error(
+    lb: &Balancer,
+    e: &Error,
+    started: Instant,
+    client: &mut TcpStream,
+) -> io::Result<()> {
+    lb.stats.record_reply(started.elapsed(), Some(e));
     client.write_all(e.header_line().as_bytes())
 }
 
-fn refuse(lb: &Balancer, id: u64, why: NoServer, client: &mut TcpStream) -> io::Result<()> {
+fn refuse(
+    lb: &Balancer,
+    id: u64,
+    why: NoServer,
+    started: Instant,
+    client: &mut TcpStream,
+) -> io::Result<()> {
     let e = match why {
         NoServer::NoneUp => Error::Unavailable(
             "no server is up; start one with `server <id> <port> <processing_time>`".into(),
@@ -180,33 +216,68 @@ fn refuse(lb: &Balancer, id: u64, why: NoServer, client: &mut TcpStream) -> io::
         NoServer::Stopped => Error::Unavailable("the load balancer is shutting down".into()),
     };
     log::warn!("req {id}: {e}");
-    client.write_all(e.header_line().as_bytes())
+    lb.stats
+        .record_decision(id, format!("req {id} -> no server: {}", e.message()));
+    reply_error(lb, &e, started, client)
 }
 
-fn why_chosen(lb: &Balancer, lease: &Lease<'_, BackendConn>) -> String {
-    let c = lease.candidate();
-    let mut why = format!(
-        "{} of {} idle by {}, processing time {} s",
-        if lease.idle_count == 1 {
-            "only one"
-        } else {
-            "best"
-        },
-        lease.idle_count,
-        lb.queue.policy_name(),
-        c.processing_time.as_secs_f64()
-    );
-    if !lease.waited.is_zero() && lease.waited.as_millis() > 0 {
-        why.push_str(&format!(", waited {} ms", lease.waited.as_millis()));
+/// Why the lease's server was chosen, in words: who was busy, the policy's reason, the wait.
+fn explain(lb: &Balancer, lease: &Lease<'_, BackendConn>) -> String {
+    let d = &lease.decision;
+    let chosen = lease.candidate();
+    let mut parts = Vec::new();
+    if !d.busy.is_empty() {
+        parts.push(format!("{} busy", servers(&d.busy)));
     }
-    why
+    parts.push(format!(
+        "server {} {} by {}",
+        chosen.id,
+        lb.queue.policy().reason(&chosen),
+        lb.queue.policy_name()
+    ));
+    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen.id).collect();
+    if !others.is_empty() {
+        parts.push(format!("{} idle too", servers(&others)));
+    }
+    if let Some(place) = d.position {
+        parts.push(format!(
+            "queued {}, waited {} ms",
+            ordinal(place),
+            d.waited.as_millis()
+        ));
+    }
+    parts.join(", ")
 }
 
-fn reply_kind(reply: &ReplyHeader) -> String {
-    match reply {
-        ReplyHeader::Ok { .. } => "OK".into(),
-        ReplyHeader::Err(e) => format!("ERR {}", e.code()),
+/// `server 3` or `servers 1, 3`, sorted.
+fn servers(ids: &[u32]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("server {}", list[0]),
+        _ => format!("servers {}", list.join(", ")),
     }
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// A reply relayed in full.
+struct Relayed {
+    reply: ReplyHeader,
+    /// Body bytes.
+    bytes: u64,
+    /// From sending the request to reading the reply header: the server's service time.
+    service: Duration,
 }
 
 /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
@@ -216,8 +287,9 @@ fn relay(
     line: &[u8],
     header: &mut Vec<u8>,
     client: &mut TcpStream,
-) -> Result<(ReplyHeader, u64), RelayError> {
+) -> Result<Relayed, RelayError> {
     let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
+    let sent = Instant::now();
     conn.writer.write_all(line).map_err(before)?;
     match protocol::read_line(&mut conn.reader, header, MAX_HEADER_LINE).map_err(before)? {
         Line::Complete => {}
@@ -226,6 +298,7 @@ fn relay(
         }
         Line::TooLong => return Err(RelayError::ServerBefore("reply header too long".into())),
     }
+    let service = sent.elapsed();
     let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
     let length = reply.body_length();
     header.push(b'\n');
@@ -257,6 +330,10 @@ fn relay(
     }
     match client_error {
         Some(e) => Err(RelayError::ClientGone(e)),
-        None => Ok((reply, length)),
+        None => Ok(Relayed {
+            reply,
+            bytes: length,
+            service,
+        }),
     }
 }

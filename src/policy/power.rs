@@ -1,7 +1,7 @@
 //! `power`: the idle server with the smallest declared processing time; among servers of equal
 //! power, the one chosen longest ago (round robin). The original project's rule.
 
-use super::{Candidate, Policy};
+use super::{short_time, Candidate, Policy};
 
 /// Fastest idle server first, round robin among equals.
 pub struct Power;
@@ -13,6 +13,10 @@ impl Policy for Power {
 
     fn pick(&self, idle: &[Candidate]) -> Option<usize> {
         (0..idle.len()).min_by_key(|&i| (idle[i].processing_time, idle[i].last_chosen))
+    }
+
+    fn reason(&self, chosen: &Candidate) -> String {
+        format!("fastest idle ({})", short_time(chosen.processing_time))
     }
 }
 
@@ -41,5 +45,12 @@ mod tests {
             candidate(4, 1.0, 0),
         ];
         assert_eq!(Power.pick(&idle), Some(1));
+    }
+
+    #[test]
+    fn ignores_measurements() {
+        let mut fast = candidate(1, 0.1, 0);
+        fast.measured = Some(std::time::Duration::from_secs(9));
+        assert_eq!(Power.pick(&[candidate(2, 0.2, 0), fast]), Some(1));
     }
 }

@@ -13,6 +13,10 @@ impl Policy for RoundRobin {
     fn pick(&self, idle: &[Candidate]) -> Option<usize> {
         (0..idle.len()).min_by_key(|&i| (idle[i].last_chosen, idle[i].id))
     }
+
+    fn reason(&self, _chosen: &Candidate) -> String {
+        "its turn (idle the longest since chosen)".into()
+    }
 }
 
 #[cfg(test)]

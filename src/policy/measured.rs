@@ -1,0 +1,53 @@
+//! `measured`: like `power`, but ranked by the service time the balancer measured (a moving
+//! average of the time to each reply's first byte), so a server whose declared processing time
+//! is wrong is ranked by what it really does. Until measured, a server counts as declared.
+
+use super::{short_time, Candidate, Policy};
+
+/// Fastest idle server by measured service time, round robin among equals.
+pub struct Measured;
+
+impl Policy for Measured {
+    fn name(&self) -> &'static str {
+        "measured"
+    }
+
+    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
+        (0..idle.len()).min_by_key(|&i| (idle[i].expected_time(), idle[i].last_chosen))
+    }
+
+    fn reason(&self, chosen: &Candidate) -> String {
+        match chosen.measured {
+            Some(m) => format!("fastest idle as measured ({})", short_time(m)),
+            None => format!(
+                "fastest idle, not measured yet ({} declared)",
+                short_time(chosen.processing_time)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::candidate;
+    use std::time::Duration;
+
+    #[test]
+    fn ranks_by_measurement_over_declaration() {
+        let mut liar = candidate(1, 0.1, 0);
+        liar.measured = Some(Duration::from_millis(900));
+        let honest = candidate(2, 0.5, 0);
+        assert_eq!(Measured.pick(&[liar, honest]), Some(1));
+    }
+
+    #[test]
+    fn unmeasured_servers_count_as_declared_and_equals_rotate() {
+        let idle = [
+            candidate(1, 0.5, 4),
+            candidate(2, 0.5, 2),
+            candidate(3, 1.0, 0),
+        ];
+        assert_eq!(Measured.pick(&idle), Some(1));
+    }
+}
