@@ -4,6 +4,8 @@
 //!   server that shares no servers file with the balancer (another machine, say).
 //! - `DELETE /servers/<id>` removes a joined server (it drains first).
 //! - `GET /servers` lists the joined servers.
+//! - `GET /` is the live dashboard; `GET /status` the state as JSON; `GET /metrics` the
+//!   counters in the Prometheus text format.
 //!
 //! Changes need `Authorization: Bearer <token>` when the balancer has `--token-file`; without
 //! one, only loopback peers may make them.
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::balancer::Balancer;
+use crate::balancer::{status, Balancer};
 use crate::servers_file::{self, ServerEntry};
 
 /// Largest request body accepted.
@@ -22,6 +24,9 @@ const MAX_BODY: u64 = 64 * 1024;
 
 /// An HTTP answer: status and JSON body.
 type Answer = (u16, serde_json::Value);
+
+/// The dashboard: one page, its CSS and script inline, no build step and no CDN.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until the listener is unblocked.
 pub fn serve(lb: &Arc<Balancer>, http: &tiny_http::Server) {
@@ -34,7 +39,23 @@ fn handle(lb: &Balancer, mut request: Request) {
     let remote = request.remote_addr().copied();
     let method = request.method().clone();
     let path = request.url().split('?').next().unwrap_or("").to_string();
-    let (status, body) = match (&method, path.as_str()) {
+    match (&method, path.as_str()) {
+        (Method::Get, "/") => {
+            return respond(request, 200, "text/html; charset=utf-8", DASHBOARD.into())
+        }
+        (Method::Get, "/metrics") => {
+            let text = status::metrics(lb);
+            return respond(
+                request,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            );
+        }
+        _ => {}
+    }
+    let (code, body) = match (&method, path.as_str()) {
+        (Method::Get, "/status") => (200, status::status(lb)),
         (Method::Get, "/servers") => (200, serde_json::json!(list(lb))),
         (Method::Post, "/servers") => {
             authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))
@@ -48,11 +69,17 @@ fn handle(lb: &Balancer, mut request: Request) {
             serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
         ),
     };
-    let content_type =
-        Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid header");
-    let response = Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(content_type);
+    respond(request, code, "application/json", body.to_string());
+}
+
+fn respond(request: Request, code: u16, content_type: &str, body: String) {
+    let header = |name: &str, value: &str| {
+        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+    };
+    let response = Response::from_string(body)
+        .with_status_code(code)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Cache-Control", "no-store"));
     // A peer that left before its answer is no concern of ours.
     let _ = request.respond(response);
 }

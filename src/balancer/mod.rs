@@ -4,7 +4,8 @@
 //! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
 //! requests: the client side and the backend side of each), [`backend`] (servers and the
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
-//! reconnecting to servers that went down), [`admin`] (the HTTP admin listener). The idle
+//! reconnecting to servers that went down), [`admin`] (the HTTP admin listener: joins, the
+//! dashboard), [`stats`] and [`status`] (what is counted, and how it is shown). The idle
 //! queue is [`crate::idle_queue`].
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod membership;
 pub mod session;
 pub mod stats;
+pub mod status;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

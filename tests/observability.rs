@@ -1,0 +1,180 @@
+//! What you can watch: `/status`, `/metrics`, the dashboard page and the explained decisions,
+//! read from a real balancer under load.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn status(lb: &Proc) -> serde_json::Value {
+    let (code, body) = http(lb.admin(), "GET", "/status", None, "");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Parses the Prometheus text format: `name{labels} value` lines, with `# HELP`/`# TYPE`
+/// before each family. Returns samples by `name{labels}`, and the declared types.
+fn parse_metrics(text: &str) -> (HashMap<String, f64>, HashMap<String, String>) {
+    let mut samples = HashMap::new();
+    let mut types = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_string(), kind.to_string());
+        } else if line.starts_with("# HELP ") {
+            continue;
+        } else {
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let family = key.split('{').next().unwrap();
+            let base = family
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                types.contains_key(family) || types.contains_key(base),
+                "{family} has no # TYPE line"
+            );
+            assert!(
+                samples.insert(key.to_string(), value).is_none(),
+                "duplicate {key}"
+            );
+        }
+    }
+    (samples, types)
+}
+
+#[test]
+fn status_and_metrics_follow_the_load() {
+    let dir = TestDir::new(false);
+    let _s1 = start_server(&dir, 1, 0.005, &[]);
+    let _s2 = start_server(&dir, 2, 0.02, &[]);
+    let lb = start_balancer(&dir, 2, &[]);
+    let load = Load::start(lb.addr, 4);
+    wait_until(PATIENCE, || load.answered() >= 100);
+
+    let s = status(&lb);
+    assert_eq!(s["policy"], "power");
+    assert!(s["clients"].as_u64().unwrap() >= 4, "{s}");
+    assert!(s["uptime_seconds"].as_f64().unwrap() > 0.0);
+    assert!(s["queue"]["length"].is_u64() && s["queue"]["longest_wait_seconds"].is_f64());
+    let servers = s["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    for (server, declared) in servers.iter().zip([0.005, 0.02]) {
+        assert_eq!(server["state"], "up", "{server}");
+        assert_eq!(server["processing_time"].as_f64().unwrap(), declared);
+        assert!(server["requests"].as_u64().unwrap() > 0, "{server}");
+        assert!(server["bytes"].as_u64().unwrap() > 0, "{server}");
+        assert!(
+            server["measured_time"].as_f64().unwrap() >= declared * 0.9,
+            "{server}"
+        );
+        assert!(server["busy"].is_boolean() && server["latency"].is_f64());
+    }
+    let decisions = s["decisions"].as_array().unwrap();
+    assert!(!decisions.is_empty());
+    let text = decisions.last().unwrap()["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("req ") && text.contains(" -> server "),
+        "{text}"
+    );
+    assert!(text.contains("by power"), "{text}");
+
+    let (code, text) = http(lb.admin(), "GET", "/metrics", None, "");
+    assert_eq!(code, 200);
+    let (samples, types) = parse_metrics(&text);
+    assert_eq!(types["minilb_server_requests_total"], "counter");
+    assert_eq!(types["minilb_request_duration_seconds"], "histogram");
+    assert_eq!(samples["minilb_server_up{server=\"1\"}"], 1.0);
+    assert_eq!(
+        samples["minilb_server_declared_seconds{server=\"2\"}"],
+        0.02
+    );
+    let served = samples["minilb_server_requests_total{server=\"1\"}"];
+    assert!(served > 0.0);
+    let count = samples["minilb_request_duration_seconds_count"];
+    assert_eq!(
+        samples["minilb_request_duration_seconds_bucket{le=\"+Inf\"}"],
+        count
+    );
+    assert!(samples["minilb_replies_total"] >= count - 8.0 && count > 0.0);
+    assert!(samples["minilb_request_duration_seconds_sum"] > 0.0);
+    // Buckets never decrease.
+    let mut buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix("minilb_request_duration_seconds_bucket{le=\"")?;
+            Some((le.trim_end_matches("\"}").parse().ok()?, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+
+    // Counters keep rising under load.
+    let before = served;
+    wait_until(PATIENCE, || {
+        let (_, text) = http(lb.admin(), "GET", "/metrics", None, "");
+        parse_metrics(&text).0["minilb_server_requests_total{server=\"1\"}"] > before
+    });
+    let report = load.stop();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+#[test]
+fn a_server_that_left_shows_as_down_and_the_queue_is_visible() {
+    let dir = TestDir::new(false);
+    let mut s1 = start_server(&dir, 1, 0.5, &[]);
+    let lb = start_balancer(&dir, 1, &[]);
+    // Three requests at once on a 0.5 s server: two wait in line.
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = lb.addr;
+            std::thread::spawn(move || Wire::connect(addr).request(&format!("SELECT {i} AS n")))
+        })
+        .collect();
+    wait_until(PATIENCE, || {
+        status(&lb)["queue"]["length"].as_u64() == Some(2)
+    });
+    let s = status(&lb);
+    assert!(s["queue"]["longest_wait_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(s["servers"][0]["busy"], true, "{s}");
+    for c in clients {
+        assert!(c.join().unwrap().is_ok());
+    }
+    let decisions = status(&lb)["decisions"].clone();
+    let queued = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["text"].as_str().unwrap().contains("queued"))
+        .count();
+    assert_eq!(queued, 2, "{decisions}");
+
+    signal(s1.pid(), "KILL");
+    let _ = s1.child.wait();
+    // The next request finds the connection broken: the server is down.
+    let _ = Wire::connect(lb.addr).request("SELECT 1");
+    wait_until(PATIENCE, || status(&lb)["servers"][0]["state"] == "down");
+}
+
+#[test]
+fn the_dashboard_page_is_served_whole() {
+    let dir = TestDir::new(false);
+    let lb = start_balancer(&dir, 0, &[]);
+    let (code, page) = http(lb.admin(), "GET", "/", None, "");
+    assert_eq!(code, 200);
+    assert!(page.starts_with("<!doctype html>"), "{}", &page[..50]);
+    assert!(page.contains("fetch(\"/status\""));
+    assert!(page.trim_end().ends_with("</html>"));
+    // Nothing from another host: the page works on a closed network.
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert_eq!(http(lb.admin(), "GET", "/nope", None, "").0, 404);
+}
