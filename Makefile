@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test run-cluster bench compare lint fmt clean
+.PHONY: all build test test-browser run-cluster bench compare lint fmt clean
 
 CARGO ?= cargo
 
@@ -8,9 +8,15 @@ all: build
 build:
 	$(CARGO) build --release
 
-## Unit tests and the integration tests that start the real binaries.
+## Unit tests, the integration tests that start the real binaries, and the dashboard in a
+## browser (skipped with a message when Chromium is not installed).
 test:
 	$(CARGO) test --all-targets
+	scripts/test-browser.sh
+
+## The dashboard in headless Chromium under load; saves target/dashboard.png.
+test-browser:
+	scripts/test-browser.sh
 
 ## Three servers of different power (0.5, 1 and 2 s) on 5071-5073 and the balancer on 5070.
 run-cluster:
