@@ -24,7 +24,12 @@ impl FileStore {
     pub fn new(root: &Path) -> Result<FileStore, String> {
         let root = root
             .canonicalize()
-            .map_err(|e| format!("files folder {}: {e}", root.display()))?;
+            .map_err(|e| {
+                format!(
+                    "files folder {}: {e} (run from the project folder, or pass --files)",
+                    root.display()
+                )
+            })?;
         if !root.is_dir() {
             return Err(format!("files folder {} is not a folder", root.display()));
         }
