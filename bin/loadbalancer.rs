@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use minilb::balancer::{self, BalancerConfig};
+use minilb::cli::parse_seconds;
 
 /// The minilb load balancer: gives each client request to an idle server, most powerful
 /// first (round robin among equals), and streams the reply back.
@@ -24,7 +25,8 @@ struct Args {
     /// The servers file to read and watch.
     #[arg(long, default_value = "data/servers.json")]
     servers_file: PathBuf,
-    /// Balancing policy: power (fastest idle first) or round-robin.
+    /// Balancing policy: power (fastest idle first, by declared time), measured, round-robin,
+    /// least-connections or two-choices.
     #[arg(long, default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(minilb::policy::NAMES))]
     algorithm: String,
     /// Seconds a request waits for a busy server before `ERR busy`.
@@ -54,29 +56,18 @@ struct Args {
     token_file: Option<PathBuf>,
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     minilb::init_logging();
-    let token = match args
+    minilb::cli::exit("loadbalancer", run(args))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let token = args
         .token_file
         .as_deref()
         .map(minilb::token::read)
-        .transpose()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("loadbalancer: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .transpose()?;
     let config = BalancerConfig {
         host: args.host,
         port: args.port,
@@ -91,12 +82,5 @@ fn main() -> ExitCode {
         admin_port: args.admin_port,
         token,
     };
-    let result = minilb::ctrl_c_channel().and_then(|stop| balancer::run(config, stop));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("loadbalancer: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    balancer::run(config, minilb::ctrl_c_channel()?)
 }

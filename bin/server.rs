@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use minilb::cli::parse_seconds;
 use minilb::server::{self, database::QueryLimits, registration::Registration, ServerConfig};
 
 /// A minilb backend server: serves files from a folder and runs SQL on the shared database,
@@ -49,29 +50,18 @@ struct Args {
     max_reply: usize,
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     minilb::init_logging();
-    let token = match args
+    minilb::cli::exit("server", run(args))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let token = args
         .token_file
         .as_deref()
         .map(minilb::token::read)
-        .transpose()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("server: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .transpose()?;
     let registration = match args.join {
         Some(admin) => Registration::Join { admin, token },
         None => Registration::File(args.servers_file),
@@ -89,12 +79,5 @@ fn main() -> ExitCode {
             max_reply: args.max_reply,
         },
     };
-    let result = minilb::ctrl_c_channel().and_then(|stop| server::run(config, stop));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("server: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    server::run(config, minilb::ctrl_c_channel()?)
 }

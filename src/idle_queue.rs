@@ -399,6 +399,19 @@ mod tests {
 
     const NOW: Duration = Duration::from_millis(0);
 
+    /// A thread that asks for a server and reports which it got; returns once it is in line.
+    fn spawn_waiter(q: &Arc<IdleQueue<u32>>) -> std::thread::JoinHandle<Result<u32, NoServer>> {
+        let waiting = q.counts().2;
+        let thread = {
+            let q = Arc::clone(q);
+            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
+        };
+        while q.counts().2 == waiting {
+            std::thread::yield_now();
+        }
+        thread
+    }
+
     #[test]
     fn hands_out_fastest_first() {
         let q = queue(&[(1, 2.0), (2, 0.5), (3, 1.0)]);
@@ -491,14 +504,7 @@ mod tests {
     fn blocks_until_a_server_is_released() {
         let q = Arc::new(queue(&[(7, 0.5)]));
         let held = q.acquire(NOW).unwrap();
-        let waiter = {
-            let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
-        };
-        // Wait until the other thread is in line, then release.
-        while q.counts().2 == 0 {
-            std::thread::yield_now();
-        }
+        let waiter = spawn_waiter(&q);
         held.release();
         assert_eq!(waiter.join().unwrap(), Ok(7));
     }
@@ -532,13 +538,7 @@ mod tests {
     fn discarded_servers_leave_and_waiters_hear_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
         let held = q.acquire(NOW).unwrap();
-        let waiter = {
-            let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
-        };
-        while q.counts().2 == 0 {
-            std::thread::yield_now();
-        }
+        let waiter = spawn_waiter(&q);
         assert_eq!(held.discard(), 1);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
         assert_eq!(q.membership(1), None);
@@ -560,13 +560,7 @@ mod tests {
     fn stop_wakes_waiters() {
         let q = Arc::new(queue(&[(1, 0.5)]));
         let _held = q.acquire(NOW).unwrap();
-        let waiter = {
-            let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
-        };
-        while q.counts().2 == 0 {
-            std::thread::yield_now();
-        }
+        let waiter = spawn_waiter(&q);
         q.stop();
         assert_eq!(waiter.join().unwrap(), Err(NoServer::Stopped));
     }

@@ -5,13 +5,14 @@
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
 //! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
-//! - [`client`]: the client (one-shot and interactive).
+//! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
 //!   [`token`]: the shared secret for servers that join over the network.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod balancer;
+pub mod cli;
 pub mod client;
 pub mod error;
 pub mod idle_queue;

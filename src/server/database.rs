@@ -45,13 +45,12 @@ impl DatabaseConfig {
     /// # Errors
     /// A message naming the file when it cannot be read or parsed.
     pub fn load(path: &Path) -> Result<DatabaseConfig, String> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| {
-                format!(
-                    "cannot read database config {}: {e} (run from the project folder, or pass --db)",
-                    path.display()
-                )
-            })?;
+        let text = fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read database config {}: {e} (run from the project folder, or pass --db)",
+                path.display()
+            )
+        })?;
         let mut config: DatabaseConfig = serde_json::from_str(&text).map_err(|e| {
             format!(
                 "{} is not a valid database config ({e}); expected {{\"path\": \"colors.db\", \"writable\": false}}",

@@ -22,14 +22,12 @@ impl FileStore {
     /// # Errors
     /// A message when the folder does not exist or is not a folder.
     pub fn new(root: &Path) -> Result<FileStore, String> {
-        let root = root
-            .canonicalize()
-            .map_err(|e| {
-                format!(
-                    "files folder {}: {e} (run from the project folder, or pass --files)",
-                    root.display()
-                )
-            })?;
+        let root = root.canonicalize().map_err(|e| {
+            format!(
+                "files folder {}: {e} (run from the project folder, or pass --files)",
+                root.display()
+            )
+        })?;
         if !root.is_dir() {
             return Err(format!("files folder {} is not a folder", root.display()));
         }

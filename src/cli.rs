@@ -1,0 +1,42 @@
+//! Small helpers the three programs share to read their command lines.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Ends a program: success, or one line on stderr naming the program and what went wrong.
+pub fn exit(program: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a number of seconds such as `0.5` (for clap's `value_parser`).
+///
+/// # Errors
+/// A message saying what a valid value looks like.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("0.05"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_seconds("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("fast").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("inf").is_err());
+    }
+}
