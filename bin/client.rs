@@ -12,7 +12,7 @@ use minilb::client::{self, ClientConfig};
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  client 1 SELECT * FROM COLORS LIMIT 3;\n  client 1 file colors.csv\n  client 1            (interactive)\nExit code: 0 on OK, 1 on ERR, 2 when the balancer cannot be reached."
+    after_help = "Examples:\n  client 1 'SELECT * FROM COLORS LIMIT 3;'   (quote it: the shell would expand * and ;)\n  client 1 file colors.csv\n  client 1            (interactive)\nExit code: 0 on OK, 1 on ERR, 2 when the balancer cannot be reached."
 )]
 struct Args {
     /// This client's id, shown in its messages.

@@ -22,9 +22,16 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
+    if !(0.0..=MAX_SECONDS).contains(&secs) {
+        return Err(format!(
+            "{s:?} must be a number of seconds from 0 to {MAX_SECONDS}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
+
+/// Longest duration accepted on a command line: a day is more than any timeout here needs.
+pub const MAX_SECONDS: f64 = 86_400.0;
 
 #[cfg(test)]
 mod tests {
@@ -38,5 +45,7 @@ mod tests {
         assert!(parse_seconds("fast").is_err());
         assert!(parse_seconds("NaN").is_err());
         assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("1e19").is_err());
+        assert_eq!(parse_seconds("86400"), Ok(Duration::from_secs(86_400)));
     }
 }

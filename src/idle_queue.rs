@@ -1,11 +1,12 @@
 //! The idle queue: which servers are free right now, and who gets one next.
 //!
 //! Locking, in one place:
-//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership and the
-//!   count of waiting requests. It is held for list operations only, never across I/O: a
-//!   server's connection leaves the lock inside a [`Lease`] and is used outside it.
-//! - `available` (a `Condvar` on `state`) wakes requests waiting for a server, one at a time,
-//!   in the order they started waiting: a newcomer never takes a server while others wait.
+//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership and the line
+//!   of waiting requests. It is held for list operations only, never across I/O: a server's
+//!   connection leaves the lock inside a [`Lease`] and is used outside it.
+//! - Each waiting request sleeps on its own `Condvar` (on `state`), kept in the line by its
+//!   ticket, so that a returned server wakes exactly the first in line: strictly first come,
+//!   first served, and no herd of threads woken for one server.
 //! - `returned` (a crossbeam channel) carries servers back from finished requests. Sending
 //!   never blocks; whoever takes the lock next moves them into the idle list.
 //!
@@ -13,6 +14,7 @@
 //! number in the tests), so its ordering and blocking are tested without sockets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -43,10 +45,8 @@ pub enum Membership {
 /// The idle queue; see the module docs for its locking.
 pub struct IdleQueue<T> {
     policy: Box<dyn Policy>,
-    /// Guards the idle list, membership and the waiting count.
+    /// Guards the idle list, membership and the line of waiting requests.
     state: Mutex<State<T>>,
-    /// Signalled when a server may have become idle, or the pool changed.
-    available: Condvar,
     /// Carries servers back from finished requests (sending side).
     returned_tx: Sender<(Candidate, T)>,
     /// Carries servers back from finished requests (receiving side, drained under `state`).
@@ -59,8 +59,8 @@ struct State<T> {
     items: Vec<T>,
     /// Every server in the pool, idle or busy.
     members: HashMap<u32, Membership>,
-    /// Requests waiting in line for a server: when each started waiting, by ticket.
-    in_line: BTreeMap<u64, Instant>,
+    /// Requests waiting for a server, by ticket (first in line = smallest ticket).
+    in_line: BTreeMap<u64, Waiter>,
     /// The next ticket for the line.
     next_ticket: u64,
     /// Sequence number of the last hand-out (for round robin).
@@ -68,41 +68,31 @@ struct State<T> {
     stopped: bool,
 }
 
-/// A server handed to one request. Give it back with [`Lease::release`]; if the request
-/// broke its connection, [`Lease::discard`] it (dropping a lease discards it too, so a
-/// connection in an unknown state is never reused).
-pub struct Lease<'q, T> {
-    queue: &'q IdleQueue<T>,
-    candidate: Candidate,
-    item: Option<T>,
-    /// How the choice was made, for the log and the dashboard.
-    pub decision: Decision,
+/// One request waiting in line.
+struct Waiter {
+    since: Instant,
+    /// Wakes this request alone; used with `state`.
+    wake: Arc<Condvar>,
 }
 
-/// What the queue saw when it handed out a server.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Decision {
-    /// Servers idle at that moment (the chosen one included), in no particular order.
-    pub idle: Vec<u32>,
-    /// Servers in the pool but busy.
-    pub busy: Vec<u32>,
-    /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
-    pub position: Option<usize>,
-    /// How long the request waited in line.
-    pub waited: Duration,
-}
+impl<T> State<T> {
+    fn any_active(&self) -> bool {
+        self.members.values().any(|m| *m == Membership::Active)
+    }
 
-/// The queue at one moment, for status pages.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Idle servers as the policy sees them.
-    pub idle: Vec<Candidate>,
-    /// Every server in the pool.
-    pub members: Vec<(u32, Membership)>,
-    /// Requests waiting in line.
-    pub waiting: usize,
-    /// How long the first in line has waited.
-    pub longest_wait: Duration,
+    /// Wakes the first in line, who may now be able to take a server.
+    fn wake_first(&self) {
+        if let Some(first) = self.in_line.values().next() {
+            first.wake.notify_one();
+        }
+    }
+
+    /// Wakes everyone in line: the pool emptied or the queue stopped, and all must hear it.
+    fn wake_all(&self) {
+        for waiter in self.in_line.values() {
+            waiter.wake.notify_one();
+        }
+    }
 }
 
 impl<T> IdleQueue<T> {
@@ -120,7 +110,6 @@ impl<T> IdleQueue<T> {
                 last_seq: 0,
                 stopped: false,
             }),
-            available: Condvar::new(),
             returned_tx,
             returned_rx,
         }
@@ -146,60 +135,82 @@ impl<T> IdleQueue<T> {
         s.members.insert(candidate.id, Membership::Active);
         s.candidates.push(candidate);
         s.items.push(item);
-        drop(s);
-        self.available.notify_one();
+        s.wake_first();
         true
     }
 
     /// Takes the idle server the policy prefers, waiting in line up to `timeout` while all
-    /// are busy.
+    /// are busy. Requests are served strictly in the order they started waiting.
     ///
     /// # Errors
     /// [`NoServer`] says why none was handed out.
     pub fn acquire(&self, timeout: Duration) -> Result<Lease<'_, T>, NoServer> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = started.checked_add(timeout);
         let mut s = self.lock();
-        // This request's ticket and place once it waits in line.
-        let mut ticket: Option<(u64, usize)> = None;
+        // This request's ticket, its place when it joined the line, and its condvar.
+        let mut waiting: Option<(u64, usize, Arc<Condvar>)> = None;
         loop {
             self.absorb_returned(&mut s);
+            let first_in_line = match &waiting {
+                Some((ticket, _, _)) => s.in_line.keys().next() == Some(ticket),
+                None => s.in_line.is_empty(),
+            };
             let outcome = if s.stopped {
                 Some(Err(NoServer::Stopped))
-            } else if !s.members.values().any(|m| *m == Membership::Active) {
+            } else if !s.any_active() {
                 Some(Err(NoServer::NoneUp))
-            } else if ticket.is_some() || s.in_line.is_empty() {
+            } else if first_in_line {
                 self.policy.pick(&s.candidates).map(Ok)
             } else {
                 None
             };
             let outcome = match outcome {
-                None if Instant::now() >= deadline => Some(Err(NoServer::TimedOut)),
+                None if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    Some(Err(NoServer::TimedOut))
+                }
                 other => other,
             };
             if let Some(outcome) = outcome {
-                if let Some((t, _)) = ticket {
-                    s.in_line.remove(&t);
+                if let Some((ticket, _, _)) = &waiting {
+                    s.in_line.remove(ticket);
                 }
                 let lease = outcome.map(|i| {
                     let mut lease = self.take(&mut s, i);
-                    lease.decision.position = ticket.map(|(_, place)| place);
+                    lease.decision.position = waiting.as_ref().map(|(_, place, _)| *place);
                     lease.decision.waited = started.elapsed();
                     lease
                 });
-                // Pass the turn on: another idle server and someone still in line.
-                if !s.candidates.is_empty() && !s.in_line.is_empty() {
-                    self.available.notify_one();
+                // The next in line may go on: to another idle server, or to its own error.
+                if !s.candidates.is_empty() || lease.is_err() {
+                    s.wake_first();
                 }
                 return lease;
             }
-            if ticket.is_none() {
-                let t = s.next_ticket;
-                s.next_ticket += 1;
-                s.in_line.insert(t, started);
-                ticket = Some((t, s.in_line.len()));
+            let wake = match &waiting {
+                Some((_, _, wake)) => Arc::clone(wake),
+                None => {
+                    let ticket = s.next_ticket;
+                    s.next_ticket += 1;
+                    let wake = Arc::new(Condvar::new());
+                    let since = started;
+                    s.in_line.insert(
+                        ticket,
+                        Waiter {
+                            since,
+                            wake: Arc::clone(&wake),
+                        },
+                    );
+                    waiting = Some((ticket, s.in_line.len(), Arc::clone(&wake)));
+                    wake
+                }
+            };
+            match deadline {
+                Some(d) => {
+                    wake.wait_until(&mut s, d);
+                }
+                None => wake.wait(&mut s),
             }
-            self.available.wait_until(&mut s, deadline);
         }
     }
 
@@ -217,16 +228,17 @@ impl<T> IdleQueue<T> {
         } else {
             s.members.insert(id, Membership::Draining);
         }
-        drop(s);
-        // Waiters may now have no server at all to wait for.
-        self.available.notify_all();
+        if !s.any_active() {
+            s.wake_all();
+        }
         true
     }
 
     /// Refuses every further request; waiting ones get [`NoServer::Stopped`].
     pub fn stop(&self) {
-        self.state.lock().stopped = true;
-        self.available.notify_all();
+        let mut s = self.state.lock();
+        s.stopped = true;
+        s.wake_all();
     }
 
     /// The server's place in the pool, if it is in it.
@@ -251,7 +263,7 @@ impl<T> IdleQueue<T> {
                 .in_line
                 .values()
                 .next()
-                .map_or(Duration::ZERO, Instant::elapsed),
+                .map_or(Duration::ZERO, |w| w.since.elapsed()),
         }
     }
 
@@ -289,7 +301,7 @@ impl<T> IdleQueue<T> {
 
     /// Moves servers returned through the channel into the idle list (or out of the pool,
     /// for a draining one).
-    fn absorb_returned(&self, s: &mut MutexGuard<'_, State<T>>) {
+    fn absorb_returned(&self, s: &mut State<T>) {
         for (candidate, item) in self.returned_rx.try_iter() {
             match s.members.get(&candidate.id) {
                 Some(Membership::Active) => {
@@ -307,21 +319,54 @@ impl<T> IdleQueue<T> {
     fn give_back(&self, candidate: Candidate, item: T) {
         // The receiver lives as long as the queue, so the send cannot fail.
         let _ = self.returned_tx.send((candidate, item));
-        // Taking the lock orders this return before a waiter's next look at the channel,
-        // so the wake-up below is never lost.
-        drop(self.state.lock());
-        self.available.notify_one();
+        // Taking the lock moves the server into the idle list before the first in line looks.
+        self.lock().wake_first();
     }
 
     fn remove_member(&self, id: u32) {
-        let mut s = self.state.lock();
+        let mut s = self.lock();
         s.members.remove(&id);
-        let none_left = s.members.is_empty();
-        drop(s);
-        if none_left {
-            self.available.notify_all();
+        if !s.any_active() {
+            s.wake_all();
         }
     }
+}
+
+/// A server handed to one request. Give it back with [`Lease::release`]; if the request
+/// broke its connection, [`Lease::discard`] it (dropping a lease discards it too, so a
+/// connection in an unknown state is never reused).
+pub struct Lease<'q, T> {
+    queue: &'q IdleQueue<T>,
+    candidate: Candidate,
+    item: Option<T>,
+    /// How the choice was made, for the log and the dashboard.
+    pub decision: Decision,
+}
+
+/// What the queue saw when it handed out a server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// Servers idle at that moment (the chosen one included), in no particular order.
+    pub idle: Vec<u32>,
+    /// Servers in the pool but busy.
+    pub busy: Vec<u32>,
+    /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
+    pub position: Option<usize>,
+    /// How long the request waited in line.
+    pub waited: Duration,
+}
+
+/// The queue at one moment, for status pages.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Idle servers as the policy sees them.
+    pub idle: Vec<Candidate>,
+    /// Every server in the pool.
+    pub members: Vec<(u32, Membership)>,
+    /// Requests waiting in line.
+    pub waiting: usize,
+    /// How long the first in line has waited.
+    pub longest_wait: Duration,
 }
 
 impl<T> Lease<'_, T> {
@@ -554,6 +599,40 @@ mod tests {
         assert_eq!(q.membership(1), None);
         assert!(q.retire(2));
         assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::NoneUp);
+    }
+
+    #[test]
+    fn every_waiter_hears_at_once_when_the_last_active_server_goes() {
+        let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
+        let active = q.acquire(NOW).unwrap();
+        let draining = q.acquire(NOW).unwrap();
+        assert!(q.retire(2));
+        let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
+        let started = Instant::now();
+        active.discard();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        draining.release();
+        assert_eq!(q.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_waiter_that_times_out_passes_the_turn() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let held = q.acquire(NOW).unwrap();
+        let impatient = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.acquire(Duration::from_millis(50)).map(|l| l.id()))
+        };
+        while q.counts().2 == 0 {
+            std::thread::yield_now();
+        }
+        let patient = spawn_waiter(&q);
+        assert_eq!(impatient.join().unwrap(), Err(NoServer::TimedOut));
+        held.release();
+        assert_eq!(patient.join().unwrap(), Ok(1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
 //! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
+//! - [`gauge`]: counts of things in progress, kept right by guards.
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
 //! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
@@ -15,6 +16,7 @@ pub mod balancer;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod gauge;
 pub mod idle_queue;
 pub mod policy;
 pub mod protocol;

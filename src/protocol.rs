@@ -39,9 +39,9 @@ impl Request {
         if text.contains('\0') {
             return Err(Error::BadRequest("request contains a NUL byte".into()));
         }
-        if text.contains('\r') {
+        if text.contains(['\r', '\n']) {
             return Err(Error::BadRequest(
-                "request contains a carriage return inside the line".into(),
+                "request contains a line break inside the line: one request per line".into(),
             ));
         }
         if text.trim().is_empty() {
@@ -272,6 +272,8 @@ mod tests {
             b"file   ",
             b"SELECT\0 1",
             b"SELECT\r1",
+            b"SELECT 1\nDELETE FROM COLORS",
+            b"file a\nb",
             b"\xff\xfe",
         ] {
             let e = Request::parse(bad).unwrap_err();

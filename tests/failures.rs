@@ -258,3 +258,28 @@ fn ctrl_c_on_a_server_under_load_loses_nothing() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert!(!lb.log_text().contains("marked down"), "{}", lb.log_text());
 }
+
+#[test]
+fn ctrl_c_on_the_whole_cluster_answers_the_queued_requests_too() {
+    let dir = TestDir::new(false);
+    let mut s1 = start_server(&dir, 1, 0.1, &[]);
+    let mut lb = start_balancer(&dir, 1, &[]);
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = lb.addr;
+            std::thread::spawn(move || Wire::connect(addr).try_request(&format!("SELECT {i} AS n")))
+        })
+        .collect();
+    // All ten arrived: one at the server, nine in line.
+    wait_for_log(&lb, " AS n", 10);
+    // Ctrl-C in a terminal reaches every process of the cluster at once.
+    signal(s1.pid(), "INT");
+    signal(lb.pid(), "INT");
+    for (i, c) in clients.into_iter().enumerate() {
+        let reply = c.join().unwrap().expect("a reply");
+        assert_eq!(reply.text(), format!("n: {i}\n"), "{reply:?}");
+    }
+    assert_eq!(lb.interrupt(PATIENCE), Some(0));
+    assert_eq!(s1.interrupt(PATIENCE), Some(0));
+    assert_eq!(fs::read_to_string(dir.servers_file()).unwrap().trim(), "[]");
+}

@@ -213,6 +213,15 @@ fn the_client_one_shot_and_interactive_modes() {
     assert!(out.contains("Answered by server 1"), "{out}");
     assert!(out.contains("Time taken: "), "{out}");
 
+    // A query pasted over several lines is one request, not two.
+    let (code, out, _) = run_client(
+        &dir.path,
+        &["2", "--lb", &lb_addr, "SELECT 1 AS one,\n  2 AS two"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("one: 1\ntwo: 2\n"), "{out}");
+
     let (code, out, _) = run_client(&dir.path, &["2", "--lb", &lb_addr, "SELEC 1"], "");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("ERR sql"), "{out}");

@@ -62,7 +62,7 @@ fn handle(lb: &Balancer, mut request: Request) {
         }
         (Method::Delete, p) if p.starts_with("/servers/") => {
             authorize(lb, &request, remote, "leave")
-                .unwrap_or_else(|| leave(lb, &p["/servers/".len()..]))
+                .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], &mut request))
         }
         _ => (
             404,
@@ -126,15 +126,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn join(lb: &Balancer, request: &mut Request) -> Answer {
-    let mut body = String::new();
-    if request
-        .as_reader()
-        .take(MAX_BODY)
-        .read_to_string(&mut body)
-        .is_err()
-    {
+    let Ok(body) = read_body(request) else {
         return bad("the body is not UTF-8 text");
-    }
+    };
     let entry: ServerEntry = match serde_json::from_str(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -186,20 +180,51 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
     (201, answer)
 }
 
-fn leave(lb: &Balancer, id: &str) -> Answer {
+/// Removes a joined server. With a JSON body naming its host and port, only a server at that
+/// address is removed, so an old process that exits late cannot remove its replacement.
+fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
     let Ok(id) = id.parse::<u32>() else {
         return bad("the server id must be a number");
     };
-    match lb.joined.lock().remove(&id) {
-        Some(entry) => {
-            log::info!("server {id} at {} left over the network", entry.address());
-            (200, serde_json::json!(entry))
+    let Ok(body) = read_body(request) else {
+        return bad("the body is not UTF-8 text");
+    };
+    let at: Option<ServerEntry> = if body.trim().is_empty() {
+        None
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(entry) => Some(entry),
+            Err(e) => return bad(&format!("the body is not a server entry: {e}")),
         }
+    };
+    let mut joined = lb.joined.lock();
+    match joined.get(&id) {
         None => (
             404,
             serde_json::json!({"error": format!("server {id} did not join over the network")}),
         ),
+        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => (
+            409,
+            serde_json::json!({"error": format!(
+                "server {id} is now registered at {}; left it in the pool",
+                entry.address()
+            )}),
+        ),
+        Some(_) => {
+            let entry = joined.remove(&id).expect("present: just looked");
+            log::info!("server {id} at {} left over the network", entry.address());
+            (200, serde_json::json!(entry))
+        }
     }
+}
+
+fn read_body(request: &mut Request) -> Result<String, std::io::Error> {
+    let mut body = String::new();
+    request
+        .as_reader()
+        .take(MAX_BODY)
+        .read_to_string(&mut body)?;
+    Ok(body)
 }
 
 fn list(lb: &Balancer) -> Vec<ServerEntry> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::balancer::{session, Balancer};
 use crate::error::Error;
+use crate::gauge::Held;
 
 /// Stack of a client thread. A session keeps its buffers on the heap, so a small stack is
 /// enough, and ten thousand clients fit in little memory.
@@ -33,6 +34,7 @@ pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
 fn admit(lb: &Arc<Balancer>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let max = lb.config.max_clients;
+    // Counted here, in the accept thread, so that no burst of connections slips past the limit.
     if lb.clients.fetch_add(1, Ordering::SeqCst) >= max {
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::warn!("refused a client: {max} clients already connected (--max-clients)");
@@ -45,10 +47,11 @@ fn admit(lb: &Arc<Balancer>, mut stream: TcpStream) {
         .name("client".into())
         .stack_size(CLIENT_STACK)
         .spawn(move || {
+            let _client = Held::adopt(&session_lb.clients);
             session::serve_client(&session_lb, stream);
-            session_lb.clients.fetch_sub(1, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
+        // The closure, and the unit it would have adopted, never ran.
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::error!("cannot start a thread for a client: {e}");
     }

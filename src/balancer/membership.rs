@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
+use crate::idle_queue::Membership as InPool;
 use crate::protocol::{self, Line, ReplyHeader, MAX_HEADER_LINE};
 use crate::servers_file::{self, ServerEntry};
 
@@ -50,7 +51,7 @@ impl Drop for Known {
 }
 
 /// Keeps the idle queue's membership in line with the servers file and the joined servers.
-pub struct Membership {
+pub struct Watcher {
     lb: Arc<Balancer>,
     known: HashMap<u32, Known>,
     /// The servers file as last read well, kept when a later read fails.
@@ -58,10 +59,10 @@ pub struct Membership {
     last_error: Option<String>,
 }
 
-impl Membership {
+impl Watcher {
     /// A watcher for `lb`.
     pub fn new(lb: Arc<Balancer>) -> Self {
-        Membership {
+        Watcher {
             lb,
             known: HashMap::new(),
             last_file: Vec::new(),
@@ -104,9 +105,14 @@ impl Membership {
                     was_up: false,
                 }
             });
-            if queue.membership(id).is_some() {
-                known.was_up = true;
-                continue;
+            match queue.membership(id) {
+                Some(InPool::Active) => {
+                    known.was_up = true;
+                    continue;
+                }
+                // Its old self is finishing a request; reconnect once it has left.
+                Some(InPool::Draining) => continue,
+                None => {}
             }
             if known.was_up {
                 known.was_up = false;
@@ -114,6 +120,12 @@ impl Membership {
             }
             if !known.reconnecting.swap(true, Ordering::SeqCst) {
                 spawn_reconnector(&self.lb, known);
+            }
+        }
+        // A reconnector may have added its server just as the server left the list.
+        for (id, _) in queue.snapshot().members {
+            if !self.known.contains_key(&id) && queue.retire(id) {
+                log::info!("server {id} is no longer listed: draining");
             }
         }
     }

@@ -163,7 +163,7 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
     println!("loadbalancer listening on {addr}");
     println!("admin listening on {admin_addr}");
 
-    let watcher = membership::Membership::new(Arc::clone(&lb));
+    let watcher = membership::Watcher::new(Arc::clone(&lb));
     spawn("membership", move || watcher.run())?;
     let accepting = Arc::clone(&lb);
     spawn("accept", move || {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::balancer::backend::BackendConn;
 use crate::balancer::Balancer;
 use crate::error::Error;
+use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE, MAX_REQUEST_LINE};
 
@@ -45,7 +46,7 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
                 return Ok(());
             }
         }
-        let _in_flight = InFlight::new(lb);
+        let _in_flight = Held::new(&lb.in_flight);
         let id = lb.next_request.fetch_add(1, Ordering::Relaxed);
         match Request::parse(&line) {
             Ok(request) => {
@@ -67,22 +68,6 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
         if reader.buffer().is_empty() && reader.capacity() > CLIENT_BUFFER {
             reader = BufReader::with_capacity(CLIENT_BUFFER, client.try_clone()?);
         }
-    }
-}
-
-/// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a Balancer);
-
-impl<'a> InFlight<'a> {
-    fn new(lb: &'a Balancer) -> Self {
-        lb.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(lb)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -220,7 +220,9 @@ fn place(tmp: &Path, dir: &Path, name: &str, force: bool) -> io::Result<PathBuf>
 /// Sends one request, prints the outcome, and returns the exit code: 0 on `OK`, 1 on `ERR`,
 /// 2 when the balancer cannot be reached or the reply is broken.
 pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
-    let request = match Request::parse(line.as_bytes()) {
+    // A query pasted over several lines is one request: the protocol's lines end at `\n`.
+    let line = line.replace(['\r', '\n'], " ");
+    let request = match Request::parse(line.trim().as_bytes()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("client {}: {}", config.id, e.message());

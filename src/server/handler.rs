@@ -2,12 +2,12 @@
 //! request line, answer it, repeat until the peer closes.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::error::Error;
+use crate::gauge::Held;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_REQUEST_LINE};
 use crate::server::Server;
 
@@ -27,13 +27,12 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     log::info!("Connected with {peer}");
-    server.connections.fetch_add(1, Ordering::SeqCst);
+    let _connection = Held::new(&server.connections);
     if let Err(e) = serve(server, stream, &peer) {
         log::info!("connection with {peer} ended: {e}");
     } else {
         log::info!("connection with {peer} closed");
     }
-    server.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
@@ -42,6 +41,12 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
     let mut writer = stream;
     let mut line = Vec::new();
     loop {
+        // A request counts as in flight from its first byte, so one already on the wire when
+        // Ctrl-C arrives is still answered.
+        if reader.fill_buf()?.is_empty() {
+            return Ok(());
+        }
+        let _in_flight = Held::new(&server.in_flight);
         match protocol::read_line(&mut reader, &mut line, MAX_REQUEST_LINE)? {
             Line::Complete => {}
             Line::Eof | Line::Truncated => return Ok(()),
@@ -54,7 +59,6 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
             }
         }
         let started = Instant::now();
-        server.in_flight.fetch_add(1, Ordering::SeqCst);
         let reply = match Request::parse(&line) {
             Ok(request) => {
                 log::info!("{peer}: {}", request.line());
@@ -63,9 +67,7 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
             }
             Err(e) => Reply::Err(e),
         };
-        let sent = send(&mut writer, reply);
-        server.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let sent = sent?;
+        let sent = send(&mut writer, reply)?;
         log::info!(
             "{peer}: response sent ({sent}, {:.3} s)",
             started.elapsed().as_secs_f64()

@@ -24,10 +24,10 @@ use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
 use registration::Registration;
 
-/// After Ctrl-C, how long the server keeps answering while balancers notice it left (they
-/// look at the servers file five times a second) before it stops waiting for them to hang up.
+/// After Ctrl-C, how long before the server says what it is still waiting for (balancers
+/// notice it left within a fifth of a second).
 const DRAIN: Duration = Duration::from_secs(1);
-/// After Ctrl-C, the longest wait for requests in flight.
+/// After Ctrl-C, the longest wait for requests in flight and connections to close.
 const GRACE: Duration = Duration::from_secs(10);
 
 /// A server's settings, from its command line.
@@ -124,13 +124,22 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     if let Err(e) = config.registration.deregister(&entry) {
         log::warn!("{e}");
     }
-    // Keep answering until balancers have let go (or DRAIN passes) and nothing is in flight.
+    // Keep answering until every balancer has let go (a balancer that is itself stopping
+    // keeps its connection until its own queue is empty), up to GRACE.
     let left = Instant::now();
+    let mut told = false;
     while left.elapsed() < GRACE {
-        let busy = server.in_flight.load(Ordering::SeqCst) > 0;
-        let connected = server.connections.load(Ordering::SeqCst) > 0;
-        if !busy && (!connected || left.elapsed() >= DRAIN) {
+        let in_flight = server.in_flight.load(Ordering::SeqCst);
+        let connections = server.connections.load(Ordering::SeqCst);
+        if in_flight == 0 && connections == 0 {
             break;
+        }
+        if !told && left.elapsed() >= DRAIN {
+            log::info!(
+                "waiting for {connections} connection(s) to close, {in_flight} request(s) in flight (up to {} s)",
+                GRACE.as_secs()
+            );
+            told = true;
         }
         std::thread::sleep(Duration::from_millis(10));
     }

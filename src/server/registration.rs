@@ -51,8 +51,10 @@ impl Registration {
             Registration::File(path) => servers_file::deregister(path, entry.id, entry.port)
                 .map_err(|e| format!("cannot remove this server from {}: {e}", path.display())),
             Registration::Join { admin, token } => {
+                // The entry says which process leaves, should a newer one have the same id.
                 let path = format!("/servers/{}", entry.id);
-                http(admin, "DELETE", &path, token.as_deref(), "")
+                let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+                http(admin, "DELETE", &path, token.as_deref(), &body)
                     .map_err(|e| format!("cannot leave the balancer at {admin}: {e}"))
             }
         }
