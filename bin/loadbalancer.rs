@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use minilb::balancer::{self, BalancerConfig};
+use minilb::cidr::{AllowList, Cidr};
 
 /// The minilb load balancer: gives each client request to an idle server, most powerful
 /// first (round robin among equals), and streams the reply back.
@@ -42,6 +43,16 @@ struct Args {
     /// Seconds Ctrl-C waits for requests in flight.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     grace: Duration,
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    request_timeout: Duration,
+    /// Seconds a client may stay silent between requests before it is disconnected (0: no limit).
+    #[arg(long, default_value = "300", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+    /// Serve only clients from this network, e.g. 10.0.0.0/8 or fd00::/8 (repeatable;
+    /// default: every address). Others get `ERR forbidden`.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<Cidr>,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -65,6 +76,9 @@ fn main() -> ExitCode {
         retries: args.retries,
         max_clients: args.max_clients,
         grace: args.grace,
+        request_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout,
+        allow: AllowList::new(args.allow),
     };
     let result = minilb::ctrl_c_channel().and_then(|stop| balancer::run(config, stop));
     match result {

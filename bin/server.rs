@@ -40,6 +40,9 @@ struct Args {
     /// Largest query reply, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_reply: usize,
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    request_timeout: Duration,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             timeout: args.query_timeout,
             max_reply: args.max_reply,
         },
+        request_timeout: args.request_timeout,
     };
     let result = minilb::ctrl_c_channel().and_then(|stop| server::run(config, stop));
     match result {

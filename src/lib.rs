@@ -2,20 +2,27 @@
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
 //! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
+//! - [`request_reader`]: reading requests from untrusted peers, within size and time limits.
+//! - [`cidr`]: IP networks, for the balancer's `--allow` list.
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
 //! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
 //! - [`client`]: the client (one-shot and interactive).
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads.
+//! - `parser_properties` (tests and fuzzing only): what the parsers must keep on any input.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod balancer;
+pub mod cidr;
 pub mod client;
 pub mod error;
 pub mod idle_queue;
+#[cfg(any(test, fuzzing))]
+pub mod parser_properties;
 pub mod policy;
 pub mod protocol;
+pub mod request_reader;
 pub mod server;
 pub mod servers_file;
 

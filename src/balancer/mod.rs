@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::cidr::AllowList;
 use crate::idle_queue::IdleQueue;
 use crate::policy;
 use backend::BackendConn;
@@ -44,6 +45,12 @@ pub struct BalancerConfig {
     pub max_clients: usize,
     /// How long Ctrl-C waits for requests in flight.
     pub grace: Duration,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
+    /// How long a client may stay silent between requests (0: no limit).
+    pub idle_timeout: Duration,
+    /// Client addresses served (empty: every address).
+    pub allow: AllowList,
 }
 
 impl Default for BalancerConfig {
@@ -58,6 +65,9 @@ impl Default for BalancerConfig {
             retries: 2,
             max_clients: 10_000,
             grace: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            allow: AllowList::default(),
         }
     }
 }

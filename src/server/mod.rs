@@ -1,9 +1,10 @@
 //! The backend server: serves files from a folder and runs SQL on the shared database, one
 //! request at a time, each taking at least `processing_time` (the server's simulated power).
 //!
-//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file),
-//! [`file_store`] (the files folder).
+//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file) and its
+//! [`authorizer`] (what SQL may do), [`file_store`] (the files folder).
 
+pub mod authorizer;
 pub mod database;
 pub mod file_store;
 pub mod handler;
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub files: PathBuf,
     /// Limits on queries.
     pub limits: QueryLimits,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
 }
 
 /// A running server's shared state.
@@ -51,6 +54,8 @@ pub struct Server {
     pub worker: Mutex<Database>,
     /// The files folder.
     pub files: FileStore,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
 }
 
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
@@ -91,6 +96,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         processing_time: config.processing_time,
         worker: Mutex::new(database),
         files,
+        request_timeout: config.request_timeout,
     });
     log::info!(
         "Server {} is starting (processing time {} s)...",
