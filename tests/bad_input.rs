@@ -36,9 +36,7 @@ fn expect_replies(wire: &mut Wire, cases: &[(&[u8], &str)]) {
 #[test]
 fn bad_request_lines_get_clear_errors_and_the_connection_goes_on() {
     let dir = TestDir::new(false);
-    let server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let (server, lb, bystander) = watched_cluster(&dir, &[], &[]);
 
     // The same rules hold at the balancer and at a server reached directly.
     for addr in [lb.addr, server.addr] {
@@ -158,9 +156,11 @@ const LINE_TIMEOUT: &str = "ERR timeout the request line did not arrive within 1
 #[test]
 fn slow_and_idle_clients_are_cut_off() {
     let dir = TestDir::new(false);
-    let server = start_server(&dir, 1, 0.0, &["--request-timeout", "1"]);
-    let lb = start_balancer(&dir, 1, &["--request-timeout", "1", "--idle-timeout", "2"]);
-    let bystander = Bystander::start(lb.addr);
+    let (server, lb, bystander) = watched_cluster(
+        &dir,
+        &["--request-timeout", "1"],
+        &["--request-timeout", "1", "--idle-timeout", "2"],
+    );
 
     for addr in [lb.addr, server.addr] {
         // Half a line, then nothing.
@@ -225,9 +225,7 @@ fn a_client_that_stops_reading_does_not_hold_the_server() {
     // 32 MiB: far more than the socket buffers between here and the balancer hold.
     let big = fs::File::create(dir.path.join("files/big.bin")).unwrap();
     big.set_len(32 * 1024 * 1024).unwrap();
-    let _server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &["--request-timeout", "1"]);
-    let bystander = Bystander::start(lb.addr);
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &["--request-timeout", "1"]);
 
     // Asks for the big file and never reads it. The only server must not stay stuck behind
     // it: the balancer gives up on this client after the request timeout and drains the reply.
@@ -237,7 +235,7 @@ fn a_client_that_stops_reading_does_not_hold_the_server() {
         lb.log_text()
             .contains("client left during the reply; server 1's connection drained and reused")
     });
-    // Other clients get the server, even the one that just connected.
+    // The server is free again: a client connecting now is served.
     assert_eq!(
         Wire::connect(lb.addr).request("SELECT 3 AS three").text(),
         "three: 3\n"
@@ -249,9 +247,7 @@ fn a_client_that_stops_reading_does_not_hold_the_server() {
 #[test]
 fn more_clients_than_max_clients_get_busy_and_no_thread() {
     let dir = TestDir::new(false);
-    let _server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &["--max-clients", "3"]);
-    let bystander = Bystander::start(lb.addr);
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &["--max-clients", "3"]);
     let mut second = Wire::connect(lb.addr);
     assert!(second.request("SELECT 1").is_ok());
     let mut third = Wire::connect(lb.addr);
@@ -376,9 +372,7 @@ fn file_names_that_escape_the_files_folder_are_refused() {
         .unwrap();
     assert!(mkfifo.success());
 
-    let _server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
 
     let long = "a".repeat(256);
     let longest = "a".repeat(255);
@@ -439,14 +433,8 @@ fn file_names_that_escape_the_files_folder_are_refused() {
 #[test]
 fn hostile_sql_is_refused_and_limited() {
     let dir = TestDir::new(false);
-    let _server = start_server(
-        &dir,
-        1,
-        0.0,
-        &["--query-timeout", "1", "--max-reply", "100000"],
-    );
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let server_args = ["--query-timeout", "1", "--max-reply", "100000"];
+    let (_server, lb, bystander) = watched_cluster(&dir, &server_args, &[]);
     let mut wire = Wire::connect(lb.addr);
     let before = wire.request("SELECT count(*) AS n FROM COLORS").text();
 
@@ -519,9 +507,7 @@ fn hostile_sql_is_refused_and_limited() {
 #[test]
 fn a_writable_database_still_refuses_attach_and_state_changing_pragmas() {
     let dir = TestDir::new(true);
-    let server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let (server, lb, bystander) = watched_cluster(&dir, &[], &[]);
     // Straight to the server, like a client that bypasses the balancer.
     for addr in [lb.addr, server.addr] {
         let mut wire = Wire::connect(addr);

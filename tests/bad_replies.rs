@@ -86,9 +86,7 @@ fn register_fake(file: &Path, addr: SocketAddr) {
 fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
     let dir = TestDir::new(false);
     // A real cluster with a bystander: nobody there notices anything.
-    let _server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let (_server, _lb, bystander) = watched_cluster(&dir, &[], &[]);
 
     // A second balancer whose only server is the fake one, with no retries, so that each
     // broken reply reaches the client as `ERR unavailable`.
@@ -262,9 +260,7 @@ fn the_client_refuses_replies_that_lie_and_names_that_escape() {
 #[test]
 fn the_client_keeps_a_file_that_is_already_there() {
     let dir = TestDir::new(false);
-    let _server = start_server(&dir, 1, 0.0, &[]);
-    let lb = start_balancer(&dir, 1, &[]);
-    let bystander = Bystander::start(lb.addr);
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
     let downloads = dir.downloads();
     fs::write(downloads.join("hello.txt"), "mine\n").unwrap();
     // A link under the name the download wants, pointing outside the folder.

@@ -216,6 +216,19 @@ pub fn start_named_balancer(
     lb
 }
 
+/// Starts server 1 (processing time 0) and a balancer in front of it on `dir`, with a
+/// [`Bystander`] on the balancer: the setting of every bad-input test.
+pub fn watched_cluster(
+    dir: &TestDir,
+    server_args: &[&str],
+    lb_args: &[&str],
+) -> (Proc, Proc, Bystander) {
+    let server = start_server(dir, 1, 0.0, server_args);
+    let lb = start_balancer(dir, 1, lb_args);
+    let bystander = Bystander::start(lb.addr);
+    (server, lb, bystander)
+}
+
 /// Polls `done` until it holds, panicking after `timeout`.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
