@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test test-browser run-cluster bench compare lint fmt clean
+.PHONY: all build test test-browser run-cluster bench compare lint fmt clean fuzz
 
 CARGO ?= cargo
 
@@ -21,6 +21,11 @@ test-browser:
 ## Three servers of different power (0.5, 1 and 2 s) on 5071-5073 and the balancer on 5070.
 run-cluster:
 	scripts/run-cluster.sh
+
+## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
+fuzz:
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run request_line -- -max_total_time=180
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run reply_header -- -max_total_time=180
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use minilb::balancer::{self, BalancerConfig};
+use minilb::cidr::{AllowList, Cidr};
 use minilb::cli::parse_seconds;
 
 /// The minilb load balancer: gives each client request to an idle server, most powerful
@@ -54,6 +55,16 @@ struct Args {
     /// without it only loopback peers may join.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    request_timeout: Duration,
+    /// Seconds a client may stay silent between requests before it is disconnected (0: no limit).
+    #[arg(long, default_value = "300", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+    /// Serve only clients from this network, e.g. 10.0.0.0/8 or fd00::/8 (repeatable;
+    /// default: every address). Others get `ERR forbidden`.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<Cidr>,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +92,9 @@ fn run(args: Args) -> Result<(), String> {
         admin_host: args.admin_host,
         admin_port: args.admin_port,
         token,
+        request_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout,
+        allow: AllowList::new(args.allow),
     };
     balancer::run(config, minilb::ctrl_c_channel()?)
 }

@@ -48,6 +48,9 @@ struct Args {
     /// Largest query reply, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_reply: usize,
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    request_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn run(args: Args) -> Result<(), String> {
             timeout: args.query_timeout,
             max_reply: args.max_reply,
         },
+        request_timeout: args.request_timeout,
     };
     server::run(config, minilb::ctrl_c_channel()?)
 }

@@ -112,14 +112,18 @@ impl From<io::Error> for Error {
 }
 
 /// Folds line breaks and control characters into spaces and cuts to [`MAX_MESSAGE_LEN`]
-/// bytes on a character boundary, so a message can never break the framing.
+/// bytes on a character boundary, so a message can never break the framing. Messages often
+/// echo the request, so bidirectional-text controls are folded too: a reply must not make a
+/// terminal show text in another order than it was sent.
 pub fn one_line(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_LEN));
     for c in message.chars() {
         if out.len() + c.len_utf8() > MAX_MESSAGE_LEN {
             break;
         }
-        out.push(if c.is_control() { ' ' } else { c });
+        let hidden =
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        out.push(if hidden { ' ' } else { c });
     }
     out.trim_end().to_string()
 }
@@ -142,6 +146,15 @@ mod tests {
     fn header_line_is_one_line() {
         let e = Error::Sql("near \"x\":\nsyntax error\r".into());
         assert_eq!(e.header_line(), "ERR sql near \"x\": syntax error\n");
+    }
+
+    #[test]
+    fn bidi_controls_are_folded() {
+        let e = Error::Sql("near \"\u{202e}txt.exe\u{2066}\": syntax error".into());
+        assert_eq!(
+            e.header_line(),
+            "ERR sql near \" txt.exe \": syntax error\n"
+        );
     }
 
     #[test]

@@ -3,23 +3,30 @@
 //!
 //! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
 //! - [`gauge`]: counts of things in progress, kept right by guards.
+//! - [`request_reader`]: reading requests from untrusted peers, within size and time limits.
+//! - [`cidr`]: IP networks, for the balancer's `--allow` list.
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
 //! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
 //! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
 //!   [`token`]: the shared secret for servers that join over the network.
+//! - `parser_properties` (tests and fuzzing only): what the parsers must keep on any input.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod balancer;
+pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod error;
 pub mod gauge;
 pub mod idle_queue;
+#[cfg(any(test, fuzzing))]
+pub mod parser_properties;
 pub mod policy;
 pub mod protocol;
+pub mod request_reader;
 pub mod server;
 pub mod servers_file;
 pub mod token;

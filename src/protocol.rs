@@ -25,8 +25,8 @@ impl Request {
     /// Parses a request line (without its `\n`; a trailing `\r` is dropped here).
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` inside the
-    /// line, or `file` with no name; [`Error::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
+    /// [`Error::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
+    /// inside the line, or `file` with no name; [`Error::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
     pub fn parse(line: &[u8]) -> Result<Request, Error> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > MAX_REQUEST_LINE {
@@ -39,9 +39,16 @@ impl Request {
         if text.contains('\0') {
             return Err(Error::BadRequest("request contains a NUL byte".into()));
         }
-        if text.contains(['\r', '\n']) {
+        if text.contains('\n') {
+            // Only when the line did not come off the wire (the client's own arguments, say):
+            // sent as it is, it would be two requests.
             return Err(Error::BadRequest(
-                "request contains a line break inside the line: one request per line".into(),
+                "request contains a newline inside the line".into(),
+            ));
+        }
+        if text.contains('\r') {
+            return Err(Error::BadRequest(
+                "request contains a carriage return inside the line".into(),
             ));
         }
         if text.trim().is_empty() {
@@ -101,6 +108,12 @@ impl ReplyHeader {
     pub fn parse(line: &[u8]) -> Result<ReplyHeader, String> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = std::str::from_utf8(line).map_err(|_| "reply header is not UTF-8")?;
+        // A header is passed through as it came: nothing in it may break a line or a terminal.
+        if text.contains(char::is_control) {
+            return Err(format!(
+                "reply header contains a control character: {text:?}"
+            ));
+        }
         if let Some(rest) = text.strip_prefix("OK ") {
             let mut parts = rest.split(' ');
             let length = parts.next().unwrap_or("");
@@ -274,6 +287,7 @@ mod tests {
             b"SELECT\r1",
             b"SELECT 1\nDELETE FROM COLORS",
             b"file a\nb",
+            b"SELECT 1\nSELECT 2",
             b"\xff\xfe",
         ] {
             let e = Request::parse(bad).unwrap_err();
@@ -315,6 +329,10 @@ mod tests {
             b"ERR nonsense message",
             b"HELLO",
             b"\xff",
+            b"OK 1 a=b\nOK 2",
+            b"OK 1 a=\tb",
+            b"ERR sql line\rbreak",
+            b"ERR sql nul\0",
         ] {
             assert!(ReplyHeader::parse(bad).is_err(), "{bad:?}");
         }

@@ -1,4 +1,5 @@
-//! The balancer's accept loop: one thread per client, up to `--max-clients`.
+//! The balancer's accept loop: one thread per client, up to `--max-clients`, for clients whose
+//! address is in the `--allow` list.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +15,12 @@ use crate::gauge::Held;
 /// enough, and ten thousand clients fit in little memory.
 pub const CLIENT_STACK: usize = 128 * 1024;
 
+/// How long writing a refusal to a turned-away client may block the accept loop.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Accepts clients until the balancer stops.
 pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
+    log::info!("Serving clients from {}", lb.config.allow);
     for stream in listener.incoming() {
         if lb.stopping.load(Ordering::SeqCst) {
             break;
@@ -31,15 +36,30 @@ pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
     }
 }
 
-fn admit(lb: &Arc<Balancer>, mut stream: TcpStream) {
+/// Starts a session thread for a client, or turns it away (`ERR forbidden` when its address
+/// is not allowed, `ERR busy` when there are too many clients) with no thread spawned for it.
+fn admit(lb: &Arc<Balancer>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    // A client whose address cannot be read has already gone; with an allow list it is refused.
+    let peer = stream.peer_addr().ok();
+    if !peer.is_some_and(|p| lb.config.allow.permits(p.ip())) {
+        let who = peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
+        log::warn!("refused {who}: not in the --allow list");
+        turn_away(
+            stream,
+            &Error::Forbidden("your address may not use this load balancer".into()),
+        );
+        return;
+    }
     let max = lb.config.max_clients;
     // Counted here, in the accept thread, so that no burst of connections slips past the limit.
     if lb.clients.fetch_add(1, Ordering::SeqCst) >= max {
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::warn!("refused a client: {max} clients already connected (--max-clients)");
-        let e = Error::Busy(format!("too many clients ({max}); try again later"));
-        let _ = stream.write_all(e.header_line().as_bytes());
+        turn_away(
+            stream,
+            &Error::Busy(format!("too many clients ({max}); try again later")),
+        );
         return;
     }
     let session_lb = Arc::clone(lb);
@@ -55,4 +75,11 @@ fn admit(lb: &Arc<Balancer>, mut stream: TcpStream) {
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::error!("cannot start a thread for a client: {e}");
     }
+}
+
+/// Sends a refusal and closes, from the accept thread: a fresh connection's send buffer is
+/// empty, so the short write does not block, and the timeout makes sure of it.
+fn turn_away(mut stream: TcpStream, e: &Error) {
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let _ = stream.write_all(e.header_line().as_bytes());
 }

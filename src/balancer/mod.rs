@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::cidr::AllowList;
 use crate::idle_queue::IdleQueue;
 use crate::policy;
 use crate::servers_file::ServerEntry;
@@ -58,6 +59,12 @@ pub struct BalancerConfig {
     pub admin_port: u16,
     /// Shared secret that servers joining over the network must present.
     pub token: Option<String>,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
+    /// How long a client may stay silent between requests (0: no limit).
+    pub idle_timeout: Duration,
+    /// Client addresses served (empty: every address).
+    pub allow: AllowList,
 }
 
 impl Default for BalancerConfig {
@@ -75,6 +82,9 @@ impl Default for BalancerConfig {
             admin_host: "127.0.0.1".into(),
             admin_port: 5080,
             token: None,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            allow: AllowList::default(),
         }
     }
 }

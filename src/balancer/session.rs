@@ -1,7 +1,7 @@
 //! One client's session: read a request (the client side), hand it to a server and stream the
 //! reply back (the backend side), repeat until the client leaves.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,10 +12,13 @@ use crate::balancer::Balancer;
 use crate::error::Error;
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
-use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE, MAX_REQUEST_LINE};
+use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
+use crate::request_reader::{Incoming, RequestReader, Timeouts};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
 const CLIENT_BUFFER: usize = 2 * 1024;
+/// Largest reply read whole from the server before its header is passed on (see [`relay`]).
+const WHOLE_REPLY: u64 = 64 * 1024;
 
 /// Serves one client until it disconnects, breaks the protocol, or the balancer stops.
 pub fn serve_client(lb: &Balancer, stream: TcpStream) {
@@ -30,20 +33,21 @@ pub fn serve_client(lb: &Balancer, stream: TcpStream) {
 }
 
 fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(CLIENT_BUFFER, stream.try_clone()?);
+    // A client that stops reading must not hold a server: a write to it that makes no
+    // progress for the request timeout fails, and the relay drains the server's reply.
+    let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
+    stream.set_write_timeout(limits.request)?;
+    let mut reader = RequestReader::new(stream.try_clone()?, limits, CLIENT_BUFFER);
     let mut client = stream;
     let mut line = Vec::new();
     let mut header = Vec::new();
     loop {
-        match protocol::read_line(&mut reader, &mut line, MAX_REQUEST_LINE)? {
-            Line::Complete => {}
-            Line::Eof | Line::Truncated => return Ok(()),
-            Line::TooLong => {
-                let e = Error::TooLarge(format!(
-                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
-                ));
-                client.write_all(e.header_line().as_bytes())?;
-                return Ok(());
+        match reader.next(&mut line)? {
+            Incoming::Line => {}
+            Incoming::Closed => return Ok(()),
+            Incoming::Refused(e) => {
+                log::info!("{peer}: refused: {e}");
+                return reader.close_with(&mut client, &e);
             }
         }
         let _in_flight = Held::new(&lb.in_flight);
@@ -65,8 +69,8 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
         if line.capacity() > CLIENT_BUFFER {
             line = Vec::new();
         }
-        if reader.buffer().is_empty() && reader.capacity() > CLIENT_BUFFER {
-            reader = BufReader::with_capacity(CLIENT_BUFFER, client.try_clone()?);
+        if header.capacity() > CLIENT_BUFFER {
+            header = Vec::new();
         }
     }
 }
@@ -267,6 +271,8 @@ struct Relayed {
 
 /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
 /// the server connection's own buffer: the header and the start of the body leave in one write.
+/// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
+/// longer one that breaks off mid-body can only be cut (the client's connection then closes).
 fn relay(
     conn: &mut BackendConn,
     line: &[u8],
@@ -287,6 +293,29 @@ fn relay(
     let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
     let length = reply.body_length();
     header.push(b'\n');
+    if length > conn.reader.buffer().len() as u64 && length <= WHOLE_REPLY {
+        // A small reply is read whole before any of it goes out, so a server that promises
+        // more than it sends is caught while the client can still get `ERR unavailable`.
+        let mut body = Vec::with_capacity(length as usize);
+        (&mut conn.reader)
+            .take(length)
+            .read_to_end(&mut body)
+            .map_err(before)?;
+        if (body.len() as u64) < length {
+            return Err(RelayError::ServerBefore(format!(
+                "reply body ended after {} of its {length} bytes",
+                body.len()
+            )));
+        }
+        return match protocol::write_both(client, header, &body) {
+            Ok(()) => Ok(Relayed {
+                reply,
+                bytes: length,
+                service,
+            }),
+            Err(e) => Err(RelayError::ClientGone(e)),
+        };
+    }
 
     let buffered = conn.reader.buffer();
     let first = buffered

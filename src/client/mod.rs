@@ -1,7 +1,7 @@
 //! The client: sends requests to the balancer (or straight to a server), prints query replies,
 //! saves downloads, and says how long each took and which server answered.
 
-use std::fs::{self, File};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -172,7 +172,10 @@ fn save(
     let dir = &config.download_dir;
     let tmp = dir.join(format!(".{name}.part.{}", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&tmp)?;
+        // A fresh file, never one already there: a symlink planted under the temp name
+        // must not redirect the download elsewhere.
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let copied = io::copy(&mut conn.body(length), &mut file)?;
         check_length(copied, length)?;
         file.sync_all()?;

@@ -2,7 +2,9 @@
 //! to start creates it from a CSV seed. Queries run here and come back as the protocol's text.
 //!
 //! Read-only mode is enforced by SQLite (the file is opened `SQLITE_OPEN_READ_ONLY`), never by
-//! looking at the SQL text.
+//! looking at the SQL text; so are the other refusals ([`super::authorizer`]) and the limits:
+//! time (a progress handler), reply size (checked as rows are formatted) and the largest
+//! string or blob a query may build (`SQLITE_LIMIT_LENGTH`, so memory stays bounded).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -12,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::server::authorizer::Authorizer;
 
 /// How long a writer waits for another server's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +106,7 @@ pub struct Database {
     /// SQLite's progress handler on the same thread, so relaxed ordering is enough.
     deadline_ms: Arc<AtomicU64>,
     epoch: Instant,
+    authorizer: Authorizer,
 }
 
 impl Database {
@@ -130,12 +135,19 @@ impl Database {
             Some(move || epoch.elapsed().as_millis() as u64 > deadline.load(Ordering::Relaxed)),
         )
         .map_err(|e| e.to_string())?;
+        // No string or blob may grow past the reply limit: `randomblob(1e9)` fails at once
+        // instead of taking a gigabyte.
+        let longest = i32::try_from(limits.max_reply).unwrap_or(i32::MAX);
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
+            .map_err(|e| e.to_string())?;
+        let authorizer = Authorizer::install(&mut conn).map_err(|e| e.to_string())?;
         Ok(Database {
             conn,
             writable: config.writable,
             limits,
             deadline_ms,
             epoch,
+            authorizer,
         })
     }
 
@@ -143,8 +155,10 @@ impl Database {
     ///
     /// # Errors
     /// [`Error::Sql`] when SQLite refuses it, [`Error::Forbidden`] for a write on a read-only
-    /// database, [`Error::Timeout`] past the time limit, [`Error::TooLarge`] past the reply limit.
+    /// database or what the authorizer refuses, [`Error::Timeout`] past the time limit,
+    /// [`Error::TooLarge`] past the reply limit.
     pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+        self.authorizer.take_refusal();
         let deadline = self.epoch.elapsed() + self.limits.timeout;
         self.deadline_ms
             .store(deadline.as_millis() as u64, Ordering::Relaxed);
@@ -165,8 +179,19 @@ impl Database {
                 body.push('\n');
             }
             for (i, name) in names.iter().enumerate() {
+                let value = row.get_ref(i)?;
+                // Checked before a long value is copied in, so the body never grows far past
+                // the limit.
+                let long = match value {
+                    ValueRef::Text(t) => t.len(),
+                    ValueRef::Blob(b) => 2 * b.len() + 3,
+                    _ => 0,
+                };
+                if body.len() + name.len() + long > self.limits.max_reply {
+                    return Err(QueryError::TooLarge);
+                }
                 let _ = write!(body, "{name}: ");
-                match row.get_ref(i)? {
+                match value {
                     ValueRef::Null => body.push_str("NULL"),
                     ValueRef::Integer(n) => {
                         let _ = write!(body, "{n}");
@@ -202,12 +227,24 @@ impl Database {
     }
 
     fn map_error(&self, e: QueryError) -> Error {
-        match e {
-            QueryError::TooLarge => Error::TooLarge(format!(
+        let too_large = || {
+            Error::TooLarge(format!(
                 "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
                 self.limits.max_reply
-            )),
+            ))
+        };
+        // A refused function shows as a plain SQLite error, a refused statement as
+        // `SQLITE_AUTH`: the authorizer's own record says which, and why.
+        if let Some(why) = self.authorizer.take_refusal() {
+            return Error::Forbidden(why);
+        }
+        match e {
+            QueryError::TooLarge => too_large(),
             QueryError::Sql(e) => match e.sqlite_error_code() {
+                Some(ErrorCode::AuthorizationForStatementDenied) => {
+                    Error::Forbidden("the query uses a feature this server does not allow".into())
+                }
+                Some(ErrorCode::TooBig) => too_large(),
                 Some(ErrorCode::ReadOnly) if !self.writable => Error::Forbidden(
                     "the database is read-only; set \"writable\": true in database.json to allow writes".into(),
                 ),
@@ -438,5 +475,69 @@ mod tests {
         assert_eq!(e.code(), "too_large", "{e}");
         // The connection still works after both.
         assert_eq!(db.query("SELECT 1 AS one").unwrap().body, b"one: 1\n");
+    }
+
+    #[test]
+    fn refuses_attach_vacuum_extensions_and_pragmas_that_write() {
+        for writable in [false, true] {
+            let config = temp_db(&format!("authorizer-{writable}"), writable);
+            let copy = config.path.with_file_name("copy.db");
+            let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+            for sql in [
+                format!("ATTACH '{}' AS x", copy.display()),
+                format!("ATTACH DATABASE '{}' AS x", copy.display()),
+                format!("VACUUM INTO '{}'", copy.display()),
+                "VACUUM".into(),
+                "DETACH main".into(),
+                "SELECT load_extension('/nonexistent/ext.so')".into(),
+                "PRAGMA journal_mode = DELETE".into(),
+                "PRAGMA writable_schema = 1".into(),
+                "PRAGMA optimize".into(),
+                "PRAGMA user_version = 3".into(),
+            ] {
+                let e = db.query(&sql).unwrap_err();
+                assert_eq!(e.code(), "forbidden", "{sql}: {e}");
+                assert!(e.message().contains("not allowed"), "{sql}: {e}");
+            }
+            assert!(
+                !copy.exists(),
+                "a refused statement created {}",
+                copy.display()
+            );
+            // Pragmas that only read still work, and nothing changed.
+            assert_eq!(
+                db.query("PRAGMA journal_mode").unwrap().body,
+                b"journal_mode: wal\n"
+            );
+            assert_eq!(
+                db.query("PRAGMA user_version").unwrap().body,
+                b"user_version: 0\n"
+            );
+            let out = db.query("PRAGMA table_info(COLORS)").unwrap();
+            assert_eq!(out.rows, 3);
+        }
+    }
+
+    #[test]
+    fn no_value_may_outgrow_the_reply_limit() {
+        let limits = QueryLimits {
+            timeout: Duration::from_secs(5),
+            max_reply: 1000,
+        };
+        let mut db = Database::open(&temp_db("longest", false), limits).unwrap();
+        for sql in [
+            "SELECT randomblob(2000) AS b",
+            "SELECT length(zeroblob(5000)) AS n",
+            "SELECT length(printf('%.*c', 5000, 'x')) AS n",
+            "SELECT replace(hex(zeroblob(400)), '0', 'xy') AS s",
+        ] {
+            let e = db.query(sql).unwrap_err();
+            assert_eq!(e.code(), "too_large", "{sql}: {e}");
+        }
+        // Short of the limit, the same functions work.
+        assert_eq!(
+            db.query("SELECT length(zeroblob(500)) AS n").unwrap().body,
+            b"n: 500\n"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The folder a server serves files from. Only plain names of regular files inside the folder
 //! are served: no paths, no `..`, no symlinks that lead outside.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,13 @@ impl FileStore {
                 "{name} leads outside the files folder"
             )));
         }
+        // Looked at before opening too: opening a FIFO or a device can block, or never end.
+        match fs::metadata(&real) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(not_found()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(Error::Internal(format!("cannot open {name}: {e}"))),
+        }
         let file = File::open(&real).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => not_found(),
             _ => Error::Internal(format!("cannot open {name}: {e}")),
@@ -97,7 +104,6 @@ pub fn check_file_name(name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use std::io::Read;
 
     fn store(name: &str) -> (FileStore, PathBuf) {

@@ -2,13 +2,14 @@
 //! request line, answer it, repeat until the peer closes.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::gauge::Held;
-use crate::protocol::{self, Line, ReplyHeader, Request, MAX_REQUEST_LINE};
+use crate::protocol::{self, ReplyHeader, Request};
+use crate::request_reader::{Incoming, RequestReader, Timeouts};
 use crate::server::Server;
 
 /// A reply ready to send: the work is done, only I/O is left.
@@ -37,27 +38,22 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
 
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::with_capacity(8 * 1024, stream.try_clone()?);
+    // No idle timeout: the balancer's persistent connections are silent between requests.
+    let limits = Timeouts::new(Duration::ZERO, server.request_timeout);
+    let mut reader = RequestReader::new(stream.try_clone()?, limits, 8 * 1024);
     let mut writer = stream;
     let mut line = Vec::new();
     loop {
-        // A request counts as in flight from its first byte, so one already on the wire when
-        // Ctrl-C arrives is still answered.
-        if reader.fill_buf()?.is_empty() {
-            return Ok(());
-        }
-        let _in_flight = Held::new(&server.in_flight);
-        match protocol::read_line(&mut reader, &mut line, MAX_REQUEST_LINE)? {
-            Line::Complete => {}
-            Line::Eof | Line::Truncated => return Ok(()),
-            Line::TooLong => {
-                let e = Error::TooLarge(format!(
-                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
-                ));
-                writer.write_all(e.header_line().as_bytes())?;
-                return Ok(());
+        match reader.next(&mut line)? {
+            Incoming::Line => {}
+            Incoming::Closed => return Ok(()),
+            Incoming::Refused(e) => {
+                log::info!("{peer}: refused: {e}");
+                return reader.close_with(&mut writer, &e);
             }
         }
+        // Counted until its reply is sent, so Ctrl-C never cuts a reply short.
+        let _in_flight = Held::new(&server.in_flight);
         let started = Instant::now();
         let reply = match Request::parse(&line) {
             Ok(request) => {

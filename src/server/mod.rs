@@ -1,10 +1,11 @@
 //! The backend server: serves files from a folder and runs SQL on the shared database, one
 //! request at a time, each taking at least `processing_time` (the server's simulated power).
 //!
-//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file),
-//! [`file_store`] (the files folder), [`registration`] (the servers file, or joining a
-//! balancer over the network).
+//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file) and its
+//! [`authorizer`] (what SQL may do), [`file_store`] (the files folder), [`registration`] (the
+//! servers file, or joining a balancer over the network).
 
+pub mod authorizer;
 pub mod database;
 pub mod file_store;
 pub mod handler;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub files: PathBuf,
     /// Limits on queries.
     pub limits: QueryLimits,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
 }
 
 /// A running server's shared state.
@@ -65,6 +68,8 @@ pub struct Server {
     pub connections: AtomicUsize,
     /// Requests read and not yet fully answered.
     pub in_flight: AtomicUsize,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
 }
 
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
@@ -102,6 +107,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        request_timeout: config.request_timeout,
     });
     log::info!(
         "Server {} is starting (processing time {} s)...",

@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a process may take to say it is listening, on a busy machine.
@@ -199,13 +200,25 @@ pub fn start_server(dir: &TestDir, id: u32, secs: f64, extra: &[&str]) -> Proc {
 /// Starts the balancer on port 0 over the test folder's servers file and waits until
 /// `servers` servers are in its pool.
 pub fn start_balancer(dir: &TestDir, servers: usize, extra: &[&str]) -> Proc {
+    start_named_balancer(dir, "loadbalancer", "servers.json", servers, extra)
+}
+
+/// Like [`start_balancer`], for a test running more than one: the log is `<name>.log` and the
+/// servers file `servers_file` (relative to the test folder).
+pub fn start_named_balancer(
+    dir: &TestDir,
+    name: &str,
+    servers_file: &str,
+    servers: usize,
+    extra: &[&str],
+) -> Proc {
     let mut args: Vec<String> = [
         "--port",
         "0",
         "--admin-port",
         "0",
         "--servers-file",
-        "servers.json",
+        servers_file,
     ]
     .map(String::from)
     .to_vec();
@@ -213,7 +226,7 @@ pub fn start_balancer(dir: &TestDir, servers: usize, extra: &[&str]) -> Proc {
     let lb = spawn(
         env!("CARGO_BIN_EXE_loadbalancer"),
         &args,
-        dir.path.join("loadbalancer.log"),
+        dir.path.join(format!("{name}.log")),
         &dir.path,
         2,
     );
@@ -221,6 +234,19 @@ pub fn start_balancer(dir: &TestDir, servers: usize, extra: &[&str]) -> Proc {
         lb.log_text().matches("Connected to server").count() >= servers
     });
     lb
+}
+
+/// Starts server 1 (processing time 0) and a balancer in front of it on `dir`, with a
+/// [`Bystander`] on the balancer: the setting of every bad-input test.
+pub fn watched_cluster(
+    dir: &TestDir,
+    server_args: &[&str],
+    lb_args: &[&str],
+) -> (Proc, Proc, Bystander) {
+    let server = start_server(dir, 1, 0.0, server_args);
+    let lb = start_balancer(dir, 1, lb_args);
+    let bystander = Bystander::start(lb.addr);
+    (server, lb, bystander)
 }
 
 /// Polls `done` until it holds, panicking after `timeout`.
@@ -295,23 +321,121 @@ impl Wire {
 
     /// Reads one reply: the header line and, for `OK`, exactly its length of body.
     pub fn read_reply(&mut self) -> Reply {
+        self.try_read_reply().unwrap()
+    }
+
+    /// Reads one reply, or says what went wrong (the connection closed, say).
+    pub fn try_read_reply(&mut self) -> std::io::Result<Reply> {
         let mut header = String::new();
-        self.reader.read_line(&mut header).unwrap();
-        assert!(
-            header.ends_with('\n'),
-            "reply header {header:?} has no newline"
-        );
+        self.reader.read_line(&mut header)?;
+        if !header.ends_with('\n') {
+            return Err(std::io::Error::other(format!(
+                "reply header {header:?} has no newline"
+            )));
+        }
         let header = header.trim_end_matches('\n').to_string();
         let mut body = Vec::new();
         if let Some(rest) = header.strip_prefix("OK ") {
             let length: usize = rest.split(' ').next().unwrap().parse().unwrap();
             body.resize(length, 0);
-            self.reader.read_exact(&mut body).unwrap();
+            self.reader.read_exact(&mut body)?;
         } else {
             assert!(header.starts_with("ERR "), "bad reply header {header:?}");
         }
-        Reply { header, body }
+        Ok(Reply { header, body })
     }
+
+    /// Asserts that the peer closes the connection with nothing more to say.
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "unexpected bytes before the close: {rest:?}"
+            ),
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "the connection did not close: {e}"
+            ),
+        }
+    }
+}
+
+/// A well-behaved client that keeps sending requests on one connection for as long as a test
+/// attacks the system, and checks every reply.
+pub struct Bystander {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Bystander {
+    /// Most requests a bystander sends, whatever happens.
+    pub const MAX_REQUESTS: usize = 100_000;
+
+    /// Connects to `addr` and gets a first reply before returning, so the bystander is a
+    /// connected client from then on.
+    pub fn start(addr: SocketAddr) -> Bystander {
+        let mut wire = Wire::connect(addr);
+        Bystander::check(&mut wire, 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut sent = 1;
+            while sent < Bystander::MAX_REQUESTS && !stopping.load(Ordering::SeqCst) {
+                Bystander::check(&mut wire, sent);
+                sent += 1;
+                // A person's think time between requests, so the bystander leaves the CPU
+                // to the test on a small machine.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            sent
+        });
+        Bystander { stop, thread }
+    }
+
+    /// Sends request number `i` (a query, or every third time a file) and checks its reply.
+    fn check(wire: &mut Wire, i: usize) {
+        let reply = if i % 3 == 2 {
+            let reply = wire.request("file hello.txt");
+            assert!(
+                reply.is_ok() && reply.body == TestDir::data_file("hello.txt"),
+                "bystander request {i}: {reply:?}"
+            );
+            reply
+        } else {
+            let reply = wire.request(&format!("SELECT {i} AS n"));
+            assert!(
+                reply.is_ok() && reply.text() == format!("n: {i}\n"),
+                "bystander request {i}: {reply:?}"
+            );
+            reply
+        };
+        assert!(reply.server().is_some(), "bystander request {i}: {reply:?}");
+    }
+
+    /// Stops the bystander and asserts that every one of its replies was right; returns how
+    /// many it got.
+    pub fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.join() {
+            Ok(n) => {
+                assert!(n >= 2, "the bystander got only {n} replies");
+                n
+            }
+            Err(_) => panic!("the well-behaved client got a wrong reply (see its panic above)"),
+        }
+    }
+}
+
+/// The number of threads process `pid` runs now (Linux).
+pub fn thread_count(pid: u32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
 }
 
 /// Runs the client binary with `args` in `cwd`; returns (exit code, stdout, stderr).

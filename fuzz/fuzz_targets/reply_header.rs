@@ -1,0 +1,9 @@
+//! Fuzzes the reply-header parser with arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use minilb::parser_properties;
+
+fuzz_target!(|data: &[u8]| {
+    parser_properties::reply_header(data);
+});

@@ -1,0 +1,307 @@
+//! Reading requests from a peer that may be hostile, for the balancer's client side and the
+//! server: one line at a time, at most [`MAX_REQUEST_LINE`] bytes, the whole line within the
+//! request timeout, and the connection closed after the idle timeout between requests.
+//!
+//! A socket read timeout alone does not stop a slowloris: a client sending one byte every few
+//! seconds never trips it, and holds its thread forever. So the line gets a deadline when its
+//! first byte arrives, and before each read the socket's timeout is set to the time left.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::protocol::{self, Line, MAX_REQUEST_LINE};
+
+/// How long a connection being closed after an error keeps reading (and discarding) what its
+/// peer still sends, so the close does not reset the connection before the peer reads the reply.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// The time limits on a connection's requests. `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest silence before the first byte of a request (between requests).
+    pub idle: Option<Duration>,
+    /// Longest time from a request's first byte to its `\n`.
+    pub request: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Timeouts from command-line values, where 0 means no limit.
+    pub fn new(idle: Duration, request: Duration) -> Timeouts {
+        let limit = |d: Duration| (!d.is_zero()).then_some(d);
+        Timeouts {
+            idle: limit(idle),
+            request: limit(request),
+        }
+    }
+}
+
+/// What waiting for the next request came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole request line is in the buffer (without its `\n`).
+    Line,
+    /// The peer closed the connection, between requests or in the middle of one.
+    Closed,
+    /// The peer broke a limit (line too long, too slow, idle too long): send this error, then
+    /// close with [`RequestReader::close_with`]. The rest of the stream cannot be trusted.
+    Refused(Error),
+}
+
+/// Which clock the next read runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// Waiting for a request's first byte.
+    Idle,
+    /// In the middle of a request line.
+    Line,
+}
+
+/// The peer's socket, read against a deadline.
+struct DeadlineStream {
+    stream: TcpStream,
+    timeouts: Timeouts,
+    clock: Clock,
+    deadline: Option<Instant>,
+    /// Which clock ran out, once a read failed because of it.
+    expired: Option<Clock>,
+}
+
+impl DeadlineStream {
+    fn start(&mut self, clock: Clock) {
+        let limit = match clock {
+            Clock::Idle => self.timeouts.idle,
+            Clock::Line => self.timeouts.request,
+        };
+        self.clock = clock;
+        self.deadline = limit.and_then(|d| Instant::now().checked_add(d));
+        self.expired = None;
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let timeout = match self.deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.expired = Some(self.clock);
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    Some(left)
+                }
+            };
+            self.stream.set_read_timeout(timeout)?;
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    if n > 0 && self.clock == Clock::Idle {
+                        // The first bytes of a request: from now on the whole line must
+                        // arrive within the request timeout.
+                        self.start(Clock::Line);
+                    }
+                    return Ok(n);
+                }
+                // The socket timeout fired (or a signal): the loop checks the deadline again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The reading half of a connection that receives requests.
+pub struct RequestReader {
+    reader: BufReader<DeadlineStream>,
+    timeouts: Timeouts,
+}
+
+impl RequestReader {
+    /// Reads requests from `stream` (the reading half; replies go out through a clone), with
+    /// a buffer of `capacity` bytes.
+    pub fn new(stream: TcpStream, timeouts: Timeouts, capacity: usize) -> RequestReader {
+        let stream = DeadlineStream {
+            stream,
+            timeouts,
+            clock: Clock::Idle,
+            deadline: None,
+            expired: None,
+        };
+        RequestReader {
+            reader: BufReader::with_capacity(capacity, stream),
+            timeouts,
+        }
+    }
+
+    /// Reads the next request line into `line` (without its `\n`).
+    ///
+    /// # Errors
+    /// An I/O error from the socket (the connection is then gone).
+    pub fn next(&mut self, line: &mut Vec<u8>) -> io::Result<Incoming> {
+        // Bytes already buffered are the start of the next request (sent right behind the
+        // last one), so its line clock starts now; otherwise the connection is idle.
+        let started = !self.reader.buffer().is_empty();
+        self.reader
+            .get_mut()
+            .start(if started { Clock::Line } else { Clock::Idle });
+        let e = match protocol::read_line(&mut self.reader, line, MAX_REQUEST_LINE) {
+            Ok(Line::Complete) => return Ok(Incoming::Line),
+            Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
+            Ok(Line::TooLong) => {
+                return Ok(Incoming::Refused(Error::TooLarge(format!(
+                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
+                ))))
+            }
+            Err(e) => e,
+        };
+        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        match self.reader.get_ref().expired {
+            Some(Clock::Idle) => Ok(Incoming::Refused(Error::Timeout(format!(
+                "no request for {} s (--idle-timeout); closing the connection",
+                secs(self.timeouts.idle)
+            )))),
+            Some(Clock::Line) => Ok(Incoming::Refused(Error::Timeout(format!(
+                "the request line did not arrive within {} s (--request-timeout); closing the connection",
+                secs(self.timeouts.request)
+            )))),
+            None => Err(e),
+        }
+    }
+
+    /// Sends `error` as the connection's last reply through `writer` and closes it gently:
+    /// stop sending, then read and discard what the peer still sends for a moment, so that
+    /// unread bytes do not make the close a reset that could destroy the reply unread.
+    ///
+    /// # Errors
+    /// The error from writing the reply.
+    pub fn close_with(mut self, writer: &mut TcpStream, error: &Error) -> io::Result<()> {
+        writer.write_all(error.header_line().as_bytes())?;
+        writer.shutdown(Shutdown::Write)?;
+        let stream = &mut self.reader.get_mut().stream;
+        let until = Instant::now() + LINGER;
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match stream.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair: (the peer's end, our reader, our writer).
+    fn pair(timeouts: Timeouts) -> (TcpStream, RequestReader, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let reader = RequestReader::new(ours.try_clone().unwrap(), timeouts, 64);
+        (peer, reader, ours)
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn zero_means_no_limit() {
+        let t = Timeouts::new(Duration::ZERO, Duration::from_secs(2));
+        assert_eq!(t.idle, None);
+        assert_eq!(t.request, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn reads_pipelined_lines_then_sees_the_close() {
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+        peer.write_all(b"one\ntwo\nthr").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let mut line = Vec::new();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line, b"one");
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line, b"two");
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Closed);
+    }
+
+    #[test]
+    fn an_idle_peer_is_timed_out() {
+        let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(60)));
+        let started = Instant::now();
+        match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => {
+                assert_eq!(e.code(), "timeout");
+                assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= SHORT);
+    }
+
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_line_deadline() {
+        // Each byte arrives well within any per-read timeout; only the line deadline stops it.
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..100 {
+                if peer.write_all(b"x").is_err() {
+                    return;
+                }
+                // Deliberately slow: this simulates the slowloris client.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => {
+                assert_eq!(e.code(), "timeout");
+                assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 100 bytes at 20 ms each would take 2 s: the deadline cut it well before.
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        drop(reader);
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn a_long_line_is_refused() {
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        let writer = std::thread::spawn(move || {
+            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+            let _ = peer.write_all(b"\n");
+            let mut reply = String::new();
+            let _ = peer.read_to_string(&mut reply);
+            reply
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e.code(), "too_large");
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        assert_eq!(
+            writer.join().unwrap(),
+            "ERR too_large request line is over 65536 bytes; closing the connection\n"
+        );
+    }
+}
