@@ -283,3 +283,24 @@ fn ctrl_c_on_the_whole_cluster_answers_the_queued_requests_too() {
     assert_eq!(s1.interrupt(PATIENCE), Some(0));
     assert_eq!(fs::read_to_string(dir.servers_file()).unwrap().trim(), "[]");
 }
+
+#[test]
+fn a_write_never_goes_to_a_server_that_died_while_idle() {
+    let dir = TestDir::new(true);
+    let mut s1 = start_server(&dir, 1, 0.0, &[]);
+    let _s2 = start_server(&dir, 2, 0.01, &[]);
+    let lb = start_balancer(&dir, 2, &[]);
+    let mut wire = Wire::connect(lb.addr);
+    assert_eq!(wire.request("SELECT 1 AS one").server(), Some(1));
+    signal(s1.pid(), "KILL");
+    let _ = s1.child.wait();
+    // Server 1 is still first in the pool, its connection dead: the write must not be lost
+    // to it, nor refused as "may have run".
+    let reply =
+        wire.request("INSERT INTO COLORS VALUES ('Test Teal', '#008081', 'rgb(0,128,129)')");
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(reply.server(), Some(2));
+    let check = wire.request("SELECT count(*) AS n FROM COLORS WHERE Name = 'Test Teal'");
+    assert_eq!(check.text(), "n: 1\n");
+    wait_for_log(&lb, "connection was closed while idle", 1);
+}

@@ -93,4 +93,19 @@ impl BackendConn {
         }
         Err(last)
     }
+
+    /// Whether this idle connection is unusable: the server closed it (it died, say), or it
+    /// holds bytes no request asked for. Looks without blocking; costs three system calls,
+    /// so it is used only where a failure could not be retried.
+    pub fn is_stale(&self) -> bool {
+        if !self.reader.buffer().is_empty() || self.writer.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let stale = match self.writer.peek(&mut byte) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        self.writer.set_nonblocking(false).is_err() || stale
+    }
 }

@@ -108,6 +108,14 @@ fn handle(
             Err(why) => return refuse(lb, id, why, started, client),
         };
         let server = lease.id();
+        let may_write = matches!(request, Request::Query(_)) && lease.item().backend.writable;
+        if may_write && lease.item().is_stale() {
+            // A query that may write is never retried once sent, so make sure the idle
+            // connection is still alive before sending it (its server may have died meanwhile).
+            lease.discard();
+            log::warn!("req {id}: server {server}'s connection was closed while idle; marked down");
+            continue;
+        }
         let why = explain(lb, &lease);
         log::info!("req {id}: Chosen server: {server} ({why})");
         lb.stats
