@@ -23,6 +23,10 @@ struct Args {
     /// Seconds each request takes at least, e.g. 0.5 (smaller = more powerful).
     #[arg(value_parser = parse_seconds)]
     processing_time: Duration,
+    /// Announce this processing time to balancers instead of the real one: a server whose
+    /// declaration is wrong, for the `measured` policy and the dashboard's flag to catch.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    declared_time: Option<Duration>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -74,6 +78,7 @@ fn run(args: Args) -> Result<(), String> {
         host: args.host,
         port: args.port,
         processing_time: args.processing_time,
+        declared_time: args.declared_time,
         registration,
         db_config: args.db,
         files: args.files,

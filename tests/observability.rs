@@ -178,3 +178,31 @@ fn the_dashboard_page_is_served_whole() {
     assert!(!page.contains("http://") && !page.contains("https://"));
     assert_eq!(http(lb.admin(), "GET", "/nope", None, "").0, 404);
 }
+
+#[test]
+fn a_server_whose_declaration_is_wrong_is_flagged_and_measured_ranks_it_right() {
+    let dir = TestDir::new(false);
+    // Server 1 claims 5 ms but takes 60; server 2 is honest at 20 ms.
+    let _liar = start_server(&dir, 1, 0.06, &["--declared-time", "0.005"]);
+    let _honest = start_server(&dir, 2, 0.02, &[]);
+    let lb = start_balancer(&dir, 2, &["--algorithm", "measured"]);
+    let mut wire = Wire::connect(lb.addr);
+    // One client, one request at a time: both servers always idle, so only the ranking
+    // decides. Unmeasured, the liar looks fastest and is tried first.
+    let first = wire.request("SELECT 1 AS one");
+    assert_eq!(first.server(), Some(1));
+    let mut by_server = HashMap::new();
+    for _ in 0..20 {
+        *by_server
+            .entry(wire.request("SELECT 1 AS one").server().unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(by_server.get(&2), Some(&20), "{by_server:?}");
+    let s = status(&lb);
+    let liar = &s["servers"][0];
+    assert_eq!(liar["id"], 1);
+    assert_eq!(liar["processing_time"].as_f64(), Some(0.005));
+    assert!(liar["measured_time"].as_f64().unwrap() >= 0.05, "{liar}");
+    assert_eq!(liar["declaration_off"], true);
+    assert_eq!(s["servers"][1]["declaration_off"], false, "{s}");
+}

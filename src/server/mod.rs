@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// Time each request takes at least.
     pub processing_time: Duration,
+    /// The processing time announced to balancers, when it differs from the real one (to
+    /// show what measuring servers is for).
+    pub declared_time: Option<Duration>,
     /// Where the server records itself for balancers.
     pub registration: Registration,
     /// `database.json`.
@@ -96,7 +99,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         id: config.id,
         host: config.host.clone(),
         port: addr.port(),
-        processing_time: config.processing_time.as_secs_f64(),
+        processing_time: config
+            .declared_time
+            .unwrap_or(config.processing_time)
+            .as_secs_f64(),
         writable: db_config.writable,
     };
     config.registration.register(&entry)?;
