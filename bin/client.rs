@@ -61,7 +61,7 @@ struct BenchArgs {
     )]
     requests: Option<u64>,
     /// Seconds to run (e.g. 10 or 0.5).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = minilb::parse_seconds)]
     duration: Option<Duration>,
     /// The query each request sends (or any request line, e.g. `file big.bin`).
     #[arg(long, default_value = "SELECT Name FROM COLORS LIMIT 1")]
@@ -84,14 +84,6 @@ struct BenchArgs {
     /// Load balancer address (or a server's, to measure it directly).
     #[arg(long, default_value = "127.0.0.1:5070")]
     lb: String,
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
 }
 
 fn main() -> ExitCode {

@@ -39,3 +39,15 @@ pub fn ctrl_c_channel() -> Result<crossbeam_channel::Receiver<()>, String> {
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     Ok(rx)
 }
+
+/// Parses a number of seconds given on a command line (`0.5`, `10`), for clap.
+///
+/// # Errors
+/// A message saying what a number of seconds looks like.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} must be a number of seconds, 0 or more"))
+}

@@ -126,8 +126,6 @@ fn handle(
         match relay(lease.item(), line, header, client) {
             Ok((reply, bytes)) => {
                 lease.release();
-                // A small reply is sent only now, with the server already back in the queue.
-                client.write_all(header)?;
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
                     reply_kind(&reply),
@@ -211,16 +209,8 @@ fn reply_kind(reply: &ReplyHeader) -> String {
     }
 }
 
-/// Largest reply (header and body) that [`relay`] copies out instead of streaming.
-const COPY_OUT_LIMIT: usize = CLIENT_BUFFER;
-
 /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
 /// the server connection's own buffer: the header and the start of the body leave in one write.
-///
-/// A small reply that arrived whole is not written here but left in `header` (header and
-/// body) for the caller to send once it has given the server back: the next request waiting
-/// for this server then does not wait for our write to the client too. Otherwise `header` is
-/// left empty.
 fn relay(
     conn: &mut BackendConn,
     line: &[u8],
@@ -241,12 +231,6 @@ fn relay(
     header.push(b'\n');
 
     let buffered = conn.reader.buffer();
-    let whole = usize::try_from(length).unwrap_or(usize::MAX);
-    if whole <= buffered.len() && header.len() + whole <= COPY_OUT_LIMIT {
-        header.extend_from_slice(&buffered[..whole]);
-        conn.reader.consume(whole);
-        return Ok((reply, length));
-    }
     let first = buffered
         .len()
         .min(usize::try_from(length).unwrap_or(usize::MAX));
@@ -271,7 +255,6 @@ fn relay(
         conn.reader.consume(n);
         remaining -= n as u64;
     }
-    header.clear();
     match client_error {
         Some(e) => Err(RelayError::ClientGone(e)),
         None => Ok((reply, length)),
