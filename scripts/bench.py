@@ -6,8 +6,8 @@ of issue 6 through `client bench --json` (the Rust load generator), prints one t
 ratios and says, for each target, met or not met. Every process it starts is stopped at the end,
 on Ctrl-C too; nothing is written outside a temp folder except target/bench/results.json.
 
-Environment: BENCH_SECONDS (default 3) is the length of each small-query run and BENCH_ROUNDS
-(default 3) how many times each runs (the median is kept); BENCH_FILE_MIB
+Environment: BENCH_SECONDS (default 2) is the length of each small-query run and BENCH_ROUNDS
+(default 5) how many times each runs (medians are kept); BENCH_FILE_MIB
 (default 1024) the size of the big file; BENCH_CONNECTIONS (default 10000) workload 3's count.
 """
 
@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
-SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+FILE_ROUNDS = 3  # rounds of the big-file workload (3 GiB each)
 FILE_MIB = int(os.environ.get("BENCH_FILE_MIB", "1024"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "10000"))
 QUALITY_SECONDS = 10.0
@@ -248,8 +249,17 @@ def bench(addr, *args):
 
 
 def median_run(runs):
-    """The run with the median requests/s, all its numbers kept together."""
-    return sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2]
+    """One run's numbers, each the median over `runs` (requests/s, every latency, fairness), so
+    one disturbed round on this shared machine moves none of them."""
+    def median(values):
+        return sorted(values)[len(values) // 2]
+
+    result = dict(sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2])
+    result["latency_ms"] = {k: median([r["latency_ms"][k] for r in runs])
+                            for k in runs[0]["latency_ms"]}
+    result["fairness"] = median([r["fairness"] for r in runs])
+    result["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+    return result
 
 
 def measured(proc, addr, *args):
@@ -346,7 +356,7 @@ def run_all(procs, work):
 
     # 1. Small query: per-connection and persistent, 1 and 32 clients. The targets take turns
     # within each round, so a load swing on this shared machine hits every column alike; each
-    # cell keeps, per target, the round with the median requests/s.
+    # cell keeps, per target, the median of each number over the rounds.
     for mode in ("new", "persistent"):
         for clients in (1, 32):
             cell = f"{mode}-{clients}"
@@ -365,14 +375,15 @@ def run_all(procs, work):
     # with the highest peak RSS of all rounds.
     names = [name for name in targets if name != "haproxy-rr"]
     rounds = {name: [] for name in names}
-    for n in range(ROUNDS):
+    for n in range(FILE_ROUNDS):
         for name in names:
             proc, addr = targets[name]
-            say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {ROUNDS})")
+            say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {FILE_ROUNDS})")
             rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
                                          "--request", "file big.bin"))
     for name, runs in rounds.items():
         best = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
+        best["rounds_mb_per_s"] = [r["mb_per_s"] for r in runs]
         if targets[name][0] is not None:
             best["process"] = {"rss_mib": max(r["process"]["rss_mib"] for r in runs)}
         results["file"][name] = best
@@ -567,7 +578,7 @@ def main():
     print(f"minilb bench: {info['nproc']} cores ({info['cpu']}), Linux {info['kernel']}, "
           f"{info['rustc']}, {info['haproxy']}")
     print(f"load average {info['load_before']:.2f} before, {info['load_after']:.2f} after; "
-          f"small queries: median of {ROUNDS} interleaved runs of {SECONDS:g} s; ratios are minilb over HAProxy (first, maxconn 1 "
+          f"small queries: medians of {ROUNDS} interleaved runs of {SECONDS:g} s; ratios are minilb over HAProxy (first, maxconn 1 "
           f"per server; roundrobin for persistent connections) and over direct")
     print()
     print(table(results))

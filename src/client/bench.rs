@@ -35,6 +35,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Pause after a failed connection attempt, so a client with no balancer does not spin.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// Most latencies a client reserves room for before it starts (8 MiB).
+const MAX_RESERVED: u64 = 1 << 20;
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -278,7 +280,8 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         Stop::Duration(d) => (u64::MAX, Some(start + d)),
     };
     if let Stop::Requests(_) = shared.stop {
-        tally.latencies.reserve(limit as usize);
+        // Room for the whole share up front (within reason), so recording never reallocates.
+        tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
     }
     // Each client starts at a different place in the mix, so files are spread across clients.
     for n in index..index.saturating_add(limit) {
@@ -463,7 +466,8 @@ fn spawn_progress(
             );
             let _ = err.flush();
         }
-        let _ = writeln!(err);
+        // Erase the line, so the report starts on a clean one.
+        let _ = write!(err, "\r{:70}\r", "");
     });
     (stop, printer)
 }
