@@ -258,6 +258,12 @@ def median_run(runs):
     result["latency_ms"] = {k: median([r["latency_ms"][k] for r in runs])
                             for k in runs[0]["latency_ms"]}
     result["fairness"] = median([r["fairness"] for r in runs])
+    # Errors are never a median: every failed request of every round counts.
+    result["error_count"] = sum(r["error_count"] for r in runs)
+    result["errors"] = {}
+    for r in runs:
+        for code, n in r["errors"].items():
+            result["errors"][code] = result["errors"].get(code, 0) + n
     result["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
     return result
 
@@ -382,11 +388,12 @@ def run_all(procs, work):
             rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
                                          "--request", "file big.bin"))
     for name, runs in rounds.items():
-        best = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
-        best["rounds_mb_per_s"] = [r["mb_per_s"] for r in runs]
+        median = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
+        median["rounds_mb_per_s"] = [r["mb_per_s"] for r in runs]
+        median["error_count"] = sum(r["error_count"] for r in runs)
         if targets[name][0] is not None:
-            best["process"] = {"rss_mib": max(r["process"]["rss_mib"] for r in runs)}
-        results["file"][name] = best
+            median["process"] = {"rss_mib": max(r["process"]["rss_mib"] for r in runs)}
+        results["file"][name] = median
 
     # 3. Many connections open at once, then one request each.
     for name, (proc, addr) in targets.items():
@@ -409,7 +416,7 @@ def run_all(procs, work):
         say(f"4. balancing quality, 32 persistent clients for {QUALITY_SECONDS:.0f} s -> {name}")
         results["quality"][name] = bench(addr, "--clients", 32, "--duration", QUALITY_SECONDS,
                                          "--request", QUERY)
-    say(f"4. the servers' own ceiling: each driven directly by one client, all at once")
+    say("4. the servers' own ceiling: each driven directly by one client, all at once")
     results["quality"]["direct"] = servers_ceiling(three.addrs)
     return results
 
@@ -466,6 +473,7 @@ def table(results):
             row(f"{label}: fairness", cells, lambda r: r["fairness"], 3, compare)
     f = results["file"]
     row(f"2 file {FILE_MIB} MiB x3: MB/s", f, lambda r: r["mb_per_s"], 0)
+    row("2 file: errors", f, lambda r: r["error_count"], 0)
     row("2 file: balancer peak RSS MiB", f, lambda r: r.get("process", {}).get("rss_mib"), 1)
     m = results["many"]
     row(f"3 {CONNECTIONS} conns: answered OK", m, lambda r: r["ok"], 0)
@@ -540,6 +548,9 @@ def targets(results):
 
 def main():
     global HAPROXY
+    if len(sys.argv) > 1:  # no options: the environment variables above are the knobs
+        print(__doc__.strip())
+        return 0 if sys.argv[1] in ("-h", "--help") else 2
     limit = raise_open_files()
     say("Building (release)...")
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -578,7 +589,7 @@ def main():
     print(f"minilb bench: {info['nproc']} cores ({info['cpu']}), Linux {info['kernel']}, "
           f"{info['rustc']}, {info['haproxy']}")
     print(f"load average {info['load_before']:.2f} before, {info['load_after']:.2f} after; "
-          f"small queries: medians of {ROUNDS} interleaved runs of {SECONDS:g} s; ratios are minilb over HAProxy (first, maxconn 1 "
+          f"small queries: medians of {ROUNDS} interleaved runs of {SECONDS:g} s (errors: all runs); ratios are minilb over HAProxy (first, maxconn 1 "
           f"per server; roundrobin for persistent connections) and over direct")
     print()
     print(table(results))
