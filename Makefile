@@ -36,3 +36,8 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## minilb against one server directly and against HAProxy (installed if missing): one table.
+## Takes a few minutes and needs ~2 GiB of temp space; not part of `make test`.
+bench:
+	python3 scripts/bench.py

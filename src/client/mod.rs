@@ -1,5 +1,8 @@
 //! The client: sends requests to the balancer (or straight to a server), prints query replies,
-//! saves downloads, and says how long each took and which server answered.
+//! saves downloads, and says how long each took and which server answered. [`bench`] is the
+//! load generator (`client bench`).
+
+pub mod bench;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
