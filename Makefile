@@ -41,3 +41,7 @@ clean:
 ## Takes a few minutes and needs ~2 GiB of temp space; not part of `make test`.
 bench:
 	python3 scripts/bench.py
+
+## The same load against every balancing policy, side by side (about half a minute).
+compare:
+	python3 scripts/compare.py

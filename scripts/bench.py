@@ -190,7 +190,8 @@ class Cluster:
     def start_minilb(self):
         log = self.work / f"loadbalancer-{self.name}.log"
         proc = self.procs.start(
-            [BIN / "loadbalancer", "--port", "0", "--servers-file", self.servers_file],
+            [BIN / "loadbalancer", "--port", "0", "--admin-port", "0",
+             "--servers-file", self.servers_file],
             log, cwd=self.work, env=quiet_env(),
         )
         addr = wait_for("loadbalancer", lambda: listening_addr(log), proc=proc, log=log)

@@ -89,6 +89,9 @@ impl Default for BalancerConfig {
     }
 }
 
+/// How long start-up waits for the servers already listed to be connected.
+const STARTUP_WAIT: Duration = Duration::from_secs(3);
+
 /// State shared by every thread of a running balancer.
 pub struct Balancer {
     /// Settings.
@@ -164,17 +167,23 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
         listed.len(),
         lb.config.servers_file.display()
     );
+    let watcher = membership::Watcher::new(Arc::clone(&lb));
+    spawn("membership", move || watcher.run())?;
     if listed.is_empty() {
         log::warn!(
             "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
         );
     }
+    // Give the servers already listed a moment to be connected (and probed), so the first
+    // clients find them; a slow or dead one joins later in the background.
+    let deadline = Instant::now() + STARTUP_WAIT;
+    while lb.queue.counts().1 < listed.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Tests and scripts read these two lines to learn the ports.
     println!("loadbalancer listening on {addr}");
     println!("admin listening on {admin_addr}");
 
-    let watcher = membership::Watcher::new(Arc::clone(&lb));
-    spawn("membership", move || watcher.run())?;
     let accepting = Arc::clone(&lb);
     spawn("accept", move || {
         listener::accept_loop(&accepting, listener)
