@@ -60,6 +60,7 @@ cat <<MSG
 minilb cluster running:
   servers      1 on 5071 (0.5 s), 2 on 5072 (1 s), 3 on 5073 (2 s)   logs: $LOGS/server-N.log
   loadbalancer 127.0.0.1:$LB_PORT (its log follows below)
+  dashboard    http://127.0.0.1:$ADMIN_PORT/   (also /status and /metrics)
 
 Try, from another terminal in this folder:
   target/release/client 1 'SELECT * FROM COLORS LIMIT 3;'

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balancer::backend::BackendConn;
-use crate::balancer::Balancer;
+use crate::balancer::{stats, Balancer};
 use crate::error::Error;
 use crate::gauge::Held;
-use crate::idle_queue::{Lease, NoServer};
+use crate::idle_queue::NoServer;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 
@@ -116,10 +116,14 @@ fn handle(
             log::warn!("req {id}: server {server}'s connection was closed while idle; marked down");
             continue;
         }
-        let why = explain(lb, &lease);
-        log::info!("req {id}: Chosen server: {server} ({why})");
-        lb.stats
-            .record_decision(id, format!("req {id} -> server {server}: {why}"));
+        // The decision is recorded as facts; it is put into words only for someone reading.
+        let chosen = lease.candidate();
+        let decision = std::mem::take(&mut lease.decision);
+        if log::log_enabled!(log::Level::Info) {
+            let why = stats::explain(lb.queue.policy(), &chosen, &decision);
+            log::info!("req {id}: Chosen server: {server} ({why})");
+        }
+        lb.stats.record_choice(id, chosen, decision);
         let stats = Arc::clone(&lease.item().stats);
         stats.busy.store(true, Ordering::Relaxed);
         let relayed = relay(lease.item(), line, header, client);
@@ -213,59 +217,8 @@ fn refuse(
         NoServer::Stopped => Error::Unavailable("the load balancer is shutting down".into()),
     };
     log::warn!("req {id}: {e}");
-    lb.stats
-        .record_decision(id, format!("req {id} -> no server: {}", e.message()));
+    lb.stats.record_refusal(id, e.message().to_string());
     reply_error(lb, &e, started, client)
-}
-
-/// Why the lease's server was chosen, in words: who was busy, the policy's reason, the wait.
-fn explain(lb: &Balancer, lease: &Lease<'_, BackendConn>) -> String {
-    let d = &lease.decision;
-    let chosen = lease.candidate();
-    let mut parts = Vec::new();
-    if !d.busy.is_empty() {
-        parts.push(format!("{} busy", servers(&d.busy)));
-    }
-    parts.push(format!(
-        "server {} {} by {}",
-        chosen.id,
-        lb.queue.policy().reason(&chosen),
-        lb.queue.policy_name()
-    ));
-    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen.id).collect();
-    if !others.is_empty() {
-        parts.push(format!("{} idle too", servers(&others)));
-    }
-    if let Some(place) = d.position {
-        parts.push(format!(
-            "queued {}, waited {} ms",
-            ordinal(place),
-            d.waited.as_millis()
-        ));
-    }
-    parts.join(", ")
-}
-
-/// `server 3` or `servers 1, 3`, sorted.
-fn servers(ids: &[u32]) -> String {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
-    match list.len() {
-        1 => format!("server {}", list[0]),
-        _ => format!("servers {}", list.join(", ")),
-    }
-}
-
-fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (1, 11) | (2, 12) | (3, 13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 /// A reply relayed in full.

@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 
 use crate::balancer::backend::Backend;
 use crate::error::Error;
+use crate::idle_queue::Decision;
+use crate::policy::{Candidate, Policy};
 
 /// Upper bounds, in seconds, of the request-latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -123,6 +125,19 @@ fn fold(avg: &AtomicU64, sample: Duration) {
     avg.store(new, Ordering::Relaxed);
 }
 
+/// One decision as recorded on the request's path: facts only, put into words when read.
+enum Recorded {
+    /// A server was chosen.
+    Chosen {
+        request: u64,
+        at: f64,
+        chosen: Candidate,
+        decision: Decision,
+    },
+    /// No server could be given.
+    Refused { request: u64, at: f64, why: String },
+}
+
 /// One decision, as shown on the dashboard.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DecisionRecord {
@@ -147,7 +162,7 @@ pub struct Stats {
     /// Latency of every request, as the client sees it (less its network).
     pub latency: Histogram,
     /// Guards the most recent decisions, newest last.
-    decisions: Mutex<VecDeque<DecisionRecord>>,
+    decisions: Mutex<VecDeque<Recorded>>,
 }
 
 impl Default for Stats {
@@ -215,13 +230,24 @@ impl Stats {
         fold(&server.latency_micros, latency);
     }
 
-    /// Keeps `text` as the decision for request `request`.
-    pub fn record_decision(&self, request: u64, text: String) {
-        let record = DecisionRecord {
+    /// Keeps the decision made for request `request`.
+    pub fn record_choice(&self, request: u64, chosen: Candidate, decision: Decision) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.keep(Recorded::Chosen {
             request,
-            at: self.started.elapsed().as_secs_f64(),
-            text,
-        };
+            at,
+            chosen,
+            decision,
+        });
+    }
+
+    /// Keeps the reason request `request` got no server.
+    pub fn record_refusal(&self, request: u64, why: String) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.keep(Recorded::Refused { request, at, why });
+    }
+
+    fn keep(&self, record: Recorded) {
         let mut decisions = self.decisions.lock();
         if decisions.len() == RECENT_DECISIONS {
             decisions.pop_front();
@@ -229,10 +255,83 @@ impl Stats {
         decisions.push_back(record);
     }
 
-    /// The most recent decisions, oldest first.
-    pub fn decisions(&self) -> Vec<DecisionRecord> {
-        self.decisions.lock().iter().cloned().collect()
+    /// The most recent decisions in words, oldest first.
+    pub fn decisions(&self, policy: &dyn Policy) -> Vec<DecisionRecord> {
+        let decisions = self.decisions.lock();
+        decisions
+            .iter()
+            .map(|d| match d {
+                Recorded::Chosen {
+                    request,
+                    at,
+                    chosen,
+                    decision,
+                } => DecisionRecord {
+                    request: *request,
+                    at: *at,
+                    text: format!(
+                        "req {request} -> server {}: {}",
+                        chosen.id,
+                        explain(policy, chosen, decision)
+                    ),
+                },
+                Recorded::Refused { request, at, why } => DecisionRecord {
+                    request: *request,
+                    at: *at,
+                    text: format!("req {request} -> no server: {why}"),
+                },
+            })
+            .collect()
     }
+}
+
+/// Why `chosen` was picked, in words: who was busy, the policy's reason, who else was idle,
+/// the wait. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
+pub fn explain(policy: &dyn Policy, chosen: &Candidate, d: &Decision) -> String {
+    let mut parts = Vec::new();
+    if !d.busy.is_empty() {
+        parts.push(format!("{} busy", servers(&d.busy)));
+    }
+    parts.push(format!(
+        "server {} {} by {}",
+        chosen.id,
+        policy.reason(chosen),
+        policy.name()
+    ));
+    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen.id).collect();
+    if !others.is_empty() {
+        parts.push(format!("{} idle too", servers(&others)));
+    }
+    if let Some(place) = d.position {
+        parts.push(format!(
+            "queued {}, waited {} ms",
+            ordinal(place),
+            d.waited.as_millis()
+        ));
+    }
+    parts.join(", ")
+}
+
+/// `server 3` or `servers 1, 3`, sorted.
+fn servers(ids: &[u32]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("server {}", list[0]),
+        _ => format!("servers {}", list.join(", ")),
+    }
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 #[cfg(test)]
@@ -278,14 +377,49 @@ mod tests {
     fn keeps_only_recent_decisions_and_counts_errors_by_code() {
         let stats = Stats::default();
         for i in 0..(RECENT_DECISIONS as u64 + 5) {
-            stats.record_decision(i, format!("d{i}"));
+            stats.record_refusal(i, format!("d{i}"));
         }
-        let d = stats.decisions();
+        let d = stats.decisions(&crate::policy::power::Power);
         assert_eq!(d.len(), RECENT_DECISIONS);
         assert_eq!(d[0].request, 5);
+        assert_eq!(d[0].text, "req 5 -> no server: d5");
         stats.record_reply(Duration::ZERO, Some(&Error::Busy("x".into())));
         let busy = Error::CODES.iter().position(|c| *c == "busy").unwrap();
         assert_eq!(stats.errors[busy].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn decisions_read_like_sentences() {
+        use crate::policy::power::Power;
+        let chosen = Candidate::new(2, Duration::from_millis(20));
+        let d = Decision {
+            idle: vec![3, 2],
+            busy: vec![4, 1],
+            position: Some(2),
+            waited: Duration::from_millis(15),
+        };
+        assert_eq!(
+            explain(&Power, &chosen, &d),
+            "servers 1, 4 busy, server 2 fastest idle (20 ms) by power, server 3 idle too, queued 2nd, waited 15 ms"
+        );
+        let alone = Decision {
+            idle: vec![2],
+            ..Decision::default()
+        };
+        assert_eq!(
+            explain(&Power, &chosen, &alone),
+            "server 2 fastest idle (20 ms) by power"
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+        );
+        let stats = Stats::default();
+        stats.record_choice(7, chosen, alone);
+        assert_eq!(
+            stats.decisions(&Power)[0].text,
+            "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
+        );
     }
 
     #[test]

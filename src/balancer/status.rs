@@ -66,7 +66,7 @@ pub fn status(lb: &Balancer) -> Value {
             "errors": errors,
         },
         "servers": servers,
-        "decisions": lb.stats.decisions(),
+        "decisions": lb.stats.decisions(lb.queue.policy()),
     })
 }
 
