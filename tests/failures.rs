@@ -12,6 +12,19 @@ use support::*;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// `n` clients, each sending `SELECT <i> AS n` on its own connection at once; each thread
+/// returns its reply.
+fn send_at_once(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<std::io::Result<Reply>>> {
+    (0..n)
+        .map(|i| {
+            std::thread::spawn(move || Wire::connect(addr).try_request(&format!("SELECT {i} AS n")))
+        })
+        .collect()
+}
+
 fn wait_for_log(proc: &Proc, text: &str, count: usize) {
     wait_until(PATIENCE, || proc.log_text().matches(text).count() >= count);
 }
@@ -224,12 +237,7 @@ fn ctrl_c_on_the_balancer_answers_every_request_in_flight() {
     let _s1 = start_server(&dir, 1, 0.2, &[]);
     let _s2 = start_server(&dir, 2, 0.2, &[]);
     let mut lb = start_balancer(&dir, 2, &[]);
-    let clients: Vec<_> = (0..8)
-        .map(|i| {
-            let addr = lb.addr;
-            std::thread::spawn(move || Wire::connect(addr).try_request(&format!("SELECT {i} AS n")))
-        })
-        .collect();
+    let clients = send_at_once(lb.addr, 8);
     wait_for_log(&lb, " AS n", 8);
     assert_eq!(lb.interrupt(PATIENCE), Some(0), "{}", lb.log_text());
     for (i, c) in clients.into_iter().enumerate() {
@@ -264,12 +272,7 @@ fn ctrl_c_on_the_whole_cluster_answers_the_queued_requests_too() {
     let dir = TestDir::new(false);
     let mut s1 = start_server(&dir, 1, 0.1, &[]);
     let mut lb = start_balancer(&dir, 1, &[]);
-    let clients: Vec<_> = (0..10)
-        .map(|i| {
-            let addr = lb.addr;
-            std::thread::spawn(move || Wire::connect(addr).try_request(&format!("SELECT {i} AS n")))
-        })
-        .collect();
+    let clients = send_at_once(lb.addr, 10);
     // All ten arrived: one at the server, nine in line.
     wait_for_log(&lb, " AS n", 10);
     // Ctrl-C in a terminal reaches every process of the cluster at once.
