@@ -443,17 +443,27 @@ mod tests {
     }
 
     const NOW: Duration = Duration::from_millis(0);
+    /// How long a test waiter waits for a server: far longer than any hand-over takes, short
+    /// enough that a missed wake-up fails the test instead of hanging the suite.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// Polls `done` until it holds; fails the test after [`PATIENCE`].
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done() {
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
 
     /// A thread that asks for a server and reports which it got; returns once it is in line.
     fn spawn_waiter(q: &Arc<IdleQueue<u32>>) -> std::thread::JoinHandle<Result<u32, NoServer>> {
         let waiting = q.counts().2;
         let thread = {
             let q = Arc::clone(q);
-            std::thread::spawn(move || q.acquire(Duration::from_secs(30)).map(|l| l.id()))
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.id()))
         };
-        while q.counts().2 == waiting {
-            std::thread::yield_now();
-        }
+        wait_for("the waiter to join the line", || q.counts().2 > waiting);
         thread
     }
 
@@ -501,14 +511,9 @@ mod tests {
         assert_eq!(second.candidate().served, 1);
         let waiter = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || {
-                q.acquire(Duration::from_secs(30))
-                    .map(|l| l.decision.clone())
-            })
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.decision.clone()))
         };
-        while q.counts().2 == 0 {
-            std::thread::yield_now();
-        }
+        wait_for("the waiter to join the line", || q.counts().2 == 1);
         assert_eq!(q.snapshot().waiting, 1);
         first.release();
         let decision = waiter.join().unwrap().unwrap();
@@ -563,14 +568,12 @@ mod tests {
         for n in 0..5 {
             let (q2, order2) = (Arc::clone(&q), Arc::clone(&order));
             threads.push(std::thread::spawn(move || {
-                let lease = q2.acquire(Duration::from_secs(30)).unwrap();
+                let lease = q2.acquire(PATIENCE).unwrap();
                 order2.lock().push(n);
                 lease.release();
             }));
             // Each joins the line before the next starts.
-            while q.counts().2 < n + 1 {
-                std::thread::yield_now();
-            }
+            wait_for("the waiter to join the line", || q.counts().2 == n + 1);
         }
         held.release();
         for t in threads {
@@ -619,6 +622,56 @@ mod tests {
     }
 
     #[test]
+    fn two_servers_freed_at_once_go_to_the_two_first_in_line() {
+        let q = Arc::new(queue(&[(1, 0.5), (2, 0.5)]));
+        let mut held = [q.acquire(NOW).unwrap(), q.acquire(NOW).unwrap()];
+        let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
+        // Both come back before either waiter runs, with a single wake-up: the first in line
+        // must pass the turn on to the second while a server is still idle.
+        for lease in &mut held {
+            let item = lease.item.take().unwrap();
+            q.returned_tx.send((lease.candidate.clone(), item)).unwrap();
+        }
+        q.lock().wake_first();
+        let started = Instant::now();
+        let mut got: Vec<u32> = waiters.map(|w| w.join().unwrap().unwrap()).to_vec();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+        assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn waiters_hear_at_once_when_the_last_active_server_is_retired() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let busy = q.acquire(NOW).unwrap();
+        let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
+        let started = Instant::now();
+        assert!(q.retire(1));
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
+        }
+        assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
+        busy.release();
+        assert_eq!(q.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_lease_dropped_by_a_panic_takes_its_server_out_of_the_pool() {
+        let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
+        let q2 = Arc::clone(&q);
+        let panicked = std::thread::spawn(move || {
+            let _lease = q2.acquire(NOW).unwrap();
+            panic!("a request broke while holding server 1");
+        })
+        .join();
+        assert!(panicked.is_err());
+        // Its connection is in an unknown state: never handed out again, never stuck busy.
+        assert_eq!(q.membership(1), None);
+        assert_eq!(q.counts(), (1, 1, 0));
+        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+    }
+
+    #[test]
     fn a_waiter_that_times_out_passes_the_turn() {
         let q = Arc::new(queue(&[(1, 0.5)]));
         let held = q.acquire(NOW).unwrap();
@@ -626,9 +679,9 @@ mod tests {
             let q = Arc::clone(&q);
             std::thread::spawn(move || q.acquire(Duration::from_millis(50)).map(|l| l.id()))
         };
-        while q.counts().2 == 0 {
-            std::thread::yield_now();
-        }
+        wait_for("the impatient waiter to join the line", || {
+            q.counts().2 == 1
+        });
         let patient = spawn_waiter(&q);
         assert_eq!(impatient.join().unwrap(), Err(NoServer::TimedOut));
         held.release();

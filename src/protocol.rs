@@ -361,4 +361,63 @@ mod tests {
         write_both(&mut out, b"OK 3\n", b"abc").unwrap();
         assert_eq!(out, b"OK 3\nabc");
     }
+
+    /// A writer that fails with `errors` in turn, then takes at most `step` bytes a call.
+    struct Flaky {
+        errors: Vec<io::ErrorKind>,
+        step: usize,
+        out: Vec<u8>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(kind) = self.errors.pop() {
+                return Err(kind.into());
+            }
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_both_retries_an_interrupted_write_and_resumes_short_ones() {
+        let mut w = Flaky {
+            errors: vec![io::ErrorKind::Interrupted],
+            step: 2,
+            out: Vec::new(),
+        };
+        write_both(&mut w, b"OK 3\n", b"abc").unwrap();
+        assert_eq!(w.out, b"OK 3\nabc");
+    }
+
+    #[test]
+    fn write_both_gives_up_on_a_closed_peer() {
+        // Run apart with a deadline: a writer that retried every error would spin forever.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut w = Flaky {
+                errors: vec![io::ErrorKind::BrokenPipe; 1000],
+                step: 1,
+                out: Vec::new(),
+            };
+            let _ = done_tx.send(write_both(&mut w, b"OK 1\n", b"x").map_err(|e| e.kind()));
+        });
+        let outcome = done_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("write_both returned");
+        assert_eq!(outcome, Err(io::ErrorKind::BrokenPipe));
+        let mut zero = Flaky {
+            errors: Vec::new(),
+            step: 0,
+            out: Vec::new(),
+        };
+        assert_eq!(
+            write_both(&mut zero, b"OK 1\n", b"x").unwrap_err().kind(),
+            io::ErrorKind::WriteZero
+        );
+    }
 }

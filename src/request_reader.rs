@@ -304,4 +304,59 @@ mod tests {
             "ERR too_large request line is over 65536 bytes; closing the connection\n"
         );
     }
+
+    #[test]
+    fn the_refusal_survives_bytes_the_peer_is_still_sending() {
+        // The peer keeps sending after its line was refused. Closing with those bytes unread
+        // would be a reset, which can destroy the `ERR` line before the peer reads it (on a
+        // real network): the close must drain them and end with a clean FIN.
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        // Says when every byte is sent, so they sit unread when the refusal goes out.
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        // Says when our end is closed, so a reset would have arrived.
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let sender = std::thread::spawn(move || {
+            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+            let _ = peer.write_all(&vec![b'b'; 64 * 1024]);
+            sent_tx.send(()).unwrap();
+            let mut reply = Vec::new();
+            peer.read_to_end(&mut reply)?;
+            closed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            // A reset after the FIN leaves the reply readable, but the connection is then
+            // dead for writing too: after a clean close our write is still accepted.
+            peer.write_all(b"x")?;
+            Ok::<_, io::Error>(reply)
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        closed_tx.send(()).unwrap();
+        let reply = sender.join().unwrap().expect("a clean close, not a reset");
+        assert_eq!(reply, e.header_line().as_bytes());
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_cannot_stretch_the_close() {
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        let flood = std::thread::spawn(move || {
+            let chunk = vec![b'a'; 64 * 1024];
+            // Bounded: for 2 s at most, or until the connection is closed on us.
+            let until = Instant::now() + 2 * LINGER;
+            while Instant::now() < until && peer.write_all(&chunk).is_ok() {}
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let started = Instant::now();
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        // It drains at most LINGER_BYTES, then lets go well before LINGER has passed.
+        assert!(started.elapsed() < LINGER / 2, "{:?}", started.elapsed());
+        flood.join().unwrap();
+    }
 }

@@ -128,6 +128,16 @@ fn bench_duration_mode_and_the_text_report() {
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("2 clients, persistent connections"), "{out}");
+    // The run lasts the asked 0.3 s: not cut short, and stopped soon after.
+    let (code, r) = bench(
+        &dir,
+        &["--lb", &addr, "--clients", "2", "--duration", "0.3"],
+    );
+    assert_eq!(code, 0, "{r}");
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    assert!((0.3..2.0).contains(&elapsed), "elapsed {elapsed} s: {r}");
+    assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["requests"], r["ok"], "{r}");
     assert!(out.contains("requests/s"), "{out}");
     assert!(out.contains("p99"), "{out}");
     assert!(out.contains("errors     none"), "{out}");

@@ -102,6 +102,11 @@ fn a_hung_server_is_detected_and_its_clients_answered() {
         report.failures.len()
     );
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    // --server-timeout 1: found out after about a second, not the default 30 s.
+    assert!(
+        detected < Duration::from_secs(5),
+        "detected after {detected:?}"
+    );
 }
 
 #[test]

@@ -241,7 +241,10 @@ fn the_client_one_shot_and_interactive_modes() {
         !out.contains("3: 3"),
         "requests after quit must not run: {out}"
     );
-    assert!(dir.downloads().join("hello.txt").exists());
+    assert_eq!(
+        std::fs::read(dir.downloads().join("hello.txt")).unwrap(),
+        TestDir::data_file("hello.txt")
+    );
 
     // End of input ends the session too; the last reply decides the exit code.
     let (code, out, _) = run_client(&dir.path, &["3", "--lb", &lb_addr], "file nope\n");

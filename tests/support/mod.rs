@@ -345,8 +345,26 @@ impl Wire {
         Ok(Reply { header, body })
     }
 
-    /// Asserts that the peer closes the connection with nothing more to say.
+    /// Asserts that the peer closes the connection gently (a FIN) with nothing more to say.
+    /// A reset does not count: it can destroy a last `ERR` line before the client reads it.
     pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "unexpected bytes before the close: {rest:?}"
+            ),
+            Err(e) => panic!("the connection was not closed cleanly: {e}"),
+        }
+        // A reset right behind the FIN leaves the read clean but shows as a socket error.
+        if let Some(e) = self.writer.take_error().unwrap() {
+            panic!("the connection was reset after its FIN: {e}");
+        }
+    }
+
+    /// Asserts that the peer hangs up, gently or with a reset: for a client that floods more
+    /// than the balancer drains before it lets go.
+    pub fn expect_cut_off(&mut self) {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
             Ok(_) => assert!(
