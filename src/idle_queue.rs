@@ -630,7 +630,7 @@ mod tests {
         // must pass the turn on to the second while a server is still idle.
         for lease in &mut held {
             let item = lease.item.take().unwrap();
-            q.returned_tx.send((lease.candidate.clone(), item)).unwrap();
+            q.returned_tx.send((lease.candidate, item)).unwrap();
         }
         q.lock().wake_first();
         let started = Instant::now();
