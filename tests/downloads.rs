@@ -82,12 +82,12 @@ fn a_client_stopped_mid_download_removes_its_temp_file() {
             assert!(Instant::now() < deadline, "the client did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(status.code(), Some(130), "SIG{signal_name}");
         assert_eq!(
             part_files(&dir.downloads()),
             Vec::<String>::new(),
             "SIG{signal_name}"
         );
+        assert_eq!(status.code(), Some(130), "SIG{signal_name}");
         server.join().unwrap();
     }
 }
