@@ -86,10 +86,14 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
         let reply = bad
             .request("INSERT INTO COLORS (Name, HEX, RGB) VALUES ('bad', '#000000', 'rgb(0,0,0)')");
         assert!(reply.header.contains(" changes=1"), "{reply:?}");
-        bad.request("DELETE FROM COLORS WHERE Name = 'bad'");
+        let reply = bad.request("DELETE FROM COLORS WHERE Name = 'bad'");
+        assert!(reply.header.contains(" changes=1"), "{reply:?}");
     }
+    // A write OK'd just before a refused BEGIN is kept too.
     let mut bad = Wire::connect(two.addr);
-    bad.request("INSERT INTO COLORS (Name, HEX, RGB) VALUES ('bad', '#000000', 'rgb(0,0,0)')");
+    let reply =
+        bad.request("INSERT INTO COLORS (Name, HEX, RGB) VALUES ('bad', '#000000', 'rgb(0,0,0)')");
+    assert!(reply.header.contains(" changes=1"), "{reply:?}");
     expect_all(&mut bad, &["BEGIN"], NO_TRANSACTIONS);
 
     let mut written = writes.join().expect("a write was not answered OK");

@@ -173,8 +173,12 @@ impl Database {
         if !self.conn.is_autocommit() {
             // Whatever the statement did is not committed: it must not be answered OK, nor
             // be carried into the next client's requests.
-            let rolled_back = self.authorizer.roll_back(&self.conn);
-            log::error!("a statement left a transaction open; rolled back: {rolled_back:?}");
+            // Should the rollback fail, the transaction stays open and every later request
+            // lands here too: answered ERR, never OK.
+            match self.authorizer.roll_back(&self.conn) {
+                Ok(()) => log::error!("a statement left a transaction open: rolled back"),
+                Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
+            }
             return Err(Error::Forbidden(
                 "the statement left a transaction open: it was rolled back and nothing it did was kept".into(),
             ));
