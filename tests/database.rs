@@ -73,7 +73,7 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
     let dir = TestDir::new(true);
     let mut one = start_server(&dir, 1, 0.0, &[]);
     let mut two = start_server(&dir, 2, 0.0, &[]);
-    let lb = start_balancer(&dir, 2, &[]);
+    let mut lb = start_balancer(&dir, 2, &[]);
     let bystander = Bystander::start(lb.addr);
     let writes = writer(lb.addr, 50);
 
@@ -95,11 +95,13 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
         bad.request("INSERT INTO COLORS (Name, HEX, RGB) VALUES ('bad', '#000000', 'rgb(0,0,0)')");
     assert!(reply.header.contains(" changes=1"), "{reply:?}");
     expect_all(&mut bad, &["BEGIN"], NO_TRANSACTIONS);
+    drop(bad);
 
     let mut written = writes.join().expect("a write was not answered OK");
     bystander.finish();
 
     // Every write answered OK is in the database after both servers stopped.
+    assert_eq!(lb.interrupt(Duration::from_secs(30)), Some(0));
     assert_eq!(one.interrupt(Duration::from_secs(30)), Some(0));
     assert_eq!(two.interrupt(Duration::from_secs(30)), Some(0));
     let three = start_server(&dir, 3, 0.0, &[]);
