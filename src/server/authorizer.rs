@@ -120,6 +120,7 @@ pub fn check(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), Stri
     }
 }
 
+/// Why anything in the `temp` schema is refused.
 const TEMP_REFUSED: &str = "temporary tables, views, triggers and indexes are not allowed: they would outlive the request and be seen by the server's next clients";
 
 /// The authorizer installed on a connection, and the reason for its last refusal.
