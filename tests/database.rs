@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,14 +35,19 @@ fn expect_all(wire: &mut Wire, requests: &[&str], want: &str) {
     }
 }
 
-/// A client writing `count` rows one after another through `addr`, checking that every
-/// write is answered `OK ... changes=1`. Returns the names it wrote.
-fn writer(addr: std::net::SocketAddr, count: usize) -> JoinHandle<Vec<String>> {
+/// A client writing one row after another through `addr` until `stop` is set (at most 5,000),
+/// checking that every write is answered `OK ... changes=1`; `done` counts them. Returns the
+/// names it wrote.
+fn writer(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut wire = Wire::connect(addr);
         let mut written = Vec::new();
-        for i in 0..count {
-            let name = format!("written-{i}");
+        while written.len() < 5000 && !stop.load(Ordering::SeqCst) {
+            let name = format!("written-{}", written.len());
             let reply = wire.request(&format!(
                 "INSERT INTO COLORS (Name, HEX, RGB) VALUES ('{name}', '#000000', 'rgb(0,0,0)')"
             ));
@@ -49,6 +56,7 @@ fn writer(addr: std::net::SocketAddr, count: usize) -> JoinHandle<Vec<String>> {
                 "{name}: {reply:?}"
             );
             written.push(name);
+            done.fetch_add(1, Ordering::SeqCst);
         }
         written
     })
@@ -75,7 +83,10 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
     let mut two = start_server(&dir, 2, 0.0, &[]);
     let mut lb = start_balancer(&dir, 2, &[]);
     let bystander = Bystander::start(lb.addr);
-    let writes = writer(lb.addr, 50);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let writes = writer(lb.addr, Arc::clone(&stop), Arc::clone(&done));
+    wait_until(START_TIMEOUT, || done.load(Ordering::SeqCst) > 0);
 
     // The bad client tries to hold a transaction open on server 2, directly and through the
     // balancer, while the writer's requests land on both servers.
@@ -97,6 +108,12 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
     expect_all(&mut bad, &["BEGIN"], NO_TRANSACTIONS);
     drop(bad);
 
+    // Writes went on throughout, and go on after.
+    let after = done.load(Ordering::SeqCst) + 10;
+    wait_until(START_TIMEOUT, || {
+        writes.is_finished() || done.load(Ordering::SeqCst) >= after
+    });
+    stop.store(true, Ordering::SeqCst);
     let mut written = writes.join().expect("a write was not answered OK");
     bystander.finish();
 
