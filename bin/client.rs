@@ -108,6 +108,10 @@ fn run_client(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if let Err(e) = client::remove_partial_download_on_signal() {
+        eprintln!("client: {e}");
+        return ExitCode::from(2);
+    }
     let code = if args.request.is_empty() {
         client::interactive(&config, &mut io::stdin().lock(), &mut io::stdout())
     } else {

@@ -1,5 +1,6 @@
 //! Reading requests from a peer that may be hostile, for the balancer's client side and the
-//! server: one line at a time, at most [`MAX_REQUEST_LINE`] bytes, the whole line within the
+//! server: one line at a time, at most [`MAX_REQUEST_LINE`] bytes (not counting a `\r\n` or
+//! `\n` line end), the whole line within the
 //! request timeout, and the connection closed after the idle timeout between requests.
 //!
 //! A socket read timeout alone does not stop a slowloris: a client sending one byte every few
@@ -154,14 +155,21 @@ impl RequestReader {
         self.reader
             .get_mut()
             .start(if started { Clock::Line } else { Clock::Idle });
-        let e = match protocol::read_line(&mut self.reader, line, MAX_REQUEST_LINE) {
+        let too_long = || {
+            Ok(Incoming::Refused(Error::TooLarge(format!(
+                "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
+            ))))
+        };
+        // One byte more than the limit, for the `\r` of a `\r\n` line end, which does not count.
+        let e = match protocol::read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1) {
+            Ok(Line::Complete)
+                if line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_REQUEST_LINE =>
+            {
+                return too_long()
+            }
             Ok(Line::Complete) => return Ok(Incoming::Line),
             Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
-            Ok(Line::TooLong) => {
-                return Ok(Incoming::Refused(Error::TooLarge(format!(
-                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
-                ))))
-            }
+            Ok(Line::TooLong) => return too_long(),
             Err(e) => e,
         };
         let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
@@ -358,5 +366,28 @@ mod tests {
         // It drains at most LINGER_BYTES, then lets go well before LINGER has passed.
         assert!(started.elapsed() < LINGER / 2, "{:?}", started.elapsed());
         flood.join().unwrap();
+    }
+
+    #[test]
+    fn the_cr_of_a_crlf_line_end_does_not_count() {
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+        let longest = vec![b'a'; MAX_REQUEST_LINE];
+        let writer = std::thread::spawn(move || {
+            for end in [&b"\r\n"[..], b"\n", b"a\r\n"] {
+                peer.write_all(&longest).unwrap();
+                peer.write_all(end).unwrap();
+            }
+            peer
+        });
+        let mut line = Vec::new();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line.len(), MAX_REQUEST_LINE + 1);
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line.len(), MAX_REQUEST_LINE);
+        match reader.next(&mut line).unwrap() {
+            Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
+            other => panic!("{other:?}"),
+        }
+        drop(writer.join().unwrap());
     }
 }

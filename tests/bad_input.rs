@@ -133,6 +133,24 @@ fn bad_request_lines_get_clear_errors_and_the_connection_goes_on() {
     bystander.finish();
 }
 
+#[test]
+fn a_64_kib_line_may_end_in_crlf() {
+    let dir = TestDir::new(false);
+    let (server, lb, bystander) = watched_cluster(&dir, &[], &[]);
+    let filler = "x".repeat(MAX_REQUEST_LINE - "SELECT '' AS v".len());
+    // The balancer passes the `\r` on, so the server's reader sees it too.
+    for addr in [lb.addr, server.addr] {
+        let mut wire = Wire::connect(addr);
+        wire.send_raw(format!("SELECT '{filler}' AS v\r\n").as_bytes());
+        assert_eq!(wire.read_reply().text(), format!("v: {filler}\n"));
+        // One byte more is still too long, `\r\n` or not.
+        wire.send_raw(format!("SELECT '{filler}x' AS v\r\n").as_bytes());
+        assert_eq!(wire.read_reply().header, TOO_LONG);
+        wire.expect_closed();
+    }
+    bystander.finish();
+}
+
 /// The deliberately slow part of a slowloris: one byte every 200 ms, never a newline, at most
 /// 50 bytes (10 s). Returns a counter of the bytes sent.
 fn trickle(wire: &Wire) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>) {

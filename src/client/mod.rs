@@ -10,12 +10,34 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::error::Error;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
 use crate::server::file_store::check_file_name;
 
 /// How long the client waits for the next bytes of a reply before giving up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Guards the temp file of the download in progress, if any: set and cleared by [`save`],
+/// taken by the Ctrl-C/SIGTERM handler to remove it.
+static PARTIAL: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Makes Ctrl-C and SIGTERM remove the temp file of a download in progress before the client
+/// exits (with code 130, as after Ctrl-C).
+///
+/// # Errors
+/// A message when the handler cannot be installed.
+pub fn remove_partial_download_on_signal() -> Result<(), String> {
+    ctrlc::set_handler(|| {
+        let partial = PARTIAL.lock().take();
+        if let Some(path) = partial {
+            let _ = fs::remove_file(path);
+        }
+        std::process::exit(130);
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
+}
 
 /// The client's settings, from its command line.
 #[derive(Debug, Clone)]
@@ -173,7 +195,9 @@ fn save(
         )
     })?;
     let dir = &config.download_dir;
+    remove_stale_parts(dir);
     let tmp = dir.join(format!(".{name}.part.{}", std::process::id()));
+    *PARTIAL.lock() = Some(tmp.clone());
     let result = (|| {
         // A fresh file, never one already there: a symlink planted under the temp name
         // must not redirect the download elsewhere.
@@ -187,7 +211,34 @@ fn save(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
+    *PARTIAL.lock() = None;
     result
+}
+
+/// Removes the temp files (`.<name>.part.<pid>`) that clients killed mid-download (by SIGKILL,
+/// or a crash) left in `dir`: those whose process no longer runs.
+fn remove_stale_parts(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.rsplit_once(".part."))
+            .filter(|(name, _)| !name.is_empty())
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !is_running(pid)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` runs. Without `/proc` (not Linux) it cannot be told, so it is
+/// assumed to: a stale file is kept rather than a live download removed.
+fn is_running(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Moves the finished temp file to `name`, or to `name (1)`, `name (2)`... when a file of that

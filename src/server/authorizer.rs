@@ -6,13 +6,27 @@
 //!   INTO '/any/path'` would otherwise write a file even on a read-only database);
 //! - no `load_extension()`: extension loading stays off;
 //! - only pragmas that read: the schema pragmas (`table_info(COLORS)`, ...) and settings read
-//!   without a value (`PRAGMA user_version`). Setting one (`PRAGMA journal_mode = DELETE`)
-//!   or running one that acts (`PRAGMA optimize`) is refused.
+//!   without a value (`PRAGMA user_version`). Setting one (`PRAGMA journal_mode = DELETE`,
+//!   `PRAGMA foreign_keys = ON`, `PRAGMA query_only = 1`) or running one that acts (`PRAGMA
+//!   optimize`) is refused;
+//!
+//! and nothing may outlive the request on the server's one connection, which the server's
+//! next clients share (see [`super::database`]):
+//!
+//! - no transaction control (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`):
+//!   each request is its own transaction, committed before its `OK`. An open `BEGIN` would
+//!   hold the next clients' writes uncommitted (lost when the server stops) and lock out the
+//!   other servers' writers;
+//! - nothing in the `temp` schema (`CREATE TEMP TABLE/VIEW/TRIGGER`, temp indexes, `CREATE
+//!   TABLE temp.x`): it lives as long as the connection, so the next client would see it;
+//! - no `last_insert_rowid()`, `changes()`, `total_changes()`: they report the connection's
+//!   earlier writes, another client's (`INSERT ... RETURNING` says what a write did).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
 
 /// Pragmas that only read, with or without an argument (a table or index name).
@@ -45,12 +59,36 @@ const SETTING_PRAGMAS: [&str; 15] = [
     "user_version",
 ];
 
-/// Decides one action of a statement being prepared: `Err` says why it is refused.
+/// Functions that read what the connection's earlier statements did.
+const SESSION_FUNCTIONS: [&str; 3] = ["last_insert_rowid", "changes", "total_changes"];
+
+/// Decides one action of a statement being prepared, on schema `database` (`main`, `temp`,
+/// or none): `Err` says why it is refused.
 ///
 /// # Errors
 /// A message for the client naming what is not allowed.
-pub fn check(action: &AuthAction<'_>) -> Result<(), String> {
+pub fn check(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), String> {
     match *action {
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Err(
+            "BEGIN, COMMIT, ROLLBACK, SAVEPOINT and RELEASE are not allowed: each request is its own transaction, committed before its OK"
+                .into(),
+        ),
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempIndex { .. } => Err(TEMP_REFUSED.into()),
+        _ if database.is_some_and(|d| d.eq_ignore_ascii_case("temp")) => {
+            Err(TEMP_REFUSED.into())
+        }
+        AuthAction::Function { function_name }
+            if SESSION_FUNCTIONS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(function_name)) =>
+        {
+            Err(format!(
+                "{function_name}() is not allowed: it reports an earlier request's write, maybe another client's (use INSERT ... RETURNING)"
+            ))
+        }
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Err(
             "ATTACH, DETACH and VACUUM (which attaches a database) are not allowed: a request uses the shared database only"
                 .into(),
@@ -82,11 +120,17 @@ pub fn check(action: &AuthAction<'_>) -> Result<(), String> {
     }
 }
 
+/// Why anything in the `temp` schema is refused.
+const TEMP_REFUSED: &str = "temporary tables, views, triggers and indexes are not allowed: they would outlive the request and be seen by the server's next clients";
+
 /// The authorizer installed on a connection, and the reason for its last refusal.
 pub struct Authorizer {
     /// Guards why the authorizer refused the statement being prepared; written by the
     /// authorizer callback and read after `prepare` fails, both on the query's thread.
     refusal: Arc<Mutex<Option<String>>>,
+    /// Set only while [`Authorizer::roll_back`] prepares its own `ROLLBACK`, the one
+    /// transaction control let through; read by the callback on the same thread.
+    rolling_back: Arc<AtomicBool>,
 }
 
 impl Authorizer {
@@ -97,14 +141,42 @@ impl Authorizer {
     pub fn install(conn: &mut Connection) -> rusqlite::Result<Authorizer> {
         let refusal = Arc::new(Mutex::new(None));
         let record = Arc::clone(&refusal);
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| match check(&ctx.action) {
-            Ok(()) => Authorization::Allow,
-            Err(why) => {
-                *record.lock() = Some(why);
-                Authorization::Deny
+        let rolling_back = Arc::new(AtomicBool::new(false));
+        let ours = Arc::clone(&rolling_back);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let our_rollback = matches!(
+                ctx.action,
+                AuthAction::Transaction {
+                    operation: TransactionOperation::Rollback
+                }
+            ) && ours.load(Ordering::Relaxed);
+            if our_rollback {
+                return Authorization::Allow;
+            }
+            match check(&ctx.action, ctx.database_name) {
+                Ok(()) => Authorization::Allow,
+                Err(why) => {
+                    *record.lock() = Some(why);
+                    Authorization::Deny
+                }
             }
         }))?;
-        Ok(Authorizer { refusal })
+        Ok(Authorizer {
+            refusal,
+            rolling_back,
+        })
+    }
+
+    /// Rolls back the transaction a statement left open on `conn`, past the refusal of
+    /// transaction control.
+    ///
+    /// # Errors
+    /// The SQLite error when the rollback fails.
+    pub fn roll_back(&self, conn: &Connection) -> rusqlite::Result<()> {
+        self.rolling_back.store(true, Ordering::Relaxed);
+        let result = conn.execute_batch("ROLLBACK");
+        self.rolling_back.store(false, Ordering::Relaxed);
+        result
     }
 
     /// Why the last statement was refused, clearing it.
@@ -126,21 +198,27 @@ mod tests {
 
     #[test]
     fn refuses_attach_detach_and_extensions() {
-        assert!(check(&AuthAction::Attach { filename: "/tmp/x" }).is_err());
-        assert!(check(&AuthAction::Attach { filename: "" }).is_err());
-        assert!(check(&AuthAction::Detach { database_name: "x" }).is_err());
+        assert!(check(&AuthAction::Attach { filename: "/tmp/x" }, None).is_err());
+        assert!(check(&AuthAction::Attach { filename: "" }, None).is_err());
+        assert!(check(&AuthAction::Detach { database_name: "x" }, None).is_err());
         for name in ["load_extension", "LOAD_EXTENSION"] {
-            let e = check(&AuthAction::Function {
-                function_name: name,
-            })
+            let e = check(
+                &AuthAction::Function {
+                    function_name: name,
+                },
+                None,
+            )
             .unwrap_err();
             assert!(e.contains("load_extension() is not allowed"), "{e}");
         }
-        assert!(check(&AuthAction::Function {
-            function_name: "upper"
-        })
+        assert!(check(
+            &AuthAction::Function {
+                function_name: "upper"
+            },
+            None
+        )
         .is_ok());
-        assert!(check(&AuthAction::Select).is_ok());
+        assert!(check(&AuthAction::Select, None).is_ok());
     }
 
     #[test]
@@ -152,7 +230,7 @@ mod tests {
             pragma("user_version", None),
             pragma("journal_mode", None),
         ] {
-            assert_eq!(check(&ok), Ok(()), "{ok:?}");
+            assert_eq!(check(&ok, Some("main")), Ok(()), "{ok:?}");
         }
         for bad in [
             pragma("journal_mode", Some("DELETE")),
@@ -165,13 +243,45 @@ mod tests {
             pragma("incremental_vacuum", None),
             pragma("cache_size", Some("-1000000")),
             pragma("temp_store_directory", Some("'/tmp'")),
+            pragma("foreign_keys", Some("ON")),
+            pragma("recursive_triggers", Some("1")),
+            pragma("defer_foreign_keys", Some("1")),
+            pragma("query_only", None),
         ] {
-            assert!(check(&bad).is_err(), "{bad:?}");
+            assert!(check(&bad, Some("main")).is_err(), "{bad:?}");
         }
-        let e = check(&pragma("journal_mode", Some("DELETE"))).unwrap_err();
+        let e = check(&pragma("journal_mode", Some("DELETE")), None).unwrap_err();
         assert!(
             e.starts_with("PRAGMA journal_mode = DELETE is not allowed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn refuses_what_would_outlive_the_request() {
+        // COMMIT and END come as `Unknown`.
+        use TransactionOperation::*;
+        for op in [Begin, Unknown, Rollback] {
+            let e = check(&AuthAction::Transaction { operation: op }, None).unwrap_err();
+            assert!(e.starts_with("BEGIN, COMMIT, ROLLBACK"), "{e}");
+        }
+        for op in [Begin, Release, Rollback] {
+            let savepoint = AuthAction::Savepoint {
+                operation: op,
+                savepoint_name: "s",
+            };
+            assert!(check(&savepoint, None).is_err());
+        }
+        let temp_table = AuthAction::CreateTempTable { table_name: "t" };
+        assert_eq!(check(&temp_table, Some("temp")), Err(TEMP_REFUSED.into()));
+        let insert = AuthAction::Insert { table_name: "t" };
+        assert_eq!(check(&insert, Some("temp")), Err(TEMP_REFUSED.into()));
+        assert_eq!(check(&insert, Some("main")), Ok(()));
+        for name in ["last_insert_rowid", "CHANGES", "total_changes"] {
+            let f = AuthAction::Function {
+                function_name: name,
+            };
+            assert!(check(&f, None).is_err(), "{name}");
+        }
     }
 }

@@ -5,6 +5,12 @@
 //! looking at the SQL text; so are the other refusals ([`super::authorizer`]) and the limits:
 //! time (a progress handler), reply size (checked as rows are formatted) and the largest
 //! string or blob a query may build (`SQLITE_LIMIT_LENGTH`, so memory stays bounded).
+//!
+//! A server has one connection, shared by every client it serves, so a request must leave
+//! nothing on it but committed data: the authorizer refuses transaction control, temp objects
+//! and pragmas that change the session, and after every statement a transaction still open
+//! (which the authorizer should have made impossible) is rolled back and answered `ERR`, so
+//! an `OK` for a write always means the write is committed.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -164,6 +170,19 @@ impl Database {
             .store(deadline.as_millis() as u64, Ordering::Relaxed);
         let result = self.run(sql);
         self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        if !self.conn.is_autocommit() {
+            // Whatever the statement did is not committed: it must not be answered OK, nor
+            // be carried into the next client's requests.
+            // Should the rollback fail, the transaction stays open and every later request
+            // lands here too: answered ERR, never OK.
+            match self.authorizer.roll_back(&self.conn) {
+                Ok(()) => log::error!("a statement left a transaction open: rolled back"),
+                Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
+            }
+            return Err(Error::Forbidden(
+                "the statement left a transaction open: it was rolled back and nothing it did was kept".into(),
+            ));
+        }
         result.map_err(|e| self.map_error(e))
     }
 
@@ -539,5 +558,85 @@ mod tests {
             db.query("SELECT length(zeroblob(500)) AS n").unwrap().body,
             b"n: 500\n"
         );
+    }
+
+    /// Every kind of transaction control, in several spellings.
+    const TRANSACTION_CONTROL: [&str; 12] = [
+        "BEGIN",
+        "begin transaction",
+        "BEGIN IMMEDIATE",
+        "BeGiN ExClUsIvE TrAnSaCtIoN",
+        "/* x */ BEGIN DEFERRED",
+        "COMMIT",
+        "END TRANSACTION",
+        "ROLLBACK",
+        "SAVEPOINT s",
+        "RELEASE s",
+        "RELEASE SAVEPOINT s",
+        "ROLLBACK TO s",
+    ];
+
+    /// What every request is refused when it would leave state on the shared connection.
+    const LEAVES_STATE: [&str; 11] = [
+        "CREATE TEMP TABLE t(x)",
+        "CREATE TEMPORARY TABLE t AS SELECT * FROM COLORS",
+        "CREATE TABLE temp.t(x)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE TEMP TRIGGER g AFTER INSERT ON COLORS BEGIN SELECT 1; END",
+        "PRAGMA foreign_keys = OFF",
+        "PRAGMA query_only = 1",
+        "PRAGMA recursive_triggers = 1",
+        "PRAGMA temp_store = MEMORY",
+        "SELECT last_insert_rowid() AS id",
+        "SELECT changes() AS n",
+    ];
+
+    #[test]
+    fn nothing_outlives_a_request() {
+        for writable in [false, true] {
+            let config = temp_db(&format!("session-{writable}"), writable);
+            let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+            let foreign_keys = db.query("PRAGMA foreign_keys").unwrap().body;
+            for sql in TRANSACTION_CONTROL.iter().chain(&LEAVES_STATE) {
+                let e = db.query(sql).unwrap_err();
+                assert_eq!(e.code(), "forbidden", "{sql}: {e}");
+                assert!(e.message().contains("not allowed"), "{sql}: {e}");
+                assert!(db.conn.is_autocommit(), "{sql}");
+            }
+            // The session is as it was opened.
+            assert_eq!(db.query("PRAGMA foreign_keys").unwrap().body, foreign_keys);
+            assert_eq!(db.query("SELECT * FROM t").unwrap_err().code(), "sql");
+            assert_eq!(db.query("SELECT * FROM v").unwrap_err().code(), "sql");
+        }
+    }
+
+    #[test]
+    fn a_transaction_left_open_is_rolled_back_and_never_ok() {
+        let config = temp_db("left-open", true);
+        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+        // As if a statement had got past the authorizer.
+        type NoAuthorizer = fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization;
+        db.conn.authorizer(None::<NoAuthorizer>).unwrap();
+        db.conn.execute_batch("BEGIN").unwrap();
+        db.authorizer = Authorizer::install(&mut db.conn).unwrap();
+        let e = db
+            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
+            .unwrap_err();
+        assert_eq!(e.code(), "forbidden", "{e}");
+        assert!(db.conn.is_autocommit());
+        let other = Connection::open(&config.path).unwrap();
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        // The next request is served normally, and its write is committed.
+        let out = db
+            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
+            .unwrap();
+        assert_eq!(out.changes, Some(1));
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
     }
 }
