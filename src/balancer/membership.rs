@@ -55,6 +55,12 @@ struct Known {
     was_up: bool,
 }
 
+impl Drop for Known {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One attempt to connect a server, carried to a reconnector thread.
 struct Attempt {
     backend: Arc<Backend>,
@@ -68,12 +74,6 @@ struct Attempt {
 struct Outcome {
     backend: Arc<Backend>,
     reached: bool,
-}
-
-impl Drop for Known {
-    fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-    }
 }
 
 /// Keeps the idle queue's membership in line with the servers file and the joined servers.
@@ -105,13 +105,16 @@ impl Watcher {
                 .name(format!("reconnect-{i}"))
                 .stack_size(128 * 1024)
                 .spawn(move || {
-                    for a in to_do {
-                        let reached =
-                            reconnect(&lb, &a.backend, &a.stats, &a.cancelled, a.failures);
-                        let _ = done.send(Outcome {
-                            backend: a.backend,
-                            reached,
-                        });
+                    // Ends when the watcher, and with it the sending side, is gone.
+                    for attempt in to_do {
+                        let Attempt {
+                            backend,
+                            stats,
+                            cancelled,
+                            failures,
+                        } = attempt;
+                        let reached = reconnect(&lb, &backend, &stats, &cancelled, failures);
+                        let _ = done.send(Outcome { backend, reached });
                     }
                 })
                 .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
