@@ -154,7 +154,7 @@ impl Watcher {
             if outcome.reached {
                 known.failures = 0;
             } else {
-                known.failures += 1;
+                known.failures = known.failures.saturating_add(1);
                 known.next_try = Instant::now() + backoff(known.failures);
             }
         }
