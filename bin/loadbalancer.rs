@@ -65,6 +65,10 @@ struct Args {
     /// default: every address). Others get `ERR forbidden`.
     #[arg(long, value_name = "CIDR")]
     allow: Vec<Cidr>,
+    /// Most servers in the pool, from the servers file and joins together: further joins get
+    /// HTTP 503 and further file entries are ignored, with a warning.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_servers: u32,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn run(args: Args) -> Result<(), String> {
         request_timeout: args.request_timeout,
         idle_timeout: args.idle_timeout,
         allow: AllowList::new(args.allow),
+        max_servers: args.max_servers as usize,
     };
     balancer::run(config, minilb::ctrl_c_channel()?)
 }

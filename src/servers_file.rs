@@ -4,12 +4,26 @@
 //! Updates take an exclusive lock on `<file>.lock`, write a temp file and rename it over the
 //! servers file, so servers starting together never lose each other's entries and a reader
 //! never sees a half-written file.
+//!
+//! Every field of an entry is range-checked as it is read ([`ServerEntry`]'s `Deserialize`),
+//! so the servers file and joins over the network, which both read entries here, can hand the
+//! balancer nothing it cannot use.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::cli::MAX_SECONDS;
+
+/// Longest host name accepted (a DNS name is at most 253 characters).
+pub const MAX_HOST: usize = 255;
+/// How long [`register`] waits for a server recorded under the same id to accept a connection.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One running server, as recorded in the servers file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,10 +31,13 @@ pub struct ServerEntry {
     /// The server's id, as given on its command line.
     pub id: u32,
     /// Host or address it listens on.
+    #[serde(deserialize_with = "host")]
     pub host: String,
     /// Port it listens on.
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     /// Declared seconds per request (its "power": smaller is faster).
+    #[serde(deserialize_with = "seconds")]
     pub processing_time: f64,
     /// Whether its database accepts writes (then a query that may have run is never retried).
     #[serde(default)]
@@ -36,41 +53,131 @@ impl ServerEntry {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// Whether `other` names the same place, however spelled (`localhost`, `127.1` and
+    /// `127.0.0.1` are one address). Resolves host names, so it may wait for DNS.
+    pub fn same_address(&self, other: &ServerEntry) -> bool {
+        if self.port != other.port {
+            return false;
+        }
+        if self.address() == other.address() {
+            return true;
+        }
+        let mine = self.socket_addrs();
+        other.socket_addrs().iter().any(|a| mine.contains(a))
+    }
+
+    /// The addresses its host resolves to (none when it does not resolve).
+    fn socket_addrs(&self) -> Vec<SocketAddr> {
+        self.address()
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .unwrap_or_default()
+    }
+
+    /// Whether a server accepts connections at this entry's address now.
+    fn answers(&self) -> bool {
+        self.socket_addrs()
+            .iter()
+            .any(|a| TcpStream::connect_timeout(a, ANSWER_TIMEOUT).is_ok())
+    }
 }
 
-/// Reads the servers file. A missing or empty file is an empty list.
+fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let host = String::deserialize(d)?;
+    if host.is_empty()
+        || host.len() > MAX_HOST
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        // The host itself is not echoed: it may be long or full of control characters.
+        return Err(D::Error::custom(format!(
+            "host must be 1 to {MAX_HOST} characters, with no spaces or control characters"
+        )));
+    }
+    Ok(host)
+}
+
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    match u16::deserialize(d)? {
+        0 => Err(D::Error::custom("port must be from 1 to 65535")),
+        port => Ok(port),
+    }
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let secs = f64::deserialize(d)?;
+    // Checked here so that no later sum of durations (a timeout plus this) can overflow.
+    if !(0.0..=MAX_SECONDS).contains(&secs) {
+        return Err(D::Error::custom(format!(
+            "processing_time must be a number of seconds from 0 to {MAX_SECONDS}"
+        )));
+    }
+    Ok(secs)
+}
+
+/// Reads the servers file. A missing file is an empty list (no server has started yet).
 ///
 /// # Errors
-/// An I/O error, or `InvalidData` naming the file when it is not a JSON list of servers.
+/// An I/O error, or `InvalidData` naming the file when it is not a JSON list of valid servers.
+/// An empty or blank file is `InvalidData` too: it is what an editor or `>` leaves mid-write,
+/// not a list, and taking it for "no servers" would drain every server at once.
 pub fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_str(&text).map_err(|e| {
+    let invalid = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{} is not a JSON list of servers ({e}); fix it or replace it with []",
+                "{} {why}; fix it or replace it with [] (the list with no server)",
                 path.display()
             ),
         )
-    })
+    };
+    if text.trim().is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("is not a JSON list of valid servers ({e})")))
 }
 
-/// Records `entry`, replacing any entry with the same id (left by a server that crashed).
+/// Records `entry`. An entry with the same id at another address is replaced when its server
+/// no longer accepts connections (it crashed); while it does, `entry` is refused, since two
+/// servers with one id would each take the other's place.
 ///
 /// # Errors
-/// An I/O error from locking, reading or writing the file.
+/// `AlreadyExists` when a server with this id still answers at its recorded address, or an
+/// I/O error from locking, reading or writing the file.
 pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
     update(path, |list| {
+        // Checked under the file lock (for at most ANSWER_TIMEOUT), so two servers starting
+        // with one id cannot both find the place free.
+        let old = list
+            .iter()
+            .find(|e| e.id == entry.id && e.address() != entry.address());
+        if let Some(old) = old {
+            if old.answers() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "server {} is already running at {}: stop it first, or start this one with another id",
+                        old.id,
+                        old.address()
+                    ),
+                ));
+            }
+            log::warn!(
+                "server {} was recorded at {}, where nothing answers now: taking its place",
+                old.id,
+                old.address()
+            );
+        }
         list.retain(|e| e.id != entry.id);
         list.push(entry.clone());
         list.sort_by_key(|e| e.id);
+        Ok(())
     })
 }
 
@@ -81,12 +188,17 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
 /// An I/O error from locking, reading or writing the file.
 pub fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
     update(path, |list| {
-        list.retain(|e| !(e.id == id && e.port == port))
+        list.retain(|e| !(e.id == id && e.port == port));
+        Ok(())
     })
 }
 
-/// Applies `change` to the list under the file lock and replaces the file atomically.
-fn update(path: &Path, change: impl FnOnce(&mut Vec<ServerEntry>)) -> io::Result<()> {
+/// Applies `change` to the list under the file lock and replaces the file atomically, unless
+/// `change` refuses.
+fn update(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<ServerEntry>) -> io::Result<()>,
+) -> io::Result<()> {
     // The lock file serialises writers across processes; it is never renamed, unlike the
     // servers file itself, so every writer locks the same inode.
     let lock = OpenOptions::new()
@@ -96,7 +208,7 @@ fn update(path: &Path, change: impl FnOnce(&mut Vec<ServerEntry>)) -> io::Result
         .open(sibling(path, ".lock"))?;
     lock.lock()?;
     let mut list = read(path)?;
-    change(&mut list);
+    change(&mut list)?;
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
     let result = write_file(&tmp, &list).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
@@ -124,6 +236,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
     use std::sync::Arc;
 
     fn temp_file(name: &str) -> PathBuf {
@@ -144,28 +257,98 @@ mod tests {
         }
     }
 
+    /// A loopback port where nothing listens (any more).
+    fn closed_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     #[test]
-    fn missing_and_empty_files_are_empty_lists() {
+    fn a_missing_file_is_an_empty_list_and_a_blank_one_is_an_error() {
         let path = temp_file("empty");
         assert!(read(&path).unwrap().is_empty());
-        fs::write(&path, "  \n").unwrap();
-        assert!(read(&path).unwrap().is_empty());
+        for blank in ["", "  \n", "\t"] {
+            fs::write(&path, blank).unwrap();
+            let e = read(&path).unwrap_err();
+            assert!(e.to_string().contains("is empty"), "{e}");
+            assert!(e.to_string().contains("replace it with []"), "{e}");
+        }
         fs::write(&path, "{nope").unwrap();
         let e = read(&path).unwrap_err();
         assert!(e.to_string().contains("replace it with []"), "{e}");
     }
 
     #[test]
-    fn register_replaces_same_id_and_deregister_checks_port() {
+    fn every_field_is_range_checked_as_it_is_read() {
+        let parse = |id: &str, host: &str, port: &str, secs: &str| {
+            serde_json::from_str::<ServerEntry>(&format!(
+                r#"{{"id": {id}, "host": {host}, "port": {port}, "processing_time": {secs}}}"#
+            ))
+        };
+        let good = parse("1", r#""127.0.0.1""#, "5071", "0.5").unwrap();
+        assert_eq!(good, entry(1, 5071));
+        assert!(parse("4294967295", r#""h""#, "65535", "86400").is_ok());
+        let long_host = format!("\"{}\"", "a".repeat(MAX_HOST + 1));
+        for (id, host, port, secs, why) in [
+            ("1", r#""h""#, "1", "1.8e19", "processing_time"),
+            ("1", r#""h""#, "1", "-0.1", "processing_time"),
+            ("1", r#""h""#, "1", "86400.5", "processing_time"),
+            ("1", r#""h""#, "0", "0", "port"),
+            ("1", r#""h""#, "65536", "0", ""),
+            ("1", r#""h""#, "-1", "0", ""),
+            ("-1", r#""h""#, "1", "0", ""),
+            ("4294967296", r#""h""#, "1", "0", ""),
+            ("1", r#""""#, "1", "0", "host"),
+            ("1", r#""a b""#, "1", "0", "host"),
+            ("1", r#""a\u0000""#, "1", "0", "host"),
+            ("1", &long_host, "1", "0", "host"),
+        ] {
+            let e = parse(id, host, port, secs).unwrap_err().to_string();
+            assert!(e.contains(why), "{id} {host} {port} {secs}: {e}");
+        }
+    }
+
+    #[test]
+    fn spellings_of_one_address_are_the_same_address() {
+        let mut other = entry(2, 5071);
+        for host in ["localhost", "127.1", "127.0.0.1"] {
+            other.host = host.into();
+            assert!(entry(1, 5071).same_address(&other), "{host}");
+        }
+        other.host = "127.0.0.2".into();
+        assert!(!entry(1, 5071).same_address(&other));
+        assert!(!entry(1, 5071).same_address(&entry(1, 5072)));
+    }
+
+    #[test]
+    fn register_replaces_a_gone_server_and_deregister_checks_port() {
         let path = temp_file("replace");
-        register(&path, &entry(1, 5071)).unwrap();
-        register(&path, &entry(2, 5072)).unwrap();
-        register(&path, &entry(1, 6071)).unwrap();
-        assert_eq!(read(&path).unwrap(), vec![entry(1, 6071), entry(2, 5072)]);
-        deregister(&path, 1, 5071).unwrap();
+        let (old, new, other) = (closed_port(), closed_port(), closed_port());
+        register(&path, &entry(1, old)).unwrap();
+        register(&path, &entry(2, other)).unwrap();
+        register(&path, &entry(1, new)).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![entry(1, new), entry(2, other)]);
+        deregister(&path, 1, old).unwrap();
         assert_eq!(read(&path).unwrap().len(), 2);
-        deregister(&path, 1, 6071).unwrap();
-        assert_eq!(read(&path).unwrap(), vec![entry(2, 5072)]);
+        deregister(&path, 1, new).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![entry(2, other)]);
+    }
+
+    #[test]
+    fn register_refuses_an_id_whose_server_still_answers() {
+        let path = temp_file("refuse");
+        let running = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = running.local_addr().unwrap().port();
+        register(&path, &entry(1, port)).unwrap();
+        let e = register(&path, &entry(1, closed_port())).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(e.to_string().contains("already running"), "{e}");
+        assert_eq!(read(&path).unwrap(), vec![entry(1, port)]);
+        // The same server registering again (same address) is no clash.
+        register(&path, &entry(1, port)).unwrap();
     }
 
     #[test]

@@ -129,6 +129,7 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
     let Ok(body) = read_body(request) else {
         return bad("the body is not UTF-8 text");
     };
+    // Every field is range-checked as it is read, as for the servers file.
     let entry: ServerEntry = match serde_json::from_str(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -137,37 +138,51 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
             ))
         }
     };
-    if entry.host.is_empty() || entry.port == 0 {
-        return bad("host must be set and port must not be 0");
-    }
-    if !entry.processing_time.is_finite() || entry.processing_time < 0.0 {
-        return bad("processing_time must be a number of seconds, 0 or more");
-    }
     let in_file = servers_file::read(&lb.config.servers_file).unwrap_or_default();
-    let mut joined = lb.joined.lock();
+    // Comparing addresses may resolve host names (DNS): done on a copy, not under the lock.
+    let joined = lb.joined.lock().clone();
     // A server may join again (after a restart) unless its old self is still up elsewhere.
     let replaceable = |other: &ServerEntry| {
         other.id == entry.id
-            && joined.contains_key(&other.id)
-            && (other.address() == entry.address() || lb.queue.membership(other.id).is_none())
+            && joined.get(&other.id) == Some(other)
+            && (other.same_address(&entry) || lb.queue.membership(other.id).is_none())
     };
     let clash = in_file
         .iter()
         .chain(joined.values())
         .filter(|other| !replaceable(other))
-        .find(|other| other.id == entry.id || other.address() == entry.address());
-    if let Some(other) = clash {
+        .find(|other| other.id == entry.id || other.same_address(&entry));
+    let pool = in_file.len() + joined.len() - usize::from(joined.contains_key(&entry.id));
+    let max = lb.config.max_servers;
+    let refusal = if let Some(other) = clash {
         let why = format!(
             "server {} at {} is already in the pool",
             other.id,
             other.address()
         );
+        Some((409, why))
+    } else if pool >= max {
+        let why = format!(
+            "the pool is full: {pool} servers, the most --max-servers {max} allows; remove one, or restart the balancer with a larger --max-servers"
+        );
+        Some((503, why))
+    } else {
+        None
+    };
+    if let Some((code, why)) = refusal {
         log::warn!(
             "refused to join server {} at {}: {why}",
             entry.id,
             entry.address()
         );
-        return (409, serde_json::json!({"error": why}));
+        return (code, serde_json::json!({"error": why}));
+    }
+    let mut now = lb.joined.lock();
+    if *now != joined {
+        return (
+            409,
+            serde_json::json!({"error": "another server joined or left meanwhile: try again"}),
+        );
     }
     log::info!(
         "server {} at {} joined over the network (processing time {} s)",
@@ -176,7 +191,7 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
         entry.processing_time
     );
     let answer = serde_json::json!(entry);
-    joined.insert(entry.id, entry);
+    now.insert(entry.id, entry);
     (201, answer)
 }
 

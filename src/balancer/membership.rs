@@ -1,8 +1,11 @@
 //! Who is in the pool. A watcher thread looks a few times a second at the servers file and at
 //! the servers joined over the network (the admin listener): a server that appears joins, one
 //! that disappears drains and leaves. A server that is listed but not in the pool (new, or its
-//! connection broke) gets a reconnector thread that connects, checks that the server answers,
-//! and retries with capped exponential backoff.
+//! connection broke) is reconnected: the watcher sends an attempt down a channel to one of
+//! [`RECONNECTORS`] threads, which connects, checks that the server answers and sends the
+//! outcome back; after a failure the watcher waits longer (capped exponential backoff) before
+//! the next attempt. So every listed server is tried again and again, however many there are,
+//! by a fixed number of threads. At most `--max-servers` servers are listed at once.
 //!
 //! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its request
 //! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
@@ -12,6 +15,8 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::stats::ServerStats;
@@ -26,6 +31,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Reconnector threads: most servers being (re)connected at once.
+pub const RECONNECTORS: usize = 16;
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The request that checks a (re)connected server really answers: a hung process still
@@ -36,10 +43,14 @@ const PROBE: &[u8] = b"SELECT 1\n";
 struct Known {
     backend: Arc<Backend>,
     stats: Arc<ServerStats>,
-    /// Set when the server leaves the list, to stop its reconnector.
+    /// Set when the server leaves the list, so an attempt in flight does not add it.
     cancelled: Arc<AtomicBool>,
-    /// Set while a reconnector thread runs for it.
-    reconnecting: Arc<AtomicBool>,
+    /// Whether an attempt to connect it is queued or being made.
+    attempting: bool,
+    /// Attempts that failed in a row.
+    failures: u32,
+    /// When the next attempt may start (after the backoff of the last failure).
+    next_try: Instant,
     /// Whether it was in the pool at the last look (to log a fall once).
     was_up: bool,
 }
@@ -50,6 +61,21 @@ impl Drop for Known {
     }
 }
 
+/// One attempt to connect a server, carried to a reconnector thread.
+struct Attempt {
+    backend: Arc<Backend>,
+    stats: Arc<ServerStats>,
+    cancelled: Arc<AtomicBool>,
+    /// Attempts that failed before this one.
+    failures: u32,
+}
+
+/// What an attempt found, carried back to the watcher.
+struct Outcome {
+    backend: Arc<Backend>,
+    reached: bool,
+}
+
 /// Keeps the idle queue's membership in line with the servers file and the joined servers.
 pub struct Watcher {
     lb: Arc<Balancer>,
@@ -57,17 +83,51 @@ pub struct Watcher {
     /// The servers file as last read well, kept when a later read fails.
     last_file: Vec<ServerEntry>,
     last_error: Option<String>,
+    /// How many listed servers `--max-servers` left out at the last look (to warn once).
+    left_out: usize,
+    /// Carries attempts to the reconnector threads; they stop when it is dropped.
+    attempts: Sender<Attempt>,
+    /// Carries the outcomes of attempts back.
+    outcomes: Receiver<Outcome>,
 }
 
 impl Watcher {
-    /// A watcher for `lb`.
-    pub fn new(lb: Arc<Balancer>) -> Self {
-        Watcher {
+    /// A watcher for `lb`, with its reconnector threads started.
+    ///
+    /// # Errors
+    /// A message when a thread cannot be started.
+    pub fn new(lb: Arc<Balancer>) -> Result<Self, String> {
+        let (attempts, to_do) = crossbeam_channel::unbounded::<Attempt>();
+        let (done, outcomes) = crossbeam_channel::unbounded();
+        for i in 0..RECONNECTORS {
+            let (lb, to_do, done) = (Arc::clone(&lb), to_do.clone(), done.clone());
+            std::thread::Builder::new()
+                .name(format!("reconnect-{i}"))
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    // Ends when the watcher, and with it the sending side, is gone.
+                    for attempt in to_do {
+                        let Attempt {
+                            backend,
+                            stats,
+                            cancelled,
+                            failures,
+                        } = attempt;
+                        let reached = reconnect(&lb, &backend, &stats, &cancelled, failures);
+                        let _ = done.send(Outcome { backend, reached });
+                    }
+                })
+                .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
+        }
+        Ok(Watcher {
             lb,
             known: HashMap::new(),
             last_file: Vec::new(),
             last_error: None,
-        }
+            left_out: 0,
+            attempts,
+            outcomes,
+        })
     }
 
     /// Polls until the balancer stops.
@@ -80,6 +140,24 @@ impl Watcher {
 
     /// One look: join new servers, drain removed ones, start reconnecting lost ones.
     pub fn poll(&mut self) {
+        for outcome in self.outcomes.try_iter() {
+            let id = outcome.backend.id;
+            // An outcome for a server that has left the list, or is listed anew, is stale.
+            let Some(known) = self
+                .known
+                .get_mut(&id)
+                .filter(|k| Arc::ptr_eq(&k.backend, &outcome.backend))
+            else {
+                continue;
+            };
+            known.attempting = false;
+            if outcome.reached {
+                known.failures = 0;
+            } else {
+                known.failures = known.failures.saturating_add(1);
+                known.next_try = Instant::now() + backoff(known.failures);
+            }
+        }
         let listed = self.listed();
         let queue = &self.lb.queue;
         // Servers gone from the list, or listed again with other settings: drain them.
@@ -101,7 +179,9 @@ impl Watcher {
                     stats: stats.server(&backend),
                     backend,
                     cancelled: Arc::new(AtomicBool::new(false)),
-                    reconnecting: Arc::new(AtomicBool::new(false)),
+                    attempting: false,
+                    failures: 0,
+                    next_try: Instant::now(),
                     was_up: false,
                 }
             });
@@ -118,8 +198,16 @@ impl Watcher {
                 known.was_up = false;
                 log::warn!("server {id} is down; reconnecting in the background");
             }
-            if !known.reconnecting.swap(true, Ordering::SeqCst) {
-                spawn_reconnector(&self.lb, known);
+            if !known.attempting && Instant::now() >= known.next_try {
+                let attempt = Attempt {
+                    backend: Arc::clone(&known.backend),
+                    stats: Arc::clone(&known.stats),
+                    cancelled: Arc::clone(&known.cancelled),
+                    failures: known.failures,
+                };
+                // One attempt per server at a time, so the channel holds at most one per
+                // listed server.
+                known.attempting = self.attempts.send(attempt).is_ok();
             }
         }
         // A reconnector may have added its server just as the server left the list.
@@ -130,8 +218,9 @@ impl Watcher {
         }
     }
 
-    /// Every listed server: the servers file's, then those joined over the network. A second
-    /// entry with an id or address already listed is ignored, so no server is in the pool twice.
+    /// Every listed server: the servers file's, then those joined over the network, up to
+    /// `--max-servers`. A second entry with an id or address already listed is ignored, so no
+    /// server is in the pool twice.
     fn listed(&mut self) -> HashMap<u32, Backend> {
         let path = &self.lb.config.servers_file;
         match servers_file::read(path) {
@@ -150,11 +239,11 @@ impl Watcher {
         }
         let mut entries = self.last_file.clone();
         entries.extend(self.lb.joined.lock().values().cloned());
-        let mut listed = HashMap::new();
-        let mut addresses = HashSet::new();
+        let mut listed = Vec::new();
+        let (mut ids, mut addresses) = (HashSet::new(), HashSet::new());
         for entry in entries {
             let backend = Backend::from_entry(&entry);
-            if listed.contains_key(&backend.id) || !addresses.insert(backend.addr.clone()) {
+            if !ids.insert(backend.id) || !addresses.insert(backend.addr.clone()) {
                 log::debug!(
                     "ignoring a second entry for server {} at {}",
                     backend.id,
@@ -162,93 +251,89 @@ impl Watcher {
                 );
                 continue;
             }
-            listed.insert(backend.id, backend);
+            listed.push(backend);
         }
-        listed
+        let max = self.lb.config.max_servers;
+        let left_out = listed.len().saturating_sub(max);
+        if left_out > 0 {
+            // Servers already in the pool keep their places: a newcomer never pushes one out.
+            listed.sort_by_key(|b| !self.known.contains_key(&b.id));
+            listed.truncate(max);
+            if left_out != self.left_out {
+                log::warn!(
+                    "{} servers are listed, more than --max-servers {max}: ignoring {left_out} of them; remove them from {} or raise --max-servers",
+                    max + left_out,
+                    path.display()
+                );
+            }
+        }
+        self.left_out = left_out;
+        listed.into_iter().map(|b| (b.id, b)).collect()
     }
 }
 
-fn spawn_reconnector(lb: &Arc<Balancer>, known: &Known) {
-    let (lb, backend, stats) = (
-        Arc::clone(lb),
-        Arc::clone(&known.backend),
-        Arc::clone(&known.stats),
-    );
-    let (cancelled, reconnecting) = (
-        Arc::clone(&known.cancelled),
-        Arc::clone(&known.reconnecting),
-    );
-    let spawned = std::thread::Builder::new()
-        .name(format!("reconnect-{}", backend.id))
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            reconnect(&lb, &backend, &stats, &cancelled);
-            reconnecting.store(false, Ordering::SeqCst);
-        });
-    if let Err(e) = spawned {
-        known.reconnecting.store(false, Ordering::SeqCst);
-        log::error!("cannot start a reconnector thread: {e}");
-    }
+/// The wait before the next attempt after `failures` failures in a row: [`FIRST_BACKOFF`],
+/// doubling up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
 }
 
-/// Connects and probes until the server answers, waiting longer after each failure.
+/// One attempt to bring a server back: connect, check that it answers, add it to the pool.
+/// `failures` counts the attempts that failed before, for the log. Returns whether the server
+/// answered.
 fn reconnect(
     lb: &Balancer,
     backend: &Arc<Backend>,
     stats: &Arc<ServerStats>,
     cancelled: &AtomicBool,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut failures = 0u32;
-    while !cancelled.load(Ordering::SeqCst) && !lb.stopping.load(Ordering::SeqCst) {
-        let reply_timeout = lb.config.server_timeout + backend.processing_time;
-        let attempt = BackendConn::connect(
-            Arc::clone(backend),
-            Arc::clone(stats),
-            CONNECT_TIMEOUT,
-            reply_timeout,
-        )
-        .and_then(|mut conn| probe(&mut conn).map(|()| conn));
-        match attempt {
-            Ok(conn) => {
-                if cancelled.load(Ordering::SeqCst) {
-                    return;
-                }
-                if lb.queue.add(backend.candidate(), conn) {
-                    log::info!(
-                        "Connected to server {} at {} (processing time {} s){}",
-                        backend.id,
-                        backend.addr,
-                        backend.processing_time.as_secs_f64(),
-                        if failures > 0 {
-                            format!(" after {failures} failed attempt(s)")
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-                return;
+    failures: u32,
+) -> bool {
+    if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
+        return false;
+    }
+    let reply_timeout = lb.config.server_timeout + backend.processing_time;
+    let attempt = BackendConn::connect(
+        Arc::clone(backend),
+        Arc::clone(stats),
+        CONNECT_TIMEOUT,
+        reply_timeout,
+    )
+    .and_then(|mut conn| probe(&mut conn).map(|()| conn));
+    match attempt {
+        Ok(conn) => {
+            if cancelled.load(Ordering::SeqCst) {
+                return true;
             }
-            Err(e) => {
-                failures += 1;
-                let message = format!(
-                    "cannot reach server {} at {}: {e}; next try in {:.1} s",
+            if lb.queue.add(backend.candidate(), conn) {
+                log::info!(
+                    "Connected to server {} at {} (processing time {} s){}",
                     backend.id,
                     backend.addr,
-                    backoff.as_secs_f64()
+                    backend.processing_time.as_secs_f64(),
+                    if failures > 0 {
+                        format!(" after {failures} failed attempt(s)")
+                    } else {
+                        String::new()
+                    }
                 );
-                // The first failure is news; the rest are the same story.
-                if failures == 1 {
-                    log::warn!("{message}");
-                } else {
-                    log::debug!("{message}");
-                }
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !cancelled.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50).min(backoff));
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+            true
+        }
+        Err(e) => {
+            let message = format!(
+                "cannot reach server {} at {}: {e}; next try in {:.1} s",
+                backend.id,
+                backend.addr,
+                backoff(failures + 1).as_secs_f64()
+            );
+            // The first failure is news; the rest are the same story.
+            if failures == 0 {
+                log::warn!("{message}");
+            } else {
+                log::debug!("{message}");
+            }
+            false
         }
     }
 }
@@ -277,4 +362,16 @@ fn probe(conn: &mut BackendConn) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let waits: Vec<u128> = (1..=6).map(|f| backoff(f).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
 }

@@ -65,6 +65,8 @@ pub struct BalancerConfig {
     pub idle_timeout: Duration,
     /// Client addresses served (empty: every address).
     pub allow: AllowList,
+    /// Most servers in the pool (listed in the file and joined over the network together).
+    pub max_servers: usize,
 }
 
 impl Default for BalancerConfig {
@@ -85,6 +87,7 @@ impl Default for BalancerConfig {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             allow: AllowList::default(),
+            max_servers: 100,
         }
     }
 }
@@ -167,7 +170,7 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
         listed.len(),
         lb.config.servers_file.display()
     );
-    let watcher = membership::Watcher::new(Arc::clone(&lb));
+    let watcher = membership::Watcher::new(Arc::clone(&lb))?;
     spawn("membership", move || watcher.run())?;
     if listed.is_empty() {
         log::warn!(
@@ -177,7 +180,8 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
     // Give the servers already listed a moment to be connected (and probed), so the first
     // clients find them; a slow or dead one joins later in the background.
     let deadline = Instant::now() + STARTUP_WAIT;
-    while lb.queue.counts().1 < listed.len() && Instant::now() < deadline {
+    let expected = listed.len().min(lb.config.max_servers);
+    while lb.queue.counts().1 < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Tests and scripts read these two lines to learn the ports.
