@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
-use crate::idle_queue::Membership as InPool;
-use crate::protocol::{self, Line, ReplyHeader, MAX_HEADER_LINE};
+use crate::idle_queue::{Lease, Membership as InPool};
+use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
 
 /// How often the servers file is read.
@@ -201,15 +201,7 @@ fn reconnect(
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     while !cancelled.load(Ordering::SeqCst) && !lb.stopping.load(Ordering::SeqCst) {
-        let reply_timeout = lb.config.server_timeout + backend.processing_time;
-        let attempt = BackendConn::connect(
-            Arc::clone(backend),
-            Arc::clone(stats),
-            CONNECT_TIMEOUT,
-            reply_timeout,
-        )
-        .and_then(|mut conn| probe(&mut conn).map(|()| conn));
-        match attempt {
+        match connect_and_probe(lb, backend, stats) {
             Ok(conn) => {
                 if cancelled.load(Ordering::SeqCst) {
                     return;
@@ -253,11 +245,63 @@ fn reconnect(
     }
 }
 
+/// Closes a server connection that can no longer be trusted (it broke, or the server's
+/// replies are out of step with the requests) and probes the server on a new one, in the
+/// background. Meanwhile the server stays in the pool, busy, so requests wait for it rather
+/// than find no server up: it is down only if the probe fails. At most one thread per server
+/// (each server has one connection, and this takes its lease).
+pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
+    let (candidate, old) = lease.set_aside();
+    let (backend, stats) = (Arc::clone(&old.backend), Arc::clone(&old.stats));
+    drop(old);
+    let id = backend.id;
+    let prober = Arc::clone(lb);
+    let spawned = std::thread::Builder::new()
+        .name(format!("reprobe-{id}"))
+        .stack_size(128 * 1024)
+        .spawn(move || match connect_and_probe(&prober, &backend, &stats) {
+            Ok(conn) => {
+                log::info!(
+                    "Connected to server {id} at {} again: it answered the re-probe",
+                    backend.addr
+                );
+                prober.queue.give_back(candidate, conn);
+            }
+            Err(e) => {
+                log::warn!("server {id} is down: the re-probe failed ({e})");
+                prober.queue.remove_member(id);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!(
+            "cannot start a thread to re-probe server {id}: {e}; taking it out of the pool"
+        );
+        lb.queue.remove_member(id);
+    }
+}
+
+/// A new connection to `backend` that has answered [`PROBE`].
+fn connect_and_probe(
+    lb: &Balancer,
+    backend: &Arc<Backend>,
+    stats: &Arc<ServerStats>,
+) -> io::Result<BackendConn> {
+    let reply_timeout = lb.config.server_timeout + backend.processing_time;
+    let mut conn = BackendConn::connect(
+        Arc::clone(backend),
+        Arc::clone(stats),
+        CONNECT_TIMEOUT,
+        reply_timeout,
+    )?;
+    probe(&mut conn)?;
+    Ok(conn)
+}
+
 /// Sends [`PROBE`] and reads its whole reply: the server is alive and speaks the protocol.
 fn probe(conn: &mut BackendConn) -> io::Result<()> {
     conn.writer.write_all(PROBE)?;
     let mut header = Vec::new();
-    if protocol::read_line(&mut conn.reader, &mut header, MAX_HEADER_LINE)? != Line::Complete {
+    if conn.read_header(&mut header)? != Line::Complete {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "closed the connection instead of answering",
