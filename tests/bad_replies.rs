@@ -399,24 +399,38 @@ fn a_reply_broken_off_costs_that_request_and_the_server_is_reprobed_not_marked_d
 }
 
 #[test]
-fn a_client_that_stops_reading_frees_its_server_within_the_request_timeout() {
+fn a_client_that_reads_slowly_frees_its_server_within_the_request_timeout() {
     let dir = TestDir::new(false);
     // 32 MiB: far more than the socket buffers between here and the balancer hold.
     let big = fs::File::create(dir.path.join("files/big.bin")).unwrap();
     big.set_len(32 * 1024 * 1024).unwrap();
     let (_server, lb, bystander) = watched_cluster(&dir, &[], &["--request-timeout", "2"]);
 
-    // Asks for the big file and never reads it. The reply's writes share one deadline of
-    // --request-timeout, however many there are: the server is free again soon after.
+    // Asks for the big file and reads 1 MiB of it every half second: every write to it makes
+    // progress, but the reply's writes share one deadline of --request-timeout, so the server
+    // is free again soon after (it would take 16 s at this pace).
     let mut hog = Wire::connect(lb.addr);
     let started = Instant::now();
     hog.send_raw(b"file big.bin\n");
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().contains("client left during the reply")
+    let reading = std::thread::spawn(move || {
+        let mut chunk = vec![0; 1024 * 1024];
+        while started.elapsed() < Duration::from_secs(20)
+            && hog.reader.read_exact(&mut chunk).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(500));
+        }
     });
+    let freed = || lb.log_text().contains("client left during the reply");
+    let deadline = started + Duration::from_secs(8);
+    while !freed() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let took = started.elapsed();
-    println!("a client that stops reading freed its server after {took:?}");
-    assert!(took < Duration::from_millis(3500), "took {took:?}");
-    drop(hog);
+    println!("a client that reads slowly freed its server after {took:?}");
+    assert!(
+        freed() && took < Duration::from_millis(3500),
+        "took {took:?}"
+    );
+    reading.join().unwrap();
     bystander.finish();
 }
