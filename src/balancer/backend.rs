@@ -177,8 +177,8 @@ pub enum Unusable {
 impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unusable::Stray(what) => write!(f, "the server {what}"),
-            Unusable::Closed(what) => write!(f, "the connection {what}"),
+            Unusable::Stray(what) => write!(f, "it {what}"),
+            Unusable::Closed(what) => write!(f, "its connection {what}"),
         }
     }
 }

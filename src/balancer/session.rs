@@ -254,10 +254,10 @@ fn replace_connection(
         Unusable::Stray(_) => {
             let stray = &lease.item().stats.stray;
             let times = stray.fetch_add(1, Ordering::Relaxed) + 1;
-            log::warn!("req {id}: server {server} is out of step: {why} (time {times}); its connection is closed so no later request gets that reply; re-probing it");
+            log::warn!("req {id}: server {server} is out of step: {why} (stray bytes #{times}); closing that connection, so that no later request reads them, and re-probing the server");
         }
         Unusable::Closed(_) => {
-            log::warn!("req {id}: server {server}'s {why}; re-probing it");
+            log::warn!("req {id}: server {server}: {why}; re-probing it");
         }
     }
     membership::reprobe(lb, lease);

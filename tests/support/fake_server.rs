@@ -61,6 +61,8 @@ pub struct FakeServer {
     accepted: Arc<AtomicUsize>,
     /// Connections the balancer closed.
     closed: Arc<AtomicUsize>,
+    /// Requests answered right so far.
+    answered: Arc<AtomicUsize>,
     /// Bytes sent on an idle connection ([`Act::AnswerThenWhenIdle`]) so far.
     unsolicited: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -75,16 +77,17 @@ impl FakeServer {
             addr: listener.local_addr().unwrap(),
             accepted: Arc::default(),
             closed: Arc::default(),
+            answered: Arc::default(),
             unsolicited: Arc::default(),
             stop: Arc::default(),
         };
         let script: Arc<Script> = Arc::new(script);
-        let (accepted, closed, unsolicited, stop) = (
-            Arc::clone(&fake.accepted),
-            Arc::clone(&fake.closed),
-            Arc::clone(&fake.unsolicited),
-            Arc::clone(&fake.stop),
-        );
+        let counts = Counts {
+            closed: Arc::clone(&fake.closed),
+            answered: Arc::clone(&fake.answered),
+            unsolicited: Arc::clone(&fake.unsolicited),
+        };
+        let (accepted, stop) = (Arc::clone(&fake.accepted), Arc::clone(&fake.stop));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
@@ -92,14 +95,10 @@ impl FakeServer {
                 }
                 let Ok(conn) = conn else { continue };
                 accepted.fetch_add(1, Ordering::SeqCst);
-                let (script, closed, unsolicited) = (
-                    Arc::clone(&script),
-                    Arc::clone(&closed),
-                    Arc::clone(&unsolicited),
-                );
+                let (script, counts) = (Arc::clone(&script), counts.clone());
                 std::thread::spawn(move || {
-                    if serve(id, conn, &*script, &unsolicited) {
-                        closed.fetch_add(1, Ordering::SeqCst);
+                    if serve(id, conn, &*script, &counts) {
+                        counts.closed.fetch_add(1, Ordering::SeqCst);
                     }
                 });
             }
@@ -115,6 +114,17 @@ impl FakeServer {
     /// Connections the balancer has closed so far.
     pub fn closed(&self) -> usize {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered right so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more requests have been answered right (by a bystander, say).
+    pub fn wait_for_answers(&self, n: usize) {
+        let target = self.answered() + n;
+        super::wait_until(super::START_TIMEOUT, || self.answered() >= target);
     }
 
     /// Times bytes were sent on an idle connection so far.
@@ -149,8 +159,16 @@ impl Drop for FakeServer {
     }
 }
 
+/// What the connections of one fake server count, shared with it.
+#[derive(Clone)]
+struct Counts {
+    closed: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    unsolicited: Arc<AtomicUsize>,
+}
+
 /// Serves one connection until the balancer closes it (returns true) or it times out or breaks.
-fn serve(id: u32, conn: TcpStream, script: &Script, unsolicited: &AtomicUsize) -> bool {
+fn serve(id: u32, conn: TcpStream, script: &Script, counts: &Counts) -> bool {
     conn.set_read_timeout(Some(FAKE_TIMEOUT)).unwrap();
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -163,7 +181,10 @@ fn serve(id: u32, conn: TcpStream, script: &Script, unsolicited: &AtomicUsize) -
         }
         let line = line.trim_end_matches('\n');
         let sent = match script(line) {
-            Act::Answer => writer.write_all(&answer(id, line)),
+            Act::Answer => {
+                counts.answered.fetch_add(1, Ordering::SeqCst);
+                writer.write_all(&answer(id, line))
+            }
             Act::Send(bytes) => writer.write_all(&bytes),
             Act::SendAndClose(bytes) => writer
                 .write_all(&bytes)
@@ -191,7 +212,7 @@ fn serve(id: u32, conn: TcpStream, script: &Script, unsolicited: &AtomicUsize) -
                     .set_read_timeout(Some(FAKE_TIMEOUT))
                     .unwrap();
                 if idle {
-                    unsolicited.fetch_add(1, Ordering::SeqCst);
+                    counts.unsolicited.fetch_add(1, Ordering::SeqCst);
                     writer.write_all(&bytes)
                 } else {
                     Ok(())
