@@ -182,3 +182,76 @@ impl std::fmt::Display for Unusable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::stats::Stats;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// A connection to a listener in this test, and the test's end of it.
+    fn pair() -> (BackendConn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = Arc::new(Backend {
+            id: 1,
+            addr: listener.local_addr().unwrap().to_string(),
+            processing_time: Duration::ZERO,
+            writable: false,
+        });
+        let stats = Stats::default().server(&backend);
+        let second = Duration::from_secs(1);
+        let conn = BackendConn::connect(backend, stats, second, second).unwrap();
+        (conn, listener.accept().unwrap().0)
+    }
+
+    /// Waits (bounded) until the connection's check says something.
+    fn unusable_soon(conn: &BackendConn) -> Option<Unusable> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let why = conn.unusable();
+            if why.is_some() || Instant::now() > deadline {
+                return why;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_connection_is_unusable_once_it_holds_stray_bytes_or_is_closed() {
+        let (mut conn, mut server) = pair();
+        assert_eq!(conn.unusable(), None);
+        server.write_all(b"OK 1\nx").unwrap();
+        assert!(matches!(unusable_soon(&conn), Some(Unusable::Stray(_))));
+        // Read a reply and leave bytes of the next in the buffer: still stray.
+        server.write_all(b"OK 1\ny").unwrap();
+        let mut header = Vec::new();
+        assert_eq!(conn.read_header(&mut header).unwrap(), Line::Complete);
+        assert!(matches!(conn.unusable(), Some(Unusable::Stray(_))));
+
+        let (conn, server) = pair();
+        drop(server);
+        assert!(matches!(unusable_soon(&conn), Some(Unusable::Closed(_))));
+    }
+
+    #[test]
+    fn a_header_that_trickles_in_times_out_as_a_whole() {
+        let (mut conn, mut server) = pair();
+        let writer = std::thread::spawn(move || {
+            // A byte every 300 ms: each read waits far less than the 1 s reply timeout.
+            for b in b"OK 1 server=1\n" {
+                std::thread::sleep(Duration::from_millis(300));
+                if server.write_all(&[*b]).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let e = conn.read_header(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(conn);
+        writer.join().unwrap();
+    }
+}
