@@ -309,6 +309,7 @@ fn a_reply_never_reaches_the_wrong_client() {
 
     // Each time, the connection was closed, the server re-probed on a new one, and the event
     // logged and counted.
+    wait_until(START_TIMEOUT, || fake.closed() >= 3);
     assert_eq!(fake.closed(), 3);
     assert_eq!(metric(&lb, "minilb_server_stray_total{server=\"9\"}"), 3.0);
     let log = lb.log_text();
