@@ -2,7 +2,9 @@
 //! the servers joined over the network (the admin listener): a server that appears joins, one
 //! that disappears drains and leaves. A server that is listed but not in the pool (new, or its
 //! connection broke) gets a reconnector thread that connects, checks that the server answers,
-//! and retries with capped exponential backoff.
+//! and retries with capped exponential backoff. A server whose connection broke, or sent
+//! what no request asked for, is first re-probed on a new connection ([`reprobe`]) while it
+//! stays in the pool; only if that probe fails is it down.
 //!
 //! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its request
 //! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
