@@ -438,3 +438,38 @@ fn a_client_that_reads_slowly_frees_its_server_within_the_request_timeout() {
     reading.join().unwrap();
     bystander.finish();
 }
+
+#[test]
+fn a_file_rewritten_while_downloaded_costs_that_download_not_the_server() {
+    let dir = TestDir::new(false);
+    // 64 MiB: far more than the socket buffers on the way hold, so the server is still
+    // sending it when it is rewritten.
+    let path = dir.path.join("files/big.bin");
+    fs::File::create(&path)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
+
+    let mut reader = Wire::connect(lb.addr);
+    reader.send_raw(b"file big.bin\n");
+    let mut header = String::new();
+    reader.reader.read_line(&mut header).unwrap();
+    assert_eq!(header, "OK 67108864 server=1\n");
+    let mut start = vec![0; 1024 * 1024];
+    reader.reader.read_exact(&mut start).unwrap();
+    // Rewritten in place (not replaced by a rename): it shrinks under the server's feet.
+    fs::write(&path, "short\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = reader.reader.read_to_end(&mut rest);
+    assert!(start.len() + rest.len() < 64 * 1024 * 1024);
+
+    // That download is lost; the server is not: it answers the next request.
+    let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
+    assert_eq!(reply.text(), "n: 5\n", "{reply:?}");
+    let log = lb.log_text();
+    assert!(log.contains("server 1 failed mid-reply"), "{log}");
+    assert!(log.contains("it answered the re-probe"), "{log}");
+    assert!(!log.contains("server 1 is down"), "{log}");
+    bystander.finish();
+}
