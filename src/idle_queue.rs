@@ -316,14 +316,16 @@ impl<T> IdleQueue<T> {
         }
     }
 
-    fn give_back(&self, candidate: Candidate, item: T) {
+    /// Returns a server's item to the idle list (after [`Lease::set_aside`]).
+    pub fn give_back(&self, candidate: Candidate, item: T) {
         // The receiver lives as long as the queue, so the send cannot fail.
         let _ = self.returned_tx.send((candidate, item));
         // Taking the lock moves the server into the idle list before the first in line looks.
         self.lock().wake_first();
     }
 
-    fn remove_member(&self, id: u32) {
+    /// Takes a server out of the pool (after [`Lease::set_aside`]).
+    pub fn remove_member(&self, id: u32) {
         let mut s = self.lock();
         s.members.remove(&id);
         if !s.any_active() {
@@ -397,6 +399,18 @@ impl<T> Lease<'_, T> {
         if let Some(item) = self.item.take() {
             self.queue.give_back(self.candidate, item);
         }
+    }
+
+    /// Hands back the item while the server stays in the pool, busy, as if still leased: for
+    /// replacing its connection. End with [`IdleQueue::give_back`] (a new item) or
+    /// [`IdleQueue::remove_member`], so that requests wait for the server meanwhile instead
+    /// of finding no server up.
+    pub fn set_aside(mut self) -> (Candidate, T) {
+        let item = self
+            .item
+            .take()
+            .expect("a lease holds its item until released");
+        (self.candidate, item)
     }
 
     /// Takes the server out of the pool (its connection broke) and hands back its item.
@@ -590,6 +604,25 @@ mod tests {
         assert_eq!(held.discard(), 1);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
         assert_eq!(q.membership(1), None);
+    }
+
+    #[test]
+    fn a_server_set_aside_stays_in_the_pool_and_waiters_wait_for_it() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let (candidate, item) = q.acquire(NOW).unwrap().set_aside();
+        assert_eq!(item, 1);
+        // Being re-probed: still a member, so a request waits for it instead of `NoneUp`.
+        let waiter = spawn_waiter(&q);
+        assert_eq!(q.membership(1), Some(Membership::Active));
+        q.give_back(candidate, 1);
+        assert_eq!(waiter.join().unwrap(), Ok(1));
+        // (The waiter dropped its lease, which took the server out.) The probe failed: the
+        // server leaves, and waiters hear it.
+        assert!(q.add(candidate, 1));
+        let _ = q.acquire(NOW).unwrap().set_aside();
+        let waiter = spawn_waiter(&q);
+        q.remove_member(1);
+        assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
     }
 
     #[test]

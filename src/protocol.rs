@@ -4,6 +4,7 @@
 //! `<length>` bytes of body, or `ERR <code> <message>\n` with no body.
 
 use std::io::{self, BufRead, IoSlice, Write};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
@@ -249,6 +250,79 @@ pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// How far a socket timeout may differ from the time left before a deadline without being
+/// reset: a call that ends quickly, the usual case, then costs no extra system call, and a
+/// deadline is kept to within this.
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(10);
+
+/// One deadline shared by a run of blocking calls on a socket (the reads of a reply header,
+/// the writes of a reply), however many calls the run takes: a peer that trickles a byte per
+/// call cannot stretch it. Kept through the socket's own timeout, reset before a call only
+/// when it is more than [`DEADLINE_SLACK`] off the time left.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    /// The socket's timeout for each call outside a run (`None`: no limit).
+    per_call: Option<Duration>,
+    /// The timeout now set on the socket.
+    set: Option<Duration>,
+    /// When the current run must end; `None` between runs.
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// For a socket whose timeout is set to `per_call` now.
+    pub fn new(per_call: Option<Duration>) -> Deadline {
+        Deadline {
+            per_call,
+            set: per_call,
+            at: None,
+        }
+    }
+
+    /// The timeout each call gets outside a run.
+    pub fn per_call(&self) -> Option<Duration> {
+        self.per_call
+    }
+
+    /// Starts a run of calls that must all be done within `limit` from now (`None`: each
+    /// call gets the per-call timeout, as between runs).
+    pub fn start(&mut self, limit: Option<Duration>) {
+        self.at = limit.and_then(|d| Instant::now().checked_add(d));
+    }
+
+    /// Ends the run: calls get the per-call timeout again.
+    pub fn end(&mut self) {
+        self.at = None;
+    }
+
+    /// Before a call: sets the socket's timeout through `set_timeout` if the one set is more
+    /// than [`DEADLINE_SLACK`] off what the call may take.
+    ///
+    /// # Errors
+    /// `TimedOut` once the run's deadline has passed; the error of `set_timeout`.
+    pub fn before_call(
+        &mut self,
+        set_timeout: impl FnOnce(Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let want = match self.at {
+            None => self.per_call,
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(io::ErrorKind::TimedOut.into()),
+            },
+        };
+        let close = match (want, self.set) {
+            (Some(want), Some(set)) => want.abs_diff(set) <= DEADLINE_SLACK,
+            (want, set) => want == set,
+        };
+        if !close {
+            set_timeout(want)?;
+            self.set = want;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +427,41 @@ mod tests {
         assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::Complete);
         let mut r = BufReader::with_capacity(3, &b"abcdefg\n"[..]);
         assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::TooLong);
+    }
+
+    #[test]
+    fn a_deadline_resets_the_socket_timeout_only_when_it_is_off() {
+        let second = Duration::from_secs(1);
+        let mut d = Deadline::new(Some(second));
+        let mut sets = Vec::new();
+        // A run that starts now has about the per-call timeout left: nothing to set.
+        d.start(Some(second));
+        d.before_call(|t| {
+            sets.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert!(sets.is_empty());
+        // Once time has passed, the time left is set; then the per-call timeout again.
+        d.start(Some(Duration::from_millis(200)));
+        d.before_call(|t| {
+            sets.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert!(sets[0].unwrap() <= Duration::from_millis(200));
+        d.end();
+        d.before_call(|t| {
+            sets.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sets[1], Some(second));
+        // A deadline that has passed fails the call without touching the socket.
+        d.start(Some(Duration::ZERO));
+        let e = d.before_call(|_| panic!("no call")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(sets.len(), 2);
     }
 
     #[test]

@@ -1,17 +1,17 @@
 //! Broken replies: a server that breaks the protocol behind the balancer, and a balancer that
-//! lies to the client. Fake peers are tiny listeners in the test process.
+//! lies to the client. Fake peers are tiny listeners in the test process (the fake server is
+//! in `support/fake_server.rs`).
 
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use minilb::servers_file::{self, ServerEntry};
+use support::fake_server::{answer, Act, FakeServer};
 use support::*;
 
 /// How long a fake peer waits for anything, so a broken test fails instead of hanging.
@@ -24,125 +24,68 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> String {
     line
 }
 
-/// How a fake server misbehaves on one connection, after reading one request.
-struct Misbehaviour {
-    /// What it sends back.
-    reply: &'static [u8],
-    /// Whether it then hangs up, or stalls with the connection open.
-    hang_up: bool,
+/// A balancer in `dir` whose only server is `fake` (its servers file is `fake-servers.json`).
+fn balancer_of(dir: &TestDir, fake: &FakeServer, extra: &[&str]) -> Proc {
+    fake.register(&dir.path.join("fake-servers.json"));
+    start_named_balancer(dir, "broken", "fake-servers.json", 1, extra)
 }
 
-/// A fake server: for each misbehaviour, accepts a connection (the balancer's, or its
-/// reconnection), answers the balancer's probe well (a new connection must pass one before
-/// it gets requests), reads a request, misbehaves, and waits for the balancer to close the
-/// connection; then sends, per misbehaviour, whether the balancer closed it. Then it accepts
-/// one more connection and answers well (`OK 5`, `hello`) until the balancer leaves.
-fn fake_server(listener: TcpListener, script: Vec<Misbehaviour>) -> Receiver<Vec<bool>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut closed_by_balancer = Vec::new();
-        for step in script {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(FAKE_TIMEOUT)).unwrap();
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            assert_eq!(
-                read_request(&mut reader),
-                "SELECT 1\n",
-                "the probe comes first"
-            );
-            conn.write_all(b"OK 7 server=9\none: 1\n").unwrap();
-            read_request(&mut reader);
-            conn.write_all(step.reply).unwrap();
-            if step.hang_up {
-                conn.shutdown(Shutdown::Write).unwrap();
-            }
-            let mut rest = Vec::new();
-            closed_by_balancer.push(match reader.read_to_end(&mut rest) {
-                Ok(_) => true,
-                Err(e) => e.kind() == ErrorKind::ConnectionReset,
-            });
-        }
-        tx.send(closed_by_balancer).unwrap();
-        let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(FAKE_TIMEOUT)).unwrap();
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        for _ in 0..100 {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0
-                || conn.write_all(b"OK 5 server=9\nhello").is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Records a fake server as server 9 in `file`.
-fn register_fake(file: &Path, addr: SocketAddr) {
-    let entry = ServerEntry {
-        id: 9,
-        host: "127.0.0.1".into(),
-        port: addr.port(),
-        processing_time: 0.0,
-        writable: false,
-    };
-    servers_file::register(file, &entry).unwrap();
+/// The value of the metric sample `sample` (`name{labels}`) on the balancer's `/metrics`.
+fn metric(lb: &Proc, sample: &str) -> f64 {
+    let (_, text) = http(lb.admin(), "GET", "/metrics", None, "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {sample} in {text}"))
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
-    let dir = TestDir::new(false);
-    // A real cluster with a bystander: nobody there notices anything.
-    let (_server, _lb, bystander) = watched_cluster(&dir, &[], &[]);
-
-    // A second balancer whose only server is the fake one, with no retries, so that each
-    // broken reply reaches the client as `ERR unavailable`.
-    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
-    register_fake(
-        &dir.path.join("fake-servers.json"),
-        fake.local_addr().unwrap(),
-    );
-    let long_header: &'static [u8] = Box::leak(vec![b'O'; 9000].into_boxed_slice());
-    let broken_replies = [
+    let long_header: Vec<u8> = vec![b'O'; 9000];
+    // `bad <i>` gets broken reply `i` (and a hang-up, if asked); the rest are answered right.
+    let broken_replies: Vec<(Vec<u8>, bool)> = [
         (&b"HELLO\n"[..], false),
         (b"OK abc server=9\n", false),
         (b"OK -5 server=9\n", false),
         (b"OK 5 server=9 garbage\n", false),
         (b"ERR no_such_code whatever\n", false),
         (b"\xff\xfe\n", false),
-        (long_header, false),
+        (&long_header, false),
         (b"", true),
         (b"OK 5", true),
         // A length larger than what follows; then the server hangs up, or stalls.
         (b"OK 100 server=9\nonly ten b", true),
         (b"OK 100 server=9\nonly ten b", false),
-    ];
-    let mut script: Vec<Misbehaviour> = broken_replies
-        .iter()
-        .map(|&(reply, hang_up)| Misbehaviour { reply, hang_up })
-        .collect();
-    // Last, a lie too long to hold back (see below).
-    script.push(Misbehaviour {
-        reply: b"OK 1000000 server=9\nonly ten b",
-        hang_up: true,
+        // Last, a lie too long to hold back (see below).
+        (b"OK 1000000 server=9\nonly ten b", true),
+    ]
+    .iter()
+    .map(|(reply, hang_up)| (reply.to_vec(), *hang_up))
+    .collect();
+    let script = broken_replies.clone();
+    let fake = FakeServer::start(9, move |line| {
+        match line
+            .strip_prefix("bad ")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(i) if script[i].1 => Act::SendAndClose(script[i].0.clone()),
+            Some(i) => Act::Send(script[i].0.clone()),
+            None => Act::Answer,
+        }
     });
-    let closed = fake_server(fake, script);
-    let broken = start_named_balancer(
-        &dir,
-        "broken",
-        "fake-servers.json",
-        1,
-        &["--retries", "0", "--server-timeout", "1"],
-    );
-    let connections = || broken.log_text().matches("Connected to server 9").count();
+    let dir = TestDir::new(false);
+    // No retries, so that each broken reply reaches the client as `ERR unavailable`.
+    let broken = balancer_of(&dir, &fake, &["--retries", "0", "--server-timeout", "1"]);
+    // A client of the same server, which must notice nothing: the server is re-probed after
+    // each broken reply, never marked down.
+    let bystander = Bystander::start(broken.addr);
 
     let mut client = Wire::connect(broken.addr);
-    for (step, (reply, _)) in broken_replies.iter().enumerate() {
-        // The balancer reconnects after each failure; wait for it before the next request.
-        wait_until(START_TIMEOUT, || connections() > step);
+    let (last, held_back) = broken_replies.split_last().unwrap();
+    for (i, (reply, _)) in held_back.iter().enumerate() {
         assert_eq!(
-            client.request("SELECT 1").header,
+            client.request(&format!("bad {i}")).header,
             "ERR unavailable no server could answer after 1 attempts; try again",
             "after the server sent {:?}",
             String::from_utf8_lossy(&reply[..reply.len().min(20)])
@@ -152,29 +95,30 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
     // A length larger than what follows, on a reply too long to hold back: its header is
     // out before the body breaks off, so all the balancer can do is close the client's
     // connection, and the client sees the reply cut short.
-    wait_until(START_TIMEOUT, || connections() > broken_replies.len());
-    client.send_raw(b"SELECT 1\n");
+    client.send_raw(format!("bad {}\n", held_back.len()).as_bytes());
     let mut header = String::new();
     client.reader.read_line(&mut header).unwrap();
-    assert_eq!(header, "OK 1000000 server=9\n");
+    assert_eq!(header.as_bytes(), &last.0[..20]);
     let mut body = Vec::new();
     let _ = client.reader.read_to_end(&mut body);
     assert_eq!(body, b"only ten b");
 
-    // The balancer closed every broken connection, reconnected, and serves again.
-    let closed = closed.recv_timeout(START_TIMEOUT).unwrap();
-    assert_eq!(closed, vec![true; broken_replies.len() + 1]);
-    wait_until(START_TIMEOUT, || connections() > broken_replies.len() + 1);
-    let reply = Wire::connect(broken.addr).request("SELECT 1");
+    // The balancer closed every broken connection and re-probed the server on a new one.
+    wait_until(START_TIMEOUT, || {
+        fake.closed() >= broken_replies.len() && fake.accepted() > broken_replies.len()
+    });
+    let reply = Wire::connect(broken.addr).request("SELECT 7 AS n");
     assert_eq!(reply.header, "OK 5 server=9");
-    assert_eq!(reply.body, b"hello");
+    assert_eq!(reply.body, b"n: 7\n");
+    fake.wait_for_answers(3);
+    bystander.finish();
     let log = broken.log_text();
     assert!(
         log.contains("server 9 failed (reply body ended after 10 of its 100 bytes)"),
         "{log}"
     );
     assert!(log.contains("server 9 failed mid-reply"), "{log}");
-    bystander.finish();
+    assert!(!log.contains("server 9 is down"), "{log}");
 }
 
 /// A fake balancer: for each reply, accepts a connection, reads one request, sends the reply
@@ -323,5 +267,209 @@ fn the_client_keeps_a_file_that_is_already_there() {
             "hello.txt"
         ]
     );
+    bystander.finish();
+}
+
+#[test]
+fn a_reply_never_reaches_the_wrong_client() {
+    // Server 9 repeats its reply to `SELECT 1001 AS n`, sends a stray reply stuck to its reply
+    // to `SELECT 1002 AS n`, and, after `SELECT 1003 AS n`, a reply while no request is out.
+    let fake = FakeServer::start(9, |line| {
+        let stray = answer(9, "SELECT 1 AS n");
+        match line {
+            "SELECT 1001 AS n" => Act::Send([answer(9, line), answer(9, line)].concat()),
+            "SELECT 1002 AS n" => Act::Send([answer(9, line), stray].concat()),
+            "SELECT 1003 AS n" => Act::AnswerThenWhenIdle(stray, Duration::from_millis(100)),
+            _ => Act::Answer,
+        }
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "0"]);
+    let bystander = Bystander::start(lb.addr);
+    let mut client = Wire::connect(lb.addr);
+    for n in [1001, 1002, 2, 3, 4] {
+        let reply = client.request(&format!("SELECT {n} AS n"));
+        assert_eq!(reply.text(), format!("n: {n}\n"), "{reply:?}");
+    }
+    fake.wait_for_answers(3);
+    bystander.finish();
+
+    // Bytes on an idle connection: the bystander is stopped so that no request is out when
+    // they come (one that is out would take them as its reply: the protocol cannot tell).
+    let reply = client.request("SELECT 1003 AS n");
+    assert_eq!(reply.text(), "n: 1003\n");
+    wait_until(START_TIMEOUT, || fake.unsolicited() == 1);
+    let bystander = Bystander::start(lb.addr);
+    for n in [5, 6] {
+        let reply = client.request(&format!("SELECT {n} AS n"));
+        assert_eq!(reply.text(), format!("n: {n}\n"), "{reply:?}");
+    }
+    fake.wait_for_answers(3);
+    bystander.finish();
+
+    // Each time, the connection was closed, the server re-probed on a new one, and the event
+    // logged and counted.
+    wait_until(START_TIMEOUT, || fake.closed() >= 3);
+    assert_eq!(fake.closed(), 3);
+    assert_eq!(metric(&lb, "minilb_server_stray_total{server=\"9\"}"), 3.0);
+    let log = lb.log_text();
+    assert_eq!(log.matches("server 9 is out of step").count(), 3, "{log}");
+    assert!(log.contains("server 9 is out of step: it sent bytes beyond its reply"));
+    assert!(log.contains("server 9 is out of step: it sent bytes that no request asked for"));
+    assert_eq!(log.matches("it answered the re-probe").count(), 3, "{log}");
+}
+
+#[test]
+fn a_reply_header_must_come_whole_within_the_server_timeout() {
+    // Server 9 trickles its reply to `SELECT 1001 AS n` a byte every 300 ms: each byte comes
+    // well within --server-timeout, the whole header (14 bytes) does not. Its reply to
+    // `SELECT 1002 AS n` has a header at once and a body that trickles: that is fine.
+    let gap = Duration::from_millis(300);
+    let fake = FakeServer::start(9, move |line| match line {
+        "SELECT 1001 AS n" => Act::Trickle {
+            bytes: answer(9, line),
+            at_once: 0,
+            gap,
+        },
+        "SELECT 1002 AS n" => Act::Trickle {
+            bytes: answer(9, line),
+            at_once: 14,
+            gap,
+        },
+        _ => Act::Answer,
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "0", "--server-timeout", "1"]);
+    let bystander = Bystander::start(lb.addr);
+    let mut client = Wire::connect(lb.addr);
+    let started = Instant::now();
+    let reply = client.request("SELECT 1001 AS n");
+    let took = started.elapsed();
+    assert_eq!(
+        reply.header,
+        "ERR unavailable no server could answer after 1 attempts; try again"
+    );
+    // One second, and time for a busy machine; the whole header would take 4.2 s.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(lb
+        .log_text()
+        .contains("server 9 failed (no whole reply header within 1.0 s"));
+    // A body that keeps coming is relayed, however long it takes in all.
+    let reply = client.request("SELECT 1002 AS n");
+    assert_eq!(reply.text(), "n: 1002\n");
+    fake.wait_for_answers(3);
+    bystander.finish();
+}
+
+#[test]
+fn a_reply_broken_off_costs_that_request_and_the_server_is_reprobed_not_marked_down() {
+    // Server 9 breaks off its reply to `file cut.bin` (as a server does when the file is
+    // rewritten in place while it is read): too long to hold back, so it is passed on as it
+    // comes and the client's connection is closed.
+    let mut cut = b"OK 200000 server=9\n".to_vec();
+    cut.resize(100_000, b'x');
+    let fake = FakeServer::start(9, move |line| match line {
+        "file cut.bin" => Act::SendAndClose(cut.clone()),
+        _ => Act::Answer,
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &[]);
+    let bystander = Bystander::start(lb.addr);
+    for _ in 0..3 {
+        let mut client = Wire::connect(lb.addr);
+        assert!(client.try_request("file cut.bin").is_err());
+        // The server is still up: the next client is served, not told `ERR unavailable`.
+        let reply = Wire::connect(lb.addr).request("SELECT 1 AS n");
+        assert_eq!(reply.text(), "n: 1\n", "{reply:?}");
+    }
+    fake.wait_for_answers(3);
+    bystander.finish();
+    let log = lb.log_text();
+    assert_eq!(log.matches("server 9 failed mid-reply").count(), 3, "{log}");
+    assert_eq!(log.matches("it answered the re-probe").count(), 3, "{log}");
+    assert!(!log.contains("server 9 is down"), "{log}");
+
+    // A server that does not answer the re-probe is down.
+    fake.stop_listening();
+    assert!(Wire::connect(lb.addr).try_request("file cut.bin").is_err());
+    wait_until(START_TIMEOUT, || {
+        lb.log_text()
+            .contains("server 9 is down: the re-probe failed")
+    });
+    assert_eq!(
+        Wire::connect(lb.addr).request("SELECT 1 AS n").code(),
+        Some("unavailable")
+    );
+}
+
+#[test]
+fn a_client_that_reads_slowly_frees_its_server_within_the_request_timeout() {
+    let dir = TestDir::new(false);
+    // 32 MiB: far more than the socket buffers between here and the balancer hold.
+    let big = fs::File::create(dir.path.join("files/big.bin")).unwrap();
+    big.set_len(32 * 1024 * 1024).unwrap();
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &["--request-timeout", "2"]);
+
+    // Asks for the big file and reads 1 MiB of it every half second: every write to it makes
+    // progress, but the reply's writes share one deadline of --request-timeout, so the server
+    // is free again soon after (it would take 16 s at this pace).
+    let mut hog = Wire::connect(lb.addr);
+    let started = Instant::now();
+    hog.send_raw(b"file big.bin\n");
+    let reading = std::thread::spawn(move || {
+        let mut chunk = vec![0; 1024 * 1024];
+        while started.elapsed() < Duration::from_secs(20)
+            && hog.reader.read_exact(&mut chunk).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let freed = || lb.log_text().contains("client left during the reply");
+    let deadline = started + Duration::from_secs(8);
+    while !freed() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    println!("a client that reads slowly freed its server after {took:?}");
+    assert!(
+        freed() && took < Duration::from_millis(3500),
+        "took {took:?}"
+    );
+    reading.join().unwrap();
+    bystander.finish();
+}
+
+#[test]
+fn a_file_rewritten_while_downloaded_costs_that_download_not_the_server() {
+    let dir = TestDir::new(false);
+    // 64 MiB: far more than the socket buffers on the way hold, so the server is still
+    // sending it when it is rewritten.
+    let path = dir.path.join("files/big.bin");
+    fs::File::create(&path)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
+
+    let mut reader = Wire::connect(lb.addr);
+    reader.send_raw(b"file big.bin\n");
+    let mut header = String::new();
+    reader.reader.read_line(&mut header).unwrap();
+    assert_eq!(header, "OK 67108864 server=1\n");
+    let mut start = vec![0; 1024 * 1024];
+    reader.reader.read_exact(&mut start).unwrap();
+    // Rewritten in place (not replaced by a rename): it shrinks under the server's feet.
+    fs::write(&path, "short\n").unwrap();
+    let mut rest = Vec::new();
+    let _ = reader.reader.read_to_end(&mut rest);
+    assert!(start.len() + rest.len() < 64 * 1024 * 1024);
+
+    // That download is lost; the server is not: it answers the next request.
+    let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
+    assert_eq!(reply.text(), "n: 5\n", "{reply:?}");
+    let log = lb.log_text();
+    assert!(log.contains("server 1 failed mid-reply"), "{log}");
+    assert!(log.contains("it answered the re-probe"), "{log}");
+    assert!(!log.contains("server 1 is down"), "{log}");
     bystander.finish();
 }

@@ -5,7 +5,9 @@
 //! [`RECONNECTORS`] threads, which connects, checks that the server answers and sends the
 //! outcome back; after a failure the watcher waits longer (capped exponential backoff) before
 //! the next attempt. So every listed server is tried again and again, however many there are,
-//! by a fixed number of threads. At most `--max-servers` servers are listed at once.
+//! by a fixed number of threads. At most `--max-servers` servers are listed at once. A server
+//! whose connection broke, or sent what no request asked for, is first re-probed on a new
+//! connection ([`reprobe`]) while it stays in the pool; only if that probe fails is it down.
 //!
 //! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its request
 //! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
@@ -21,8 +23,8 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
-use crate::idle_queue::Membership as InPool;
-use crate::protocol::{self, Line, ReplyHeader, MAX_HEADER_LINE};
+use crate::idle_queue::{Lease, Membership as InPool};
+use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
 
 /// How often the servers file is read.
@@ -292,15 +294,7 @@ fn reconnect(
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
     }
-    let reply_timeout = lb.config.server_timeout + backend.processing_time;
-    let attempt = BackendConn::connect(
-        Arc::clone(backend),
-        Arc::clone(stats),
-        CONNECT_TIMEOUT,
-        reply_timeout,
-    )
-    .and_then(|mut conn| probe(&mut conn).map(|()| conn));
-    match attempt {
+    match connect_and_probe(lb, backend, stats) {
         Ok(conn) => {
             if cancelled.load(Ordering::SeqCst) {
                 return true;
@@ -338,11 +332,63 @@ fn reconnect(
     }
 }
 
+/// Closes a server connection that can no longer be trusted (it broke, or the server's
+/// replies are out of step with the requests) and probes the server on a new one, in the
+/// background. Meanwhile the server stays in the pool, busy, so requests wait for it rather
+/// than find no server up: it is down only if the probe fails. At most one thread per server
+/// (each server has one connection, and this takes its lease).
+pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
+    let (candidate, old) = lease.set_aside();
+    let (backend, stats) = (Arc::clone(&old.backend), Arc::clone(&old.stats));
+    drop(old);
+    let id = backend.id;
+    let prober = Arc::clone(lb);
+    let spawned = std::thread::Builder::new()
+        .name(format!("reprobe-{id}"))
+        .stack_size(128 * 1024)
+        .spawn(move || match connect_and_probe(&prober, &backend, &stats) {
+            Ok(conn) => {
+                log::info!(
+                    "Connected to server {id} at {} again: it answered the re-probe",
+                    backend.addr
+                );
+                prober.queue.give_back(candidate, conn);
+            }
+            Err(e) => {
+                log::warn!("server {id} is down: the re-probe failed ({e})");
+                prober.queue.remove_member(id);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!(
+            "cannot start a thread to re-probe server {id}: {e}; taking it out of the pool"
+        );
+        lb.queue.remove_member(id);
+    }
+}
+
+/// A new connection to `backend` that has answered [`PROBE`].
+fn connect_and_probe(
+    lb: &Balancer,
+    backend: &Arc<Backend>,
+    stats: &Arc<ServerStats>,
+) -> io::Result<BackendConn> {
+    let reply_timeout = lb.config.server_timeout + backend.processing_time;
+    let mut conn = BackendConn::connect(
+        Arc::clone(backend),
+        Arc::clone(stats),
+        CONNECT_TIMEOUT,
+        reply_timeout,
+    )?;
+    probe(&mut conn)?;
+    Ok(conn)
+}
+
 /// Sends [`PROBE`] and reads its whole reply: the server is alive and speaks the protocol.
 fn probe(conn: &mut BackendConn) -> io::Result<()> {
     conn.writer.write_all(PROBE)?;
     let mut header = Vec::new();
-    if protocol::read_line(&mut conn.reader, &mut header, MAX_HEADER_LINE)? != Line::Complete {
+    if conn.read_header(&mut header)? != Line::Complete {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "closed the connection instead of answering",

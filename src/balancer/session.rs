@@ -1,18 +1,18 @@
 //! One client's session: read a request (the client side), hand it to a server and stream the
 //! reply back (the backend side), repeat until the client leaves.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balancer::backend::BackendConn;
-use crate::balancer::{stats, Balancer};
+use crate::balancer::backend::{BackendConn, Unusable};
+use crate::balancer::{membership, stats, Balancer};
 use crate::error::Error;
 use crate::gauge::Held;
-use crate::idle_queue::NoServer;
-use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
+use crate::idle_queue::{Lease, NoServer};
+use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
@@ -20,8 +20,42 @@ const CLIENT_BUFFER: usize = 2 * 1024;
 /// Largest reply read whole from the server before its header is passed on (see [`relay`]).
 const WHOLE_REPLY: u64 = 64 * 1024;
 
+/// The client's socket as replies are written to it. All the writes of one reply share one
+/// deadline, the request timeout: a client that reads slowly or not at all frees its server
+/// within that time, however the writes split up.
+struct Client {
+    stream: TcpStream,
+    deadline: Deadline,
+}
+
+impl Client {
+    /// Starts the deadline of a reply about to be written.
+    fn start_reply(&mut self) {
+        let limit = self.deadline.per_call();
+        self.deadline.start(limit);
+    }
+}
+
+impl Write for Client {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        (&self.stream).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        (&self.stream).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serves one client until it disconnects, breaks the protocol, or the balancer stops.
-pub fn serve_client(lb: &Balancer, stream: TcpStream) {
+pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -32,13 +66,16 @@ pub fn serve_client(lb: &Balancer, stream: TcpStream) {
     }
 }
 
-fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
-    // A client that stops reading must not hold a server: a write to it that makes no
-    // progress for the request timeout fails, and the relay drains the server's reply.
+fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
+    // A client that stops reading must not hold a server: a reply not written within the
+    // request timeout fails, and the relay drains the server's reply.
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
     stream.set_write_timeout(limits.request)?;
     let mut reader = RequestReader::new(stream.try_clone()?, limits, CLIENT_BUFFER);
-    let mut client = stream;
+    let mut client = Client {
+        stream,
+        deadline: Deadline::new(limits.request),
+    };
     let mut line = Vec::new();
     let mut header = Vec::new();
     loop {
@@ -47,7 +84,7 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
             Incoming::Closed => return Ok(()),
             Incoming::Refused(e) => {
                 log::info!("{peer}: refused: {e}");
-                return reader.close_with(&mut client, &e);
+                return reader.close_with(&mut client.stream, &e);
             }
         }
         let _in_flight = Held::new(&lb.in_flight);
@@ -87,35 +124,41 @@ enum RelayError {
 }
 
 /// Answers one request: acquire a server, relay, release; on a server failure before the
-/// reply started, try another server, at most `retries` more times.
+/// reply started, try another server, at most `retries` more times. A server connection
+/// that failed, or holds bytes no request asked for, is closed and its server re-probed.
 ///
 /// # Errors
 /// Only errors that end the client's connection.
 fn handle(
-    lb: &Balancer,
+    lb: &Arc<Balancer>,
     id: u64,
     request: &Request,
     line: &mut Vec<u8>,
     header: &mut Vec<u8>,
-    client: &mut TcpStream,
+    client: &mut Client,
 ) -> io::Result<()> {
     let started = Instant::now();
     let attempts = lb.config.retries + 1;
+    let mut attempt = 0;
+    // Connections found unusable before the request went out cost no attempt (nothing was
+    // sent), but at most `attempts` of them, so a server that keeps sending junk cannot hold
+    // the request forever.
+    let mut unusable = 0;
     line.push(b'\n');
-    for attempt in 1..=attempts {
+    while attempt < attempts && unusable <= attempts {
         let mut lease = match lb.queue.acquire(lb.config.queue_timeout) {
             Ok(lease) => lease,
             Err(why) => return refuse(lb, id, why, started, client),
         };
         let server = lease.id();
-        let may_write = matches!(request, Request::Query(_)) && lease.item().backend.writable;
-        if may_write && lease.item().is_stale() {
-            // A query that may write is never retried once sent, so make sure the idle
-            // connection is still alive before sending it (its server may have died meanwhile).
-            lease.discard();
-            log::warn!("req {id}: server {server}'s connection was closed while idle; marked down");
+        // Bytes that came while the connection was idle would be read as this request's
+        // reply, and a closed connection would lose a write: look first (one system call).
+        if let Some(why) = lease.item().unusable() {
+            replace_connection(lb, id, lease, &why);
+            unusable += 1;
             continue;
         }
+        attempt += 1;
         // The decision is recorded as facts; it is put into words only for someone reading.
         let chosen = lease.candidate();
         let decision = std::mem::take(&mut lease.decision);
@@ -135,7 +178,6 @@ fn handle(
                 service,
             }) => {
                 lease.record_service(service);
-                lease.release();
                 let latency = started.elapsed();
                 let error = match &reply {
                     ReplyHeader::Err(e) => Some(e),
@@ -149,24 +191,26 @@ fn handle(
                     error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),
                     latency.as_secs_f64()
                 );
+                give_back(lb, id, lease);
                 return Ok(());
             }
             Err(RelayError::ClientGone(e)) => {
-                lease.release();
                 log::info!("req {id}: client left during the reply; server {server}'s connection drained and reused");
+                give_back(lb, id, lease);
                 return Err(e);
             }
             Err(RelayError::ServerDuring(why)) => {
-                lease.discard();
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("req {id}: server {server} failed mid-reply ({why}); marked down; closing the client's connection");
+                log::warn!("req {id}: server {server} failed mid-reply ({why}); closing the client's connection; re-probing the server");
+                membership::reprobe(lb, lease);
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
-                let conn = lease.discard();
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("req {id}: server {server} failed ({why}); marked down");
-                let may_have_run = matches!(request, Request::Query(_)) && conn.backend.writable;
+                log::warn!("req {id}: server {server} failed ({why}); re-probing it");
+                let may_have_run =
+                    matches!(request, Request::Query(_)) && lease.item().backend.writable;
+                membership::reprobe(lb, lease);
                 if may_have_run {
                     let e = Error::Unavailable(format!(
                         "server {server} failed while running the query; it may or may not have run, so it was not retried"
@@ -188,14 +232,41 @@ fn handle(
     reply_error(lb, &e, started, client)
 }
 
+/// Returns a server to the idle list after a reply, if its connection holds nothing beyond
+/// that reply (one non-blocking peek); otherwise see [`replace_connection`].
+fn give_back(lb: &Arc<Balancer>, id: u64, mut lease: Lease<'_, BackendConn>) {
+    match lease.item().unusable() {
+        None => lease.release(),
+        Some(why) => replace_connection(lb, id, lease, &why),
+    }
+}
+
+/// Closes a server connection that cannot take another request and re-probes its server;
+/// stray bytes are counted, since they mean the server's replies are out of step.
+fn replace_connection(
+    lb: &Arc<Balancer>,
+    id: u64,
+    mut lease: Lease<'_, BackendConn>,
+    why: &Unusable,
+) {
+    let server = lease.id();
+    match why {
+        Unusable::Stray(_) => {
+            let stray = &lease.item().stats.stray;
+            let times = stray.fetch_add(1, Ordering::Relaxed) + 1;
+            log::warn!("req {id}: server {server} is out of step: {why} (stray bytes #{times}); closing that connection, so that no later request reads them, and re-probing the server");
+        }
+        Unusable::Closed(_) => {
+            log::warn!("req {id}: server {server}: {why}; re-probing it");
+        }
+    }
+    membership::reprobe(lb, lease);
+}
+
 /// Sends an `ERR` reply made by the balancer itself, and counts it.
-fn reply_error(
-    lb: &Balancer,
-    e: &Error,
-    started: Instant,
-    client: &mut TcpStream,
-) -> io::Result<()> {
+fn reply_error(lb: &Balancer, e: &Error, started: Instant, client: &mut Client) -> io::Result<()> {
     lb.stats.record_reply(started.elapsed(), Some(e));
+    client.start_reply();
     client.write_all(e.header_line().as_bytes())
 }
 
@@ -204,7 +275,7 @@ fn refuse(
     id: u64,
     why: NoServer,
     started: Instant,
-    client: &mut TcpStream,
+    client: &mut Client,
 ) -> io::Result<()> {
     let e = match why {
         NoServer::NoneUp => Error::Unavailable(
@@ -232,18 +303,19 @@ struct Relayed {
 
 /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
 /// the server connection's own buffer: the header and the start of the body leave in one write.
+/// The header must come whole within the reply timeout; the body, keep coming.
 /// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
 /// longer one that breaks off mid-body can only be cut (the client's connection then closes).
 fn relay(
     conn: &mut BackendConn,
     line: &[u8],
     header: &mut Vec<u8>,
-    client: &mut TcpStream,
+    client: &mut Client,
 ) -> Result<Relayed, RelayError> {
     let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
     let sent = Instant::now();
     conn.writer.write_all(line).map_err(before)?;
-    match protocol::read_line(&mut conn.reader, header, MAX_HEADER_LINE).map_err(before)? {
+    match conn.read_header(header).map_err(before)? {
         Line::Complete => {}
         Line::Eof | Line::Truncated => {
             return Err(RelayError::ServerBefore("connection closed".into()))
@@ -268,6 +340,7 @@ fn relay(
                 body.len()
             )));
         }
+        client.start_reply();
         return match protocol::write_both(client, header, &body) {
             Ok(()) => Ok(Relayed {
                 reply,
@@ -282,6 +355,7 @@ fn relay(
     let first = buffered
         .len()
         .min(usize::try_from(length).unwrap_or(usize::MAX));
+    client.start_reply();
     let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
     conn.reader.consume(first);
     let mut remaining = length - first as u64;

@@ -71,6 +71,8 @@ pub struct ServerStats {
     pub errors: AtomicU64,
     /// Body bytes relayed from it.
     pub bytes: AtomicU64,
+    /// Times it sent bytes that no request asked for (its connection was closed each time).
+    pub stray: AtomicU64,
     /// Whether it is handling a request right now.
     pub busy: AtomicBool,
     /// Moving average of whole-request latency, in microseconds (0 = none yet).
@@ -86,6 +88,7 @@ impl ServerStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            stray: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             latency_micros: AtomicU64::new(0),
             service_micros: AtomicU64::new(0),

@@ -40,6 +40,7 @@ pub fn status(lb: &Balancer) -> Value {
                 "requests": requests,
                 "errors": s.errors.load(Ordering::Relaxed),
                 "bytes": s.bytes.load(Ordering::Relaxed),
+                "stray": s.stray.load(Ordering::Relaxed),
                 "latency": match s.latency_micros.load(Ordering::Relaxed) {
                     0 => None,
                     us => Some(us as f64 / 1e6),
@@ -92,6 +93,11 @@ pub fn metrics(lb: &Balancer) -> String {
             "Reply body bytes relayed from the server.",
         ),
         (
+            "minilb_server_stray_total",
+            "counter",
+            "Times the server sent bytes no request asked for; each closed its connection.",
+        ),
+        (
             "minilb_server_up",
             "gauge",
             "1 if the server is in the pool.",
@@ -119,6 +125,7 @@ pub fn metrics(lb: &Balancer) -> String {
                 "minilb_server_requests_total" => s.requests.load(Ordering::Relaxed) as f64,
                 "minilb_server_errors_total" => s.errors.load(Ordering::Relaxed) as f64,
                 "minilb_server_bytes_total" => s.bytes.load(Ordering::Relaxed) as f64,
+                "minilb_server_stray_total" => s.stray.load(Ordering::Relaxed) as f64,
                 "minilb_server_up" => {
                     f64::from(u8::from(state(&queue.members, s.backend.id) == "up"))
                 }

@@ -2,6 +2,8 @@
 //! binaries started on ports the OS picks, stopped when their handle drops.
 #![allow(dead_code)]
 
+pub mod fake_server;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
