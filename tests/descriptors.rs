@@ -1,0 +1,52 @@
+//! Running out of file descriptors is planned for: the balancer fits `--max-clients` to its
+//! descriptor limit, and a client it cannot take gets `ERR busy` or a prompt close, never a
+//! hang; it recovers by itself, admin listener included.
+
+mod support;
+
+use std::time::Duration;
+
+use support::hostile::{crowd, starved_balancer, try_http, Outcome};
+use support::*;
+
+#[test]
+fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    // 128 descriptors, soft and hard: the default --max-clients 10000 cannot fit.
+    let lb = starved_balancer(&dir, 128, 1, &[]);
+    assert!(
+        lb.log_text()
+            .contains("--max-clients lowered from 10000 to 32"),
+        "{}",
+        lb.log_text()
+    );
+    let bystander = Bystander::start(lb.addr);
+
+    let (outcomes, streams) = crowd(lb.addr, 300, "SELECT 1 AS one", Duration::from_secs(10));
+    let count = |f: &dyn Fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let ok = count(&|o| matches!(o, Outcome::Reply(h) if h.starts_with("OK ")));
+    let busy = count(&|o| matches!(o, Outcome::Reply(h) if h.starts_with("ERR busy ")));
+    let closed = count(&|o| *o == Outcome::Closed);
+    let summary = format!("{ok} OK, {busy} ERR busy, {closed} closed of 300");
+    assert_eq!(ok + busy + closed, 300, "{summary}; {outcomes:?}");
+    assert!(ok >= 1 && busy >= 1, "{summary}");
+    drop(streams);
+
+    // It recovers by itself: new clients are served, and the admin listener still answers.
+    wait_until(Duration::from_secs(30), || {
+        Wire::connect(lb.addr)
+            .try_request("SELECT 2 AS two")
+            .is_ok_and(|r| r.text() == "two: 2\n")
+    });
+    let status = try_http(
+        lb.admin(),
+        "GET",
+        "/status",
+        None,
+        "",
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.as_ref().map(|s| s.0).ok(), Some(200), "{status:?}");
+    bystander.finish();
+}
