@@ -15,12 +15,6 @@ fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
     let _server = start_server(&dir, 1, 0.0, &[]);
     // 128 descriptors, soft and hard: the default --max-clients 10000 cannot fit.
     let lb = starved_balancer(&dir, 128, 1, &[]);
-    assert!(
-        lb.log_text()
-            .contains("--max-clients lowered from 10000 to 32"),
-        "{}",
-        lb.log_text()
-    );
     let bystander = Bystander::start(lb.addr);
 
     let (outcomes, streams) = crowd(lb.addr, 300, "SELECT 1 AS one", Duration::from_secs(10));
@@ -29,8 +23,10 @@ fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
     let busy = count(&|o| matches!(o, Outcome::Reply(h) if h.starts_with("ERR busy ")));
     let closed = count(&|o| *o == Outcome::Closed);
     let summary = format!("{ok} OK, {busy} ERR busy, {closed} closed of 300");
-    assert_eq!(ok + busy + closed, 300, "{summary}; {outcomes:?}");
-    assert!(ok >= 1 && busy >= 1, "{summary}");
+    eprintln!("{summary}");
+    // Never a hang; and here not even a close without a word: each is served or told why not.
+    assert_eq!(ok + busy, 300, "{summary}; {outcomes:?}");
+    assert!(ok >= 1, "{summary}");
     drop(streams);
 
     // It recovers by itself: new clients are served, and the admin listener still answers.
@@ -49,4 +45,11 @@ fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
     );
     assert_eq!(status.as_ref().map(|s| s.0).ok(), Some(200), "{status:?}");
     bystander.finish();
+    // And it said why it serves fewer clients than asked.
+    assert!(
+        lb.log_text()
+            .contains("--max-clients lowered from 10000 to 32"),
+        "{}",
+        lb.log_text()
+    );
 }
