@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::hostile::{crowd, starved_balancer, try_http, Outcome};
+use support::hostile::{self, crowd, starved_balancer, try_http, Outcome};
 use support::*;
 
 #[test]
@@ -52,4 +52,46 @@ fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
         "{}",
         lb.log_text()
     );
+}
+
+#[test]
+fn when_descriptors_run_out_anyway_clients_are_told_busy_and_the_admin_listener_survives() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    // So few descriptors that stalled admin peers take the last of them, for 3 s each.
+    let lb = starved_balancer(&dir, 40, 1, &["--request-timeout", "3"]);
+    let bystander = Bystander::start(lb.addr);
+    let admin = lb.admin();
+    let peers: Vec<hostile::StalledHttp> = (0..32)
+        .map(|_| hostile::StalledHttp::open(admin, "GET /status HTTP/1.1\r\n"))
+        .collect();
+    // Every descriptor is taken once even the servers file cannot be read.
+    wait_until(Duration::from_secs(30), || {
+        lb.log_text()
+            .contains("cannot read servers file servers.json: Too many open files")
+    });
+
+    // Each is told, through a descriptor that frees up, or through the spare one the accept
+    // loop keeps for this. None hangs.
+    let (outcomes, streams) = crowd(lb.addr, 20, "SELECT 1 AS one", Duration::from_secs(10));
+    let busy = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Reply(h) if h.starts_with("ERR busy ")))
+        .count();
+    assert_eq!(busy, 20, "{outcomes:?}\n{}", lb.log_text());
+    drop(streams);
+    drop(peers);
+
+    // Descriptors free again: the admin listener answers, and once the bystander (the one
+    // client that fits) leaves, a new client is served.
+    wait_until(Duration::from_secs(30), || {
+        try_http(admin, "GET", "/status", None, "", Duration::from_secs(10))
+            .is_ok_and(|s| s.0 == 200)
+    });
+    bystander.finish();
+    wait_until(Duration::from_secs(30), || {
+        Wire::connect(lb.addr)
+            .try_request("SELECT 2 AS two")
+            .is_ok_and(|r| r.text() == "two: 2\n")
+    });
 }
