@@ -8,7 +8,7 @@
 //! It replaces tiny_http, with which one peer that never sent its body froze every admin
 //! request, and running out of descriptors killed the accept thread for good.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -176,14 +176,42 @@ fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Respon
         }
     };
     let mut reader = BufReader::with_capacity(4096, Timed { stream, deadline });
+    let (mut request, length) = read_head(&mut reader, remote).map_err(gone)??;
+    if length > 0
+        && request
+            .header("Expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        let mut interim = stream;
+        interim
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(gone)?;
+    }
+    request.body = vec![0; length];
+    reader.read_exact(&mut request.body).map_err(gone)?;
+    Ok(request)
+}
+
+/// Reads a request's head (at most [`MAX_HEAD`] bytes) from `reader`: the request without its
+/// body, and the length of the body to read next (at most [`MAX_BODY`]); or the answer that
+/// refuses it.
+///
+/// # Errors
+/// The error from reading.
+pub fn read_head(
+    reader: &mut impl BufRead,
+    remote: SocketAddr,
+) -> io::Result<Result<(Request, usize), Response>> {
     let mut lines = Vec::new();
     let mut budget = MAX_HEAD;
     loop {
         let mut line = Vec::new();
-        match protocol::read_line(&mut reader, &mut line, budget).map_err(gone)? {
+        match protocol::read_line(reader, &mut line, budget)? {
             Line::Complete => {}
-            Line::TooLong => return Err(Response::error(431, "the request head is too large")),
-            Line::Eof | Line::Truncated => return Err(Response::error(400, "incomplete request")),
+            Line::TooLong => return Ok(Err(Response::error(431, "the request head is too large"))),
+            Line::Eof | Line::Truncated => {
+                return Ok(Err(Response::error(400, "incomplete request")))
+            }
         }
         budget = budget.saturating_sub(line.len() + 1);
         if line.last() == Some(&b'\r') {
@@ -192,9 +220,21 @@ fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Respon
         if line.is_empty() {
             break;
         }
-        lines.push(String::from_utf8(line).map_err(|_| Response::error(400, "not UTF-8"))?);
+        match String::from_utf8(line) {
+            Ok(line) => lines.push(line),
+            Err(_) => return Ok(Err(Response::error(400, "the head is not UTF-8"))),
+        }
     }
-    let mut parts = lines.first().map_or("", String::as_str).split(' ');
+    Ok(parse_head(&lines, remote))
+}
+
+fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), Response> {
+    let first = lines.first().map_or("", String::as_str);
+    // Printable ASCII only: a stray `\r` or other control byte is no part of a method or path.
+    if !first.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(Response::error(400, "bad request line"));
+    }
+    let mut parts = first.split(' ');
     let (Some(method), Some(target), Some(_version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -227,19 +267,7 @@ fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Respon
     if length > MAX_BODY {
         return Err(Response::error(413, "the body is over 64 KiB"));
     }
-    if length > 0
-        && request
-            .header("Expect")
-            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        let mut interim = stream;
-        interim
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .map_err(gone)?;
-    }
-    request.body = vec![0; length];
-    reader.read_exact(&mut request.body).map_err(gone)?;
-    Ok(request)
+    Ok((request, length))
 }
 
 fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()> {
