@@ -54,7 +54,7 @@ pub struct BalancerConfig {
     pub retries: u32,
     /// Most clients connected at once.
     pub max_clients: usize,
-    /// How long Ctrl-C waits for requests in flight.
+    /// How long Ctrl-C waits for connected clients to get their replies and leave.
     pub grace: Duration,
     /// Address of the admin listener (HTTP).
     pub admin_host: String,
@@ -119,8 +119,9 @@ pub struct Balancer {
     pub stats: stats::Stats,
 }
 
-/// Runs the balancer until a message arrives on `shutdown`; then stops accepting, lets the
-/// requests in flight finish (up to the grace period) and returns.
+/// Runs the balancer until a message arrives on `shutdown`; then stops accepting (answering
+/// the clients already in the backlog), lets the clients connected get their replies and
+/// leave (up to the grace period) and returns.
 ///
 /// # Errors
 /// A message saying what failed at start (unknown policy, port in use, bad servers file).
