@@ -199,15 +199,17 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     Ok(())
 }
 
-/// Stops both listeners (each answers the clients already in its backlog first), then waits up
-/// to the grace period for every client to get its reply and leave.
+/// Stops both listeners (the client one takes in the clients already in its backlog first),
+/// then waits up to the grace period for every client to get its reply and leave.
 fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
     log::info!("Shutting down: no new clients; answering the clients connected");
     lb.stopping.store(true, Ordering::SeqCst);
     for (thread, addr) in listeners {
-        // Wake the loop, blocked in accept(), so it sees `stopping`.
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-        let _ = thread.join();
+        // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
+        // connect with, it cannot be woken: leave it, rather than wait for it for ever.
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            let _ = thread.join();
+        }
     }
     // A session ends after the request in hand once `stopping` is set; idle clients are
     // waited for, so one that sends a request now still gets its reply.
