@@ -55,3 +55,29 @@ fn ctrl_c_during_start_up_answers_the_clients_that_got_in() {
         lb.log_text()
     );
 }
+
+#[test]
+fn ctrl_c_lets_a_connected_client_that_asks_during_the_grace_period_have_its_reply() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let mut lb = start_balancer(&dir, 1, &["--grace", "60"]);
+    let mut idle = Wire::connect(lb.addr);
+    assert!(idle.request("SELECT 1 AS n").is_ok());
+    signal(lb.pid(), "INT");
+    wait_until(START_TIMEOUT, || lb.log_text().contains("Shutting down"));
+    // Connected before Ctrl-C, silent until after it: still answered, then let go.
+    let reply = idle
+        .try_request("SELECT 2 AS n")
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", lb.log_text()));
+    assert_eq!(reply.text(), "n: 2\n", "{reply:?}");
+    idle.expect_closed();
+    // Its last client gone, the balancer exits without waiting out the grace period.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        lb.interrupt(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        lb.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
