@@ -26,6 +26,7 @@ run-cluster:
 fuzz:
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run request_line -- -max_total_time=180
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run reply_header -- -max_total_time=180
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run join_body -- -max_total_time=180
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -42,7 +42,7 @@ struct Args {
     /// Most clients connected at once; more get `ERR busy`.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
-    /// Seconds Ctrl-C waits for requests in flight.
+    /// Seconds Ctrl-C waits for connected clients to get their replies and leave.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     grace: Duration,
     /// Address of the admin listener (HTTP: servers join here).

@@ -7,6 +7,7 @@
 //! - Each waiting request sleeps on its own `Condvar` (on `state`), kept in the line by its
 //!   ticket, so that a returned server wakes exactly the first in line: strictly first come,
 //!   first served, and no herd of threads woken for one server.
+//! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
 //! - `returned` (a crossbeam channel) carries servers back from finished requests. Sending
 //!   never blocks; whoever takes the lock next moves them into the idle list.
 //!
@@ -47,6 +48,8 @@ pub struct IdleQueue<T> {
     policy: Box<dyn Policy>,
     /// Guards the idle list, membership and the line of waiting requests.
     state: Mutex<State<T>>,
+    /// Wakes [`IdleQueue::wait_for_members`] when a server joins or the queue stops.
+    joined: Condvar,
     /// Carries servers back from finished requests (sending side).
     returned_tx: Sender<(Candidate, T)>,
     /// Carries servers back from finished requests (receiving side, drained under `state`).
@@ -110,6 +113,7 @@ impl<T> IdleQueue<T> {
                 last_seq: 0,
                 stopped: false,
             }),
+            joined: Condvar::new(),
             returned_tx,
             returned_rx,
         }
@@ -136,7 +140,21 @@ impl<T> IdleQueue<T> {
         s.candidates.push(candidate);
         s.items.push(item);
         s.wake_first();
+        self.joined.notify_all();
         true
+    }
+
+    /// Waits until `n` servers are in the pool, the queue stops or `timeout` passes; returns
+    /// how many are in it.
+    pub fn wait_for_members(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.members.len() < n && !s.stopped {
+            if self.joined.wait_until(&mut s, deadline).timed_out() {
+                break;
+            }
+        }
+        s.members.len()
     }
 
     /// Takes the idle server the policy prefers, waiting in line up to `timeout` while all
@@ -239,6 +257,7 @@ impl<T> IdleQueue<T> {
         let mut s = self.state.lock();
         s.stopped = true;
         s.wake_all();
+        self.joined.notify_all();
     }
 
     /// The server's place in the pool, if it is in it.
@@ -719,6 +738,18 @@ mod tests {
         assert_eq!(impatient.join().unwrap(), Err(NoServer::TimedOut));
         held.release();
         assert_eq!(patient.join().unwrap(), Ok(1));
+    }
+
+    #[test]
+    fn the_start_up_wait_ends_when_the_servers_join_or_time_runs_out() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        assert_eq!(q.wait_for_members(2, NOW), 1);
+        let joiner = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || assert!(q.add(candidate(2, 1.0, 0), 2)))
+        };
+        assert_eq!(q.wait_for_members(2, Duration::from_secs(30)), 2);
+        joiner.join().unwrap();
     }
 
     #[test]

@@ -1,10 +1,15 @@
-//! The properties the protocol's parsers keep on any input whatever, in one place for both
-//! checkers: the unit tests below (on generated input) and the fuzz targets in `fuzz/`.
-//! Each function panics when a property fails; no input may make the parsers themselves panic.
+//! The properties the parsers keep on any input whatever, in one place for both checkers: the
+//! unit tests below (on generated input) and the fuzz targets in `fuzz/`. Each function panics
+//! when a property fails; no input may make the parsers themselves panic. The parsers: the
+//! protocol's request line and reply header, and the admin listener's request head and the
+//! JSON body of a join.
 
 use std::io::BufReader;
+use std::net::SocketAddr;
 
+use crate::balancer::http;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_REQUEST_LINE};
+use crate::servers_file::ServerEntry;
 
 /// A request line: parsing never panics; what is refused is `bad_request` or `too_large`;
 /// what is accepted turns back into a line that parses to the same request.
@@ -60,6 +65,46 @@ pub fn line_splitting(data: &[u8], limit: usize, buffer: usize) {
     panic!("read_line did not reach the end of {} bytes", data.len());
 }
 
+/// The JSON body of a join (`POST /servers`), read as a server entry: reading never panics;
+/// an entry read writes back as JSON that reads as the same entry.
+pub fn join_body(data: &[u8]) {
+    let Ok(entry) = serde_json::from_slice::<ServerEntry>(data) else {
+        return;
+    };
+    assert!(entry.processing_time.is_finite(), "{entry:?}");
+    assert!(entry.address().ends_with(&format!(":{}", entry.port)));
+    let json = serde_json::to_string(&entry).expect("an entry always writes as JSON");
+    let again: ServerEntry = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("{entry:?} wrote {json:?}, which does not read: {e}"));
+    // serde_json reads floats to within one unit in the last place, not always exactly.
+    let close = (again.processing_time - entry.processing_time).abs()
+        <= entry.processing_time.abs() * 4.0 * f64::EPSILON;
+    assert!(
+        close
+            && (again.id, &again.host, again.port, again.writable)
+                == (entry.id, &entry.host, entry.port, entry.writable),
+        "{entry:?} came back as {again:?}"
+    );
+}
+
+/// An admin request head: reading it from memory never panics nor fails; what is refused is a
+/// 4xx answer; what is accepted has a method and path without spaces or line breaks, a path
+/// without its query, and a body length within the cap.
+pub fn admin_request_head(data: &[u8]) {
+    let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+    let mut reader = BufReader::with_capacity(64, data);
+    match http::read_head(&mut reader, remote).expect("reading from memory cannot fail") {
+        Ok((request, length)) => {
+            assert!(length <= http::MAX_BODY, "{length}");
+            for part in [&request.method, &request.path] {
+                assert!(!part.contains([' ', '\r', '\n']), "{request:?}");
+            }
+            assert!(!request.path.contains('?'), "{request:?}");
+        }
+        Err(refusal) => assert!([400, 411, 413, 431].contains(&refusal.code), "{refusal:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +138,48 @@ mod tests {
         b"18446744073709551616",
     ];
 
+    /// Pieces of join bodies and admin request heads.
+    const ADMIN_PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"\"id\":",
+        b"\"host\":",
+        b"\"port\":",
+        b"\"processing_time\":",
+        b"\"writable\":",
+        b"\"127.0.0.1\"",
+        b"\"::1\"",
+        b"\"\\u0000\"",
+        b"\"\\ud800\"",
+        b"0",
+        b"-1",
+        b"65535",
+        b"65536",
+        b"4294967296",
+        b"0.5",
+        b"1e308",
+        b"1e400",
+        b"-0.0",
+        b"null",
+        b"true",
+        b"GET / HTTP/1.1",
+        b"POST /servers?x=1 HTTP/1.1",
+        b"\r\n",
+        b"\n",
+        b" ",
+        b"Content-Length: ",
+        b"Transfer-Encoding: chunked",
+        b"Expect: 100-continue",
+        b"65537",
+        b"99999999999999999999999",
+        b"\xff",
+    ];
+
     /// A small deterministic generator (xorshift64*), so a failure can be replayed.
     struct Gen(u64);
 
@@ -110,12 +197,17 @@ mod tests {
 
         /// Up to 40 pieces, each an interesting token or a random byte.
         fn bytes(&mut self) -> Vec<u8> {
+            self.from(INTERESTING)
+        }
+
+        /// Up to 40 pieces, each one of `pieces` or a random byte.
+        fn from(&mut self, pieces: &[&[u8]]) -> Vec<u8> {
             let mut out = Vec::new();
             for _ in 0..self.below(40) {
                 if self.below(3) == 0 {
                     out.push(self.next() as u8);
                 } else {
-                    out.extend_from_slice(INTERESTING[self.below(INTERESTING.len())]);
+                    out.extend_from_slice(pieces[self.below(pieces.len())]);
                 }
             }
             out
@@ -172,5 +264,39 @@ mod tests {
             let buffer = 1 + g.below(16);
             line_splitting(&data, limit, buffer);
         }
+    }
+
+    #[test]
+    fn join_bodies_on_generated_input() {
+        let mut g = Gen(0x5eed_0004);
+        let valid = br#"{"id": 7, "host": "127.0.0.1", "port": 5071, "processing_time": 0.5}"#;
+        join_body(valid);
+        for _ in 0..CASES {
+            join_body(&g.from(ADMIN_PIECES));
+            // A valid body with one piece cut out or put in, so most get deep into the parser.
+            let mut body = valid.to_vec();
+            let at = g.below(body.len());
+            if g.below(2) == 0 {
+                body.remove(at);
+            } else {
+                let piece = ADMIN_PIECES[g.below(ADMIN_PIECES.len())];
+                body.splice(at..at, piece.iter().copied());
+            }
+            join_body(&body);
+        }
+    }
+
+    #[test]
+    fn admin_request_heads_on_generated_input() {
+        let mut g = Gen(0x5eed_0005);
+        for _ in 0..CASES {
+            let mut head = g.from(ADMIN_PIECES);
+            head.extend_from_slice(b"\r\n\r\n");
+            admin_request_head(&head);
+        }
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(http::MAX_HEAD + 10, b'a');
+        admin_request_head(&long);
+        admin_request_head(b"POST /servers HTTP/1.1\r\nContent-Length: 65537\r\n\r\n");
     }
 }

@@ -1,4 +1,4 @@
-//! The admin listener: a small HTTP/1.1 API (tiny_http) beside the client port.
+//! The admin listener: a small HTTP/1.1 API ([`http`]) beside the client port.
 //!
 //! - `POST /servers` with a JSON body `{"id", "host", "port", "processing_time"}` joins a
 //!   server that shares no servers file with the balancer (another machine, say).
@@ -10,17 +10,17 @@
 //! Changes need `Authorization: Bearer <token>` when the balancer has `--token-file`; without
 //! one, only loopback peers may make them.
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Request, Response};
-
+use crate::balancer::http::{self, Request, Response};
 use crate::balancer::{status, Balancer};
 use crate::servers_file::{self, ServerEntry};
 
-/// Largest request body accepted.
-const MAX_BODY: u64 = 64 * 1024;
+/// How long an admin request may take to arrive when `--request-timeout` is 0 (no limit for
+/// clients): the admin listener always has one, or a silent peer could hold a slot for ever.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An HTTP answer: status and JSON body.
 type Answer = (u16, serde_json::Value);
@@ -28,60 +28,55 @@ type Answer = (u16, serde_json::Value);
 /// The dashboard: one page, its CSS and script inline, no build step and no CDN.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Serves admin requests until the listener is unblocked.
-pub fn serve(lb: &Arc<Balancer>, http: &tiny_http::Server) {
-    for request in http.incoming_requests() {
-        handle(lb, request);
-    }
+/// Serves admin requests until the balancer stops (and a connection wakes the listener).
+pub fn serve(lb: &Arc<Balancer>, listener: TcpListener) {
+    let timeout = lb.config.request_timeout;
+    let deadline = if timeout.is_zero() {
+        DEFAULT_DEADLINE
+    } else {
+        timeout
+    };
+    let handler_lb = Arc::clone(lb);
+    http::serve(listener, deadline, &lb.stopping, move |request| {
+        handle(&handler_lb, request)
+    });
 }
 
-fn handle(lb: &Balancer, mut request: Request) {
-    let remote = request.remote_addr().copied();
-    let method = request.method().clone();
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    match (&method, path.as_str()) {
-        (Method::Get, "/") => {
-            return respond(request, 200, "text/html; charset=utf-8", DASHBOARD.into())
+fn handle(lb: &Balancer, mut request: Request) -> Response {
+    let remote = Some(request.remote);
+    let method = request.method.clone();
+    let path = request.path.clone();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/") => {
+            return Response {
+                code: 200,
+                content_type: "text/html; charset=utf-8",
+                body: DASHBOARD.into(),
+            }
         }
-        (Method::Get, "/metrics") => {
-            let text = status::metrics(lb);
-            return respond(
-                request,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text,
-            );
+        ("GET", "/metrics") => {
+            return Response {
+                code: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: status::metrics(lb),
+            }
         }
         _ => {}
     }
-    let (code, body) = match (&method, path.as_str()) {
-        (Method::Get, "/status") => (200, status::status(lb)),
-        (Method::Get, "/servers") => (200, serde_json::json!(list(lb))),
-        (Method::Post, "/servers") => {
+    let (code, body) = match (method.as_str(), path.as_str()) {
+        ("GET", "/status") => (200, status::status(lb)),
+        ("GET", "/servers") => (200, serde_json::json!(list(lb))),
+        ("POST", "/servers") => {
             authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))
         }
-        (Method::Delete, p) if p.starts_with("/servers/") => {
-            authorize(lb, &request, remote, "leave")
-                .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], &mut request))
-        }
+        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, &request, remote, "leave")
+            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], &mut request)),
         _ => (
             404,
             serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
         ),
     };
-    respond(request, code, "application/json", body.to_string());
-}
-
-fn respond(request: Request, code: u16, content_type: &str, body: String) {
-    let header = |name: &str, value: &str| {
-        Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-    };
-    let response = Response::from_string(body)
-        .with_status_code(code)
-        .with_header(header("Content-Type", content_type))
-        .with_header(header("Cache-Control", "no-store"));
-    // A peer that left before its answer is no concern of ours.
-    let _ = request.respond(response);
+    Response::json(code, &body)
 }
 
 /// `None` when the request may change the pool; otherwise the refusal, logged.
@@ -95,11 +90,7 @@ fn authorize(
     match &lb.config.token {
         Some(token) => {
             let expected = format!("Bearer {token}");
-            let given = request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .map(|h| h.value.as_str().trim());
+            let given = request.header("Authorization");
             if given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
                 return None;
             }
@@ -233,13 +224,9 @@ fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
     }
 }
 
-fn read_body(request: &mut Request) -> Result<String, std::io::Error> {
-    let mut body = String::new();
-    request
-        .as_reader()
-        .take(MAX_BODY)
-        .read_to_string(&mut body)?;
-    Ok(body)
+/// The body, read whole (and capped) by [`http`]; an error when it is not UTF-8.
+fn read_body(request: &mut Request) -> Result<String, std::string::FromUtf8Error> {
+    String::from_utf8(std::mem::take(&mut request.body))
 }
 
 fn list(lb: &Balancer) -> Vec<ServerEntry> {

@@ -1,7 +1,13 @@
 //! The balancer's accept loop: one thread per client, up to `--max-clients`, for clients whose
 //! address is in the `--allow` list.
+//!
+//! Running out of file descriptors is planned for: the loop keeps one spare, and when accept()
+//! fails for want of descriptors it closes the spare, accepts the waiting client, tells it
+//! `ERR busy` and closes it (HAProxy and nginx do the same), instead of leaving it in the
+//! backlog with no answer and the loop spinning on the same error.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,22 +24,56 @@ pub const CLIENT_STACK: usize = 128 * 1024;
 /// How long writing a refusal to a turned-away client may block the accept loop.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Accepts clients until the balancer stops.
+/// How long the loop rests after an accept that failed for another reason, so it never spins.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts clients until the balancer stops; then admits the clients already waiting in the
+/// backlog (they connected before Ctrl-C and get their replies) and closes the listener.
 pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
     log::info!("Serving clients from {}", lb.config.allow);
-    for stream in listener.incoming() {
-        if lb.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match stream {
-            Ok(stream) => admit(lb, stream),
+    let mut spare = File::open("/dev/null").ok();
+    while !lb.stopping.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => admit(lb, stream),
+            Err(e) if out_of_descriptors(&e) => {
+                drop(spare.take());
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        log::warn!("out of file descriptors ({e}): turned a client away");
+                        turn_away(
+                            stream,
+                            &Error::Busy("the load balancer is overloaded; try again later".into()),
+                        );
+                    }
+                    Err(_) => std::thread::sleep(ACCEPT_PAUSE),
+                }
+                spare = File::open("/dev/null").ok();
+                if spare.is_none() {
+                    // Every descriptor is taken again: let some clients leave first.
+                    std::thread::sleep(ACCEPT_PAUSE);
+                }
+            }
             Err(e) => {
                 log::warn!("accept failed: {e}");
-                // Out of file descriptors, say: back off instead of spinning.
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(ACCEPT_PAUSE);
             }
         }
     }
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    // Until WouldBlock: the backlog is empty (or accept fails, and the rest are let go).
+    while let Ok((stream, _)) = listener.accept() {
+        if stream.set_nonblocking(false).is_ok() {
+            admit(lb, stream);
+        }
+    }
+}
+
+/// Whether accept() failed because this process or the system has no descriptor left.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// Starts a session thread for a client, or turns it away (`ERR forbidden` when its address

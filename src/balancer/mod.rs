@@ -4,12 +4,13 @@
 //! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
 //! requests: the client side and the backend side of each), [`backend`] (servers and the
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
-//! reconnecting to servers that went down), [`admin`] (the HTTP admin listener: joins, the
-//! dashboard), [`stats`] and [`status`] (what is counted, and how it is shown). The idle
+//! reconnecting to servers that went down), [`admin`] (the admin listener: joins, the
+//! dashboard) over [`http`] (a small HTTP/1.1 server with limits), [`stats`] and [`status`] (what is counted, and how it is shown). The idle
 //! queue is [`crate::idle_queue`].
 
 pub mod admin;
 pub mod backend;
+pub mod http;
 pub mod listener;
 pub mod membership;
 pub mod session;
@@ -21,12 +22,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::cidr::AllowList;
+use crate::gauge;
 use crate::idle_queue::IdleQueue;
 use crate::policy;
 use crate::servers_file::ServerEntry;
@@ -51,7 +54,7 @@ pub struct BalancerConfig {
     pub retries: u32,
     /// Most clients connected at once.
     pub max_clients: usize,
-    /// How long Ctrl-C waits for requests in flight.
+    /// How long Ctrl-C waits for connected clients to get their replies and leave.
     pub grace: Duration,
     /// Address of the admin listener (HTTP).
     pub admin_host: String,
@@ -95,6 +98,10 @@ impl Default for BalancerConfig {
 /// How long start-up waits for the servers already listed to be connected.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
+/// Descriptors kept for everything but clients: standard streams, the two listeners, the
+/// accept loop's spare, the servers file, servers being probed, and admin connections.
+const OTHER_DESCRIPTORS: u64 = 32 + http::MAX_CONNECTIONS as u64;
+
 /// State shared by every thread of a running balancer.
 pub struct Balancer {
     /// Settings.
@@ -115,12 +122,14 @@ pub struct Balancer {
     pub stats: stats::Stats,
 }
 
-/// Runs the balancer until a message arrives on `shutdown`; then stops accepting, lets the
-/// requests in flight finish (up to the grace period) and returns.
+/// Runs the balancer until a message arrives on `shutdown`; then stops accepting (answering
+/// the clients already in the backlog), lets the clients connected get their replies and
+/// leave (up to the grace period) and returns.
 ///
 /// # Errors
 /// A message saying what failed at start (unknown policy, port in use, bad servers file).
-pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
+pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
+    config.max_clients = fit_descriptors(config.max_clients);
     let policy = policy::by_name(&config.algorithm).ok_or_else(|| {
         format!(
             "unknown algorithm {:?}; choose one of: {}",
@@ -136,17 +145,13 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin =
-        tiny_http::Server::http((config.admin_host.as_str(), config.admin_port)).map_err(|e| {
+        TcpListener::bind((config.admin_host.as_str(), config.admin_port)).map_err(|e| {
             format!(
                 "cannot start the admin listener on {}:{}: {e} (--admin-port 0 picks a free port)",
                 config.admin_host, config.admin_port
             )
         })?;
-    let admin = Arc::new(admin);
-    let admin_addr = admin
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| "?".to_string(), |a| a.to_string());
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
     let lb = Arc::new(Balancer {
         config,
         queue: IdleQueue::new(policy),
@@ -179,49 +184,85 @@ pub fn run(config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String>
     }
     // Give the servers already listed a moment to be connected (and probed), so the first
     // clients find them; a slow or dead one joins later in the background.
-    let deadline = Instant::now() + STARTUP_WAIT;
+    // Clients that connect meanwhile wait in the listen backlog.
     let expected = listed.len().min(lb.config.max_servers);
-    while lb.queue.counts().1 < expected && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    lb.queue.wait_for_members(expected, STARTUP_WAIT);
     // Tests and scripts read these two lines to learn the ports.
     println!("loadbalancer listening on {addr}");
     println!("admin listening on {admin_addr}");
 
     let accepting = Arc::clone(&lb);
-    spawn("accept", move || {
+    let accept = spawn("accept", move || {
         listener::accept_loop(&accepting, listener)
     })?;
-    let (admin_lb, admin_http) = (Arc::clone(&lb), Arc::clone(&admin));
-    spawn("admin", move || admin::serve(&admin_lb, &admin_http))?;
+    let admin_lb = Arc::clone(&lb);
+    let admin = spawn("admin", move || admin::serve(&admin_lb, admin))?;
 
     let _ = shutdown.recv();
-    admin.unblock();
-    shut_down(&lb, addr);
+    shut_down(&lb, [(accept, addr), (admin, admin_addr)]);
     Ok(())
 }
 
-fn shut_down(lb: &Balancer, addr: SocketAddr) {
-    log::info!("Shutting down: no new clients; finishing requests in flight");
+/// Stops both listeners (the client one takes in the clients already in its backlog first),
+/// then waits up to the grace period for every client to get its reply and leave.
+fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
+    log::info!("Shutting down: no new clients; answering the clients connected");
     lb.stopping.store(true, Ordering::SeqCst);
-    // Wake the accept loop, blocked in accept(), so it sees `stopping`.
-    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-    let deadline = Instant::now() + lb.config.grace;
-    while lb.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    for (thread, addr) in listeners {
+        // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
+        // connect with, it cannot be woken: leave it, rather than wait for it for ever.
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            let _ = thread.join();
+        }
     }
-    let left = lb.in_flight.load(Ordering::SeqCst);
-    if left > 0 {
-        log::warn!("grace period over with {left} request(s) still in flight");
+    // A session ends after the request in hand once `stopping` is set; idle clients are
+    // waited for, so one that sends a request now still gets its reply.
+    if !gauge::wait_for_zero(&lb.clients, Instant::now() + lb.config.grace) {
+        log::warn!(
+            "grace period over with {} client(s) still connected, {} request(s) in flight",
+            lb.clients.load(Ordering::SeqCst),
+            lb.in_flight.load(Ordering::SeqCst)
+        );
     }
     lb.queue.stop();
     log::info!("Load balancer stopped");
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+/// Raises the soft limit on open descriptors to the hard limit (as HAProxy does), and lowers
+/// `max_clients` when it still does not fit: each client needs its own socket and, during a
+/// request, one to its server.
+fn fit_descriptors(max_clients: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let soft = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        limit.maximum
+    } else {
+        limit.current
+    };
+    // `None` is no limit at all.
+    let Some(soft) = soft else {
+        return max_clients;
+    };
+    let fits = usize::try_from(soft.saturating_sub(OTHER_DESCRIPTORS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if max_clients <= fits {
+        return max_clients;
+    }
+    log::warn!(
+        "--max-clients lowered from {max_clients} to {fits}: only {soft} file descriptors may be open (ulimit -n; hard limit {})",
+        limit.maximum.map_or_else(|| "none".to_string(), |m| m.to_string())
+    );
+    fits
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map(|_| ())
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }

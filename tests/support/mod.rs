@@ -646,3 +646,4 @@ pub fn http(
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
 }
+pub mod hostile;

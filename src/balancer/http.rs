@@ -1,0 +1,316 @@
+//! A small HTTP/1.1 server for the admin listener, written out so that every limit is in sight:
+//! at most [`MAX_CONNECTIONS`] connections at once, each on its own small-stack thread; the
+//! whole request, head and body, must arrive before a deadline; the head is at most
+//! [`MAX_HEAD`] bytes and the body at most [`MAX_BODY`]; one request per connection
+//! (`Connection: close`). A failed accept (out of descriptors, say) pauses the loop; nothing a
+//! peer does ends it.
+//!
+//! It replaces tiny_http, with which one peer that never sent its body froze every admin
+//! request, and running out of descriptors killed the accept thread for good.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::gauge::Held;
+use crate::protocol::{self, Line};
+
+/// Most admin connections served at once; more are answered `503` and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Most bytes in a request's head (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most bytes in a request's body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Stack of a connection thread: the handlers keep their data on the heap.
+const STACK: usize = 256 * 1024;
+/// How long the accept loop rests after a failed accept, so it never spins.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long a connection being closed waits for its peer to finish, so unread bytes do not
+/// turn the close into a reset that destroys the answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// One request, read whole.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// Who sent it.
+    pub remote: SocketAddr,
+    /// The body (at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The value of header `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: status, content type and body.
+#[derive(Debug)]
+pub struct Response {
+    /// The HTTP status code.
+    pub code: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Response {
+    /// A JSON answer.
+    pub fn json(code: u16, body: &serde_json::Value) -> Response {
+        Response {
+            code,
+            content_type: "application/json",
+            body: body.to_string(),
+        }
+    }
+
+    fn error(code: u16, message: &str) -> Response {
+        Response::json(code, &serde_json::json!({ "error": message }))
+    }
+}
+
+/// Serves `listener` until `stop` is set and a connection wakes the loop. Each request must
+/// arrive whole within `deadline` of its connection; `handle` answers it.
+pub fn serve(
+    listener: TcpListener,
+    deadline: Duration,
+    stop: &AtomicBool,
+    handle: impl Fn(Request) -> Response + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    // Connections being served now; each thread holds one unit.
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("admin listener: accept failed: {e}; pausing");
+                std::thread::sleep(ACCEPT_PAUSE);
+                continue;
+            }
+        };
+        // Counted here, in the accept thread, so that no burst slips past the limit.
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("admin listener: {MAX_CONNECTIONS} connections already; refused one");
+            // A fresh connection's send buffer is empty: this short write does not block.
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = write_response(&stream, &Response::error(503, "too many admin connections"));
+            continue;
+        }
+        let (held, handle) = (Arc::clone(&active), Arc::clone(&handle));
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .stack_size(STACK)
+            .spawn(move || {
+                let _held = Held::adopt(&held);
+                connection(stream, Instant::now() + deadline, &*handle);
+            });
+        if let Err(e) = spawned {
+            // The closure, and the unit it would have adopted, never ran.
+            active.fetch_sub(1, Ordering::SeqCst);
+            log::error!("admin listener: cannot start a thread: {e}");
+        }
+    }
+}
+
+/// Reads one request, answers it, and closes.
+fn connection(stream: TcpStream, deadline: Instant, handle: &dyn Fn(Request) -> Response) {
+    let response = match read_request(&stream, deadline) {
+        Ok(request) => handle(request),
+        Err(refusal) => refusal,
+    };
+    let _ = stream.set_write_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1)),
+    ));
+    if write_response(&stream, &response).is_ok() {
+        linger(&stream);
+    }
+}
+
+/// The peer's socket, read against one deadline for the whole request.
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let mut stream = self.stream;
+        stream.set_read_timeout(Some(left))?;
+        stream.read(buf)
+    }
+}
+
+/// Reads a request's head and body, or says why not as the answer to send.
+fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Response> {
+    let remote = stream
+        .peer_addr()
+        .map_err(|_| Response::error(400, "no peer address"))?;
+    let gone = |_: io::Error| {
+        if Instant::now() >= deadline {
+            Response::error(408, "the request did not arrive in time")
+        } else {
+            Response::error(400, "the request ended early")
+        }
+    };
+    let mut reader = BufReader::with_capacity(4096, Timed { stream, deadline });
+    let (mut request, length) = read_head(&mut reader, remote).map_err(gone)??;
+    if length > 0
+        && request
+            .header("Expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        let mut interim = stream;
+        interim
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(gone)?;
+    }
+    request.body = vec![0; length];
+    reader.read_exact(&mut request.body).map_err(gone)?;
+    Ok(request)
+}
+
+/// Reads a request's head (at most [`MAX_HEAD`] bytes) from `reader`: the request without its
+/// body, and the length of the body to read next (at most [`MAX_BODY`]); or the answer that
+/// refuses it.
+///
+/// # Errors
+/// The error from reading.
+pub fn read_head(
+    reader: &mut impl BufRead,
+    remote: SocketAddr,
+) -> io::Result<Result<(Request, usize), Response>> {
+    let mut lines = Vec::new();
+    let mut budget = MAX_HEAD;
+    loop {
+        let mut line = Vec::new();
+        match protocol::read_line(reader, &mut line, budget)? {
+            Line::Complete => {}
+            Line::TooLong => return Ok(Err(Response::error(431, "the request head is too large"))),
+            Line::Eof | Line::Truncated => {
+                return Ok(Err(Response::error(400, "incomplete request")))
+            }
+        }
+        budget = budget.saturating_sub(line.len() + 1);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            break;
+        }
+        match String::from_utf8(line) {
+            Ok(line) => lines.push(line),
+            Err(_) => return Ok(Err(Response::error(400, "the head is not UTF-8"))),
+        }
+    }
+    Ok(parse_head(&lines, remote))
+}
+
+fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), Response> {
+    let first = lines.first().map_or("", String::as_str);
+    // Printable ASCII only: a stray `\r` or other control byte is no part of a method or path.
+    if !first.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(Response::error(400, "bad request line"));
+    }
+    let mut parts = first.split(' ');
+    let (Some(method), Some(target), Some(_version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Response::error(400, "bad request line"));
+    };
+    let mut request = Request {
+        method: method.to_string(),
+        path: target.split('?').next().unwrap_or("").to_string(),
+        remote,
+        body: Vec::new(),
+        headers: Vec::new(),
+    };
+    for header in &lines[1..] {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| Response::error(400, "bad header"))?;
+        request
+            .headers
+            .push((name.trim().to_string(), value.trim().to_string()));
+    }
+    if request.header("Transfer-Encoding").is_some() {
+        return Err(Response::error(411, "send the body with a Content-Length"));
+    }
+    let length = match request.header("Content-Length") {
+        None => 0,
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| Response::error(400, "bad Content-Length"))?,
+    };
+    if length > MAX_BODY {
+        return Err(Response::error(413, "the body is over 64 KiB"));
+    }
+    Ok((request, length))
+}
+
+fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()> {
+    let reason = match response.code {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
+        response.code,
+        response.content_type,
+        response.body.len(),
+        response.body
+    )?;
+    stream.flush()
+}
+
+/// Stops sending, then reads and discards what the peer still sends, for a moment.
+fn linger(mut stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_BODY {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
+}
