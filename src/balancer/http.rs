@@ -92,6 +92,8 @@ pub fn serve(
     let handle = Arc::new(handle);
     // Connections being served now; each thread holds one unit.
     let active = Arc::new(AtomicUsize::new(0));
+    // Whether the last accept failed: a run of failures is logged once, not ten times a second.
+    let mut failing = false;
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -99,11 +101,15 @@ pub fn serve(
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                log::warn!("admin listener: accept failed: {e}; pausing");
+                if !failing {
+                    log::warn!("admin listener: accept failed: {e}; retrying every 100 ms");
+                }
+                failing = true;
                 std::thread::sleep(ACCEPT_PAUSE);
                 continue;
             }
         };
+        failing = false;
         // Counted here, in the accept thread, so that no burst slips past the limit.
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
