@@ -2,7 +2,7 @@
 //! reply back (the backend side), repeat until the client leaves.
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
     // progress for the request timeout fails, and the relay drains the server's reply.
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
     stream.set_write_timeout(limits.request)?;
+    let from = stream.peer_addr().ok();
     let mut reader = RequestReader::new(stream.try_clone()?, limits, CLIENT_BUFFER);
     let mut client = stream;
     let mut line = Vec::new();
@@ -55,7 +56,7 @@ fn serve(lb: &Balancer, stream: TcpStream, peer: &str) -> io::Result<()> {
         match Request::parse(&line) {
             Ok(request) => {
                 log::info!("req {id} from {peer}: {}", request.line());
-                handle(lb, id, &request, &mut line, &mut header, &mut client)?;
+                handle(lb, id, from, &request, &mut line, &mut header, &mut client)?;
             }
             Err(e) => {
                 log::info!("req {id} from {peer}: refused: {e}");
@@ -91,9 +92,11 @@ enum RelayError {
 ///
 /// # Errors
 /// Only errors that end the client's connection.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     lb: &Balancer,
     id: u64,
+    from: Option<SocketAddr>,
     request: &Request,
     line: &mut Vec<u8>,
     header: &mut Vec<u8>,
@@ -107,6 +110,7 @@ fn handle(
             Ok(lease) => lease,
             Err(why) => return refuse(lb, id, why, started, client),
         };
+        let taken = Instant::now();
         let server = lease.id();
         let may_write = matches!(request, Request::Query(_)) && lease.item().backend.writable;
         if may_write && lease.item().is_stale() {
@@ -123,7 +127,7 @@ fn handle(
             let why = stats::explain(lb.queue.policy(), &chosen, &decision);
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        lb.stats.record_choice(id, chosen, decision);
+        lb.stats.record_choice(id, taken, chosen, decision);
         let stats = Arc::clone(&lease.item().stats);
         stats.busy.store(true, Ordering::Relaxed);
         let relayed = relay(lease.item(), line, header, client);
@@ -134,16 +138,20 @@ fn handle(
                 bytes,
                 service,
             }) => {
+                // Before the server is released, so its next request starts after this one ended.
+                let latency = started.elapsed();
                 lease.record_service(service);
                 lease.release();
-                let latency = started.elapsed();
                 let error = match &reply {
                     ReplyHeader::Err(e) => Some(e),
                     ReplyHeader::Ok { .. } => None,
                 };
                 lb.stats
-                    .record_server_reply(&stats, service, latency, bytes, error.is_none());
+                    .record_server_reply(&stats, service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
+                let ended = started + latency;
+                lb.stats
+                    .record_span(id, from, server, started, taken, ended, error.is_none());
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
                     error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),
