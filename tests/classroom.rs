@@ -91,3 +91,58 @@ fn a_balancer_started_from_the_wrong_folder_says_so() {
         .log_text()
         .contains("run from the project folder, or pass --servers-file"));
 }
+
+#[test]
+fn client_bench_says_what_is_wrong_and_exits_2_when_it_could_not_run() {
+    let dir = TestDir::new(false);
+    // No balancer: nothing was measured, so no report of zeros, and the "could not run" code.
+    for json in [false, true] {
+        let mut args = vec![
+            "bench",
+            "--lb",
+            "127.0.0.1:1",
+            "--clients",
+            "3",
+            "--requests",
+            "3",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let (code, out, err) = run_client(&dir.path, &args, "");
+        assert_eq!(code, 2, "{out}{err}");
+        assert_eq!(out, "", "no report: {out}");
+        assert!(
+            err.contains("cannot reach the load balancer at 127.0.0.1:1")
+                && err.contains("is it running?"),
+            "{err}"
+        );
+    }
+    // With no arguments it names both ways to say how long to run.
+    let (code, _, err) = run_client(&dir.path, &["bench"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--requests") && err.contains("--duration"),
+        "{err}"
+    );
+    // One default shown for --mix.
+    let (_, help, _) = run_client(&dir.path, &["bench", "--help"], "");
+    let mix = help.lines().find(|l| l.contains("--mix")).unwrap();
+    assert_eq!(mix.matches("default").count(), 1, "{mix}");
+}
+
+#[test]
+fn a_typo_in_lb_is_named_as_a_typo() {
+    let dir = TestDir::new(false);
+    let (code, out, err) = run_client(&dir.path, &["1", "--lb", "nonsense", "SELECT 1"], "");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--lb nonsense: not a host:port address"),
+        "{err}"
+    );
+    assert!(!err.contains("is it running"), "{err}");
+    // A balancer that is down is still called that.
+    let (code, _, err) = run_client(&dir.path, &["1", "--lb", "127.0.0.1:1", "SELECT 1"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("is it running?"), "{err}");
+}
