@@ -20,7 +20,14 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Accepts clients until the balancer stops.
 pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
-    log::info!("Serving clients from {}", lb.config.allow);
+    // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
+    let on = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    log::info!(
+        "Accepting clients on {on} from {} (--allow)",
+        lb.config.allow
+    );
     for stream in listener.incoming() {
         if lb.stopping.load(Ordering::SeqCst) {
             break;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use crate::balancer::stats::{is_client_error, TIMELINE_WINDOW};
+use crate::balancer::stats::{is_client_error, TIMELINE_CAP, TIMELINE_WINDOW};
 use crate::balancer::Balancer;
 use crate::error::Error;
 use crate::idle_queue::Membership;
@@ -82,6 +82,7 @@ pub fn status(lb: &Balancer) -> Value {
         "decisions": lb.stats.decisions(lb.queue.policy()),
         "timeline": {
             "window_seconds": TIMELINE_WINDOW.as_secs_f64(),
+            "cap": TIMELINE_CAP,
             "requests": lb.stats.timeline(),
         },
     })
