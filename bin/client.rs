@@ -49,18 +49,15 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("stop").required(true).args(["requests", "duration"])))]
 struct BenchArgs {
     /// Client threads, each with its own connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     clients: u32,
-    /// Requests in all, shared evenly among the clients.
-    #[arg(
-        long,
-        conflicts_with = "duration",
-        required_unless_present = "duration"
-    )]
+    /// Requests in all, shared evenly among the clients (or give --duration).
+    #[arg(long)]
     requests: Option<u64>,
-    /// Seconds to run (e.g. 10 or 0.5).
+    /// Seconds to run, e.g. 10 or 0.5 (or give --requests).
     #[arg(long, value_parser = minilb::cli::parse_seconds)]
     duration: Option<Duration>,
     /// The query each request sends (or any request line, e.g. `file big.bin`).
@@ -69,7 +66,7 @@ struct BenchArgs {
     /// The file that the file share of --mix downloads.
     #[arg(long, default_value = "hello.txt")]
     file: String,
-    /// Query requests for file requests, e.g. 3:1 (default: queries only).
+    /// Query requests for file requests, e.g. 3:1; 1:0 sends queries only.
     #[arg(long, default_value = "1:0", value_parser = Mix::parse)]
     mix: Mix,
     /// A new connection for every request, like the original's client.

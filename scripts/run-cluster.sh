@@ -17,10 +17,10 @@ for p in "$LB_PORT" 5071 5072 5073 "${ADMIN_PORT:-5080}"; do
   fi
 done
 
-echo "Building (release)..."
-cargo build --release --quiet
+echo "Building (release; the first build takes a few minutes)..."
+cargo build --release
 BIN=target/release
-mkdir -p "$LOGS"
+mkdir -p "$LOGS" downloads
 saved=$(mktemp)
 cp data/servers.json "$saved" 2>/dev/null || echo "[]" > "$saved"
 
@@ -34,7 +34,9 @@ stop() {
   cp "$saved" data/servers.json && rm -f "$saved"
   echo "Stopped. data/servers.json is as it was."
 }
-trap stop INT TERM EXIT
+# Ctrl-C is how the demo ends: a clean stop exits 0, so make does not report an error.
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 for s in "${SERVERS[@]}"; do
   set -- $s
@@ -64,9 +66,9 @@ minilb cluster running:
 
 Try, from another terminal in this folder:
   target/release/client 1 'SELECT * FROM COLORS LIMIT 3;'
-  target/release/client 1 file palette.png
+  target/release/client 1 --download-dir downloads file palette.png
   target/release/client 1                       (interactive; 'quit' to leave)
-  printf 'SELECT Name FROM COLORS LIMIT 2\n' | nc -q1 127.0.0.1 $LB_PORT
+  printf 'SELECT Name FROM COLORS LIMIT 2\n' | nc -N 127.0.0.1 $LB_PORT     (nc: apt-get install netcat-openbsd)
 
 Ctrl-C stops everything.
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make test-browser: the dashboard in headless Chromium while a cluster is under load. Checks
-# that every server appears on the page and that its counter rises; saves a screenshot.
+# that every server appears on the page, that its counter rises, and that the timeline draws
+# bars in every server's lane; saves a screenshot.
 # Skips (exit 0) with a message when Chromium is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,8 @@ echo '[]' > "$work/data/servers.json"
 cd "$work"
 alive() { for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "test-browser: FAIL: a process died; logs:"; tail -n 5 "$work"/*.log; exit 1; }; done; }
 
-for s in "1 0.01" "2 0.02" "3 0.05"; do
+# Servers slow enough for the timeline's bars to be seen (like the demo's, four times faster).
+for s in "1 0.125" "2 0.25" "3 0.5"; do
   set -- $s
   "$BIN/server" "$1" 0 "$2" >/dev/null 2>"server-$1.log" &
   pids+=($!)
@@ -53,22 +55,22 @@ for _ in $(seq 1 600); do
   alive; sleep 0.1
 done
 
-# Load: four clients asking in a loop, bounded in count and time.
-for c in 1 2 3 4; do
-  (
-    end=$((SECONDS + 60))
-    for i in $(seq 1 3000); do
-      [ $SECONDS -ge $end ] && break
-      "$BIN/client" "$c" --lb "$lb" "SELECT $i AS n" >/dev/null 2>&1 || true
-    done
-  ) &
-  pids+=($!)
+# Load: five clients on persistent connections (one colour each on the timeline), more than
+# the servers, so every server is kept busy and some requests wait in line.
+"$BIN/client" bench --lb "$lb" --clients 5 --duration 60 >bench.out 2>&1 &
+pids+=($!)
+for _ in $(seq 1 600); do
+  [ "$(grep -c 'reply sent' lb.log)" -ge 20 ] && break
+  alive; sleep 0.1
 done
 
 chrome() {
   "$CHROME" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --user-data-dir="$work/profile-$RANDOM" --window-size=1500,1100 "$@" 2>/dev/null
+}
+bars() { # how many timeline bars server $2 has on dumped page $1
+  grep -o "class=\"bar\" data-server=\"$2\"" "$1" | wc -l
 }
 counts() { # server-id=requests pairs from a dumped page
   python3 -c '
@@ -85,6 +87,7 @@ first=$(counts < first.html)
 second=$(counts < second.html)
 echo "first look:  $(echo $first)"
 echo "second look: $(echo $second)"
+echo "timeline bars: server 1: $(bars second.html 1), server 2: $(bars second.html 2), server 3: $(bars second.html 3)"
 
 fail=0
 for id in 1 2 3; do
@@ -97,11 +100,14 @@ for id in 1 2 3; do
   fi
 done
 # The fastest server takes most requests, so its counter must rise; slower ones may idle.
+for id in 1 2 3; do
+  [ "$(bars second.html $id)" -ge 1 ] || { echo "test-browser: FAIL: no bar in server $id's lane of the timeline"; fail=1; }
+done
 cd - >/dev/null
 chrome --virtual-time-budget=2500 --screenshot="$PWD/$SHOT" "http://$admin/" >/dev/null
 [ -s "$SHOT" ] || { echo "test-browser: FAIL: no screenshot"; fail=1; }
 if [ "$fail" = 0 ]; then
-  echo "test-browser: 1 passed, 0 failed (every server on the page, counters rising; screenshot in $SHOT)"
+  echo "test-browser: 1 passed, 0 failed (every server on the page, counters rising, bars on the timeline; screenshot in $SHOT)"
 else
   echo "test-browser: 0 passed, 1 failed"
   exit 1

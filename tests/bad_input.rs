@@ -342,15 +342,12 @@ fn only_allowed_networks_are_served() {
     }
     assert_eq!(thread_count(closed.pid()), threads);
     let log = closed.log_text();
-    assert!(
-        log.contains("Serving clients from 10.0.0.0/8, ::1/128"),
-        "{log}"
-    );
+    assert!(log.contains("from 10.0.0.0/8, ::1/128 (--allow)"), "{log}");
     assert!(log.contains("refused 127.0.0.1:"), "{log}");
     assert!(log.contains("not in the --allow list"), "{log}");
     assert!(open
         .log_text()
-        .contains("Serving clients from 10.0.0.0/8, 127.0.0.0/8"));
+        .contains("from 10.0.0.0/8, 127.0.0.0/8 (--allow)"));
 
     // A network that is not one is refused at start, with a hint.
     let out = Command::new(env!("CARGO_BIN_EXE_loadbalancer"))

@@ -224,3 +224,76 @@ fn a_server_whose_declaration_is_wrong_is_flagged_and_measured_ranks_it_right() 
     assert_eq!(liar["declaration_off"], true);
     assert_eq!(s["servers"][1]["declaration_off"], false, "{s}");
 }
+
+#[test]
+fn the_timeline_shows_each_request_on_its_server_with_its_wait() {
+    let dir = TestDir::new(false);
+    let _s1 = start_server(&dir, 1, 0.02, &[]);
+    let _s2 = start_server(&dir, 2, 0.05, &[]);
+    let lb = start_balancer(&dir, 2, &[]);
+    let bystander = Bystander::start(lb.addr);
+    // Four clients on two servers: some requests must wait in line.
+    let load = Load::start(lb.addr, 4);
+    wait_until(PATIENCE, || load.answered() >= 40);
+    let mut typo = Wire::connect(lb.addr);
+    assert_eq!(typo.request("SELEC 1").code(), Some("sql"));
+
+    let s = status(&lb);
+    assert_eq!(s["timeline"]["window_seconds"], 60.0);
+    let spans = s["timeline"]["requests"].as_array().unwrap().clone();
+    assert!(spans.len() >= 40, "{}", spans.len());
+    let mut waited = 0;
+    for (server, declared) in [(1, 0.02), (2, 0.05)] {
+        let mut mine: Vec<_> = spans.iter().filter(|r| r["server"] == server).collect();
+        mine.sort_by(|a, b| {
+            a["taken"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["taken"].as_f64().unwrap())
+        });
+        assert!(!mine.is_empty(), "server {server} has no bar: {spans:?}");
+        let mut previous_end = 0.0;
+        for r in mine {
+            let time = |k: &str| r[k].as_f64().unwrap();
+            let (arrived, taken, ended) = (time("arrived"), time("taken"), time("ended"));
+            assert!(arrived <= taken && taken <= ended, "{r}");
+            assert!(
+                ended - taken >= declared - 0.002,
+                "a bar as long as the work: {r}"
+            );
+            // One request at a time per server: its bars never overlap.
+            assert!(
+                taken >= previous_end - 0.002,
+                "overlapping bars on server {server}: {r}"
+            );
+            previous_end = ended;
+            if taken - arrived > 0.005 {
+                waited += 1;
+            }
+            let client = r["client"].as_str().unwrap();
+            assert!(client.starts_with("127.0.0.1:"), "{r}");
+            assert!(r["request"].as_u64().unwrap() > 0);
+        }
+    }
+    assert!(waited > 0, "no request waited in line: {spans:?}");
+    let failed: Vec<_> = spans.iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the typo's bar shows a failed reply: {failed:?}"
+    );
+
+    // The typo is the user's mistake, not the server's.
+    let servers = s["servers"].as_array().unwrap();
+    let client_errors: u64 = servers
+        .iter()
+        .map(|v| v["client_errors"].as_u64().unwrap())
+        .sum();
+    let server_errors: u64 = servers.iter().map(|v| v["errors"].as_u64().unwrap()).sum();
+    assert_eq!((client_errors, server_errors), (1, 0), "{servers:?}");
+    assert_eq!(s["totals"]["client_errors"], 1);
+    assert_eq!(s["totals"]["server_errors"], 0);
+    let report = load.stop();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    bystander.finish();
+}

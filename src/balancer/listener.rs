@@ -30,7 +30,14 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// Accepts clients until the balancer stops; then admits the clients already waiting in the
 /// backlog (they connected before Ctrl-C and get their replies) and closes the listener.
 pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
-    log::info!("Serving clients from {}", lb.config.allow);
+    // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
+    let on = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    log::info!(
+        "Accepting clients on {on} from {} (--allow)",
+        lb.config.allow
+    );
     let mut spare = File::open("/dev/null").ok();
     while !lb.stopping.load(Ordering::SeqCst) {
         match listener.accept() {

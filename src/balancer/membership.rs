@@ -91,6 +91,8 @@ pub struct Watcher {
     attempts: Sender<Attempt>,
     /// Carries the outcomes of attempts back.
     outcomes: Receiver<Outcome>,
+    /// Servers draining, to say once when each has left.
+    draining: HashSet<u32>,
 }
 
 impl Watcher {
@@ -129,6 +131,7 @@ impl Watcher {
             left_out: 0,
             attempts,
             outcomes,
+            draining: HashSet::new(),
         })
     }
 
@@ -161,19 +164,29 @@ impl Watcher {
             }
         }
         let listed = self.listed();
-        let queue = &self.lb.queue;
+        let lb = Arc::clone(&self.lb);
+        let queue = &lb.queue;
         // Servers gone from the list, or listed again with other settings: drain them.
-        let stats = &self.lb.stats;
+        let stats = &lb.stats;
+        self.draining.retain(|id| {
+            let left = queue.membership(*id).is_none();
+            if left {
+                log::info!("server {id} removed: its last request is done");
+            }
+            !left
+        });
+        let mut gone = Vec::new();
         self.known.retain(|id, known| {
             if listed.get(id) == Some(&*known.backend) {
                 return true;
             }
             stats.forget(*id);
-            if queue.retire(*id) {
-                log::info!("server {id} left the list: draining (its request in flight completes)");
-            }
+            gone.push(*id);
             false
         });
+        for id in gone {
+            self.retire(id);
+        }
         for (id, backend) in listed {
             let known = self.known.entry(id).or_insert_with(|| {
                 let backend = Arc::new(backend);
@@ -213,10 +226,25 @@ impl Watcher {
             }
         }
         // A reconnector may have added its server just as the server left the list.
-        for (id, _) in queue.snapshot().members {
-            if !self.known.contains_key(&id) && queue.retire(id) {
-                log::info!("server {id} is no longer listed: draining");
+        for (id, state) in queue.snapshot().members {
+            if state == InPool::Active && !self.known.contains_key(&id) {
+                self.retire(id);
             }
+        }
+    }
+
+    /// Takes server `id` out of rotation, saying so once: removed at once if idle, else
+    /// draining until its request in flight completes (then `poll` says it was removed).
+    fn retire(&mut self, id: u32) {
+        let queue = &self.lb.queue;
+        if !queue.retire(id) {
+            return;
+        }
+        if queue.membership(id).is_some() {
+            log::info!("server {id} left the list: draining (its request in flight completes)");
+            self.draining.insert(id);
+        } else {
+            log::info!("server {id} left the list: removed");
         }
     }
 

@@ -137,6 +137,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
             policy::NAMES.join(", ")
         )
     })?;
+    check_servers_file(&config.servers_file)?;
     let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
         format!(
             "cannot listen on {}:{}: {e} (is another balancer running? --port 0 picks a free port)",
@@ -265,4 +266,27 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .name(name.into())
         .spawn(f)
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
+/// A servers file that is missing reads as no servers; one whose folder is missing means the
+/// balancer was started from the wrong folder (or given a typo), which would otherwise go
+/// unnoticed until every client gets `ERR unavailable`.
+fn check_servers_file(path: &std::path::Path) -> Result<(), String> {
+    const HINT: &str = "run from the project folder, or pass --servers-file";
+    if path.exists() {
+        return Ok(());
+    }
+    match path.parent() {
+        Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {
+            log::warn!(
+                "servers file {} does not exist ({HINT}); servers that start create it",
+                path.display()
+            );
+            Ok(())
+        }
+        _ => Err(format!(
+            "servers file {}: its folder does not exist ({HINT})",
+            path.display()
+        )),
+    }
 }

@@ -2,7 +2,7 @@
 //! reply back (the backend side), repeat until the client leaves.
 
 use std::io::{self, BufRead, IoSlice, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +71,7 @@ fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
     // request timeout fails, and the relay drains the server's reply.
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
     stream.set_write_timeout(limits.request)?;
+    let from = stream.peer_addr().ok();
     let mut reader = RequestReader::new(stream.try_clone()?, limits, CLIENT_BUFFER);
     let mut client = Client {
         stream,
@@ -92,7 +93,7 @@ fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
         match Request::parse(&line) {
             Ok(request) => {
                 log::info!("req {id} from {peer}: {}", request.line());
-                handle(lb, id, &request, &mut line, &mut header, &mut client)?;
+                handle(lb, id, from, &request, &mut line, &mut header, &mut client)?;
             }
             Err(e) => {
                 log::info!("req {id} from {peer}: refused: {e}");
@@ -129,9 +130,11 @@ enum RelayError {
 ///
 /// # Errors
 /// Only errors that end the client's connection.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     lb: &Arc<Balancer>,
     id: u64,
+    from: Option<SocketAddr>,
     request: &Request,
     line: &mut Vec<u8>,
     header: &mut Vec<u8>,
@@ -150,6 +153,7 @@ fn handle(
             Ok(lease) => lease,
             Err(why) => return refuse(lb, id, why, started, client),
         };
+        let taken = Instant::now();
         let server = lease.id();
         // Bytes that came while the connection was idle would be read as this request's
         // reply, and a closed connection would lose a write: look first (one system call).
@@ -166,7 +170,7 @@ fn handle(
             let why = stats::explain(lb.queue.policy(), &chosen, &decision);
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        lb.stats.record_choice(id, chosen, decision);
+        lb.stats.record_choice(id, taken, chosen, decision);
         let stats = Arc::clone(&lease.item().stats);
         stats.busy.store(true, Ordering::Relaxed);
         let relayed = relay(lease.item(), line, header, client);
@@ -177,15 +181,19 @@ fn handle(
                 bytes,
                 service,
             }) => {
-                lease.record_service(service);
+                // Before the server is released, so its next request starts after this one ended.
                 let latency = started.elapsed();
+                lease.record_service(service);
                 let error = match &reply {
                     ReplyHeader::Err(e) => Some(e),
                     ReplyHeader::Ok { .. } => None,
                 };
                 lb.stats
-                    .record_server_reply(&stats, service, latency, bytes, error.is_none());
+                    .record_server_reply(&stats, service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
+                let ended = started + latency;
+                lb.stats
+                    .record_span(id, from, server, started, taken, ended, error.is_none());
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
                     error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),

@@ -1,10 +1,12 @@
 //! What the balancer counts, for `/status`, `/metrics` and the dashboard.
 //!
-//! Counters are atomics, bumped by request threads without a lock. Two short locks: `servers`
-//! guards the index of per-server counters (changed only when servers come and go), and
-//! `decisions` guards the list of recent decisions (one push per request).
+//! Counters are atomics, bumped by request threads without a lock. Three short locks: `servers`
+//! guards the index of per-server counters (changed only when servers come and go),
+//! `decisions` guards the list of recent decisions, and `timeline` the ring of recent requests
+//! (one push each per request; nothing is formatted under them).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,22 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 
 /// How many recent decisions are kept for the dashboard.
 pub const RECENT_DECISIONS: usize = 40;
+
+/// How far back the timeline reaches.
+pub const TIMELINE_WINDOW: Duration = Duration::from_secs(60);
+
+/// At most this many requests are kept for the timeline, however fast they come: it bounds
+/// the memory and the size of `/status` (a busier minute shows only its latest part).
+pub const TIMELINE_CAP: usize = 1000;
+
+/// Whether an `ERR` code means the request was at fault (a typo, a bad query, a missing file)
+/// rather than the server: those are counted apart, so a user's mistake is not a server's error.
+pub fn is_client_error(code: &str) -> bool {
+    matches!(
+        code,
+        "bad_request" | "not_found" | "forbidden" | "too_large" | "sql"
+    )
+}
 
 /// A latency histogram with Prometheus' cumulative-bucket semantics.
 #[derive(Default)]
@@ -67,8 +85,11 @@ pub struct ServerStats {
     pub backend: Arc<Backend>,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
-    /// `ERR` replies from it, and failures of it.
+    /// Its failures: broken connections and replies, and `ERR` replies that are not the
+    /// request's fault (see [`is_client_error`]).
     pub errors: AtomicU64,
+    /// `ERR` replies from it caused by the request (a bad query, a missing file, ...).
+    pub client_errors: AtomicU64,
     /// Body bytes relayed from it.
     pub bytes: AtomicU64,
     /// Times it sent bytes that no request asked for (its connection was closed each time).
@@ -87,6 +108,7 @@ impl ServerStats {
             backend,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             stray: AtomicU64::new(0),
             busy: AtomicBool::new(false),
@@ -129,6 +151,7 @@ fn fold(avg: &AtomicU64, sample: Duration) {
 }
 
 /// One decision as recorded on the request's path: facts only, put into words when read.
+#[derive(Clone)]
 enum Recorded {
     /// A server was chosen.
     Chosen {
@@ -152,6 +175,25 @@ pub struct DecisionRecord {
     pub text: String,
 }
 
+/// One request on the timeline: times are seconds since the balancer started.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Span {
+    /// The request's number.
+    pub request: u64,
+    /// The client's address and port (one connection = one client).
+    pub client: Option<SocketAddr>,
+    /// The server that answered.
+    pub server: u32,
+    /// When the request arrived (it then waited in line until `taken`).
+    pub arrived: f64,
+    /// When the server took it.
+    pub taken: f64,
+    /// When the reply's last byte was sent.
+    pub ended: f64,
+    /// Whether the reply was `OK`.
+    pub ok: bool,
+}
+
 /// Everything the balancer counts.
 pub struct Stats {
     /// When the balancer started.
@@ -166,6 +208,8 @@ pub struct Stats {
     pub latency: Histogram,
     /// Guards the most recent decisions, newest last.
     decisions: Mutex<VecDeque<Recorded>>,
+    /// Guards the most recent requests for the timeline, oldest first, at most [`TIMELINE_CAP`].
+    timeline: Mutex<VecDeque<Span>>,
 }
 
 impl Default for Stats {
@@ -177,6 +221,7 @@ impl Default for Stats {
             errors: Default::default(),
             latency: Histogram::default(),
             decisions: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+            timeline: Mutex::new(VecDeque::with_capacity(TIMELINE_CAP)),
         }
     }
 }
@@ -215,27 +260,38 @@ impl Stats {
         }
     }
 
-    /// Counts a reply relayed from `server`.
+    /// Counts a reply relayed from `server`: `error` is its `ERR` code, if any.
     pub fn record_server_reply(
         &self,
         server: &ServerStats,
         service: Duration,
         latency: Duration,
         bytes: u64,
-        ok: bool,
+        error: Option<&Error>,
     ) {
         server.requests.fetch_add(1, Ordering::Relaxed);
         server.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if !ok {
-            server.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = error {
+            let counter = if is_client_error(e.code()) {
+                &server.client_errors
+            } else {
+                &server.errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         fold(&server.service_micros, service);
         fold(&server.latency_micros, latency);
     }
 
-    /// Keeps the decision made for request `request`.
-    pub fn record_choice(&self, request: u64, chosen: Candidate, decision: Decision) {
-        let at = self.started.elapsed().as_secs_f64();
+    /// Keeps the decision made for request `request` at `made`.
+    pub fn record_choice(
+        &self,
+        request: u64,
+        made: Instant,
+        chosen: Candidate,
+        decision: Decision,
+    ) {
+        let at = self.secs(made);
         self.keep(Recorded::Chosen {
             request,
             at,
@@ -250,6 +306,53 @@ impl Stats {
         self.keep(Recorded::Refused { request, at, why });
     }
 
+    /// Puts request `request` on the timeline: it arrived at `arrived`, `server` took it at
+    /// `taken`, and its reply ended at `ended`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_span(
+        &self,
+        request: u64,
+        client: Option<SocketAddr>,
+        server: u32,
+        arrived: Instant,
+        taken: Instant,
+        ended: Instant,
+        ok: bool,
+    ) {
+        // Whole milliseconds keep `/status` short and are finer than the page can draw.
+        let ms = |at: Instant| (self.secs(at) * 1000.0).round() / 1000.0;
+        let span = Span {
+            request,
+            client,
+            server,
+            arrived: ms(arrived),
+            taken: ms(taken),
+            ended: ms(ended),
+            ok,
+        };
+        let mut timeline = self.timeline.lock();
+        if timeline.len() == TIMELINE_CAP {
+            timeline.pop_front();
+        }
+        timeline.push_back(span);
+    }
+
+    /// The requests whose reply ended within the last [`TIMELINE_WINDOW`], oldest first.
+    pub fn timeline(&self) -> Vec<Span> {
+        let from = self.secs(Instant::now()) - TIMELINE_WINDOW.as_secs_f64();
+        let timeline = self.timeline.lock();
+        timeline
+            .iter()
+            .filter(|s| s.ended >= from)
+            .copied()
+            .collect()
+    }
+
+    /// `at` in seconds since the balancer started.
+    fn secs(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.started).as_secs_f64()
+    }
+
     fn keep(&self, record: Recorded) {
         let mut decisions = self.decisions.lock();
         if decisions.len() == RECENT_DECISIONS {
@@ -258,10 +361,11 @@ impl Stats {
         decisions.push_back(record);
     }
 
-    /// The most recent decisions in words, oldest first.
+    /// The most recent decisions in words, in the order they were made.
     pub fn decisions(&self, policy: &dyn Policy) -> Vec<DecisionRecord> {
-        let decisions = self.decisions.lock();
-        decisions
+        // Copied out so that the words are made outside the lock.
+        let decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
+        let mut records: Vec<DecisionRecord> = decisions
             .iter()
             .map(|d| match d {
                 Recorded::Chosen {
@@ -284,7 +388,11 @@ impl Stats {
                     text: format!("req {request} -> no server: {why}"),
                 },
             })
-            .collect()
+            .collect();
+        // Kept in the order they were recorded, which may differ by a hair from the order
+        // they were made.
+        records.sort_by(|a, b| a.at.total_cmp(&b.at));
+        records
     }
 }
 
@@ -369,10 +477,10 @@ mod tests {
         let stats = Stats::default();
         let s = stats.server(&backend(1, 0.1));
         assert!(!s.declaration_off(), "nothing measured yet");
-        stats.record_server_reply(&s, Duration::from_millis(140), Duration::ZERO, 0, true);
+        stats.record_server_reply(&s, Duration::from_millis(140), Duration::ZERO, 0, None);
         assert!(!s.declaration_off());
         let t = stats.server(&backend(2, 0.1));
-        stats.record_server_reply(&t, Duration::from_millis(400), Duration::ZERO, 0, true);
+        stats.record_server_reply(&t, Duration::from_millis(400), Duration::ZERO, 0, None);
         assert!(t.declaration_off());
     }
 
@@ -418,11 +526,75 @@ mod tests {
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
         );
         let stats = Stats::default();
-        stats.record_choice(7, chosen, alone);
+        stats.record_choice(7, Instant::now(), chosen, alone);
         assert_eq!(
             stats.decisions(&Power)[0].text,
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
         );
+    }
+
+    #[test]
+    fn decisions_are_listed_in_the_order_they_were_made() {
+        use crate::policy::power::Power;
+        let stats = Stats::default();
+        let first = Instant::now();
+        let second = first + Duration::from_millis(1);
+        let chosen = Candidate::new(1, Duration::from_millis(20));
+        // Request 14's decision is recorded before request 13's, made earlier.
+        stats.record_choice(14, second, chosen, Decision::default());
+        stats.record_choice(13, first, chosen, Decision::default());
+        let d = stats.decisions(&Power);
+        assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
+        assert!(d[0].at < d[1].at);
+    }
+
+    #[test]
+    fn a_requests_mistake_is_not_the_servers_error() {
+        let stats = Stats::default();
+        let s = stats.server(&backend(1, 0.1));
+        let sql = Error::Sql("no such table".into());
+        let internal = Error::Internal("disk".into());
+        for e in [None, Some(&sql), Some(&sql), Some(&internal)] {
+            stats.record_server_reply(&s, Duration::ZERO, Duration::ZERO, 0, e);
+        }
+        assert_eq!(s.requests.load(Ordering::Relaxed), 4);
+        assert_eq!(s.client_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(s.errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn timeline_keeps_the_last_minute_and_at_most_its_cap() {
+        let stats = Stats::default();
+        let t0 = stats.started;
+        let at = |s: u64| t0 + Duration::from_millis(s);
+        stats.record_span(1, None, 2, at(0), at(10), at(30), true);
+        let spans = stats.timeline();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            (
+                spans[0].server,
+                spans[0].arrived,
+                spans[0].taken,
+                spans[0].ended
+            ),
+            (2, 0.0, 0.01, 0.03)
+        );
+        for i in 0..TIMELINE_CAP as u64 + 10 {
+            stats.record_span(i + 2, None, 1, at(0), at(0), at(1), true);
+        }
+        let spans = stats.timeline();
+        assert_eq!(spans.len(), TIMELINE_CAP);
+        assert_eq!(spans[0].request, 12, "the oldest went first");
+        // A request that ended more than the window ago is not shown.
+        let old = Stats {
+            started: Instant::now() - TIMELINE_WINDOW - Duration::from_secs(5),
+            ..Stats::default()
+        };
+        let t0 = old.started;
+        old.record_span(1, None, 1, t0, t0, t0 + Duration::from_secs(1), true);
+        old.record_span(2, None, 1, t0, t0, Instant::now(), true);
+        let spans = old.timeline();
+        assert_eq!(spans.iter().map(|s| s.request).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
+use crate::balancer::stats::{is_client_error, TIMELINE_CAP, TIMELINE_WINDOW};
 use crate::balancer::Balancer;
 use crate::error::Error;
 use crate::idle_queue::Membership;
@@ -39,6 +40,7 @@ pub fn status(lb: &Balancer) -> Value {
                 "busy": s.busy.load(Ordering::Relaxed),
                 "requests": requests,
                 "errors": s.errors.load(Ordering::Relaxed),
+                "client_errors": s.client_errors.load(Ordering::Relaxed),
                 "bytes": s.bytes.load(Ordering::Relaxed),
                 "stray": s.stray.load(Ordering::Relaxed),
                 "latency": match s.latency_micros.load(Ordering::Relaxed) {
@@ -53,6 +55,15 @@ pub fn status(lb: &Balancer) -> Value {
         .zip(&lb.stats.errors)
         .map(|(code, n)| (code.to_string(), json!(n.load(Ordering::Relaxed))))
         .collect();
+    let (mut client_errors, mut server_errors) = (0, 0);
+    for (code, n) in Error::CODES.iter().zip(&lb.stats.errors) {
+        let n = n.load(Ordering::Relaxed);
+        if is_client_error(code) {
+            client_errors += n;
+        } else {
+            server_errors += n;
+        }
+    }
     json!({
         "policy": lb.queue.policy_name(),
         "uptime_seconds": lb.stats.started.elapsed().as_secs_f64(),
@@ -65,9 +76,16 @@ pub fn status(lb: &Balancer) -> Value {
         "totals": {
             "replies": lb.stats.replies.load(Ordering::Relaxed),
             "errors": errors,
+            "client_errors": client_errors,
+            "server_errors": server_errors,
         },
         "servers": servers,
         "decisions": lb.stats.decisions(lb.queue.policy()),
+        "timeline": {
+            "window_seconds": TIMELINE_WINDOW.as_secs_f64(),
+            "cap": TIMELINE_CAP,
+            "requests": lb.stats.timeline(),
+        },
     })
 }
 
@@ -85,7 +103,12 @@ pub fn metrics(lb: &Balancer) -> String {
         (
             "minilb_server_errors_total",
             "counter",
-            "ERR replies from the server and failures of it.",
+            "Failures of the server: broken connections or replies, ERR replies not caused by the request.",
+        ),
+        (
+            "minilb_server_client_errors_total",
+            "counter",
+            "ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).",
         ),
         (
             "minilb_server_bytes_total",
@@ -124,6 +147,9 @@ pub fn metrics(lb: &Balancer) -> String {
             let value = match name {
                 "minilb_server_requests_total" => s.requests.load(Ordering::Relaxed) as f64,
                 "minilb_server_errors_total" => s.errors.load(Ordering::Relaxed) as f64,
+                "minilb_server_client_errors_total" => {
+                    s.client_errors.load(Ordering::Relaxed) as f64
+                }
                 "minilb_server_bytes_total" => s.bytes.load(Ordering::Relaxed) as f64,
                 "minilb_server_stray_total" => s.stray.load(Ordering::Relaxed) as f64,
                 "minilb_server_up" => {

@@ -190,7 +190,24 @@ pub fn run(config: &BenchConfig) -> Result<Report, String> {
         drop(stop);
         let _ = printer.join();
     }
-    Ok(Report::merge(tallies, elapsed, config.new_connection))
+    let report = Report::merge(tallies, elapsed, config.new_connection);
+    if report.ok == 0
+        && !report.errors.is_empty()
+        && report.errors.keys().all(|code| code == "connect")
+    {
+        // Not one connection: nothing was measured, so there is no report to give.
+        let why = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .err()
+            .map_or_else(
+                || "it refused every connection".to_string(),
+                |e| e.to_string(),
+            );
+        return Err(format!(
+            "cannot reach the load balancer at {}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
+            config.addr
+        ));
+    }
+    Ok(report)
 }
 
 fn line_bytes(line: &str) -> Vec<u8> {
@@ -605,14 +622,18 @@ impl Report {
             self.requests_per_sec(),
             self.mb_per_sec()
         );
-        let _ = writeln!(
-            out,
-            "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            self.latency_ms(50.0),
-            self.latency_ms(90.0),
-            self.latency_ms(99.0),
-            self.latency_ms(100.0)
-        );
+        if self.latencies.is_empty() {
+            let _ = writeln!(out, "latency    none: no request got OK");
+        } else {
+            let _ = writeln!(
+                out,
+                "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                self.latency_ms(50.0),
+                self.latency_ms(90.0),
+                self.latency_ms(99.0),
+                self.latency_ms(100.0)
+            );
+        }
         let errors: Vec<String> = self
             .errors
             .iter()

@@ -6,7 +6,7 @@ pub mod bench;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -410,6 +410,13 @@ fn perform(
 }
 
 fn cannot_reach(config: &ClientConfig, e: &io::Error) -> String {
+    // A typo in --lb is not a balancer that is down.
+    if config.lb.to_socket_addrs().is_err() {
+        return format!(
+            "client {}: --lb {}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070",
+            config.id, config.lb
+        );
+    }
     format!(
         "client {}: cannot reach the load balancer at {}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
         config.id, config.lb

@@ -302,7 +302,7 @@ impl From<rusqlite::Error> for QueryError {
 fn create_from_seed(path: &Path, seed: &Path) -> Result<(), String> {
     let csv = fs::read_to_string(seed).map_err(|e| {
         format!(
-            "database {} does not exist and its seed {} cannot be read: {e}",
+            "database {} does not exist, and the CSV to create it from, {} (\"seed\" in database.json), cannot be read: {e}",
             path.display(),
             seed.display()
         )
