@@ -27,6 +27,8 @@ pub mod parser_properties;
 pub mod policy;
 pub mod protocol;
 pub mod request_reader;
+#[cfg(test)]
+mod scratch_dir;
 pub mod server;
 pub mod servers_file;
 pub mod token;

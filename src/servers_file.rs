@@ -236,15 +236,14 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch_dir::ScratchDir;
     use std::net::TcpListener;
     use std::sync::Arc;
 
-    fn temp_file(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("minilb-servers-file-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir.join("servers.json")
+    /// A servers file's path in a scratch folder; the folder goes with the guard.
+    fn temp_file(name: &str) -> (PathBuf, ScratchDir) {
+        let dir = ScratchDir::new(&format!("servers-file-{name}"));
+        (dir.join("servers.json"), dir)
     }
 
     fn entry(id: u32, port: u16) -> ServerEntry {
@@ -268,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_empty_list_and_a_blank_one_is_an_error() {
-        let path = temp_file("empty");
+        let (path, _dir) = temp_file("empty");
         assert!(read(&path).unwrap().is_empty());
         for blank in ["", "  \n", "\t"] {
             fs::write(&path, blank).unwrap();
@@ -325,7 +324,7 @@ mod tests {
 
     #[test]
     fn register_replaces_a_gone_server_and_deregister_checks_port() {
-        let path = temp_file("replace");
+        let (path, _dir) = temp_file("replace");
         let (old, new, other) = (closed_port(), closed_port(), closed_port());
         register(&path, &entry(1, old)).unwrap();
         register(&path, &entry(2, other)).unwrap();
@@ -339,7 +338,7 @@ mod tests {
 
     #[test]
     fn register_refuses_an_id_whose_server_still_answers() {
-        let path = temp_file("refuse");
+        let (path, _dir) = temp_file("refuse");
         let running = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = running.local_addr().unwrap().port();
         register(&path, &entry(1, port)).unwrap();
@@ -353,7 +352,8 @@ mod tests {
 
     #[test]
     fn concurrent_registrations_are_all_kept() {
-        let path = Arc::new(temp_file("concurrent"));
+        let (path, _dir) = temp_file("concurrent");
+        let path = Arc::new(path);
         let threads: Vec<_> = (0..16)
             .map(|i| {
                 let path = Arc::clone(&path);

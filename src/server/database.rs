@@ -399,6 +399,7 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch_dir::ScratchDir;
 
     #[test]
     fn csv_handles_quotes() {
@@ -414,25 +415,26 @@ mod tests {
         assert!(parse_csv("a,\"b\n").is_err());
     }
 
-    fn temp_db(name: &str, writable: bool) -> DatabaseConfig {
-        let dir = std::env::temp_dir().join(format!("minilb-db-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+    /// A database in a scratch folder, seeded with two colours; the folder goes with the guard.
+    fn temp_db(name: &str, writable: bool) -> (DatabaseConfig, ScratchDir) {
+        let dir = ScratchDir::new(&format!("db-{name}"));
         fs::write(
             dir.join("colors.csv"),
             "Name,HEX,RGB\nWhite,#FFFFFF,\"rgb(255,255,255)\"\nBlack,#000000,\"rgb(0,0,0)\"\n",
         )
         .unwrap();
-        DatabaseConfig {
+        let config = DatabaseConfig {
             path: dir.join("colors.db"),
             writable,
             seed: dir.join("colors.csv"),
-        }
+        };
+        (config, dir)
     }
 
     #[test]
     fn formats_rows_like_the_original() {
-        let mut db = Database::open(&temp_db("format", false), QueryLimits::default()).unwrap();
+        let (config, _dir) = temp_db("format", false);
+        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
         let out = db.query("SELECT * FROM COLORS").unwrap();
         assert_eq!(
             String::from_utf8(out.body).unwrap(),
@@ -455,7 +457,8 @@ mod tests {
 
     #[test]
     fn read_only_is_enforced_by_sqlite() {
-        let mut db = Database::open(&temp_db("ro", false), QueryLimits::default()).unwrap();
+        let (config, _dir) = temp_db("ro", false);
+        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
         let e = db
             .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
             .unwrap_err();
@@ -466,7 +469,8 @@ mod tests {
 
     #[test]
     fn writes_and_errors() {
-        let mut db = Database::open(&temp_db("rw", true), QueryLimits::default()).unwrap();
+        let (config, _dir) = temp_db("rw", true);
+        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
         let out = db
             .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
             .unwrap();
@@ -483,7 +487,8 @@ mod tests {
             timeout: Duration::from_millis(200),
             max_reply: 1000,
         };
-        let mut db = Database::open(&temp_db("limits", false), limits).unwrap();
+        let (config, _dir) = temp_db("limits", false);
+        let mut db = Database::open(&config, limits).unwrap();
         let e = db
             .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c")
             .unwrap_err();
@@ -499,7 +504,7 @@ mod tests {
     #[test]
     fn refuses_attach_vacuum_extensions_and_pragmas_that_write() {
         for writable in [false, true] {
-            let config = temp_db(&format!("authorizer-{writable}"), writable);
+            let (config, _dir) = temp_db(&format!("authorizer-{writable}"), writable);
             let copy = config.path.with_file_name("copy.db");
             let mut db = Database::open(&config, QueryLimits::default()).unwrap();
             for sql in [
@@ -543,7 +548,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_reply: 1000,
         };
-        let mut db = Database::open(&temp_db("longest", false), limits).unwrap();
+        let (config, _dir) = temp_db("longest", false);
+        let mut db = Database::open(&config, limits).unwrap();
         for sql in [
             "SELECT randomblob(2000) AS b",
             "SELECT length(zeroblob(5000)) AS n",
@@ -594,7 +600,7 @@ mod tests {
     #[test]
     fn nothing_outlives_a_request() {
         for writable in [false, true] {
-            let config = temp_db(&format!("session-{writable}"), writable);
+            let (config, _dir) = temp_db(&format!("session-{writable}"), writable);
             let mut db = Database::open(&config, QueryLimits::default()).unwrap();
             let foreign_keys = db.query("PRAGMA foreign_keys").unwrap().body;
             for sql in TRANSACTION_CONTROL.iter().chain(&LEAVES_STATE) {
@@ -612,7 +618,7 @@ mod tests {
 
     #[test]
     fn a_transaction_left_open_is_rolled_back_and_never_ok() {
-        let config = temp_db("left-open", true);
+        let (config, _dir) = temp_db("left-open", true);
         let mut db = Database::open(&config, QueryLimits::default()).unwrap();
         // As if a statement had got past the authorizer.
         type NoAuthorizer = fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization;

@@ -104,11 +104,12 @@ pub fn check_file_name(name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch_dir::ScratchDir;
     use std::io::Read;
 
-    fn store(name: &str) -> (FileStore, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("minilb-files-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+    /// A store over a scratch folder's `files/`, with a secret beside it to escape to.
+    fn store(name: &str) -> (FileStore, ScratchDir) {
+        let dir = ScratchDir::new(&format!("files-{name}"));
         fs::create_dir_all(dir.join("files/sub")).unwrap();
         fs::write(dir.join("files/hello.txt"), "hi").unwrap();
         fs::write(dir.join("secret.txt"), "secret").unwrap();
@@ -117,7 +118,7 @@ mod tests {
 
     #[test]
     fn serves_plain_names() {
-        let (s, _) = store("plain");
+        let (s, _dir) = store("plain");
         let (mut f, len) = s.open("hello.txt").unwrap();
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
