@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test test-browser run-cluster bench compare lint fmt clean fuzz
+.PHONY: all build test test-browser run-cluster bench compare lint fmt clean fuzz mutants
 
 CARGO ?= cargo
 
@@ -23,6 +23,14 @@ run-cluster:
 	scripts/run-cluster.sh
 
 ## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
+## Mutation testing of the core (idle queue, protocol, request reader, policies, session and
+## relay) against the whole test suite; installs cargo-mutants when missing. Slow (an hour or
+## more on 2 cores), so not part of `test`; the report lands in mutants.out/.
+CORE_FILES = src/idle_queue.rs src/protocol.rs src/request_reader.rs 'src/policy/*.rs' src/balancer/session.rs
+mutants:
+	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants $(foreach f,$(CORE_FILES),--file $(f)) --timeout 120 -- --all-targets
+
 fuzz:
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run request_line -- -max_total_time=180
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run reply_header -- -max_total_time=180
