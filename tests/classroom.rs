@@ -44,17 +44,30 @@ fn a_draining_server_is_logged_once_when_it_starts_and_once_when_it_has_left() {
 fn a_balancer_started_from_the_wrong_folder_says_so() {
     let dir = TestDir::new(false);
     let bin = env!("CARGO_BIN_EXE_loadbalancer");
+    // Bounded: a balancer that does not notice would run forever (it is killed, code None).
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
+        let log = dir.path.join("refused.log");
+        let mut child = std::process::Command::new(bin)
             .args(["--port", "0", "--admin-port", "0"])
             .args(args)
             .current_dir(&dir.path)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (code, std::fs::read_to_string(&log).unwrap())
     };
     // The default, data/servers.json, from a folder without data/.
     let (code, stderr) = run(&[]);
