@@ -14,11 +14,13 @@ test:
 	$(CARGO) test --all-targets
 	scripts/test-browser.sh
 
-## The dashboard in headless Chromium under load; saves target/dashboard.png.
+## The dashboard in headless Chromium under load: every server shown, counters rising, timeline
+## bars in every server's lane; saves target/dashboard.png.
 test-browser:
 	scripts/test-browser.sh
 
-## Three servers of different power (0.5, 1 and 2 s) on 5071-5073 and the balancer on 5070.
+## Three servers of different power (0.5, 1 and 2 s) on 5071-5073 and the balancer on 5070;
+## Ctrl-C stops them all; the script then exits 0, so make reports no error.
 run-cluster:
 	scripts/run-cluster.sh
 

@@ -72,12 +72,8 @@ chrome() {
 bars() { # how many timeline bars server $2 has on dumped page $1
   grep -o "class=\"bar\" data-server=\"$2\"" "$1" | wc -l
 }
-counts() { # server-id=requests pairs from a dumped page
-  python3 -c '
-import re, sys
-page = sys.stdin.read()
-for sid, n in re.findall(r"data-server-id=\"(\d+)\".*?class=\"requests\">(\d+)<", page, re.S):
-    print(sid, n)'
+counts() { # server-id=requests pairs from a dumped page (grep and sed only: no python3 needed)
+  grep -oE 'data-server-id="[0-9]+" data-requests="[0-9]+"' | sed -E 's/[^"]*"([0-9]+)"[^"]*"([0-9]+)"/\1 \2/'
 }
 
 chrome --virtual-time-budget=2500 --dump-dom "http://$admin/" > first.html

@@ -23,6 +23,15 @@ fn a_draining_server_is_logged_once_when_it_starts_and_once_when_it_has_left() {
     let addr = lb.addr;
     let in_flight = std::thread::spawn(move || Wire::connect(addr).request("SELECT 1 AS n"));
     wait_until(PATIENCE, || status(&lb)["servers"][0]["busy"] == true);
+    // The timeline's bar in progress: which request, since when.
+    let s = status(&lb);
+    let current = &s["servers"][0]["current"];
+    assert_eq!(current["request"], 1, "{s}");
+    let taken = current["taken"].as_f64().unwrap();
+    assert!(
+        taken > 0.0 && taken <= s["uptime_seconds"].as_f64().unwrap(),
+        "{s}"
+    );
     // The server leaves the list while its request is in flight.
     std::fs::write(dir.servers_file(), "[]\n").unwrap();
     wait_until(PATIENCE, || lb.log_text().contains("server 2 removed"));

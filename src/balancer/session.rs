@@ -172,6 +172,7 @@ fn handle(
         }
         lb.stats.record_choice(id, taken, chosen, decision);
         let stats = Arc::clone(&lease.item().stats);
+        lb.stats.record_taken(&stats, id, taken);
         stats.busy.store(true, Ordering::Relaxed);
         let relayed = relay(lease.item(), line, header, client);
         stats.busy.store(false, Ordering::Relaxed);

@@ -96,6 +96,10 @@ pub struct ServerStats {
     pub stray: AtomicU64,
     /// Whether it is handling a request right now.
     pub busy: AtomicBool,
+    /// The request it handles (or last handled), for the timeline's bar in progress.
+    pub current_request: AtomicU64,
+    /// When it took that request, in microseconds since the balancer started.
+    pub current_taken_micros: AtomicU64,
     /// Moving average of whole-request latency, in microseconds (0 = none yet).
     pub latency_micros: AtomicU64,
     /// Moving average of service time (request sent to first reply byte), in microseconds.
@@ -112,6 +116,8 @@ impl ServerStats {
             bytes: AtomicU64::new(0),
             stray: AtomicU64::new(0),
             busy: AtomicBool::new(false),
+            current_request: AtomicU64::new(0),
+            current_taken_micros: AtomicU64::new(0),
             latency_micros: AtomicU64::new(0),
             service_micros: AtomicU64::new(0),
         }
@@ -304,6 +310,13 @@ impl Stats {
     pub fn record_refusal(&self, request: u64, why: String) {
         let at = self.started.elapsed().as_secs_f64();
         self.keep(Recorded::Refused { request, at, why });
+    }
+
+    /// Notes that `server` took request `request` at `taken`, for the timeline's bar in progress.
+    pub fn record_taken(&self, server: &ServerStats, request: u64, taken: Instant) {
+        let micros = taken.saturating_duration_since(self.started).as_micros() as u64;
+        server.current_request.store(request, Ordering::Relaxed);
+        server.current_taken_micros.store(micros, Ordering::Relaxed);
     }
 
     /// Puts request `request` on the timeline: it arrived at `arrived`, `server` took it at

@@ -38,6 +38,11 @@ pub fn status(lb: &Balancer) -> Value {
                 "declaration_off": s.declaration_off(),
                 "state": state(&queue.members, b.id),
                 "busy": s.busy.load(Ordering::Relaxed),
+                // The request in progress while busy, and when the server took it.
+                "current": s.busy.load(Ordering::Relaxed).then(|| json!({
+                    "request": s.current_request.load(Ordering::Relaxed),
+                    "taken": s.current_taken_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                })),
                 "requests": requests,
                 "errors": s.errors.load(Ordering::Relaxed),
                 "client_errors": s.client_errors.load(Ordering::Relaxed),
