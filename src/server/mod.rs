@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::cli::parse_seconds;
 use crate::servers_file::ServerEntry;
+use crate::token;
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
 use registration::Registration;
@@ -31,29 +33,46 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// After Ctrl-C, the longest wait for requests in flight and connections to close.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// A server's settings, from its command line.
-#[derive(Debug, Clone)]
+/// A server's settings: its command line (`#[command(flatten)]` in `bin/server.rs`), so each
+/// flag's name, default and help are written once, here.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
-    /// The server's id.
+    /// This server's id, shown in every reply (`server=<id>`).
+    #[arg(value_name = "SERVER_ID")]
     pub id: u32,
-    /// Address to listen on.
-    pub host: String,
-    /// Port to listen on; 0 lets the OS choose.
+    /// Port to listen on (0 picks a free one).
     pub port: u16,
-    /// Time each request takes at least.
+    /// Seconds each request takes at least, e.g. 0.5 (smaller = more powerful).
+    #[arg(value_parser = parse_seconds)]
     pub processing_time: Duration,
-    /// The processing time announced to balancers, when it differs from the real one (to
-    /// show what measuring servers is for).
+    /// Announce this processing time to balancers instead of the real one: a server whose
+    /// declaration is wrong, for the `measured` policy and the dashboard's flag to catch.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub declared_time: Option<Duration>,
-    /// Where the server records itself for balancers.
-    pub registration: Registration,
-    /// `database.json`.
-    pub db_config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Where the server records itself for the load balancer.
+    #[arg(long, default_value = "data/servers.json")]
+    pub servers_file: PathBuf,
+    /// Join the balancer whose admin listener is at HOST:PORT over the network, instead of
+    /// recording this server in the servers file (for servers on other machines).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// File holding the shared secret for --join (the balancer's --token-file).
+    #[arg(long, requires = "join")]
+    pub token_file: Option<PathBuf>,
+    /// Database settings (`{"path": "colors.db", "writable": false}`).
+    #[arg(long, default_value = "data/database.json")]
+    pub db: PathBuf,
     /// Folder of files to serve.
+    #[arg(long, default_value = "data/files")]
     pub files: PathBuf,
     /// Limits on queries.
+    #[command(flatten)]
     pub limits: QueryLimits,
-    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 }
 
@@ -81,7 +100,14 @@ pub struct Server {
 /// # Errors
 /// A message saying what failed at start (database, files folder, port, servers file).
 pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
-    let db_config = DatabaseConfig::load(&config.db_config)?;
+    let registration = match config.join.clone() {
+        Some(admin) => Registration::Join {
+            admin,
+            token: config.token_file.as_deref().map(token::read).transpose()?,
+        },
+        None => Registration::File(config.servers_file.clone()),
+    };
+    let db_config = DatabaseConfig::load(&config.db)?;
     let database = Database::open(&db_config, config.limits)?;
     log::info!(
         "Connected to database {} successfully",
@@ -105,7 +131,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             .as_secs_f64(),
         writable: db_config.writable,
     };
-    config.registration.register(&entry)?;
+    registration.register(&entry)?;
     let server = Arc::new(Server {
         id: config.id,
         processing_time: config.processing_time,
@@ -133,7 +159,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         "Server {} stopping: leaving the pool, finishing requests in flight",
         config.id
     );
-    if let Err(e) = config.registration.deregister(&entry) {
+    if let Err(e) = registration.deregister(&entry) {
         log::warn!("{e}");
     }
     // Keep answering until every balancer has let go (a balancer that is itself stopping
