@@ -104,6 +104,9 @@ pub struct BalancerConfig {
 /// How long start-up waits for the servers already listed to be connected.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
+/// How long shutting down waits for the threads probing servers to end.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
 /// Descriptors kept for everything but clients: standard streams, the two listeners, the
 /// accept loop's spare, the servers file, servers being probed, and admin connections.
 const OTHER_DESCRIPTORS: u64 = 32 + http::MAX_CONNECTIONS as u64;
@@ -120,6 +123,8 @@ pub struct Balancer {
     pub clients: AtomicUsize,
     /// Requests being handled now (read, not yet answered).
     pub in_flight: AtomicUsize,
+    /// Threads reconnecting or re-probing servers now (see [`membership`]).
+    pub probing: AtomicUsize,
     /// Numbers requests in the log.
     pub next_request: AtomicU64,
     /// Guards the servers that joined over the network (admin listener), by id.
@@ -167,6 +172,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         stopping: AtomicBool::new(false),
         clients: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        probing: AtomicUsize::new(0),
         next_request: AtomicU64::new(1),
         joined: Mutex::new(HashMap::new()),
         stats: stats::Stats::default(),
@@ -185,7 +191,9 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         lb.config.servers_file.display()
     );
     let watcher = membership::Watcher::new(Arc::clone(&lb))?;
-    spawn("membership", move || watcher.run())?;
+    // Closed (the sender dropped) at shutdown: the watcher stops.
+    let (stop_watcher, stop) = crossbeam_channel::bounded::<()>(0);
+    let watcher = spawn("membership", move || watcher.run(&stop))?;
     if listed.is_empty() {
         log::warn!(
             "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
@@ -208,15 +216,18 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     let admin = spawn("admin", move || admin::serve(&admin_lb, admin))?;
 
     let _ = shutdown.recv();
+    log::info!("Shutting down: no new clients; answering the clients connected");
+    lb.stopping.store(true, Ordering::SeqCst);
+    drop(stop_watcher);
+    let _ = watcher.join();
     shut_down(&lb, [(accept, addr), (admin, admin_addr)]);
     Ok(())
 }
 
 /// Stops both listeners (the client one takes in the clients already in its backlog first),
-/// then waits up to the grace period for every client to get its reply and leave.
+/// then waits up to the grace period for every client to get its reply and leave, and for
+/// the threads probing servers to end.
 fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
-    log::info!("Shutting down: no new clients; answering the clients connected");
-    lb.stopping.store(true, Ordering::SeqCst);
     for (thread, addr) in listeners {
         // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
         // connect with, it cannot be woken: leave it, rather than wait for it for ever.
@@ -226,7 +237,8 @@ fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
     }
     // A session ends after the request in hand once `stopping` is set; idle clients are
     // waited for, so one that sends a request now still gets its reply.
-    if !gauge::wait_for_zero(&lb.clients, Instant::now() + lb.config.grace) {
+    let deadline = Instant::now() + lb.config.grace;
+    if !gauge::wait_for_zero(&lb.clients, deadline) {
         log::warn!(
             "grace period over with {} client(s) still connected, {} request(s) in flight",
             lb.clients.load(Ordering::SeqCst),
@@ -234,6 +246,14 @@ fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
         );
     }
     lb.queue.stop();
+    // The watcher is gone, so the reconnectors end after their attempt in hand. A probe of a
+    // live server takes a moment; one stuck on a hung server is not worth delaying the exit.
+    if !gauge::wait_for_zero(&lb.probing, deadline.min(Instant::now() + PROBE_WAIT)) {
+        log::debug!(
+            "{} server probe(s) still running",
+            lb.probing.load(Ordering::SeqCst)
+        );
+    }
     log::info!("Load balancer stopped");
 }
 

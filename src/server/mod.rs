@@ -11,9 +11,9 @@ pub mod file_store;
 pub mod handler;
 pub mod registration;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::cli::parse_seconds;
+use crate::gauge;
 use crate::servers_file::ServerEntry;
 use crate::token;
 use database::{Database, DatabaseConfig, QueryLimits};
@@ -90,6 +91,8 @@ pub struct Server {
     pub connections: AtomicUsize,
     /// Requests read and not yet fully answered.
     pub in_flight: AtomicUsize,
+    /// Set after the grace period: the accept loop ends at its next wake-up.
+    pub stopping: AtomicBool,
     /// How long a request line may take to arrive, from its first byte (0: no limit).
     pub request_timeout: Duration,
 }
@@ -139,6 +142,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
         request_timeout: config.request_timeout,
     });
     log::info!(
@@ -149,7 +153,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     println!("server {} listening on {addr}", config.id);
 
     let accepting = Arc::clone(&server);
-    std::thread::Builder::new()
+    let accept = std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || accept_loop(&accepting, &listener))
         .map_err(|e| e.to_string())?;
@@ -163,23 +167,22 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         log::warn!("{e}");
     }
     // Keep answering until every balancer has let go (a balancer that is itself stopping
-    // keeps its connection until its own queue is empty), up to GRACE.
+    // keeps its connection until its own queue is empty), up to GRACE. A request in flight
+    // holds its connection, so no connection left means no request left either.
     let left = Instant::now();
-    let mut told = false;
-    while left.elapsed() < GRACE {
-        let in_flight = server.in_flight.load(Ordering::SeqCst);
-        let connections = server.connections.load(Ordering::SeqCst);
-        if in_flight == 0 && connections == 0 {
-            break;
-        }
-        if !told && left.elapsed() >= DRAIN {
-            log::info!(
-                "waiting for {connections} connection(s) to close, {in_flight} request(s) in flight (up to {} s)",
-                GRACE.as_secs()
-            );
-            told = true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !gauge::wait_for_zero(&server.connections, left + DRAIN) {
+        log::info!(
+            "waiting for {} connection(s) to close, {} request(s) in flight (up to {} s)",
+            server.connections.load(Ordering::SeqCst),
+            server.in_flight.load(Ordering::SeqCst),
+            GRACE.as_secs()
+        );
+        gauge::wait_for_zero(&server.connections, left + GRACE);
+    }
+    // Wake the accept loop, blocked in accept(), so it sees `stopping` and ends.
+    server.stopping.store(true, Ordering::SeqCst);
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+        let _ = accept.join();
     }
     log::info!("Server {} stopped", config.id);
     Ok(())
@@ -187,6 +190,9 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
 
 fn accept_loop(server: &Arc<Server>, listener: &TcpListener) {
     for stream in listener.incoming() {
+        if server.stopping.load(Ordering::SeqCst) {
+            break;
+        }
         match stream {
             Ok(stream) => {
                 let server = Arc::clone(server);
