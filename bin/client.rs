@@ -1,7 +1,6 @@
 //! `client <client_id> [REQUEST...]`: the minilb client; `client bench ...`: its load generator.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,21 +20,11 @@ use minilb::client::{self, ClientConfig};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// This client's id, shown in its messages.
-    #[arg(required = true)]
-    client_id: Option<u32>,
+    #[command(flatten)]
+    config: ClientConfig,
     /// The request: `file <name>` downloads a file; anything else is an SQL query.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     request: Vec<String>,
-    /// Load balancer address (or a server's, to skip the balancer).
-    #[arg(long, default_value = "127.0.0.1:5070")]
-    lb: String,
-    /// Folder downloads are saved in.
-    #[arg(long, default_value = ".")]
-    download_dir: PathBuf,
-    /// Overwrite an existing file instead of saving as `name (1).ext`.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,12 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn run_client(args: Args) -> ExitCode {
-    let config = ClientConfig {
-        id: args.client_id.unwrap_or_default(),
-        lb: args.lb,
-        download_dir: args.download_dir,
-        force: args.force,
-    };
+    let config = args.config;
     if !config.download_dir.is_dir() {
         eprintln!(
             "client: download folder {} does not exist; create it or pass --download-dir",

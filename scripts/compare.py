@@ -49,7 +49,7 @@ def run_policy(procs, work, servers_file, policy):
     log = work / f"loadbalancer-{policy}.log"
     proc = procs.start(
         [BIN / "loadbalancer", "--port", "0", "--admin-port", "0", "--servers-file",
-         servers_file, "--algorithm", policy],
+         servers_file, "--policy", policy],
         log, cwd=work, env=quiet_env(),
     )
     addr = wait_for("loadbalancer", lambda: listening_addr(log), proc=proc, log=log)

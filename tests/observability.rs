@@ -297,3 +297,15 @@ fn the_timeline_shows_each_request_on_its_server_with_its_wait() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     bystander.finish();
 }
+
+#[test]
+fn the_policy_is_chosen_with_policy_and_still_with_its_old_spelling_algorithm() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &["--policy", "round-robin"]);
+    assert_eq!(status(&lb)["policy"], "round-robin");
+    assert_eq!(Wire::connect(lb.addr).request("SELECT 1").server(), Some(1));
+    // Scripts written for the old name keep working (see also the `measured` test above).
+    let old = start_balancer(&dir, 1, &["--algorithm", "least-connections"]);
+    assert_eq!(status(&old)["policy"], "least-connections");
+}

@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::balancer::backend::{Backend, BackendConn};
 use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
+use crate::gauge::Held;
 use crate::idle_queue::{Lease, Membership as InPool};
 use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
@@ -104,24 +105,21 @@ impl Watcher {
         let (attempts, to_do) = crossbeam_channel::unbounded::<Attempt>();
         let (done, outcomes) = crossbeam_channel::unbounded();
         for i in 0..RECONNECTORS {
-            let (lb, to_do, done) = (Arc::clone(&lb), to_do.clone(), done.clone());
-            std::thread::Builder::new()
-                .name(format!("reconnect-{i}"))
-                .stack_size(128 * 1024)
-                .spawn(move || {
-                    // Ends when the watcher, and with it the sending side, is gone.
-                    for attempt in to_do {
-                        let Attempt {
-                            backend,
-                            stats,
-                            cancelled,
-                            failures,
-                        } = attempt;
-                        let reached = reconnect(&lb, &backend, &stats, &cancelled, failures);
-                        let _ = done.send(Outcome { backend, reached });
-                    }
-                })
-                .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
+            let (to_do, done) = (to_do.clone(), done.clone());
+            spawn_prober(&lb, format!("reconnect-{i}"), move |lb| {
+                // Ends when the watcher, and with it the sending side, is gone.
+                for attempt in to_do {
+                    let Attempt {
+                        backend,
+                        stats,
+                        cancelled,
+                        failures,
+                    } = attempt;
+                    let reached = reconnect(lb, &backend, &stats, &cancelled, failures);
+                    let _ = done.send(Outcome { backend, reached });
+                }
+            })
+            .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
         }
         Ok(Watcher {
             lb,
@@ -135,11 +133,17 @@ impl Watcher {
         })
     }
 
-    /// Polls until the balancer stops.
-    pub fn run(mut self) {
-        while !self.lb.stopping.load(Ordering::SeqCst) {
+    /// Polls every [`POLL_INTERVAL`] until `stop` is closed (or carries a message); its
+    /// reconnector threads end once their attempt in hand is done.
+    pub fn run(mut self, stop: &Receiver<()>) {
+        // Carries a tick every POLL_INTERVAL: time for the next look.
+        let ticks = crossbeam_channel::tick(POLL_INTERVAL);
+        loop {
             self.poll();
-            std::thread::sleep(POLL_INTERVAL);
+            crossbeam_channel::select! {
+                recv(ticks) -> _ => {}
+                recv(stop) -> _ => return,
+            }
         }
     }
 
@@ -370,29 +374,52 @@ pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let (backend, stats) = (Arc::clone(&old.backend), Arc::clone(&old.stats));
     drop(old);
     let id = backend.id;
-    let prober = Arc::clone(lb);
-    let spawned = std::thread::Builder::new()
-        .name(format!("reprobe-{id}"))
-        .stack_size(128 * 1024)
-        .spawn(move || match connect_and_probe(&prober, &backend, &stats) {
+    let spawned = spawn_prober(
+        lb,
+        format!("reprobe-{id}"),
+        move |lb| match connect_and_probe(lb, &backend, &stats) {
             Ok(conn) => {
                 log::info!(
                     "Connected to server {id} at {} again: it answered the re-probe",
                     backend.addr
                 );
-                prober.queue.give_back(candidate, conn);
+                lb.queue.give_back(candidate, conn);
             }
             Err(e) => {
                 log::warn!("server {id} is down: the re-probe failed ({e})");
-                prober.queue.remove_member(id);
+                lb.queue.remove_member(id);
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         log::error!(
             "cannot start a thread to re-probe server {id}: {e}; taking it out of the pool"
         );
         lb.queue.remove_member(id);
     }
+}
+
+/// Starts a thread that talks to servers (a reconnector, a re-probe), counted in
+/// `lb.probing` until it ends, so that shutting down can wait for it.
+fn spawn_prober(
+    lb: &Arc<Balancer>,
+    name: String,
+    f: impl FnOnce(&Arc<Balancer>) + Send + 'static,
+) -> io::Result<()> {
+    lb.probing.fetch_add(1, Ordering::SeqCst);
+    let prober = Arc::clone(lb);
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _held = Held::adopt(&prober.probing);
+            f(&prober);
+        });
+    if spawned.is_err() {
+        // The closure, and the unit it would have adopted, never ran.
+        lb.probing.fetch_sub(1, Ordering::SeqCst);
+    }
+    spawned.map(drop)
 }
 
 /// A new connection to `backend` that has answered [`PROBE`].

@@ -25,78 +25,87 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::cidr::AllowList;
+use crate::cidr::{AllowList, Cidr};
+use crate::cli::parse_seconds;
 use crate::gauge;
 use crate::idle_queue::IdleQueue;
-use crate::policy;
 use crate::servers_file::ServerEntry;
+use crate::{policy, token};
 use backend::BackendConn;
 
-/// The balancer's settings, from its command line.
-#[derive(Debug, Clone)]
+/// The balancer's settings: its command line (`#[command(flatten)]` in `bin/loadbalancer.rs`),
+/// so each flag's name, default and help are written once, here.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BalancerConfig {
     /// Address to listen on for clients.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Port to listen on; 0 lets the OS choose.
+    /// Port to listen on for clients (0 picks a free one).
+    #[arg(long, default_value_t = 5070)]
     pub port: u16,
     /// The servers file to read and watch.
+    #[arg(long, default_value = "data/servers.json")]
     pub servers_file: PathBuf,
-    /// Policy name (see [`policy::NAMES`]).
-    pub algorithm: String,
-    /// How long a request waits for a busy server before `ERR busy`.
+    /// Balancing policy: power (fastest idle first, by declared time), measured, round-robin,
+    /// least-connections or two-choices.
+    #[arg(long, alias = "algorithm", default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(policy::NAMES))]
+    pub policy: String,
+    /// Seconds a request waits for a busy server before `ERR busy`.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub queue_timeout: Duration,
-    /// How long a server may take to start replying, on top of its processing time.
+    /// Seconds a server may take to start replying, on top of its processing time.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub server_timeout: Duration,
-    /// Most attempts at one request when servers fail.
+    /// Extra attempts on other servers when a server fails before replying.
+    #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Most clients connected at once.
+    /// Most clients connected at once; more get `ERR busy`.
+    #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
-    /// How long Ctrl-C waits for connected clients to get their replies and leave.
+    /// Seconds Ctrl-C waits for connected clients to get their replies and leave.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub grace: Duration,
-    /// Address of the admin listener (HTTP).
+    /// Address of the admin listener (HTTP: servers join here).
+    #[arg(long, default_value = "127.0.0.1")]
     pub admin_host: String,
-    /// Port of the admin listener; 0 lets the OS choose.
+    /// Port of the admin listener (0 picks a free one).
+    #[arg(long, default_value_t = 5080)]
     pub admin_port: u16,
-    /// Shared secret that servers joining over the network must present.
+    /// File holding the shared secret servers must present to join over the network;
+    /// without it only loopback peers may join.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The secret read from `token_file` at start.
+    #[arg(skip)]
     pub token: Option<String>,
-    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub request_timeout: Duration,
-    /// How long a client may stay silent between requests (0: no limit).
+    /// Seconds a client may stay silent between requests before it is disconnected (0: no limit).
+    #[arg(long, default_value = "300", value_parser = parse_seconds)]
     pub idle_timeout: Duration,
-    /// Client addresses served (empty: every address).
+    /// Serve only clients from this network, e.g. 10.0.0.0/8 or fd00::/8 (repeatable;
+    /// default: every address). Others get `ERR forbidden`.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub networks: Vec<Cidr>,
+    /// The `networks` as the listener checks them.
+    #[arg(skip)]
     pub allow: AllowList,
-    /// Most servers in the pool (listed in the file and joined over the network together).
+    /// Most servers in the pool, from the servers file and joins together: further joins get
+    /// HTTP 503 and further file entries are ignored, with a warning.
+    #[arg(long, default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_servers: usize,
-}
-
-impl Default for BalancerConfig {
-    fn default() -> Self {
-        BalancerConfig {
-            host: "127.0.0.1".into(),
-            port: 5070,
-            servers_file: PathBuf::from("data/servers.json"),
-            algorithm: "power".into(),
-            queue_timeout: Duration::from_secs(30),
-            server_timeout: Duration::from_secs(30),
-            retries: 2,
-            max_clients: 10_000,
-            grace: Duration::from_secs(10),
-            admin_host: "127.0.0.1".into(),
-            admin_port: 5080,
-            token: None,
-            request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            allow: AllowList::default(),
-            max_servers: 100,
-        }
-    }
 }
 
 /// How long start-up waits for the servers already listed to be connected.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
+
+/// How long shutting down waits for the threads probing servers to end.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Descriptors kept for everything but clients: standard streams, the two listeners, the
 /// accept loop's spare, the servers file, servers being probed, and admin connections.
@@ -114,6 +123,8 @@ pub struct Balancer {
     pub clients: AtomicUsize,
     /// Requests being handled now (read, not yet answered).
     pub in_flight: AtomicUsize,
+    /// Threads reconnecting or re-probing servers now (see [`membership`]).
+    pub probing: AtomicUsize,
     /// Numbers requests in the log.
     pub next_request: AtomicU64,
     /// Guards the servers that joined over the network (admin listener), by id.
@@ -129,11 +140,13 @@ pub struct Balancer {
 /// # Errors
 /// A message saying what failed at start (unknown policy, port in use, bad servers file).
 pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
+    config.token = config.token_file.as_deref().map(token::read).transpose()?;
+    config.allow = AllowList::new(config.networks.clone());
     config.max_clients = fit_descriptors(config.max_clients);
-    let policy = policy::by_name(&config.algorithm).ok_or_else(|| {
+    let policy = policy::by_name(&config.policy).ok_or_else(|| {
         format!(
-            "unknown algorithm {:?}; choose one of: {}",
-            config.algorithm,
+            "unknown policy {:?}; choose one of: {}",
+            config.policy,
             policy::NAMES.join(", ")
         )
     })?;
@@ -159,6 +172,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         stopping: AtomicBool::new(false),
         clients: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        probing: AtomicUsize::new(0),
         next_request: AtomicU64::new(1),
         joined: Mutex::new(HashMap::new()),
         stats: stats::Stats::default(),
@@ -177,7 +191,9 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         lb.config.servers_file.display()
     );
     let watcher = membership::Watcher::new(Arc::clone(&lb))?;
-    spawn("membership", move || watcher.run())?;
+    // Closed (the sender dropped) at shutdown: the watcher stops.
+    let (stop_watcher, stop) = crossbeam_channel::bounded::<()>(0);
+    let watcher = spawn("membership", move || watcher.run(&stop))?;
     if listed.is_empty() {
         log::warn!(
             "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
@@ -200,15 +216,18 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     let admin = spawn("admin", move || admin::serve(&admin_lb, admin))?;
 
     let _ = shutdown.recv();
+    log::info!("Shutting down: no new clients; answering the clients connected");
+    lb.stopping.store(true, Ordering::SeqCst);
+    drop(stop_watcher);
+    let _ = watcher.join();
     shut_down(&lb, [(accept, addr), (admin, admin_addr)]);
     Ok(())
 }
 
 /// Stops both listeners (the client one takes in the clients already in its backlog first),
-/// then waits up to the grace period for every client to get its reply and leave.
+/// then waits up to the grace period for every client to get its reply and leave, and for
+/// the threads probing servers to end.
 fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
-    log::info!("Shutting down: no new clients; answering the clients connected");
-    lb.stopping.store(true, Ordering::SeqCst);
     for (thread, addr) in listeners {
         // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
         // connect with, it cannot be woken: leave it, rather than wait for it for ever.
@@ -218,7 +237,8 @@ fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
     }
     // A session ends after the request in hand once `stopping` is set; idle clients are
     // waited for, so one that sends a request now still gets its reply.
-    if !gauge::wait_for_zero(&lb.clients, Instant::now() + lb.config.grace) {
+    let deadline = Instant::now() + lb.config.grace;
+    if !gauge::wait_for_zero(&lb.clients, deadline) {
         log::warn!(
             "grace period over with {} client(s) still connected, {} request(s) in flight",
             lb.clients.load(Ordering::SeqCst),
@@ -226,6 +246,14 @@ fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
         );
     }
     lb.queue.stop();
+    // The watcher is gone, so the reconnectors end after their attempt in hand. A probe of a
+    // live server takes a moment; one stuck on a hung server is not worth delaying the exit.
+    if !gauge::wait_for_zero(&lb.probing, deadline.min(Instant::now() + PROBE_WAIT)) {
+        log::debug!(
+            "{} server probe(s) still running",
+            lb.probing.load(Ordering::SeqCst)
+        );
+    }
     log::info!("Load balancer stopped");
 }
 

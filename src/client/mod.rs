@@ -39,16 +39,26 @@ pub fn remove_partial_download_on_signal() -> Result<(), String> {
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
 }
 
-/// The client's settings, from its command line.
-#[derive(Debug, Clone)]
+/// The client's settings: its command line (`#[command(flatten)]` in `bin/client.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ClientConfig {
-    /// The client's id, shown in its messages.
+    /// This client's id, shown in its messages.
+    // Required, but defaulted so that `client bench`, which has no id, still parses.
+    #[arg(
+        value_name = "CLIENT_ID",
+        required = true,
+        default_value_t = 0,
+        hide_default_value = true
+    )]
     pub id: u32,
-    /// `host:port` of the balancer (or of a server).
+    /// Load balancer address (or a server's, to skip the balancer).
+    #[arg(long, default_value = "127.0.0.1:5070")]
     pub lb: String,
     /// Folder downloads are saved in.
+    #[arg(long, default_value = ".")]
     pub download_dir: PathBuf,
-    /// Overwrite an existing file instead of saving under a new name.
+    /// Overwrite an existing file instead of saving as `name (1).ext`.
+    #[arg(long)]
     pub force: bool,
 }
 

@@ -74,12 +74,15 @@ impl DatabaseConfig {
     }
 }
 
-/// Limits applied to every query.
-#[derive(Debug, Clone, Copy)]
+/// Limits applied to every query (a query running longer is interrupted: `ERR timeout`; a
+/// larger reply is refused: `ERR too_large`).
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct QueryLimits {
-    /// A query running longer than this is interrupted (`ERR timeout`).
+    /// Seconds a query may run before it is stopped.
+    #[arg(long = "query-timeout", value_name = "QUERY_TIMEOUT", default_value = "5", value_parser = crate::cli::parse_seconds)]
     pub timeout: Duration,
-    /// A reply body larger than this is refused (`ERR too_large`).
+    /// Largest query reply, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_reply: usize,
 }
 

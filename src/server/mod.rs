@@ -11,16 +11,19 @@ pub mod file_store;
 pub mod handler;
 pub mod registration;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::cli::parse_seconds;
+use crate::gauge;
 use crate::servers_file::ServerEntry;
+use crate::token;
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
 use registration::Registration;
@@ -31,29 +34,46 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// After Ctrl-C, the longest wait for requests in flight and connections to close.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// A server's settings, from its command line.
-#[derive(Debug, Clone)]
+/// A server's settings: its command line (`#[command(flatten)]` in `bin/server.rs`), so each
+/// flag's name, default and help are written once, here.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
-    /// The server's id.
+    /// This server's id, shown in every reply (`server=<id>`).
+    #[arg(value_name = "SERVER_ID")]
     pub id: u32,
-    /// Address to listen on.
-    pub host: String,
-    /// Port to listen on; 0 lets the OS choose.
+    /// Port to listen on (0 picks a free one).
     pub port: u16,
-    /// Time each request takes at least.
+    /// Seconds each request takes at least, e.g. 0.5 (smaller = more powerful).
+    #[arg(value_parser = parse_seconds)]
     pub processing_time: Duration,
-    /// The processing time announced to balancers, when it differs from the real one (to
-    /// show what measuring servers is for).
+    /// Announce this processing time to balancers instead of the real one: a server whose
+    /// declaration is wrong, for the `measured` policy and the dashboard's flag to catch.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub declared_time: Option<Duration>,
-    /// Where the server records itself for balancers.
-    pub registration: Registration,
-    /// `database.json`.
-    pub db_config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Where the server records itself for the load balancer.
+    #[arg(long, default_value = "data/servers.json")]
+    pub servers_file: PathBuf,
+    /// Join the balancer whose admin listener is at HOST:PORT over the network, instead of
+    /// recording this server in the servers file (for servers on other machines).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// File holding the shared secret for --join (the balancer's --token-file).
+    #[arg(long, requires = "join")]
+    pub token_file: Option<PathBuf>,
+    /// Database settings (`{"path": "colors.db", "writable": false}`).
+    #[arg(long, default_value = "data/database.json")]
+    pub db: PathBuf,
     /// Folder of files to serve.
+    #[arg(long, default_value = "data/files")]
     pub files: PathBuf,
     /// Limits on queries.
+    #[command(flatten)]
     pub limits: QueryLimits,
-    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    /// Seconds a request line may take to arrive, from its first byte (0: no limit).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub request_timeout: Duration,
 }
 
@@ -71,6 +91,8 @@ pub struct Server {
     pub connections: AtomicUsize,
     /// Requests read and not yet fully answered.
     pub in_flight: AtomicUsize,
+    /// Set after the grace period: the accept loop ends at its next wake-up.
+    pub stopping: AtomicBool,
     /// How long a request line may take to arrive, from its first byte (0: no limit).
     pub request_timeout: Duration,
 }
@@ -81,7 +103,14 @@ pub struct Server {
 /// # Errors
 /// A message saying what failed at start (database, files folder, port, servers file).
 pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
-    let db_config = DatabaseConfig::load(&config.db_config)?;
+    let registration = match config.join.clone() {
+        Some(admin) => Registration::Join {
+            admin,
+            token: config.token_file.as_deref().map(token::read).transpose()?,
+        },
+        None => Registration::File(config.servers_file.clone()),
+    };
+    let db_config = DatabaseConfig::load(&config.db)?;
     let database = Database::open(&db_config, config.limits)?;
     log::info!(
         "Connected to database {} successfully",
@@ -105,7 +134,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             .as_secs_f64(),
         writable: db_config.writable,
     };
-    config.registration.register(&entry)?;
+    registration.register(&entry)?;
     let server = Arc::new(Server {
         id: config.id,
         processing_time: config.processing_time,
@@ -113,6 +142,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
         request_timeout: config.request_timeout,
     });
     log::info!(
@@ -123,7 +153,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     println!("server {} listening on {addr}", config.id);
 
     let accepting = Arc::clone(&server);
-    std::thread::Builder::new()
+    let accept = std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || accept_loop(&accepting, &listener))
         .map_err(|e| e.to_string())?;
@@ -133,27 +163,26 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         "Server {} stopping: leaving the pool, finishing requests in flight",
         config.id
     );
-    if let Err(e) = config.registration.deregister(&entry) {
+    if let Err(e) = registration.deregister(&entry) {
         log::warn!("{e}");
     }
     // Keep answering until every balancer has let go (a balancer that is itself stopping
-    // keeps its connection until its own queue is empty), up to GRACE.
+    // keeps its connection until its own queue is empty), up to GRACE. A request in flight
+    // holds its connection, so no connection left means no request left either.
     let left = Instant::now();
-    let mut told = false;
-    while left.elapsed() < GRACE {
-        let in_flight = server.in_flight.load(Ordering::SeqCst);
-        let connections = server.connections.load(Ordering::SeqCst);
-        if in_flight == 0 && connections == 0 {
-            break;
-        }
-        if !told && left.elapsed() >= DRAIN {
-            log::info!(
-                "waiting for {connections} connection(s) to close, {in_flight} request(s) in flight (up to {} s)",
-                GRACE.as_secs()
-            );
-            told = true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !gauge::wait_for_zero(&server.connections, left + DRAIN) {
+        log::info!(
+            "waiting for {} connection(s) to close, {} request(s) in flight (up to {} s)",
+            server.connections.load(Ordering::SeqCst),
+            server.in_flight.load(Ordering::SeqCst),
+            GRACE.as_secs()
+        );
+        gauge::wait_for_zero(&server.connections, left + GRACE);
+    }
+    // Wake the accept loop, blocked in accept(), so it sees `stopping` and ends.
+    server.stopping.store(true, Ordering::SeqCst);
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+        let _ = accept.join();
     }
     log::info!("Server {} stopped", config.id);
     Ok(())
@@ -161,6 +190,9 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
 
 fn accept_loop(server: &Arc<Server>, listener: &TcpListener) {
     for stream in listener.incoming() {
+        if server.stopping.load(Ordering::SeqCst) {
+            break;
+        }
         match stream {
             Ok(stream) => {
                 let server = Arc::clone(server);
