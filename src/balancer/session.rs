@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::backend::{BackendConn, Unusable};
 use crate::balancer::{membership, stats, Balancer};
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
 use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
@@ -220,7 +220,7 @@ fn handle(
                     matches!(request, Request::Query(_)) && lease.item().backend.writable;
                 membership::reprobe(lb, lease);
                 if may_have_run {
-                    let e = Error::Unavailable(format!(
+                    let e = Code::Unavailable.msg(format!(
                         "server {server} failed while running the query; it may or may not have run, so it was not retried"
                     ));
                     return reply_error(lb, &e, started, client);
@@ -234,7 +234,7 @@ fn handle(
             }
         }
     }
-    let e = Error::Unavailable(format!(
+    let e = Code::Unavailable.msg(format!(
         "no server could answer after {attempts} attempts; try again"
     ));
     reply_error(lb, &e, started, client)
@@ -286,14 +286,13 @@ fn refuse(
     client: &mut Client,
 ) -> io::Result<()> {
     let e = match why {
-        NoServer::NoneUp => Error::Unavailable(
-            "no server is up; start one with `server <id> <port> <processing_time>`".into(),
-        ),
-        NoServer::TimedOut => Error::Busy(format!(
+        NoServer::NoneUp => Code::Unavailable
+            .msg("no server is up; start one with `server <id> <port> <processing_time>`"),
+        NoServer::TimedOut => Code::Busy.msg(format!(
             "every server stayed busy for {:.0} s (--queue-timeout); try again later",
             lb.config.queue_timeout.as_secs_f64()
         )),
-        NoServer::Stopped => Error::Unavailable("the load balancer is shutting down".into()),
+        NoServer::Stopped => Code::Unavailable.msg("the load balancer is shutting down"),
     };
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());

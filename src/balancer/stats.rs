@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::balancer::backend::Backend;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::idle_queue::Decision;
 use crate::policy::{Candidate, Policy};
 
@@ -32,15 +32,6 @@ pub const TIMELINE_WINDOW: Duration = Duration::from_secs(60);
 /// At most this many requests are kept for the timeline, however fast they come: it bounds
 /// the memory and the size of `/status` (a busier minute shows only its latest part).
 pub const TIMELINE_CAP: usize = 1000;
-
-/// Whether an `ERR` code means the request was at fault (a typo, a bad query, a missing file)
-/// rather than the server: those are counted apart, so a user's mistake is not a server's error.
-pub fn is_client_error(code: &str) -> bool {
-    matches!(
-        code,
-        "bad_request" | "not_found" | "forbidden" | "too_large" | "sql"
-    )
-}
 
 /// A latency histogram with Prometheus' cumulative-bucket semantics.
 #[derive(Default)]
@@ -86,7 +77,7 @@ pub struct ServerStats {
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
-    /// request's fault (see [`is_client_error`]).
+    /// request's fault (see [`Code::is_client_error`]).
     pub errors: AtomicU64,
     /// `ERR` replies from it caused by the request (a bad query, a missing file, ...).
     pub client_errors: AtomicU64,
@@ -202,8 +193,8 @@ pub struct Stats {
     servers: Mutex<BTreeMap<u32, Arc<ServerStats>>>,
     /// Replies sent to clients.
     pub replies: AtomicU64,
-    /// `ERR` replies sent to clients, by code (in the order of [`Error::CODES`]).
-    pub errors: [AtomicU64; Error::CODES.len()],
+    /// `ERR` replies sent to clients, indexed by [`Code`].
+    pub errors: [AtomicU64; Code::ALL.len()],
     /// Latency of every request, as the client sees it (less its network).
     pub latency: Histogram,
     /// Guards the most recent decisions, newest last.
@@ -254,9 +245,7 @@ impl Stats {
         self.replies.fetch_add(1, Ordering::Relaxed);
         self.latency.observe(latency);
         if let Some(e) = error {
-            if let Some(i) = Error::CODES.iter().position(|c| *c == e.code()) {
-                self.errors[i].fetch_add(1, Ordering::Relaxed);
-            }
+            self.errors[e.kind() as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -272,7 +261,7 @@ impl Stats {
         server.requests.fetch_add(1, Ordering::Relaxed);
         server.bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Some(e) = error {
-            let counter = if is_client_error(e.code()) {
+            let counter = if e.kind().is_client_error() {
                 &server.client_errors
             } else {
                 &server.errors
@@ -494,9 +483,8 @@ mod tests {
         assert_eq!(d.len(), RECENT_DECISIONS);
         assert_eq!(d[0].request, 5);
         assert_eq!(d[0].text, "req 5 -> no server: d5");
-        stats.record_reply(Duration::ZERO, Some(&Error::Busy("x".into())));
-        let busy = Error::CODES.iter().position(|c| *c == "busy").unwrap();
-        assert_eq!(stats.errors[busy].load(Ordering::Relaxed), 1);
+        stats.record_reply(Duration::ZERO, Some(&Code::Busy.msg("x")));
+        assert_eq!(stats.errors[Code::Busy as usize].load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -552,8 +540,8 @@ mod tests {
     fn a_requests_mistake_is_not_the_servers_error() {
         let stats = Stats::default();
         let s = stats.server(&backend(1, 0.1));
-        let sql = Error::Sql("no such table".into());
-        let internal = Error::Internal("disk".into());
+        let sql = Code::Sql.msg("no such table");
+        let internal = Code::Internal.msg("disk");
         for e in [None, Some(&sql), Some(&sql), Some(&internal)] {
             stats.record_server_reply(&s, Duration::ZERO, Duration::ZERO, 0, e);
         }

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use crate::balancer::stats::{is_client_error, TIMELINE_CAP, TIMELINE_WINDOW};
+use crate::balancer::stats::{TIMELINE_CAP, TIMELINE_WINDOW};
 use crate::balancer::Balancer;
-use crate::error::Error;
+use crate::error::Code;
 use crate::idle_queue::Membership;
 
 /// A server's state as shown to people: `up`, `draining` or `down`.
@@ -50,15 +50,12 @@ pub fn status(lb: &Balancer) -> Value {
             })
         })
         .collect();
-    let errors: serde_json::Map<String, Value> = Error::CODES
-        .iter()
-        .zip(&lb.stats.errors)
-        .map(|(code, n)| (code.to_string(), json!(n.load(Ordering::Relaxed))))
-        .collect();
+    let mut errors = serde_json::Map::new();
     let (mut client_errors, mut server_errors) = (0, 0);
-    for (code, n) in Error::CODES.iter().zip(&lb.stats.errors) {
+    for (code, n) in Code::ALL.into_iter().zip(&lb.stats.errors) {
         let n = n.load(Ordering::Relaxed);
-        if is_client_error(code) {
+        errors.insert(code.as_str().to_string(), json!(n));
+        if code.is_client_error() {
             client_errors += n;
         } else {
             server_errors += n;
@@ -178,10 +175,10 @@ pub fn metrics(lb: &Balancer) -> String {
         "counter",
         "ERR replies sent to clients, by code.",
     );
-    for (code, n) in Error::CODES.iter().zip(&lb.stats.errors) {
+    for (code, n) in Code::ALL.into_iter().zip(&lb.stats.errors) {
         m.sample(
             "minilb_errors_total",
-            &format!("code=\"{code}\""),
+            &format!("code=\"{}\"", code.as_str()),
             n.load(Ordering::Relaxed) as f64,
         );
     }
