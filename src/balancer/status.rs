@@ -2,53 +2,89 @@
 //! the Prometheus text format for `GET /metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::balancer::backend::Backend;
 use crate::balancer::stats::{TIMELINE_CAP, TIMELINE_WINDOW};
 use crate::balancer::Balancer;
 use crate::error::Code;
-use crate::idle_queue::Membership;
+use crate::idle_queue::{Membership, Snapshot};
 
-/// A server's state as shown to people: `up`, `draining` or `down`.
-fn state(lb_members: &[(u32, Membership)], id: u32) -> &'static str {
-    match lb_members.iter().find(|(m, _)| *m == id).map(|(_, s)| *s) {
-        Some(Membership::Active) => "up",
-        Some(Membership::Draining) => "draining",
-        None => "down",
-    }
+/// A server's state as shown to people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In the pool, idle or busy.
+    Up,
+    /// Finishing its request in flight, then leaving.
+    Draining,
+    /// Listed, not in the pool (being reconnected).
+    Down,
+}
+
+/// One server as the status page sees it: its live state and where the queue has it.
+struct Row<'a> {
+    server: &'a Backend,
+    state: State,
+    /// Whether it is handling a request (in the pool, not idle).
+    busy: bool,
+}
+
+/// Every listed server, by id, with its state as `queue` saw it.
+fn rows<'a>(queue: &Snapshot, servers: &'a [Arc<Backend>]) -> Vec<Row<'a>> {
+    servers
+        .iter()
+        .map(|server| {
+            let state = match queue.members.iter().find(|(id, _)| *id == server.id) {
+                Some((_, Membership::Active)) => State::Up,
+                Some((_, Membership::Draining)) => State::Draining,
+                None => State::Down,
+            };
+            let busy = state != State::Down && !queue.idle.contains(&server.id);
+            Row {
+                server,
+                state,
+                busy,
+            }
+        })
+        .collect()
 }
 
 /// `GET /status`: every server, the queue, clients, totals, uptime and the policy.
 pub fn status(lb: &Balancer) -> Value {
     let queue = lb.queue.snapshot();
-    let servers: Vec<Value> = lb
-        .stats
-        .servers()
+    let listed = lb.stats.servers();
+    let servers: Vec<Value> = rows(&queue, &listed)
         .iter()
-        .map(|s| {
-            let b = &s.backend;
-            let requests = s.requests.load(Ordering::Relaxed);
-            json!({
-                "id": b.id,
-                "address": b.addr,
-                "processing_time": b.processing_time.as_secs_f64(),
-                "measured_time": s.measured().map(|m| m.as_secs_f64()),
-                "declaration_off": s.declaration_off(),
-                "state": state(&queue.members, b.id),
-                "busy": s.busy.load(Ordering::Relaxed),
-                "requests": requests,
-                "errors": s.errors.load(Ordering::Relaxed),
-                "client_errors": s.client_errors.load(Ordering::Relaxed),
-                "bytes": s.bytes.load(Ordering::Relaxed),
-                "stray": s.stray.load(Ordering::Relaxed),
-                "latency": match s.latency_micros.load(Ordering::Relaxed) {
-                    0 => None,
-                    us => Some(us as f64 / 1e6),
-                },
-            })
-        })
+        .map(
+            |&Row {
+                 server: s,
+                 state,
+                 busy,
+             }| {
+                json!({
+                    "id": s.id,
+                    "address": s.addr,
+                    "processing_time": s.processing_time.as_secs_f64(),
+                    "measured_time": s.measured().map(|m| m.as_secs_f64()),
+                    "declaration_off": s.declaration_off(),
+                    "state": match state {
+                        State::Up => "up",
+                        State::Draining => "draining",
+                        State::Down => "down",
+                    },
+                    "busy": busy,
+                    "requests": s.requests.load(Ordering::Relaxed),
+                    "errors": s.errors.load(Ordering::Relaxed),
+                    "client_errors": s.client_errors.load(Ordering::Relaxed),
+                    "bytes": s.bytes.load(Ordering::Relaxed),
+                    "stray": s.stray.load(Ordering::Relaxed),
+                    "latency": s.latency().map(|l| l.as_secs_f64()),
+                })
+            },
+        )
         .collect();
     let mut errors = serde_json::Map::new();
     let (mut client_errors, mut server_errors) = (0, 0);
@@ -86,77 +122,81 @@ pub fn status(lb: &Balancer) -> Value {
     })
 }
 
+/// A per-server metric family: name, type, help, and how a row gives its value.
+type Family = (&'static str, &'static str, &'static str, fn(&Row) -> f64);
+
+/// Every per-server family of `/metrics`, one row each.
+const PER_SERVER: [Family; 9] = [
+    (
+        "minilb_server_requests_total",
+        "counter",
+        "Replies relayed from the server.",
+        |r| count(&r.server.requests),
+    ),
+    (
+        "minilb_server_errors_total",
+        "counter",
+        "Failures of the server: broken connections or replies, ERR replies not caused by the request.",
+        |r| count(&r.server.errors),
+    ),
+    (
+        "minilb_server_client_errors_total",
+        "counter",
+        "ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).",
+        |r| count(&r.server.client_errors),
+    ),
+    (
+        "minilb_server_bytes_total",
+        "counter",
+        "Reply body bytes relayed from the server.",
+        |r| count(&r.server.bytes),
+    ),
+    (
+        "minilb_server_stray_total",
+        "counter",
+        "Times the server sent bytes no request asked for; each closed its connection.",
+        |r| count(&r.server.stray),
+    ),
+    (
+        "minilb_server_up",
+        "gauge",
+        "1 if the server is in the pool.",
+        |r| f64::from(u8::from(r.state == State::Up)),
+    ),
+    (
+        "minilb_server_busy",
+        "gauge",
+        "1 while the server handles a request.",
+        |r| f64::from(u8::from(r.busy)),
+    ),
+    (
+        "minilb_server_declared_seconds",
+        "gauge",
+        "The server's declared processing time.",
+        |r| r.server.processing_time.as_secs_f64(),
+    ),
+    (
+        "minilb_server_measured_seconds",
+        "gauge",
+        "Moving average of the server's measured service time.",
+        |r| r.server.measured().map_or(f64::NAN, |d| d.as_secs_f64()),
+    ),
+];
+
+fn count(n: &AtomicU64) -> f64 {
+    n.load(Ordering::Relaxed) as f64
+}
+
 /// `GET /metrics`: the same counters in the Prometheus text format (version 0.0.4).
 pub fn metrics(lb: &Balancer) -> String {
     let queue = lb.queue.snapshot();
-    let servers = lb.stats.servers();
+    let listed = lb.stats.servers();
+    let rows = rows(&queue, &listed);
     let mut m = Metrics(String::new());
-    let per_server = [
-        (
-            "minilb_server_requests_total",
-            "counter",
-            "Replies relayed from the server.",
-        ),
-        (
-            "minilb_server_errors_total",
-            "counter",
-            "Failures of the server: broken connections or replies, ERR replies not caused by the request.",
-        ),
-        (
-            "minilb_server_client_errors_total",
-            "counter",
-            "ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).",
-        ),
-        (
-            "minilb_server_bytes_total",
-            "counter",
-            "Reply body bytes relayed from the server.",
-        ),
-        (
-            "minilb_server_stray_total",
-            "counter",
-            "Times the server sent bytes no request asked for; each closed its connection.",
-        ),
-        (
-            "minilb_server_up",
-            "gauge",
-            "1 if the server is in the pool.",
-        ),
-        (
-            "minilb_server_busy",
-            "gauge",
-            "1 while the server handles a request.",
-        ),
-        (
-            "minilb_server_declared_seconds",
-            "gauge",
-            "The server's declared processing time.",
-        ),
-        (
-            "minilb_server_measured_seconds",
-            "gauge",
-            "Moving average of the server's measured service time.",
-        ),
-    ];
-    for (name, kind, help) in per_server {
+    for (name, kind, help, value) in PER_SERVER {
         m.family(name, kind, help);
-        for s in &servers {
-            let value = match name {
-                "minilb_server_requests_total" => s.requests.load(Ordering::Relaxed) as f64,
-                "minilb_server_errors_total" => s.errors.load(Ordering::Relaxed) as f64,
-                "minilb_server_client_errors_total" => {
-                    s.client_errors.load(Ordering::Relaxed) as f64
-                }
-                "minilb_server_bytes_total" => s.bytes.load(Ordering::Relaxed) as f64,
-                "minilb_server_stray_total" => s.stray.load(Ordering::Relaxed) as f64,
-                "minilb_server_up" => {
-                    f64::from(u8::from(state(&queue.members, s.backend.id) == "up"))
-                }
-                "minilb_server_busy" => f64::from(u8::from(s.busy.load(Ordering::Relaxed))),
-                "minilb_server_declared_seconds" => s.backend.processing_time.as_secs_f64(),
-                _ => s.measured().map_or(f64::NAN, |d| d.as_secs_f64()),
-            };
-            m.sample(name, &format!("server=\"{}\"", s.backend.id), value);
+        for row in &rows {
+            m.sample(name, &format!("server=\"{}\"", row.server.id), value(row));
         }
     }
 
