@@ -122,11 +122,6 @@ impl<T> IdleQueue<T> {
         }
     }
 
-    /// The policy's name.
-    pub fn policy_name(&self) -> &'static str {
-        self.policy.name()
-    }
-
     /// The policy.
     pub fn policy(&self) -> &dyn Policy {
         self.policy.as_ref()

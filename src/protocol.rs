@@ -26,8 +26,8 @@ impl Request {
     /// Parses a request line (without its `\n`; a trailing `\r` is dropped here).
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
-    /// inside the line, or `file` with no name; [`Error::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
+    /// [`Code::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
+    /// inside the line, or `file` with no name; [`Code::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
     pub fn parse(line: &[u8]) -> Result<Request, Error> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > MAX_REQUEST_LINE {
@@ -129,8 +129,8 @@ impl ReplyHeader {
         }
         if let Some(rest) = text.strip_prefix("ERR ") {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            return Error::from_code(code, message)
-                .map(ReplyHeader::Err)
+            return Code::parse(code)
+                .map(|c| ReplyHeader::Err(c.msg(message)))
                 .ok_or_else(|| format!("unknown error code {code:?} in reply header"));
         }
         Err(format!("reply header is neither OK nor ERR: {text:?}"))

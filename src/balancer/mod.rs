@@ -172,7 +172,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     })?;
     log::info!(
         "Load balancer listening on {addr} (admin on http://{admin_addr}), policy {}; {} server(s) in {}",
-        lb.queue.policy_name(),
+        lb.queue.policy().name(),
         listed.len(),
         lb.config.servers_file.display()
     );

@@ -98,7 +98,7 @@ pub fn status(lb: &Balancer) -> Value {
         }
     }
     json!({
-        "policy": lb.queue.policy_name(),
+        "policy": lb.queue.policy().name(),
         "uptime_seconds": lb.stats.started.elapsed().as_secs_f64(),
         "clients": lb.clients.load(Ordering::Relaxed),
         "in_flight": lb.in_flight.load(Ordering::Relaxed),

@@ -160,9 +160,9 @@ impl Database {
     /// Runs one SQL statement and formats its rows.
     ///
     /// # Errors
-    /// [`Error::Sql`] when SQLite refuses it, [`Error::Forbidden`] for a write on a read-only
-    /// database or what the authorizer refuses, [`Error::Timeout`] past the time limit,
-    /// [`Error::TooLarge`] past the reply limit.
+    /// [`Code::Sql`] when SQLite refuses it, [`Code::Forbidden`] for a write on a read-only
+    /// database or what the authorizer refuses, [`Code::Timeout`] past the time limit,
+    /// [`Code::TooLarge`] past the reply limit.
     pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         self.authorizer.take_refusal();
         let deadline = self.epoch.elapsed() + self.limits.timeout;

@@ -37,8 +37,8 @@ impl FileStore {
     /// Opens file `name` for reading and returns it with its length.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] for a name that is not a plain file name or that leads outside the
-    /// folder, [`Error::NotFound`] when there is no such regular file.
+    /// [`Code::Forbidden`] for a name that is not a plain file name or that leads outside the
+    /// folder, [`Code::NotFound`] when there is no such regular file.
     pub fn open(&self, name: &str) -> Result<(File, u64), Error> {
         check_file_name(name)?;
         let path = self.root.join(name);
@@ -74,7 +74,7 @@ impl FileStore {
 /// at most [`MAX_NAME_LEN`] bytes. The client applies the same rule before saving a download.
 ///
 /// # Errors
-/// [`Error::Forbidden`] saying what is wrong with the name.
+/// [`Code::Forbidden`] saying what is wrong with the name.
 pub fn check_file_name(name: &str) -> Result<(), Error> {
     let bad = |why: &str| Err(Code::Forbidden.msg(format!("{why}: ask for a plain file name")));
     if name.len() > MAX_NAME_LEN {
