@@ -1,7 +1,8 @@
-//! What the balancer counts, for `/status`, `/metrics` and the dashboard.
+//! What the balancer records: counters, the listed servers, recent decisions (put into words
+//! here, when read) and the timeline. [`super::report`] shows them on `/status` and `/metrics`.
 //!
 //! Counters are atomics, bumped by request threads without a lock. Three short locks: `servers`
-//! guards the index of per-server counters (changed only when servers come and go),
+//! guards the listed servers (changed only when servers come and go),
 //! `decisions` guards the list of recent decisions, and `timeline` the ring of recent requests
 //! (one push each per request; nothing is formatted under them).
 

@@ -1,4 +1,4 @@
-//! The balancer's state, rendered two ways: JSON for `GET /status` (and the dashboard), and
+//! The balancer's state reported two ways: JSON for `GET /status` (and the dashboard), and
 //! the Prometheus text format for `GET /metrics`.
 
 use std::fmt::Write as _;
