@@ -565,6 +565,22 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_ranks_by_the_measurement_the_status_page_shows() {
+        let q = IdleQueue::new(by_name("measured").unwrap());
+        let (liar, honest) = (backend(1, 0.01, 0), backend(2, 0.1, 0));
+        assert!(q.add(Arc::clone(&liar), 1) && q.add(Arc::clone(&honest), 2));
+        let lease = q.acquire(NOW).unwrap();
+        assert_eq!(lease.id(), 1);
+        let slow = Duration::from_millis(500);
+        lease.server().record_reply(slow, slow, 0, None);
+        // Its connection breaks and it is reconnected: what was measured stays measured.
+        lease.mark_down();
+        assert!(q.add(Arc::clone(&liar), 1));
+        assert_eq!(liar.measured(), Some(slow));
+        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+    }
+
+    #[test]
     fn duplicate_ids_are_refused() {
         let q = queue(&[(1, 0.5)]);
         assert!(!q.add(backend(1, 0.1, 0), 99));

@@ -296,3 +296,32 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle_queue::IdleQueue;
+    use crate::policy::{backend, by_name};
+    use std::time::Duration;
+
+    #[test]
+    fn state_and_busy_come_from_the_queue() {
+        let q = IdleQueue::new(by_name("power").unwrap());
+        let servers = [backend(1, 0.1, 0), backend(2, 0.2, 0), backend(3, 0.3, 0)];
+        assert!(q.add(Arc::clone(&servers[0]), 1) && q.add(Arc::clone(&servers[1]), 2));
+        let lease = q.acquire(Duration::ZERO).unwrap();
+        let seen = |q: &IdleQueue<u32>| {
+            let snapshot = q.snapshot();
+            rows(&snapshot, &servers)
+                .iter()
+                .map(|r| (r.state, r.busy))
+                .collect::<Vec<_>>()
+        };
+        let (up, down) = ((State::Up, false), (State::Down, false));
+        assert_eq!(seen(&q), [(State::Up, true), up, down]);
+        assert!(q.retire(1));
+        assert_eq!(seen(&q)[0], (State::Draining, true));
+        lease.release();
+        assert_eq!(seen(&q), [down, up, down]);
+    }
+}
