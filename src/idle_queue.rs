@@ -631,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn discarded_servers_leave_and_waiters_hear_it() {
+    fn servers_marked_down_leave_and_waiters_hear_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
         let held = q.acquire(NOW).unwrap();
         let waiter = spawn_waiter(&q);
