@@ -1,5 +1,6 @@
-//! The protocol's error codes: one [`Error`] variant per `ERR <code>`, so that a failure
-//! becomes a reply in exactly one place ([`Error::header_line`]).
+//! The protocol's error codes: one [`Code`] per `ERR <code>`, written once, and an [`Error`]
+//! that is a code plus a message, so that a failure becomes a reply in exactly one place
+//! ([`Error::header_line`]) and counters can be indexed by code.
 
 use std::fmt;
 use std::io;
@@ -7,88 +8,102 @@ use std::io;
 /// Longest message an `ERR` line carries; longer ones are cut so a reply stays one short line.
 pub const MAX_MESSAGE_LEN: usize = 1000;
 
-/// Why a request failed. Each variant is one `ERR <code>` on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
+/// Why a request failed: one variant per `ERR <code>` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
     /// `bad_request`: the request line is not a valid request.
-    BadRequest(String),
+    BadRequest,
     /// `not_found`: the file does not exist.
-    NotFound(String),
+    NotFound,
     /// `forbidden`: the request is understood but not allowed.
-    Forbidden(String),
+    Forbidden,
     /// `too_large`: the request or the reply is over a limit.
-    TooLarge(String),
+    TooLarge,
     /// `sql`: SQLite refused or failed the query.
-    Sql(String),
+    Sql,
     /// `timeout`: something took longer than its limit.
-    Timeout(String),
+    Timeout,
     /// `busy`: every server stayed busy for too long, or too many clients.
-    Busy(String),
+    Busy,
     /// `unavailable`: no server could answer.
-    Unavailable(String),
+    Unavailable,
     /// `internal`: a fault on our side (an I/O error reading a file, say).
-    Internal(String),
+    Internal,
 }
 
-impl Error {
-    /// Every code, as written on the wire.
-    pub const CODES: [&'static str; 9] = [
-        "bad_request",
-        "not_found",
-        "forbidden",
-        "too_large",
-        "sql",
-        "timeout",
-        "busy",
-        "unavailable",
-        "internal",
+impl Code {
+    /// Every code, in the order of their variants (`ALL[code as usize] == code`).
+    pub const ALL: [Code; 9] = [
+        Code::BadRequest,
+        Code::NotFound,
+        Code::Forbidden,
+        Code::TooLarge,
+        Code::Sql,
+        Code::Timeout,
+        Code::Busy,
+        Code::Unavailable,
+        Code::Internal,
     ];
 
     /// The code as written on the wire (`bad_request`, `not_found`, ...).
-    pub fn code(&self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Error::BadRequest(_) => "bad_request",
-            Error::NotFound(_) => "not_found",
-            Error::Forbidden(_) => "forbidden",
-            Error::TooLarge(_) => "too_large",
-            Error::Sql(_) => "sql",
-            Error::Timeout(_) => "timeout",
-            Error::Busy(_) => "busy",
-            Error::Unavailable(_) => "unavailable",
-            Error::Internal(_) => "internal",
+            Code::BadRequest => "bad_request",
+            Code::NotFound => "not_found",
+            Code::Forbidden => "forbidden",
+            Code::TooLarge => "too_large",
+            Code::Sql => "sql",
+            Code::Timeout => "timeout",
+            Code::Busy => "busy",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
         }
+    }
+
+    /// The code written `code` on the wire; `None` for one this version does not know.
+    pub fn parse(code: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
+    /// Whether the request was at fault (a typo, a bad query, a missing file) rather than the
+    /// server: those are counted apart, so a user's mistake is not a server's error.
+    pub fn is_client_error(self) -> bool {
+        matches!(
+            self,
+            Code::BadRequest | Code::NotFound | Code::Forbidden | Code::TooLarge | Code::Sql
+        )
+    }
+
+    /// An error of this code saying `message`.
+    pub fn msg(self, message: impl Into<String>) -> Error {
+        Error {
+            code: self,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a request failed: an `ERR <code> <message>` line on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: Code,
+    message: String,
+}
+
+impl Error {
+    /// Its code.
+    pub fn kind(&self) -> Code {
+        self.code
+    }
+
+    /// The code as written on the wire (`bad_request`, `not_found`, ...).
+    pub fn code(&self) -> &'static str {
+        self.code.as_str()
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        match self {
-            Error::BadRequest(m)
-            | Error::NotFound(m)
-            | Error::Forbidden(m)
-            | Error::TooLarge(m)
-            | Error::Sql(m)
-            | Error::Timeout(m)
-            | Error::Busy(m)
-            | Error::Unavailable(m)
-            | Error::Internal(m) => m,
-        }
-    }
-
-    /// Builds the variant for a wire `code`; `None` for a code this version does not know.
-    pub fn from_code(code: &str, message: impl Into<String>) -> Option<Error> {
-        let m = message.into();
-        Some(match code {
-            "bad_request" => Error::BadRequest(m),
-            "not_found" => Error::NotFound(m),
-            "forbidden" => Error::Forbidden(m),
-            "too_large" => Error::TooLarge(m),
-            "sql" => Error::Sql(m),
-            "timeout" => Error::Timeout(m),
-            "busy" => Error::Busy(m),
-            "unavailable" => Error::Unavailable(m),
-            "internal" => Error::Internal(m),
-            _ => return None,
-        })
+        &self.message
     }
 
     /// The whole reply line, `ERR <code> <message>\n`, with the message made one short line.
@@ -107,7 +122,7 @@ impl std::error::Error for Error {}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::Internal(e.to_string())
+        Code::Internal.msg(e.to_string())
     }
 }
 
@@ -134,23 +149,24 @@ mod tests {
 
     #[test]
     fn every_code_round_trips() {
-        for code in Error::CODES {
-            let e = Error::from_code(code, "m").expect(code);
-            assert_eq!(e.code(), code);
+        for (i, code) in Code::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, i);
+            let e = Code::parse(code.as_str()).unwrap().msg("m");
+            assert_eq!(e.kind(), code);
             assert_eq!(e.message(), "m");
         }
-        assert_eq!(Error::from_code("nope", "m"), None);
+        assert_eq!(Code::parse("nope"), None);
     }
 
     #[test]
     fn header_line_is_one_line() {
-        let e = Error::Sql("near \"x\":\nsyntax error\r".into());
+        let e = Code::Sql.msg("near \"x\":\nsyntax error\r");
         assert_eq!(e.header_line(), "ERR sql near \"x\": syntax error\n");
     }
 
     #[test]
     fn bidi_controls_are_folded() {
-        let e = Error::Sql("near \"\u{202e}txt.exe\u{2066}\": syntax error".into());
+        let e = Code::Sql.msg("near \"\u{202e}txt.exe\u{2066}\": syntax error");
         assert_eq!(
             e.header_line(),
             "ERR sql near \" txt.exe \": syntax error\n"

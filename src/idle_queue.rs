@@ -11,17 +11,20 @@
 //! - `returned` (a crossbeam channel) carries servers back from finished requests. Sending
 //!   never blocks; whoever takes the lock next moves them into the idle list.
 //!
-//! The queue is generic over the item it hands out (a live connection in the balancer, a plain
+//! Each server is its one [`Backend`], shared with the policies and the status page; the queue
+//! is generic over the item it hands out with it (a live connection in the balancer, a plain
 //! number in the tests), so its ordering and blocking are tested without sockets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::policy::{Candidate, Policy};
+use crate::balancer::backend::Backend;
+use crate::policy::Policy;
 
 /// Why no server was handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +54,14 @@ pub struct IdleQueue<T> {
     /// Wakes [`IdleQueue::wait_for_members`] when a server joins or the queue stops.
     joined: Condvar,
     /// Carries servers back from finished requests (sending side).
-    returned_tx: Sender<(Candidate, T)>,
+    returned_tx: Sender<(Arc<Backend>, T)>,
     /// Carries servers back from finished requests (receiving side, drained under `state`).
-    returned_rx: Receiver<(Candidate, T)>,
+    returned_rx: Receiver<(Arc<Backend>, T)>,
 }
 
 struct State<T> {
-    /// Idle servers as the policy sees them; `items[i]` belongs to `candidates[i]`.
-    candidates: Vec<Candidate>,
+    /// Idle servers, as the policy sees them; `items[i]` belongs to `idle[i]`.
+    idle: Vec<Arc<Backend>>,
     items: Vec<T>,
     /// Every server in the pool, idle or busy.
     members: HashMap<u32, Membership>,
@@ -105,7 +108,7 @@ impl<T> IdleQueue<T> {
         IdleQueue {
             policy,
             state: Mutex::new(State {
-                candidates: Vec::new(),
+                idle: Vec::new(),
                 items: Vec::new(),
                 members: HashMap::new(),
                 in_line: BTreeMap::new(),
@@ -119,11 +122,6 @@ impl<T> IdleQueue<T> {
         }
     }
 
-    /// The policy's name.
-    pub fn policy_name(&self) -> &'static str {
-        self.policy.name()
-    }
-
     /// The policy.
     pub fn policy(&self) -> &dyn Policy {
         self.policy.as_ref()
@@ -131,13 +129,13 @@ impl<T> IdleQueue<T> {
 
     /// Adds an idle server to the pool. Returns false (and drops `item`) when a server with
     /// the same id is already in it.
-    pub fn add(&self, candidate: Candidate, item: T) -> bool {
+    pub fn add(&self, server: Arc<Backend>, item: T) -> bool {
         let mut s = self.lock();
-        if s.members.contains_key(&candidate.id) {
+        if s.members.contains_key(&server.id) {
             return false;
         }
-        s.members.insert(candidate.id, Membership::Active);
-        s.candidates.push(candidate);
+        s.members.insert(server.id, Membership::Active);
+        s.idle.push(server);
         s.items.push(item);
         s.wake_first();
         self.joined.notify_all();
@@ -179,7 +177,7 @@ impl<T> IdleQueue<T> {
             } else if !s.any_active() {
                 Some(Err(NoServer::NoneUp))
             } else if first_in_line {
-                self.policy.pick(&s.candidates).map(Ok)
+                self.policy.pick(&s.idle).map(Ok)
             } else {
                 None
             };
@@ -200,7 +198,7 @@ impl<T> IdleQueue<T> {
                     lease
                 });
                 // The next in line may go on: to another idle server, or to its own error.
-                if !s.candidates.is_empty() || lease.is_err() {
+                if !s.idle.is_empty() || lease.is_err() {
                     s.wake_first();
                 }
                 return lease;
@@ -239,8 +237,8 @@ impl<T> IdleQueue<T> {
         if !s.members.contains_key(&id) {
             return false;
         }
-        if let Some(i) = s.candidates.iter().position(|c| c.id == id) {
-            s.candidates.swap_remove(i);
+        if let Some(i) = s.idle.iter().position(|b| b.id == id) {
+            s.idle.swap_remove(i);
             s.items.swap_remove(i);
             s.members.remove(&id);
         } else {
@@ -268,14 +266,14 @@ impl<T> IdleQueue<T> {
     /// How many servers are idle, how many are in the pool, how many requests wait.
     pub fn counts(&self) -> (usize, usize, usize) {
         let s = self.lock();
-        (s.candidates.len(), s.members.len(), s.in_line.len())
+        (s.idle.len(), s.members.len(), s.in_line.len())
     }
 
     /// The queue as it is now.
     pub fn snapshot(&self) -> Snapshot {
         let s = self.lock();
         Snapshot {
-            idle: s.candidates.clone(),
+            idle: s.idle.iter().map(|b| b.id).collect(),
             members: s.members.iter().map(|(id, m)| (*id, *m)).collect(),
             waiting: s.in_line.len(),
             longest_wait: s
@@ -294,21 +292,20 @@ impl<T> IdleQueue<T> {
     }
 
     fn take(&self, s: &mut State<T>, i: usize) -> Lease<'_, T> {
-        let idle: Vec<u32> = s.candidates.iter().map(|c| c.id).collect();
+        let idle: Vec<u32> = s.idle.iter().map(|b| b.id).collect();
         let busy = s
             .members
             .keys()
             .filter(|id| !idle.contains(id))
             .copied()
             .collect();
-        let mut candidate = s.candidates.swap_remove(i);
+        let server = s.idle.swap_remove(i);
         let item = s.items.swap_remove(i);
         s.last_seq += 1;
-        candidate.last_chosen = s.last_seq;
-        candidate.served += 1;
+        server.last_chosen.store(s.last_seq, Ordering::Relaxed);
         Lease {
             queue: self,
-            candidate,
+            server,
             item: Some(item),
             decision: Decision {
                 idle,
@@ -321,14 +318,14 @@ impl<T> IdleQueue<T> {
     /// Moves servers returned through the channel into the idle list (or out of the pool,
     /// for a draining one).
     fn absorb_returned(&self, s: &mut State<T>) {
-        for (candidate, item) in self.returned_rx.try_iter() {
-            match s.members.get(&candidate.id) {
+        for (server, item) in self.returned_rx.try_iter() {
+            match s.members.get(&server.id) {
                 Some(Membership::Active) => {
-                    s.candidates.push(candidate);
+                    s.idle.push(server);
                     s.items.push(item);
                 }
                 Some(Membership::Draining) => {
-                    s.members.remove(&candidate.id);
+                    s.members.remove(&server.id);
                 }
                 None => {}
             }
@@ -336,9 +333,9 @@ impl<T> IdleQueue<T> {
     }
 
     /// Returns a server's item to the idle list (after [`Lease::set_aside`]).
-    pub fn give_back(&self, candidate: Candidate, item: T) {
+    pub fn give_back(&self, server: Arc<Backend>, item: T) {
         // The receiver lives as long as the queue, so the send cannot fail.
-        let _ = self.returned_tx.send((candidate, item));
+        let _ = self.returned_tx.send((server, item));
         // Taking the lock moves the server into the idle list before the first in line looks.
         self.lock().wake_first();
     }
@@ -354,14 +351,14 @@ impl<T> IdleQueue<T> {
 }
 
 /// A server handed to one request. Give it back with [`Lease::release`]; if the request
-/// broke its connection, [`Lease::discard`] it (dropping a lease discards it too, so a
-/// connection in an unknown state is never reused).
+/// broke its connection, [`Lease::mark_down`] its server (dropping a lease does that too, so
+/// a connection in an unknown state is never reused).
 pub struct Lease<'q, T> {
     queue: &'q IdleQueue<T>,
-    candidate: Candidate,
+    server: Arc<Backend>,
     item: Option<T>,
     /// How the choice was made, for the log and the dashboard.
-    pub decision: Decision,
+    decision: Decision,
 }
 
 /// What the queue saw when it handed out a server.
@@ -380,8 +377,8 @@ pub struct Decision {
 /// The queue at one moment, for status pages.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Idle servers as the policy sees them.
-    pub idle: Vec<Candidate>,
+    /// Idle servers, by id (a member not idle is busy).
+    pub idle: Vec<u32>,
     /// Every server in the pool.
     pub members: Vec<(u32, Membership)>,
     /// Requests waiting in line.
@@ -393,17 +390,17 @@ pub struct Snapshot {
 impl<T> Lease<'_, T> {
     /// The server's id.
     pub fn id(&self) -> u32 {
-        self.candidate.id
+        self.server.id
     }
 
-    /// The server as the policy saw it.
-    pub fn candidate(&self) -> Candidate {
-        self.candidate
+    /// The server.
+    pub fn server(&self) -> &Arc<Backend> {
+        &self.server
     }
 
-    /// Folds the measured service time of the request just served into the server's average.
-    pub fn record_service(&mut self, took: Duration) {
-        self.candidate.record_service(took);
+    /// What the queue saw when it handed the server out.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
     }
 
     /// The leased item (the server's connection).
@@ -416,7 +413,7 @@ impl<T> Lease<'_, T> {
     /// Returns the server to the idle list: its connection is clean and reusable.
     pub fn release(mut self) {
         if let Some(item) = self.item.take() {
-            self.queue.give_back(self.candidate, item);
+            self.queue.give_back(Arc::clone(&self.server), item);
         }
     }
 
@@ -424,21 +421,21 @@ impl<T> Lease<'_, T> {
     /// replacing its connection. End with [`IdleQueue::give_back`] (a new item) or
     /// [`IdleQueue::remove_member`], so that requests wait for the server meanwhile instead
     /// of finding no server up.
-    pub fn set_aside(mut self) -> (Candidate, T) {
+    pub fn set_aside(mut self) -> (Arc<Backend>, T) {
         let item = self
             .item
             .take()
             .expect("a lease holds its item until released");
-        (self.candidate, item)
+        (Arc::clone(&self.server), item)
     }
 
     /// Takes the server out of the pool (its connection broke) and hands back its item.
-    pub fn discard(mut self) -> T {
+    pub fn mark_down(mut self) -> T {
         let item = self
             .item
             .take()
             .expect("a lease holds its item until released");
-        self.queue.remove_member(self.candidate.id);
+        self.queue.remove_member(self.server.id);
         item
     }
 }
@@ -446,7 +443,7 @@ impl<T> Lease<'_, T> {
 impl<T> std::fmt::Debug for Lease<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("server", &self.candidate.id)
+            .field("server", &self.server.id)
             .field("decision", &self.decision)
             .finish()
     }
@@ -455,7 +452,7 @@ impl<T> std::fmt::Debug for Lease<'_, T> {
 impl<T> Drop for Lease<'_, T> {
     fn drop(&mut self) {
         if self.item.take().is_some() {
-            self.queue.remove_member(self.candidate.id);
+            self.queue.remove_member(self.server.id);
         }
     }
 }
@@ -463,14 +460,13 @@ impl<T> Drop for Lease<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{by_name, candidate};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use crate::policy::{backend, by_name};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn queue(servers: &[(u32, f64)]) -> IdleQueue<u32> {
         let q = IdleQueue::new(by_name("power").unwrap());
         for &(id, secs) in servers {
-            assert!(q.add(candidate(id, secs, 0), id));
+            assert!(q.add(backend(id, secs, 0), id));
         }
         q
     }
@@ -532,19 +528,21 @@ mod tests {
     fn a_lease_says_how_it_was_chosen() {
         let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
         let first = q.acquire(NOW).unwrap();
-        assert_eq!(first.decision.busy, Vec::<u32>::new());
-        let mut idle = first.decision.idle.clone();
+        assert_eq!(first.decision().busy, Vec::<u32>::new());
+        let mut idle = first.decision().idle.clone();
         idle.sort();
-        assert_eq!((idle, first.decision.position), (vec![1, 2], None));
+        assert_eq!((idle, first.decision().position), (vec![1, 2], None));
         let second = q.acquire(NOW).unwrap();
         assert_eq!(
-            (second.decision.idle.clone(), second.decision.busy.clone()),
+            (
+                second.decision().idle.clone(),
+                second.decision().busy.clone()
+            ),
             (vec![2], vec![1])
         );
-        assert_eq!(second.candidate().served, 1);
         let waiter = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.decision.clone()))
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.decision().clone()))
         };
         wait_for("the waiter to join the line", || q.counts().2 == 1);
         assert_eq!(q.snapshot().waiting, 1);
@@ -555,20 +553,37 @@ mod tests {
     }
 
     #[test]
-    fn measured_service_time_travels_with_the_server() {
+    fn a_lease_hands_out_the_servers_one_live_state() {
         let q = queue(&[(1, 0.5)]);
-        let mut lease = q.acquire(NOW).unwrap();
-        lease.record_service(Duration::from_millis(80));
+        let lease = q.acquire(NOW).unwrap();
+        let took = Duration::from_millis(80);
+        lease.server().record_reply(took, took, 0, None);
         lease.release();
         let lease = q.acquire(NOW).unwrap();
-        assert_eq!(lease.candidate().measured, Some(Duration::from_millis(80)));
-        assert_eq!(lease.candidate().served, 2);
+        assert_eq!(lease.server().measured(), Some(took));
+        assert_eq!(lease.server().last_chosen.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_policy_ranks_by_the_measurement_the_status_page_shows() {
+        let q = IdleQueue::new(by_name("measured").unwrap());
+        let (liar, honest) = (backend(1, 0.01, 0), backend(2, 0.1, 0));
+        assert!(q.add(Arc::clone(&liar), 1) && q.add(Arc::clone(&honest), 2));
+        let lease = q.acquire(NOW).unwrap();
+        assert_eq!(lease.id(), 1);
+        let slow = Duration::from_millis(500);
+        lease.server().record_reply(slow, slow, 0, None);
+        // Its connection breaks and it is reconnected: what was measured stays measured.
+        lease.mark_down();
+        assert!(q.add(Arc::clone(&liar), 1));
+        assert_eq!(liar.measured(), Some(slow));
+        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
     }
 
     #[test]
     fn duplicate_ids_are_refused() {
         let q = queue(&[(1, 0.5)]);
-        assert!(!q.add(candidate(1, 0.1, 0), 99));
+        assert!(!q.add(backend(1, 0.1, 0), 99));
         assert_eq!(q.counts(), (1, 1, 0));
     }
 
@@ -616,11 +631,11 @@ mod tests {
     }
 
     #[test]
-    fn discarded_servers_leave_and_waiters_hear_it() {
+    fn servers_marked_down_leave_and_waiters_hear_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
         let held = q.acquire(NOW).unwrap();
         let waiter = spawn_waiter(&q);
-        assert_eq!(held.discard(), 1);
+        assert_eq!(held.mark_down(), 1);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
         assert_eq!(q.membership(1), None);
     }
@@ -628,16 +643,16 @@ mod tests {
     #[test]
     fn a_server_set_aside_stays_in_the_pool_and_waiters_wait_for_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
-        let (candidate, item) = q.acquire(NOW).unwrap().set_aside();
+        let (server, item) = q.acquire(NOW).unwrap().set_aside();
         assert_eq!(item, 1);
         // Being re-probed: still a member, so a request waits for it instead of `NoneUp`.
         let waiter = spawn_waiter(&q);
         assert_eq!(q.membership(1), Some(Membership::Active));
-        q.give_back(candidate, 1);
+        q.give_back(Arc::clone(&server), 1);
         assert_eq!(waiter.join().unwrap(), Ok(1));
         // (The waiter dropped its lease, which took the server out.) The probe failed: the
         // server leaves, and waiters hear it.
-        assert!(q.add(candidate, 1));
+        assert!(q.add(server, 1));
         let _ = q.acquire(NOW).unwrap().set_aside();
         let waiter = spawn_waiter(&q);
         q.remove_member(1);
@@ -664,7 +679,7 @@ mod tests {
         assert!(q.retire(2));
         let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
         let started = Instant::now();
-        active.discard();
+        active.mark_down();
         for w in waiters {
             assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
         }
@@ -682,7 +697,9 @@ mod tests {
         // must pass the turn on to the second while a server is still idle.
         for lease in &mut held {
             let item = lease.item.take().unwrap();
-            q.returned_tx.send((lease.candidate, item)).unwrap();
+            q.returned_tx
+                .send((Arc::clone(&lease.server), item))
+                .unwrap();
         }
         q.lock().wake_first();
         let started = Instant::now();
@@ -746,7 +763,7 @@ mod tests {
         assert_eq!(q.wait_for_members(2, NOW), 1);
         let joiner = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || assert!(q.add(candidate(2, 1.0, 0), 2)))
+            std::thread::spawn(move || assert!(q.add(backend(2, 1.0, 0), 2)))
         };
         assert_eq!(q.wait_for_members(2, Duration::from_secs(30)), 2);
         joiner.join().unwrap();

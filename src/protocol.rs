@@ -6,7 +6,7 @@
 use std::io::{self, BufRead, IoSlice, Write};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// Longest request line, not counting the `\n`.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -26,41 +26,35 @@ impl Request {
     /// Parses a request line (without its `\n`; a trailing `\r` is dropped here).
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
-    /// inside the line, or `file` with no name; [`Error::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
+    /// [`Code::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
+    /// inside the line, or `file` with no name; [`Code::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
     pub fn parse(line: &[u8]) -> Result<Request, Error> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > MAX_REQUEST_LINE {
-            return Err(Error::TooLarge(format!(
-                "request line is over {MAX_REQUEST_LINE} bytes"
-            )));
+            return Err(
+                Code::TooLarge.msg(format!("request line is over {MAX_REQUEST_LINE} bytes"))
+            );
         }
         let text = std::str::from_utf8(line)
-            .map_err(|_| Error::BadRequest("request is not valid UTF-8".into()))?;
+            .map_err(|_| Code::BadRequest.msg("request is not valid UTF-8"))?;
         if text.contains('\0') {
-            return Err(Error::BadRequest("request contains a NUL byte".into()));
+            return Err(Code::BadRequest.msg("request contains a NUL byte"));
         }
         if text.contains('\n') {
             // Only when the line did not come off the wire (the client's own arguments, say):
             // sent as it is, it would be two requests.
-            return Err(Error::BadRequest(
-                "request contains a newline inside the line".into(),
-            ));
+            return Err(Code::BadRequest.msg("request contains a newline inside the line"));
         }
         if text.contains('\r') {
-            return Err(Error::BadRequest(
-                "request contains a carriage return inside the line".into(),
-            ));
+            return Err(Code::BadRequest.msg("request contains a carriage return inside the line"));
         }
         if text.trim().is_empty() {
-            return Err(Error::BadRequest(
-                "empty request: send `file <name>` or an SQL query".into(),
-            ));
+            return Err(Code::BadRequest.msg("empty request: send `file <name>` or an SQL query"));
         }
         if text == "file" || text.starts_with("file ") {
             let name = text["file".len()..].trim();
             if name.is_empty() {
-                return Err(Error::BadRequest("missing file name: `file <name>`".into()));
+                return Err(Code::BadRequest.msg("missing file name: `file <name>`"));
             }
             return Ok(Request::File(name.to_string()));
         }
@@ -135,8 +129,8 @@ impl ReplyHeader {
         }
         if let Some(rest) = text.strip_prefix("ERR ") {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            return Error::from_code(code, message)
-                .map(ReplyHeader::Err)
+            return Code::parse(code)
+                .map(|c| ReplyHeader::Err(c.msg(message)))
                 .ok_or_else(|| format!("unknown error code {code:?} in reply header"));
         }
         Err(format!("reply header is neither OK nor ERR: {text:?}"))
@@ -381,10 +375,7 @@ mod tests {
         assert_eq!(h.field("nope"), None);
         assert_eq!(h.to_line(), "OK 12 server=2 rows=3\n");
         let e = ReplyHeader::parse(b"ERR not_found no such file: x").unwrap();
-        assert_eq!(
-            e,
-            ReplyHeader::Err(Error::NotFound("no such file: x".into()))
-        );
+        assert_eq!(e, ReplyHeader::Err(Code::NotFound.msg("no such file: x")));
         assert_eq!(e.body_length(), 0);
         assert_eq!(ReplyHeader::parse(b"OK 0").unwrap().body_length(), 0);
     }

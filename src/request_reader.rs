@@ -11,7 +11,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::protocol::{self, Line, MAX_REQUEST_LINE};
 
 /// How long a connection being closed after an error keeps reading (and discarding) what its
@@ -156,7 +156,7 @@ impl RequestReader {
             .get_mut()
             .start(if started { Clock::Line } else { Clock::Idle });
         let too_long = || {
-            Ok(Incoming::Refused(Error::TooLarge(format!(
+            Ok(Incoming::Refused(Code::TooLarge.msg(format!(
                 "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
             ))))
         };
@@ -174,11 +174,11 @@ impl RequestReader {
         };
         let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
         match self.reader.get_ref().expired {
-            Some(Clock::Idle) => Ok(Incoming::Refused(Error::Timeout(format!(
+            Some(Clock::Idle) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
                 "no request for {} s (--idle-timeout); closing the connection",
                 secs(self.timeouts.idle)
             )))),
-            Some(Clock::Line) => Ok(Incoming::Refused(Error::Timeout(format!(
+            Some(Clock::Line) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
                 "the request line did not arrive within {} s (--request-timeout); closing the connection",
                 secs(self.timeouts.request)
             )))),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::http::{self, Request, Response};
-use crate::balancer::{status, Balancer};
+use crate::balancer::{report, Balancer};
 use crate::servers_file::{self, ServerEntry};
 
 /// How long an admin request may take to arrive when `--request-timeout` is 0 (no limit for
@@ -58,13 +58,13 @@ fn handle(lb: &Balancer, mut request: Request) -> Response {
             return Response {
                 code: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: status::metrics(lb),
+                body: report::metrics(lb),
             }
         }
         _ => {}
     }
     let (code, body) = match (method.as_str(), path.as_str()) {
-        ("GET", "/status") => (200, status::status(lb)),
+        ("GET", "/status") => (200, report::status(lb)),
         ("GET", "/servers") => (200, serde_json::json!(list(lb))),
         ("POST", "/servers") => {
             authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))

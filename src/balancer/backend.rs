@@ -1,15 +1,15 @@
-//! A backend: a server as the balancer knows it. [`Backend`] is its fixed settings (from the
-//! servers file); [`BackendConn`] is the persistent connection the balancer keeps to it.
+//! A backend: a server as the balancer knows it. [`Backend`] is its one home: fixed settings
+//! (from the servers file) and the live state that the idle queue, the policies and the status
+//! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
 use std::io::{self, BufReader, Read};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::net::RecvFlags;
 
-use crate::balancer::stats::ServerStats;
-use crate::policy::Candidate;
+use crate::error::Error;
 use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
 
@@ -17,8 +17,9 @@ use crate::servers_file::ServerEntry;
 /// client, so ten thousand idle clients cost no relay memory.
 pub const RELAY_BUFFER: usize = 256 * 1024;
 
-/// A server's fixed settings.
-#[derive(Debug, Clone, PartialEq)]
+/// A server: fixed settings, then live state (atomics, bumped by request threads without a
+/// lock). Busy or idle, up or down is the idle queue's to say.
+#[derive(Debug, Default)]
 pub struct Backend {
     /// The server's id.
     pub id: u32,
@@ -28,33 +29,127 @@ pub struct Backend {
     pub processing_time: Duration,
     /// Whether its database accepts writes (a query that may have run is then not retried).
     pub writable: bool,
+    /// Replies relayed from it (`OK` and `ERR`).
+    pub requests: AtomicU64,
+    /// Its failures: broken connections and replies, and `ERR` replies that are not the
+    /// request's fault (see [`crate::error::Code::is_client_error`]).
+    pub errors: AtomicU64,
+    /// `ERR` replies from it caused by the request (a bad query, a missing file, ...).
+    pub client_errors: AtomicU64,
+    /// Body bytes relayed from it.
+    pub bytes: AtomicU64,
+    /// Times it sent bytes that no request asked for (its connection was closed each time).
+    pub stray: AtomicU64,
+    /// When the idle queue last handed it out, as a sequence number (0 = never), for round
+    /// robin; written under the queue's lock.
+    pub last_chosen: AtomicU64,
+    /// The request it handles (or last handled), for the timeline's bar in progress.
+    pub current_request: AtomicU64,
+    /// When it took that request, in microseconds since the balancer started.
+    pub current_taken_micros: AtomicU64,
+    /// Moving average of service time (request sent to reply header), in µs (0 = none yet).
+    service_micros: AtomicU64,
+    /// Moving average of whole-request latency, in µs (0 = none yet).
+    latency_micros: AtomicU64,
 }
 
 impl Backend {
-    /// The backend recorded by a servers-file entry.
-    pub fn from_entry(entry: &ServerEntry) -> Backend {
+    /// A server with these settings that has served nothing yet.
+    pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
         Backend {
-            id: entry.id,
-            addr: entry.address(),
-            processing_time: Duration::try_from_secs_f64(entry.processing_time)
-                .unwrap_or(Duration::ZERO),
-            writable: entry.writable,
+            id,
+            addr,
+            processing_time,
+            writable,
+            ..Backend::default()
         }
     }
 
-    /// How the idle queue's policy sees it before it was ever chosen.
-    pub fn candidate(&self) -> Candidate {
-        Candidate::new(self.id, self.processing_time)
+    /// The server recorded by a servers-file entry.
+    pub fn from_entry(entry: &ServerEntry) -> Backend {
+        let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
+        Backend::new(entry.id, entry.address(), time, entry.writable)
+    }
+
+    /// Whether `other` has the same fixed settings.
+    pub fn same_settings(&self, other: &Backend) -> bool {
+        (self.id, &self.addr, self.processing_time, self.writable)
+            == (other.id, &other.addr, other.processing_time, other.writable)
+    }
+
+    /// The measured service time, once there is one.
+    pub fn measured(&self) -> Option<Duration> {
+        micros(&self.service_micros)
+    }
+
+    /// The measured service time, or the declared one until a measurement exists.
+    pub fn expected_time(&self) -> Duration {
+        self.measured().unwrap_or(self.processing_time)
+    }
+
+    /// The moving average of whole-request latency, once there is one.
+    pub fn latency(&self) -> Option<Duration> {
+        micros(&self.latency_micros)
+    }
+
+    /// Whether the measured service time is off the declared one by more than half (and by
+    /// more than 5 ms, so that tiny times do not flag on noise).
+    pub fn declaration_off(&self) -> bool {
+        let Some(measured) = self.measured() else {
+            return false;
+        };
+        let declared = self.processing_time;
+        let diff = measured.abs_diff(declared);
+        diff > declared / 2 && diff > Duration::from_millis(5)
+    }
+
+    /// Counts a reply relayed from it: `error` is its `ERR` code, if any.
+    pub fn record_reply(
+        &self,
+        service: Duration,
+        latency: Duration,
+        bytes: u64,
+        error: Option<&Error>,
+    ) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(e) = error {
+            let counter = if e.kind().is_client_error() {
+                &self.client_errors
+            } else {
+                &self.errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        fold(&self.service_micros, service);
+        fold(&self.latency_micros, latency);
+    }
+}
+
+/// Folds `sample` into a moving average kept in `avg` (weight 1/5). A server takes one
+/// request at a time, so updates hardly ever race; one that does loses a sample.
+fn fold(avg: &AtomicU64, sample: Duration) {
+    let sample = (sample.as_micros() as u64).max(1);
+    let old = avg.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample
+    } else {
+        (old * 4 + sample) / 5
+    };
+    avg.store(new, Ordering::Relaxed);
+}
+
+/// A moving average in µs as a duration; 0 means none yet.
+fn micros(avg: &AtomicU64) -> Option<Duration> {
+    match avg.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
     }
 }
 
 /// An open, idle-or-leased connection to a backend: no bytes of an old reply are ever left on
 /// it when it goes back to the idle queue (see [`BackendConn::unusable`]).
 pub struct BackendConn {
-    /// Who is at the other end.
-    pub backend: Arc<Backend>,
-    /// Its live counters.
-    pub stats: Arc<ServerStats>,
     /// Reads replies, through one [`RELAY_BUFFER`].
     pub reader: BufReader<ServerStream>,
     /// Sends requests.
@@ -77,22 +172,21 @@ impl Read for ServerStream {
 }
 
 impl BackendConn {
-    /// Connects to `backend`. Reads fail after `reply_timeout` of silence, so a hung server
+    /// Connects to `addr`. Reads fail after `reply_timeout` of silence, so a hung server
     /// is noticed.
     ///
     /// # Errors
     /// The connection error, or `NotFound` when the address does not resolve.
     pub fn connect(
-        backend: Arc<Backend>,
-        stats: Arc<ServerStats>,
+        addr: &str,
         connect_timeout: Duration,
         reply_timeout: Duration,
     ) -> io::Result<BackendConn> {
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{} does not resolve to an address", backend.addr),
+            format!("{addr} does not resolve to an address"),
         );
-        for addr in backend.addr.to_socket_addrs()? {
+        for addr in addr.to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, connect_timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
@@ -104,8 +198,6 @@ impl BackendConn {
                     };
                     let reader = BufReader::with_capacity(RELAY_BUFFER, read);
                     return Ok(BackendConn {
-                        backend,
-                        stats,
                         reader,
                         writer: stream,
                     });
@@ -186,7 +278,6 @@ impl std::fmt::Display for Unusable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::stats::Stats;
     use std::io::Write;
     use std::net::TcpListener;
     use std::time::Instant;
@@ -194,15 +285,9 @@ mod tests {
     /// A connection to a listener in this test, and the test's end of it.
     fn pair() -> (BackendConn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let backend = Arc::new(Backend {
-            id: 1,
-            addr: listener.local_addr().unwrap().to_string(),
-            processing_time: Duration::ZERO,
-            writable: false,
-        });
-        let stats = Stats::default().server(&backend);
+        let addr = listener.local_addr().unwrap().to_string();
         let second = Duration::from_secs(1);
-        let conn = BackendConn::connect(backend, stats, second, second).unwrap();
+        let conn = BackendConn::connect(&addr, second, second).unwrap();
         (conn, listener.accept().unwrap().0)
     }
 
@@ -216,6 +301,50 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn backend(secs: f64) -> Backend {
+        Backend::new(
+            1,
+            "127.0.0.1:5001".into(),
+            Duration::from_secs_f64(secs),
+            false,
+        )
+    }
+
+    #[test]
+    fn flags_a_declaration_off_by_more_than_half() {
+        let s = backend(0.1);
+        assert!(!s.declaration_off(), "nothing measured yet");
+        s.record_reply(Duration::from_millis(140), Duration::ZERO, 0, None);
+        assert!(!s.declaration_off());
+        let t = backend(0.1);
+        t.record_reply(Duration::from_millis(400), Duration::ZERO, 0, None);
+        assert!(t.declaration_off());
+    }
+
+    #[test]
+    fn measured_time_is_a_moving_average() {
+        let s = backend(0.5);
+        assert_eq!(s.expected_time(), Duration::from_millis(500));
+        s.record_reply(Duration::from_millis(100), Duration::ZERO, 0, None);
+        assert_eq!(s.expected_time(), Duration::from_millis(100));
+        s.record_reply(Duration::from_millis(600), Duration::ZERO, 0, None);
+        assert_eq!(s.expected_time(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_requests_mistake_is_not_the_servers_error() {
+        use crate::error::Code;
+        let s = backend(0.1);
+        let sql = Code::Sql.msg("no such table");
+        let internal = Code::Internal.msg("disk");
+        for e in [None, Some(&sql), Some(&sql), Some(&internal)] {
+            s.record_reply(Duration::ZERO, Duration::ZERO, 0, e);
+        }
+        assert_eq!(s.requests.load(Ordering::Relaxed), 4);
+        assert_eq!(s.client_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(s.errors.load(Ordering::Relaxed), 1);
     }
 
     #[test]

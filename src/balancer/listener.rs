@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::{session, Balancer};
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::gauge::Held;
 
 /// Stack of a client thread. A session keeps its buffers on the heap, so a small stack is
@@ -49,7 +49,7 @@ pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
                         log::warn!("out of file descriptors ({e}): turned a client away");
                         turn_away(
                             stream,
-                            &Error::Busy("the load balancer is overloaded; try again later".into()),
+                            &Code::Busy.msg("the load balancer is overloaded; try again later"),
                         );
                     }
                     Err(_) => std::thread::sleep(ACCEPT_PAUSE),
@@ -94,7 +94,7 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream) {
         log::warn!("refused {who}: not in the --allow list");
         turn_away(
             stream,
-            &Error::Forbidden("your address may not use this load balancer".into()),
+            &Code::Forbidden.msg("your address may not use this load balancer"),
         );
         return;
     }
@@ -105,7 +105,7 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream) {
         log::warn!("refused a client: {max} clients already connected (--max-clients)");
         turn_away(
             stream,
-            &Error::Busy(format!("too many clients ({max}); try again later")),
+            &Code::Busy.msg(format!("too many clients ({max}); try again later")),
         );
         return;
     }

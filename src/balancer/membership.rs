@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::balancer::backend::{Backend, BackendConn};
-use crate::balancer::stats::ServerStats;
 use crate::balancer::Balancer;
 use crate::gauge::Held;
-use crate::idle_queue::{Lease, Membership as InPool};
+use crate::idle_queue::{Lease, Membership};
 use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
 
@@ -45,7 +44,6 @@ const PROBE: &[u8] = b"SELECT 1\n";
 /// A listed server, as the watcher last saw it.
 struct Known {
     backend: Arc<Backend>,
-    stats: Arc<ServerStats>,
     /// Set when the server leaves the list, so an attempt in flight does not add it.
     cancelled: Arc<AtomicBool>,
     /// Whether an attempt to connect it is queued or being made.
@@ -67,7 +65,6 @@ impl Drop for Known {
 /// One attempt to connect a server, carried to a reconnector thread.
 struct Attempt {
     backend: Arc<Backend>,
-    stats: Arc<ServerStats>,
     cancelled: Arc<AtomicBool>,
     /// Attempts that failed before this one.
     failures: u32,
@@ -111,11 +108,10 @@ impl Watcher {
                 for attempt in to_do {
                     let Attempt {
                         backend,
-                        stats,
                         cancelled,
                         failures,
                     } = attempt;
-                    let reached = reconnect(lb, &backend, &stats, &cancelled, failures);
+                    let reached = reconnect(lb, &backend, &cancelled, failures);
                     let _ = done.send(Outcome { backend, reached });
                 }
             })
@@ -181,7 +177,10 @@ impl Watcher {
         });
         let mut gone = Vec::new();
         self.known.retain(|id, known| {
-            if listed.get(id) == Some(&*known.backend) {
+            if listed
+                .get(id)
+                .is_some_and(|b| b.same_settings(&known.backend))
+            {
                 return true;
             }
             stats.forget(*id);
@@ -194,8 +193,8 @@ impl Watcher {
         for (id, backend) in listed {
             let known = self.known.entry(id).or_insert_with(|| {
                 let backend = Arc::new(backend);
+                stats.list(Arc::clone(&backend));
                 Known {
-                    stats: stats.server(&backend),
                     backend,
                     cancelled: Arc::new(AtomicBool::new(false)),
                     attempting: false,
@@ -205,12 +204,12 @@ impl Watcher {
                 }
             });
             match queue.membership(id) {
-                Some(InPool::Active) => {
+                Some(Membership::Active) => {
                     known.was_up = true;
                     continue;
                 }
                 // Its old self is finishing a request; reconnect once it has left.
-                Some(InPool::Draining) => continue,
+                Some(Membership::Draining) => continue,
                 None => {}
             }
             if known.was_up {
@@ -220,7 +219,6 @@ impl Watcher {
             if !known.attempting && Instant::now() >= known.next_try {
                 let attempt = Attempt {
                     backend: Arc::clone(&known.backend),
-                    stats: Arc::clone(&known.stats),
                     cancelled: Arc::clone(&known.cancelled),
                     failures: known.failures,
                 };
@@ -231,7 +229,7 @@ impl Watcher {
         }
         // A reconnector may have added its server just as the server left the list.
         for (id, state) in queue.snapshot().members {
-            if state == InPool::Active && !self.known.contains_key(&id) {
+            if state == Membership::Active && !self.known.contains_key(&id) {
                 self.retire(id);
             }
         }
@@ -316,22 +314,16 @@ fn backoff(failures: u32) -> Duration {
 /// One attempt to bring a server back: connect, check that it answers, add it to the pool.
 /// `failures` counts the attempts that failed before, for the log. Returns whether the server
 /// answered.
-fn reconnect(
-    lb: &Balancer,
-    backend: &Arc<Backend>,
-    stats: &Arc<ServerStats>,
-    cancelled: &AtomicBool,
-    failures: u32,
-) -> bool {
+fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, failures: u32) -> bool {
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
     }
-    match connect_and_probe(lb, backend, stats) {
+    match connect_and_probe(lb, backend) {
         Ok(conn) => {
             if cancelled.load(Ordering::SeqCst) {
                 return true;
             }
-            if lb.queue.add(backend.candidate(), conn) {
+            if lb.queue.add(Arc::clone(backend), conn) {
                 log::info!(
                     "Connected to server {} at {} (processing time {} s){}",
                     backend.id,
@@ -370,20 +362,19 @@ fn reconnect(
 /// than find no server up: it is down only if the probe fails. At most one thread per server
 /// (each server has one connection, and this takes its lease).
 pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
-    let (candidate, old) = lease.set_aside();
-    let (backend, stats) = (Arc::clone(&old.backend), Arc::clone(&old.stats));
+    let (backend, old) = lease.set_aside();
     drop(old);
     let id = backend.id;
     let spawned = spawn_prober(
         lb,
         format!("reprobe-{id}"),
-        move |lb| match connect_and_probe(lb, &backend, &stats) {
+        move |lb| match connect_and_probe(lb, &backend) {
             Ok(conn) => {
                 log::info!(
                     "Connected to server {id} at {} again: it answered the re-probe",
                     backend.addr
                 );
-                lb.queue.give_back(candidate, conn);
+                lb.queue.give_back(backend, conn);
             }
             Err(e) => {
                 log::warn!("server {id} is down: the re-probe failed ({e})");
@@ -423,18 +414,9 @@ fn spawn_prober(
 }
 
 /// A new connection to `backend` that has answered [`PROBE`].
-fn connect_and_probe(
-    lb: &Balancer,
-    backend: &Arc<Backend>,
-    stats: &Arc<ServerStats>,
-) -> io::Result<BackendConn> {
+fn connect_and_probe(lb: &Balancer, backend: &Backend) -> io::Result<BackendConn> {
     let reply_timeout = lb.config.server_timeout + backend.processing_time;
-    let mut conn = BackendConn::connect(
-        Arc::clone(backend),
-        Arc::clone(stats),
-        CONNECT_TIMEOUT,
-        reply_timeout,
-    )?;
+    let mut conn = BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout)?;
     probe(&mut conn)?;
     Ok(conn)
 }

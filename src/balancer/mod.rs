@@ -5,7 +5,7 @@
 //! requests: the client side and the backend side of each), [`backend`] (servers and the
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
 //! reconnecting to servers that went down), [`admin`] (the admin listener: joins, the
-//! dashboard) over [`http`] (a small HTTP/1.1 server with limits), [`stats`] and [`status`] (what is counted, and how it is shown). The idle
+//! dashboard) over [`http`] (a small HTTP/1.1 server with limits), [`stats`] and [`report`] (what is counted, and how it is reported). The idle
 //! queue is [`crate::idle_queue`].
 
 pub mod admin;
@@ -13,9 +13,9 @@ pub mod backend;
 pub mod http;
 pub mod listener;
 pub mod membership;
+pub mod report;
 pub mod session;
 pub mod stats;
-pub mod status;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -186,7 +186,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     })?;
     log::info!(
         "Load balancer listening on {addr} (admin on http://{admin_addr}), policy {}; {} server(s) in {}",
-        lb.queue.policy_name(),
+        lb.queue.policy().name(),
         listed.len(),
         lb.config.servers_file.display()
     );

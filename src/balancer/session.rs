@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::backend::{BackendConn, Unusable};
 use crate::balancer::{membership, stats, Balancer};
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
 use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
@@ -164,19 +164,16 @@ fn handle(
         }
         attempt += 1;
         // The decision is recorded as facts; it is put into words only for someone reading.
-        let chosen = lease.candidate();
-        let decision = std::mem::take(&mut lease.decision);
+        let backend = Arc::clone(lease.server());
         if log::log_enabled!(log::Level::Info) {
-            let why = stats::explain(lb.queue.policy(), &chosen, &decision);
+            let why = stats::explain(lb.queue.policy(), &backend, lease.decision());
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        lb.stats.record_choice(id, taken, chosen, decision);
-        let stats = Arc::clone(&lease.item().stats);
-        lb.stats.record_taken(&stats, id, taken);
-        stats.busy.store(true, Ordering::Relaxed);
-        let relayed = relay(lease.item(), line, header, client);
-        stats.busy.store(false, Ordering::Relaxed);
-        match relayed {
+        let decision = lease.decision().clone();
+        lb.stats
+            .record_choice(id, taken, Arc::clone(&backend), decision);
+        lb.stats.record_taken(&backend, id, taken);
+        match relay(lease.item(), line, header, client) {
             Ok(Relayed {
                 reply,
                 bytes,
@@ -184,13 +181,11 @@ fn handle(
             }) => {
                 // Before the server is released, so its next request starts after this one ended.
                 let latency = started.elapsed();
-                lease.record_service(service);
                 let error = match &reply {
                     ReplyHeader::Err(e) => Some(e),
                     ReplyHeader::Ok { .. } => None,
                 };
-                lb.stats
-                    .record_server_reply(&stats, service, latency, bytes, error);
+                backend.record_reply(service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
                 let ended = started + latency;
                 lb.stats
@@ -209,19 +204,18 @@ fn handle(
                 return Err(e);
             }
             Err(RelayError::ServerDuring(why)) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                backend.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("req {id}: server {server} failed mid-reply ({why}); closing the client's connection; re-probing the server");
                 membership::reprobe(lb, lease);
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                backend.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("req {id}: server {server} failed ({why}); re-probing it");
-                let may_have_run =
-                    matches!(request, Request::Query(_)) && lease.item().backend.writable;
+                let may_have_run = matches!(request, Request::Query(_)) && backend.writable;
                 membership::reprobe(lb, lease);
                 if may_have_run {
-                    let e = Error::Unavailable(format!(
+                    let e = Code::Unavailable.msg(format!(
                         "server {server} failed while running the query; it may or may not have run, so it was not retried"
                     ));
                     return reply_error(lb, &e, started, client);
@@ -235,7 +229,7 @@ fn handle(
             }
         }
     }
-    let e = Error::Unavailable(format!(
+    let e = Code::Unavailable.msg(format!(
         "no server could answer after {attempts} attempts; try again"
     ));
     reply_error(lb, &e, started, client)
@@ -252,16 +246,11 @@ fn give_back(lb: &Arc<Balancer>, id: u64, mut lease: Lease<'_, BackendConn>) {
 
 /// Closes a server connection that cannot take another request and re-probes its server;
 /// stray bytes are counted, since they mean the server's replies are out of step.
-fn replace_connection(
-    lb: &Arc<Balancer>,
-    id: u64,
-    mut lease: Lease<'_, BackendConn>,
-    why: &Unusable,
-) {
+fn replace_connection(lb: &Arc<Balancer>, id: u64, lease: Lease<'_, BackendConn>, why: &Unusable) {
     let server = lease.id();
     match why {
         Unusable::Stray(_) => {
-            let stray = &lease.item().stats.stray;
+            let stray = &lease.server().stray;
             let times = stray.fetch_add(1, Ordering::Relaxed) + 1;
             log::warn!("req {id}: server {server} is out of step: {why} (stray bytes #{times}); closing that connection, so that no later request reads them, and re-probing the server");
         }
@@ -287,14 +276,13 @@ fn refuse(
     client: &mut Client,
 ) -> io::Result<()> {
     let e = match why {
-        NoServer::NoneUp => Error::Unavailable(
-            "no server is up; start one with `server <id> <port> <processing_time>`".into(),
-        ),
-        NoServer::TimedOut => Error::Busy(format!(
+        NoServer::NoneUp => Code::Unavailable
+            .msg("no server is up; start one with `server <id> <port> <processing_time>`"),
+        NoServer::TimedOut => Code::Busy.msg(format!(
             "every server stayed busy for {:.0} s (--queue-timeout); try again later",
             lb.config.queue_timeout.as_secs_f64()
         )),
-        NoServer::Stopped => Error::Unavailable("the load balancer is shutting down".into()),
+        NoServer::Stopped => Code::Unavailable.msg("the load balancer is shutting down"),
     };
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());

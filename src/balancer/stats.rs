@@ -1,22 +1,23 @@
-//! What the balancer counts, for `/status`, `/metrics` and the dashboard.
+//! What the balancer records: counters, the listed servers, recent decisions (put into words
+//! here, when read) and the timeline. [`super::report`] shows them on `/status` and `/metrics`.
 //!
 //! Counters are atomics, bumped by request threads without a lock. Three short locks: `servers`
-//! guards the index of per-server counters (changed only when servers come and go),
+//! guards the listed servers (changed only when servers come and go),
 //! `decisions` guards the list of recent decisions, and `timeline` the ring of recent requests
 //! (one push each per request; nothing is formatted under them).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::balancer::backend::Backend;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::idle_queue::Decision;
-use crate::policy::{Candidate, Policy};
+use crate::policy::Policy;
 
 /// Upper bounds, in seconds, of the request-latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -32,15 +33,6 @@ pub const TIMELINE_WINDOW: Duration = Duration::from_secs(60);
 /// At most this many requests are kept for the timeline, however fast they come: it bounds
 /// the memory and the size of `/status` (a busier minute shows only its latest part).
 pub const TIMELINE_CAP: usize = 1000;
-
-/// Whether an `ERR` code means the request was at fault (a typo, a bad query, a missing file)
-/// rather than the server: those are counted apart, so a user's mistake is not a server's error.
-pub fn is_client_error(code: &str) -> bool {
-    matches!(
-        code,
-        "bad_request" | "not_found" | "forbidden" | "too_large" | "sql"
-    )
-}
 
 /// A latency histogram with Prometheus' cumulative-bucket semantics.
 #[derive(Default)]
@@ -79,83 +71,6 @@ impl Histogram {
     }
 }
 
-/// One server's live counters (its fixed settings are in `backend`).
-pub struct ServerStats {
-    /// The server's settings.
-    pub backend: Arc<Backend>,
-    /// Replies relayed from it (`OK` and `ERR`).
-    pub requests: AtomicU64,
-    /// Its failures: broken connections and replies, and `ERR` replies that are not the
-    /// request's fault (see [`is_client_error`]).
-    pub errors: AtomicU64,
-    /// `ERR` replies from it caused by the request (a bad query, a missing file, ...).
-    pub client_errors: AtomicU64,
-    /// Body bytes relayed from it.
-    pub bytes: AtomicU64,
-    /// Times it sent bytes that no request asked for (its connection was closed each time).
-    pub stray: AtomicU64,
-    /// Whether it is handling a request right now.
-    pub busy: AtomicBool,
-    /// The request it handles (or last handled), for the timeline's bar in progress.
-    pub current_request: AtomicU64,
-    /// When it took that request, in microseconds since the balancer started.
-    pub current_taken_micros: AtomicU64,
-    /// Moving average of whole-request latency, in microseconds (0 = none yet).
-    pub latency_micros: AtomicU64,
-    /// Moving average of service time (request sent to first reply byte), in microseconds.
-    pub service_micros: AtomicU64,
-}
-
-impl ServerStats {
-    fn new(backend: Arc<Backend>) -> ServerStats {
-        ServerStats {
-            backend,
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            client_errors: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            stray: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
-            current_request: AtomicU64::new(0),
-            current_taken_micros: AtomicU64::new(0),
-            latency_micros: AtomicU64::new(0),
-            service_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// The measured service time, once there is one.
-    pub fn measured(&self) -> Option<Duration> {
-        match self.service_micros.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
-
-    /// Whether the measured service time is off the declared one by more than half (and by
-    /// more than 5 ms, so that tiny times do not flag on noise).
-    pub fn declaration_off(&self) -> bool {
-        let Some(measured) = self.measured() else {
-            return false;
-        };
-        let declared = self.backend.processing_time;
-        let diff = measured.abs_diff(declared);
-        diff > declared / 2 && diff > Duration::from_millis(5)
-    }
-}
-
-/// Folds `sample` into a moving average kept in `avg` (weight 1/5). Concurrent updates may
-/// lose a sample; for a display average that is fine.
-fn fold(avg: &AtomicU64, sample: Duration) {
-    let sample = (sample.as_micros() as u64).max(1);
-    let old = avg.load(Ordering::Relaxed);
-    let new = if old == 0 {
-        sample
-    } else {
-        (old * 4 + sample) / 5
-    };
-    avg.store(new, Ordering::Relaxed);
-}
-
 /// One decision as recorded on the request's path: facts only, put into words when read.
 #[derive(Clone)]
 enum Recorded {
@@ -163,7 +78,7 @@ enum Recorded {
     Chosen {
         request: u64,
         at: f64,
-        chosen: Candidate,
+        chosen: Arc<Backend>,
         decision: Decision,
     },
     /// No server could be given.
@@ -204,12 +119,12 @@ pub struct Span {
 pub struct Stats {
     /// When the balancer started.
     pub started: Instant,
-    /// Guards the index of per-server counters, by server id.
-    servers: Mutex<BTreeMap<u32, Arc<ServerStats>>>,
+    /// Guards the listed servers, by id.
+    servers: Mutex<BTreeMap<u32, Arc<Backend>>>,
     /// Replies sent to clients.
     pub replies: AtomicU64,
-    /// `ERR` replies sent to clients, by code (in the order of [`Error::CODES`]).
-    pub errors: [AtomicU64; Error::CODES.len()],
+    /// `ERR` replies sent to clients, indexed by [`Code`].
+    pub errors: [AtomicU64; Code::ALL.len()],
     /// Latency of every request, as the client sees it (less its network).
     pub latency: Histogram,
     /// Guards the most recent decisions, newest last.
@@ -233,25 +148,18 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// The counters of `backend`, made on first sight (and remade if its settings changed).
-    pub fn server(&self, backend: &Arc<Backend>) -> Arc<ServerStats> {
-        let mut servers = self.servers.lock();
-        let entry = servers
-            .entry(backend.id)
-            .or_insert_with(|| Arc::new(ServerStats::new(Arc::clone(backend))));
-        if entry.backend != *backend {
-            *entry = Arc::new(ServerStats::new(Arc::clone(backend)));
-        }
-        Arc::clone(entry)
+    /// Lists a server (in place of any earlier one with its id).
+    pub fn list(&self, backend: Arc<Backend>) {
+        self.servers.lock().insert(backend.id, backend);
     }
 
-    /// Drops the counters of a server that left the list.
+    /// Drops a server that left the list.
     pub fn forget(&self, id: u32) {
         self.servers.lock().remove(&id);
     }
 
-    /// Every listed server's counters, by id.
-    pub fn servers(&self) -> Vec<Arc<ServerStats>> {
+    /// Every listed server, by id.
+    pub fn servers(&self) -> Vec<Arc<Backend>> {
         self.servers.lock().values().cloned().collect()
     }
 
@@ -260,33 +168,8 @@ impl Stats {
         self.replies.fetch_add(1, Ordering::Relaxed);
         self.latency.observe(latency);
         if let Some(e) = error {
-            if let Some(i) = Error::CODES.iter().position(|c| *c == e.code()) {
-                self.errors[i].fetch_add(1, Ordering::Relaxed);
-            }
+            self.errors[e.kind() as usize].fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Counts a reply relayed from `server`: `error` is its `ERR` code, if any.
-    pub fn record_server_reply(
-        &self,
-        server: &ServerStats,
-        service: Duration,
-        latency: Duration,
-        bytes: u64,
-        error: Option<&Error>,
-    ) {
-        server.requests.fetch_add(1, Ordering::Relaxed);
-        server.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(e) = error {
-            let counter = if is_client_error(e.code()) {
-                &server.client_errors
-            } else {
-                &server.errors
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        fold(&server.service_micros, service);
-        fold(&server.latency_micros, latency);
     }
 
     /// Keeps the decision made for request `request` at `made`.
@@ -294,7 +177,7 @@ impl Stats {
         &self,
         request: u64,
         made: Instant,
-        chosen: Candidate,
+        chosen: Arc<Backend>,
         decision: Decision,
     ) {
         let at = self.secs(made);
@@ -313,7 +196,7 @@ impl Stats {
     }
 
     /// Notes that `server` took request `request` at `taken`, for the timeline's bar in progress.
-    pub fn record_taken(&self, server: &ServerStats, request: u64, taken: Instant) {
+    pub fn record_taken(&self, server: &Backend, request: u64, taken: Instant) {
         let micros = taken.saturating_duration_since(self.started).as_micros() as u64;
         server.current_request.store(request, Ordering::Relaxed);
         server.current_taken_micros.store(micros, Ordering::Relaxed);
@@ -410,8 +293,9 @@ impl Stats {
 }
 
 /// Why `chosen` was picked, in words: who was busy, the policy's reason, who else was idle,
-/// the wait. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
-pub fn explain(policy: &dyn Policy, chosen: &Candidate, d: &Decision) -> String {
+/// the wait. The one place a decision is put into words, outside any lock; the reason reads
+/// the server's live state as it is now. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
+pub fn explain(policy: &dyn Policy, chosen: &Backend, d: &Decision) -> String {
     let mut parts = Vec::new();
     if !d.busy.is_empty() {
         parts.push(format!("{} busy", servers(&d.busy)));
@@ -461,15 +345,7 @@ fn ordinal(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn backend(id: u32, secs: f64) -> Arc<Backend> {
-        Arc::new(Backend {
-            id,
-            addr: format!("127.0.0.1:{}", 5000 + id),
-            processing_time: Duration::from_secs_f64(secs),
-            writable: false,
-        })
-    }
+    use crate::policy::backend;
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -486,18 +362,6 @@ mod tests {
     }
 
     #[test]
-    fn flags_a_declaration_off_by_more_than_half() {
-        let stats = Stats::default();
-        let s = stats.server(&backend(1, 0.1));
-        assert!(!s.declaration_off(), "nothing measured yet");
-        stats.record_server_reply(&s, Duration::from_millis(140), Duration::ZERO, 0, None);
-        assert!(!s.declaration_off());
-        let t = stats.server(&backend(2, 0.1));
-        stats.record_server_reply(&t, Duration::from_millis(400), Duration::ZERO, 0, None);
-        assert!(t.declaration_off());
-    }
-
-    #[test]
     fn keeps_only_recent_decisions_and_counts_errors_by_code() {
         let stats = Stats::default();
         for i in 0..(RECENT_DECISIONS as u64 + 5) {
@@ -507,15 +371,14 @@ mod tests {
         assert_eq!(d.len(), RECENT_DECISIONS);
         assert_eq!(d[0].request, 5);
         assert_eq!(d[0].text, "req 5 -> no server: d5");
-        stats.record_reply(Duration::ZERO, Some(&Error::Busy("x".into())));
-        let busy = Error::CODES.iter().position(|c| *c == "busy").unwrap();
-        assert_eq!(stats.errors[busy].load(Ordering::Relaxed), 1);
+        stats.record_reply(Duration::ZERO, Some(&Code::Busy.msg("x")));
+        assert_eq!(stats.errors[Code::Busy as usize].load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn decisions_read_like_sentences() {
         use crate::policy::power::Power;
-        let chosen = Candidate::new(2, Duration::from_millis(20));
+        let chosen = backend(2, 0.02, 0);
         let d = Decision {
             idle: vec![3, 2],
             busy: vec![4, 1],
@@ -539,7 +402,7 @@ mod tests {
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
         );
         let stats = Stats::default();
-        stats.record_choice(7, Instant::now(), chosen, alone);
+        stats.record_choice(7, Instant::now(), Arc::clone(&chosen), alone);
         assert_eq!(
             stats.decisions(&Power)[0].text,
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
@@ -552,27 +415,13 @@ mod tests {
         let stats = Stats::default();
         let first = Instant::now();
         let second = first + Duration::from_millis(1);
-        let chosen = Candidate::new(1, Duration::from_millis(20));
+        let chosen = backend(1, 0.02, 0);
         // Request 14's decision is recorded before request 13's, made earlier.
-        stats.record_choice(14, second, chosen, Decision::default());
+        stats.record_choice(14, second, Arc::clone(&chosen), Decision::default());
         stats.record_choice(13, first, chosen, Decision::default());
         let d = stats.decisions(&Power);
         assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
         assert!(d[0].at < d[1].at);
-    }
-
-    #[test]
-    fn a_requests_mistake_is_not_the_servers_error() {
-        let stats = Stats::default();
-        let s = stats.server(&backend(1, 0.1));
-        let sql = Error::Sql("no such table".into());
-        let internal = Error::Internal("disk".into());
-        for e in [None, Some(&sql), Some(&sql), Some(&internal)] {
-            stats.record_server_reply(&s, Duration::ZERO, Duration::ZERO, 0, e);
-        }
-        assert_eq!(s.requests.load(Ordering::Relaxed), 4);
-        assert_eq!(s.client_errors.load(Ordering::Relaxed), 2);
-        assert_eq!(s.errors.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -611,24 +460,13 @@ mod tests {
     }
 
     #[test]
-    fn changed_settings_make_new_counters() {
+    fn a_server_listed_again_replaces_the_old_and_forget_drops_it() {
         let stats = Stats::default();
-        let a = stats.server(&backend(1, 0.1));
-        a.requests.fetch_add(3, Ordering::Relaxed);
-        assert_eq!(
-            stats
-                .server(&backend(1, 0.1))
-                .requests
-                .load(Ordering::Relaxed),
-            3
-        );
-        assert_eq!(
-            stats
-                .server(&backend(1, 0.2))
-                .requests
-                .load(Ordering::Relaxed),
-            0
-        );
+        stats.list(backend(1, 0.1, 0));
+        stats.list(backend(1, 0.2, 0));
+        let listed = stats.servers();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].processing_time, Duration::from_millis(200));
         stats.forget(1);
         assert!(stats.servers().is_empty());
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde_json::json;
 
-use crate::error::Error;
+use crate::error::Code;
 use crate::protocol::{self, Line, MAX_HEADER_LINE};
 
 /// Bytes read from the socket at a time; replies are skipped inside this buffer.
@@ -372,11 +372,7 @@ fn scan_header(line: &[u8]) -> Option<Answer> {
     let code = text.strip_prefix("ERR ")?.split(' ').next()?;
     // A `&'static str` from the known list, so counting errors allocates nothing.
     Some(Answer::Err(
-        Error::CODES
-            .iter()
-            .find(|c| **c == code)
-            .copied()
-            .unwrap_or("unknown"),
+        Code::parse(code).map_or("unknown", Code::as_str),
     ))
 }
 

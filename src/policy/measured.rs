@@ -2,7 +2,11 @@
 //! average of the time to each reply's first byte), so a server whose declared processing time
 //! is wrong is ranked by what it really does. Until measured, a server counts as declared.
 
-use super::{short_time, Candidate, Policy};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::{short_time, Policy};
+use crate::balancer::backend::Backend;
 
 /// Fastest idle server by measured service time, round robin among equals.
 pub struct Measured;
@@ -12,12 +16,13 @@ impl Policy for Measured {
         "measured"
     }
 
-    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
-        (0..idle.len()).min_by_key(|&i| (idle[i].expected_time(), idle[i].last_chosen))
+    fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize> {
+        (0..idle.len())
+            .min_by_key(|&i| (idle[i].expected_time(), idle[i].last_chosen.load(Relaxed)))
     }
 
-    fn reason(&self, chosen: &Candidate) -> String {
-        match chosen.measured {
+    fn reason(&self, chosen: &Backend) -> String {
+        match chosen.measured() {
             Some(m) => format!("fastest idle as measured ({})", short_time(m)),
             None => format!(
                 "fastest idle, not measured yet ({} declared)",
@@ -30,24 +35,21 @@ impl Policy for Measured {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::candidate;
+    use crate::policy::backend;
     use std::time::Duration;
 
     #[test]
     fn ranks_by_measurement_over_declaration() {
-        let mut liar = candidate(1, 0.1, 0);
-        liar.measured = Some(Duration::from_millis(900));
-        let honest = candidate(2, 0.5, 0);
+        let liar = backend(1, 0.1, 0);
+        let slow = Duration::from_millis(900);
+        liar.record_reply(slow, slow, 0, None);
+        let honest = backend(2, 0.5, 0);
         assert_eq!(Measured.pick(&[liar, honest]), Some(1));
     }
 
     #[test]
     fn unmeasured_servers_count_as_declared_and_equals_rotate() {
-        let idle = [
-            candidate(1, 0.5, 4),
-            candidate(2, 0.5, 2),
-            candidate(3, 1.0, 0),
-        ];
+        let idle = [backend(1, 0.5, 4), backend(2, 0.5, 2), backend(3, 1.0, 0)];
         assert_eq!(Measured.pick(&idle), Some(1));
     }
 }

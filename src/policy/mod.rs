@@ -17,57 +17,21 @@ pub mod power;
 pub mod round_robin;
 pub mod two_choices;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What a policy may know about one idle server.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
-    /// The server's id.
-    pub id: u32,
-    /// Its declared processing time (smaller is more powerful).
-    pub processing_time: Duration,
-    /// When it was last chosen, as a sequence number (0 = never); rotation uses this.
-    pub last_chosen: u64,
-    /// Requests it has been given since it joined.
-    pub served: u64,
-    /// Its service time as measured by the balancer (a moving average), once known.
-    pub measured: Option<Duration>,
-}
-
-impl Candidate {
-    /// A server that has not been chosen yet.
-    pub fn new(id: u32, processing_time: Duration) -> Candidate {
-        Candidate {
-            id,
-            processing_time,
-            last_chosen: 0,
-            served: 0,
-            measured: None,
-        }
-    }
-
-    /// The measured service time, or the declared one until a measurement exists.
-    pub fn expected_time(&self) -> Duration {
-        self.measured.unwrap_or(self.processing_time)
-    }
-
-    /// Folds one measured service time into the moving average (weight 1/5 for the new one).
-    pub fn record_service(&mut self, took: Duration) {
-        self.measured = Some(match self.measured {
-            None => took,
-            Some(old) => (old * 4 + took) / 5,
-        });
-    }
-}
+use crate::balancer::backend::Backend;
 
 /// A balancing policy.
 pub trait Policy: Send + Sync {
     /// The name given to `--algorithm`.
     fn name(&self) -> &'static str;
-    /// Index of the idle server to use; `None` only when `idle` is empty.
-    fn pick(&self, idle: &[Candidate]) -> Option<usize>;
-    /// Why `chosen` was picked, for the log and the dashboard (e.g. `fastest idle (0.5 s)`).
-    fn reason(&self, chosen: &Candidate) -> String;
+    /// Index of the idle server to use; `None` only when `idle` is empty. Called under the idle
+    /// queue's lock: it reads the servers' live state and decides, nothing more.
+    fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize>;
+    /// Why `chosen` was picked, in words, for the log and the dashboard (e.g. `fastest idle
+    /// (0.5 s)`); called outside any lock, only when someone reads it.
+    fn reason(&self, chosen: &Backend) -> String;
 }
 
 /// Every policy name `--algorithm` accepts.
@@ -102,12 +66,14 @@ pub fn short_time(d: Duration) -> String {
     }
 }
 
+/// A hand-built server of `secs` per request, last chosen at `last_chosen`.
 #[cfg(test)]
-pub(crate) fn candidate(id: u32, secs: f64, last_chosen: u64) -> Candidate {
-    Candidate {
-        last_chosen,
-        ..Candidate::new(id, Duration::from_secs_f64(secs))
-    }
+pub(crate) fn backend(id: u32, secs: f64, last_chosen: u64) -> Arc<Backend> {
+    let addr = format!("127.0.0.1:{}", 5000 + id);
+    let b = Backend::new(id, addr, Duration::from_secs_f64(secs), false);
+    b.last_chosen
+        .store(last_chosen, std::sync::atomic::Ordering::Relaxed);
+    Arc::new(b)
 }
 
 #[cfg(test)]
@@ -120,16 +86,6 @@ mod tests {
             assert_eq!(by_name(name).unwrap().name(), name);
         }
         assert!(by_name("random").is_none());
-    }
-
-    #[test]
-    fn measured_time_is_a_moving_average() {
-        let mut c = candidate(1, 0.5, 0);
-        assert_eq!(c.expected_time(), Duration::from_millis(500));
-        c.record_service(Duration::from_millis(100));
-        assert_eq!(c.expected_time(), Duration::from_millis(100));
-        c.record_service(Duration::from_millis(600));
-        assert_eq!(c.expected_time(), Duration::from_millis(200));
     }
 
     #[test]

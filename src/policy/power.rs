@@ -1,7 +1,11 @@
 //! `power`: the idle server with the smallest declared processing time; among servers of equal
 //! power, the one chosen longest ago (round robin). The original project's rule.
 
-use super::{short_time, Candidate, Policy};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::{short_time, Policy};
+use crate::balancer::backend::Backend;
 
 /// Fastest idle server first, round robin among equals.
 pub struct Power;
@@ -11,11 +15,12 @@ impl Policy for Power {
         "power"
     }
 
-    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
-        (0..idle.len()).min_by_key(|&i| (idle[i].processing_time, idle[i].last_chosen))
+    fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize> {
+        (0..idle.len())
+            .min_by_key(|&i| (idle[i].processing_time, idle[i].last_chosen.load(Relaxed)))
     }
 
-    fn reason(&self, chosen: &Candidate) -> String {
+    fn reason(&self, chosen: &Backend) -> String {
         format!("fastest idle ({})", short_time(chosen.processing_time))
     }
 }
@@ -23,15 +28,11 @@ impl Policy for Power {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::candidate;
+    use crate::policy::backend;
 
     #[test]
     fn picks_the_fastest() {
-        let idle = [
-            candidate(1, 2.0, 0),
-            candidate(2, 0.5, 9),
-            candidate(3, 1.0, 0),
-        ];
+        let idle = [backend(1, 2.0, 0), backend(2, 0.5, 9), backend(3, 1.0, 0)];
         assert_eq!(Power.pick(&idle), Some(1));
         assert_eq!(Power.pick(&[]), None);
     }
@@ -39,18 +40,19 @@ mod tests {
     #[test]
     fn rotates_among_equals() {
         let idle = [
-            candidate(1, 0.5, 7),
-            candidate(2, 0.5, 3),
-            candidate(3, 0.5, 5),
-            candidate(4, 1.0, 0),
+            backend(1, 0.5, 7),
+            backend(2, 0.5, 3),
+            backend(3, 0.5, 5),
+            backend(4, 1.0, 0),
         ];
         assert_eq!(Power.pick(&idle), Some(1));
     }
 
     #[test]
     fn ignores_measurements() {
-        let mut fast = candidate(1, 0.1, 0);
-        fast.measured = Some(std::time::Duration::from_secs(9));
-        assert_eq!(Power.pick(&[candidate(2, 0.2, 0), fast]), Some(1));
+        let fast = backend(1, 0.1, 0);
+        let nine = std::time::Duration::from_secs(9);
+        fast.record_reply(nine, nine, 0, None);
+        assert_eq!(Power.pick(&[backend(2, 0.2, 0), fast]), Some(1));
     }
 }

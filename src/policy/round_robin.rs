@@ -1,6 +1,10 @@
 //! `round-robin`: the idle server chosen longest ago, whatever its power.
 
-use super::{Candidate, Policy};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::Policy;
+use crate::balancer::backend::Backend;
 
 /// Least recently chosen idle server.
 pub struct RoundRobin;
@@ -10,11 +14,11 @@ impl Policy for RoundRobin {
         "round-robin"
     }
 
-    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
-        (0..idle.len()).min_by_key(|&i| (idle[i].last_chosen, idle[i].id))
+    fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize> {
+        (0..idle.len()).min_by_key(|&i| (idle[i].last_chosen.load(Relaxed), idle[i].id))
     }
 
-    fn reason(&self, _chosen: &Candidate) -> String {
+    fn reason(&self, _chosen: &Backend) -> String {
         "its turn (idle the longest since chosen)".into()
     }
 }
@@ -22,17 +26,17 @@ impl Policy for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::candidate;
+    use crate::policy::backend;
 
     #[test]
     fn ignores_power() {
-        let idle = [candidate(1, 0.1, 5), candidate(2, 9.0, 2)];
+        let idle = [backend(1, 0.1, 5), backend(2, 9.0, 2)];
         assert_eq!(RoundRobin.pick(&idle), Some(1));
     }
 
     #[test]
     fn never_chosen_goes_first_by_id() {
-        let idle = [candidate(3, 0.1, 0), candidate(2, 9.0, 0)];
+        let idle = [backend(3, 0.1, 0), backend(2, 9.0, 0)];
         assert_eq!(RoundRobin.pick(&idle), Some(1));
     }
 }

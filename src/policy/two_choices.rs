@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Candidate, Policy};
+use std::sync::Arc;
+
+use super::Policy;
+use crate::balancer::backend::Backend;
 
 /// Less loaded of two random idle servers.
 pub struct TwoChoices {
@@ -50,38 +53,41 @@ impl Policy for TwoChoices {
         "two-choices"
     }
 
-    fn pick(&self, idle: &[Candidate]) -> Option<usize> {
+    fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize> {
         match idle.len() {
             0 => None,
             1 => Some(0),
             n => {
                 let a = self.next(n);
                 let b = (a + 1 + self.next(n - 1)) % n;
-                let load = |i: usize| (idle[i].served, idle[i].last_chosen);
+                let load = |i: usize| {
+                    let b = &idle[i];
+                    let lc = b.last_chosen.load(Ordering::Relaxed);
+                    (b.requests.load(Ordering::Relaxed), lc)
+                };
                 Some(if load(a) <= load(b) { a } else { b })
             }
         }
     }
 
-    fn reason(&self, chosen: &Candidate) -> String {
-        format!("less loaded of two at random ({} served)", chosen.served)
+    fn reason(&self, chosen: &Backend) -> String {
+        let served = chosen.requests.load(Ordering::Relaxed);
+        format!("less loaded of two at random ({served} served)")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::candidate;
+    use crate::policy::backend;
 
     #[test]
     fn never_picks_the_most_loaded_of_many() {
         let policy = TwoChoices::with_seed(42);
-        let idle: Vec<Candidate> = (0..4)
-            .map(|i| Candidate {
-                served: i as u64 * 10,
-                ..candidate(i, 0.1, 0)
-            })
-            .collect();
+        let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
+        for (i, b) in idle.iter().enumerate() {
+            b.requests.store(i as u64 * 10, Ordering::Relaxed);
+        }
         for _ in 0..200 {
             let i = policy.pick(&idle).unwrap();
             assert_ne!(idle[i].id, 3, "the most loaded one always loses its pair");
@@ -91,11 +97,11 @@ mod tests {
     #[test]
     fn both_of_two_equals_get_picked() {
         let policy = TwoChoices::with_seed(7);
-        let idle = [candidate(1, 0.1, 0), candidate(2, 0.1, 0)];
+        let idle = [backend(1, 0.1, 0), backend(2, 0.1, 0)];
         let picked: std::collections::HashSet<usize> =
             (0..100).map(|_| policy.pick(&idle).unwrap()).collect();
         assert_eq!(picked.len(), 2);
-        assert_eq!(policy.pick(&[candidate(5, 1.0, 0)]), Some(0));
+        assert_eq!(policy.pick(&[backend(5, 1.0, 0)]), Some(0));
         assert_eq!(policy.pick(&[]), None);
     }
 }

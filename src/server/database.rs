@@ -25,7 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::server::authorizer::Authorizer;
 
 /// How long a writer waits for another server's write lock before giving up.
@@ -163,9 +163,9 @@ impl Database {
     /// Runs one SQL statement and formats its rows.
     ///
     /// # Errors
-    /// [`Error::Sql`] when SQLite refuses it, [`Error::Forbidden`] for a write on a read-only
-    /// database or what the authorizer refuses, [`Error::Timeout`] past the time limit,
-    /// [`Error::TooLarge`] past the reply limit.
+    /// [`Code::Sql`] when SQLite refuses it, [`Code::Forbidden`] for a write on a read-only
+    /// database or what the authorizer refuses, [`Code::Timeout`] past the time limit,
+    /// [`Code::TooLarge`] past the reply limit.
     pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         self.authorizer.take_refusal();
         let deadline = self.epoch.elapsed() + self.limits.timeout;
@@ -182,9 +182,7 @@ impl Database {
                 Ok(()) => log::error!("a statement left a transaction open: rolled back"),
                 Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
             }
-            return Err(Error::Forbidden(
-                "the statement left a transaction open: it was rolled back and nothing it did was kept".into(),
-            ));
+            return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
         }
         result.map_err(|e| self.map_error(e))
     }
@@ -250,7 +248,7 @@ impl Database {
 
     fn map_error(&self, e: QueryError) -> Error {
         let too_large = || {
-            Error::TooLarge(format!(
+            Code::TooLarge.msg(format!(
                 "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
                 self.limits.max_reply
             ))
@@ -258,30 +256,28 @@ impl Database {
         // A refused function shows as a plain SQLite error, a refused statement as
         // `SQLITE_AUTH`: the authorizer's own record says which, and why.
         if let Some(why) = self.authorizer.take_refusal() {
-            return Error::Forbidden(why);
+            return Code::Forbidden.msg(why);
         }
         match e {
             QueryError::TooLarge => too_large(),
             QueryError::Sql(e) => match e.sqlite_error_code() {
                 Some(ErrorCode::AuthorizationForStatementDenied) => {
-                    Error::Forbidden("the query uses a feature this server does not allow".into())
+                    Code::Forbidden.msg("the query uses a feature this server does not allow")
                 }
                 Some(ErrorCode::TooBig) => too_large(),
-                Some(ErrorCode::ReadOnly) if !self.writable => Error::Forbidden(
-                    "the database is read-only; set \"writable\": true in database.json to allow writes".into(),
-                ),
-                Some(ErrorCode::OperationInterrupted) => Error::Timeout(format!(
+                Some(ErrorCode::ReadOnly) if !self.writable => Code::Forbidden.msg("the database is read-only; set \"writable\": true in database.json to allow writes"),
+                Some(ErrorCode::OperationInterrupted) => Code::Timeout.msg(format!(
                     "query ran longer than {:.1} s and was stopped",
                     self.limits.timeout.as_secs_f64()
                 )),
                 _ => match e {
                     rusqlite::Error::MultipleStatement => {
-                        Error::Sql("send one SQL statement per request".into())
+                        Code::Sql.msg("send one SQL statement per request")
                     }
                     rusqlite::Error::Empty => {
-                        Error::Sql("the query holds no SQL statement".into())
+                        Code::Sql.msg("the query holds no SQL statement")
                     }
-                    e => Error::Sql(e.to_string()),
+                    e => Code::Sql.msg(e.to_string()),
                 },
             },
         }

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// Longest file name served, in bytes (the usual file-system limit).
 pub const MAX_NAME_LEN: usize = 255;
@@ -37,32 +37,30 @@ impl FileStore {
     /// Opens file `name` for reading and returns it with its length.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] for a name that is not a plain file name or that leads outside the
-    /// folder, [`Error::NotFound`] when there is no such regular file.
+    /// [`Code::Forbidden`] for a name that is not a plain file name or that leads outside the
+    /// folder, [`Code::NotFound`] when there is no such regular file.
     pub fn open(&self, name: &str) -> Result<(File, u64), Error> {
         check_file_name(name)?;
         let path = self.root.join(name);
-        let not_found = || Error::NotFound(format!("no such file: {name}"));
+        let not_found = || Code::NotFound.msg(format!("no such file: {name}"));
         let real = match path.canonicalize() {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(Error::Internal(format!("cannot open {name}: {e}"))),
+            Err(e) => return Err(Code::Internal.msg(format!("cannot open {name}: {e}"))),
         };
         if !real.starts_with(&self.root) {
-            return Err(Error::Forbidden(format!(
-                "{name} leads outside the files folder"
-            )));
+            return Err(Code::Forbidden.msg(format!("{name} leads outside the files folder")));
         }
         // Looked at before opening too: opening a FIFO or a device can block, or never end.
         match fs::metadata(&real) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Err(not_found()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(Error::Internal(format!("cannot open {name}: {e}"))),
+            Err(e) => return Err(Code::Internal.msg(format!("cannot open {name}: {e}"))),
         }
         let file = File::open(&real).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => not_found(),
-            _ => Error::Internal(format!("cannot open {name}: {e}")),
+            _ => Code::Internal.msg(format!("cannot open {name}: {e}")),
         })?;
         let meta = file.metadata()?;
         if !meta.is_file() {
@@ -76,13 +74,9 @@ impl FileStore {
 /// at most [`MAX_NAME_LEN`] bytes. The client applies the same rule before saving a download.
 ///
 /// # Errors
-/// [`Error::Forbidden`] saying what is wrong with the name.
+/// [`Code::Forbidden`] saying what is wrong with the name.
 pub fn check_file_name(name: &str) -> Result<(), Error> {
-    let bad = |why: &str| {
-        Err(Error::Forbidden(format!(
-            "{why}: ask for a plain file name"
-        )))
-    };
+    let bad = |why: &str| Err(Code::Forbidden.msg(format!("{why}: ask for a plain file name")));
     if name.len() > MAX_NAME_LEN {
         return bad("file name is over 255 bytes");
     }
