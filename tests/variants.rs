@@ -1,0 +1,85 @@
+//! Variants of the trust cases (issue 9) that its own tests do not try: the same faults,
+//! reached another way, each with a bystander that must get every reply right.
+
+mod support;
+
+use std::time::Duration;
+
+use support::hostile::{crowd, starved_balancer, Outcome, StalledHttp};
+use support::*;
+
+/// Descriptors process `pid` has open now (Linux).
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// 40 descriptors fit one client (`--max-clients` is lowered to 1).
+const NOFILE: usize = 40;
+
+/// A balancer limited to [`NOFILE`] descriptors, with stalled admin peers (one descriptor
+/// each, dropped after the 20 s request timeout: long enough for a test) holding all but one.
+fn balancer_with_one_descriptor_left(dir: &TestDir) -> (Proc, Vec<StalledHttp>) {
+    let lb = starved_balancer(dir, NOFILE as u32, 1, &["--request-timeout", "20"]);
+    let mut peers = Vec::new();
+    while open_descriptors(lb.pid()) < NOFILE - 1 {
+        let before = open_descriptors(lb.pid());
+        peers.push(StalledHttp::open(lb.admin(), "GET /status HTTP/1.1\r\n"));
+        wait_until(Duration::from_secs(10), || {
+            open_descriptors(lb.pid()) > before
+        });
+    }
+    assert_eq!(open_descriptors(lb.pid()), NOFILE - 1);
+    (lb, peers)
+}
+
+/// Drops the stalled peers and waits until the balancer has closed their connections.
+fn free_descriptors(lb: &Proc, peers: Vec<StalledHttp>) {
+    drop(peers);
+    wait_until(Duration::from_secs(30), || {
+        open_descriptors(lb.pid()) < NOFILE - 20
+    });
+}
+
+#[test]
+fn a_client_admitted_with_the_last_descriptor_is_told_busy() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let (lb, peers) = balancer_with_one_descriptor_left(&dir);
+    // It is accepted with the last descriptor, and its session has none for a second handle.
+    let (outcomes, streams) = crowd(lb.addr, 1, "SELECT 1 AS one", Duration::from_secs(10));
+    assert!(
+        matches!(&outcomes[0], Outcome::Reply(h) if h.starts_with("ERR busy ")),
+        "{outcomes:?}\n{}",
+        lb.log_text()
+    );
+    drop(streams);
+    free_descriptors(&lb, peers);
+    // The one client that fits, once descriptors are free again.
+    let bystander = Bystander::start(lb.addr);
+    wait_until(Duration::from_secs(30), || {
+        lb.log_text().matches("reply sent").count() >= 5
+    });
+    bystander.finish();
+}
+
+#[test]
+fn the_first_client_after_descriptors_ran_out_is_served_once_they_are_free() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let (lb, peers) = balancer_with_one_descriptor_left(&dir);
+    // Takes the last descriptor: the accept loop now finds the table full.
+    let (_, streams) = crowd(lb.addr, 1, "SELECT 1 AS one", Duration::from_secs(10));
+    drop(streams);
+    free_descriptors(&lb, peers);
+    // Plenty of descriptors now: the next client, a bystander, must be served, not told busy.
+    let bystander = Bystander::start(lb.addr);
+    wait_until(Duration::from_secs(30), || {
+        lb.log_text().matches("reply sent").count() >= 5
+    });
+    bystander.finish();
+    assert!(
+        !lb.log_text().contains("turned a client away"),
+        "{}",
+        lb.log_text()
+    );
+}
