@@ -118,3 +118,24 @@ fn an_extra_reply_that_comes_a_moment_late_reaches_no_one() {
         assert_eq!(reply.text(), format!("n: {i}\n"), "request {i}: {reply:?}");
     }
 }
+
+#[test]
+fn a_write_that_changes_no_row_does_not_report_the_previous_clients_changes() {
+    let dir = TestDir::new(true);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &[]);
+    let bystander = Bystander::start(lb.addr);
+    let mut first = Wire::connect(lb.addr);
+    let reply = first.request(
+        "INSERT INTO COLORS (Name, HEX, RGB) VALUES ('a', '#000001', 'rgb(0,0,1)'), ('b', '#000002', 'rgb(0,0,2)')",
+    );
+    assert!(reply.header.contains(" changes=2"), "{reply:?}");
+    // Another client's schema change writes no row: `changes` must not be the first client's
+    // count (the authorizer refuses `changes()` for that very reason).
+    let mut second = Wire::connect(lb.addr);
+    for sql in ["CREATE TABLE mine (a)", "DROP TABLE mine"] {
+        let reply = second.request(sql);
+        assert!(reply.header.contains(" changes=0"), "{sql}: {reply:?}");
+    }
+    bystander.finish();
+}
