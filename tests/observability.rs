@@ -239,7 +239,14 @@ fn the_timeline_shows_each_request_on_its_server_with_its_wait() {
     let mut typo = Wire::connect(lb.addr);
     assert_eq!(typo.request("SELEC 1").code(), Some("sql"));
 
-    let s = status(&lb);
+    // The reply reaches the client just before its session records it: wait for the record.
+    let mut s = status(&lb);
+    wait_until(PATIENCE, || {
+        s = status(&lb);
+        s["timeline"]["requests"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|r| r["ok"] == false))
+    });
     assert_eq!(s["timeline"]["window_seconds"], 60.0);
     let spans = s["timeline"]["requests"].as_array().unwrap().clone();
     assert!(spans.len() >= 40, "{}", spans.len());
