@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use minilb::balancer::{self, BalancerConfig};
 use minilb::cidr::{AllowList, Cidr};
-use minilb::cli::parse_seconds;
+use minilb::cli::{parse_seconds, parse_timeout};
 
 /// The minilb load balancer: gives each client request to an idle server, most powerful
 /// first (round robin among equals), and streams the reply back.
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     queue_timeout: Duration,
     /// Seconds a server may take to start replying, on top of its processing time.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", value_parser = parse_timeout)]
     server_timeout: Duration,
     /// Extra attempts on other servers when a server fails before replying.
     #[arg(long, default_value_t = 2)]

@@ -139,3 +139,38 @@ fn a_write_that_changes_no_row_does_not_report_the_previous_clients_changes() {
     }
     bystander.finish();
 }
+
+#[test]
+fn a_server_timeout_of_zero_is_refused_at_start() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    for zero in ["0", "1e-10"] {
+        // A zero read timeout cannot be set on a socket: every server would be unreachable,
+        // for ever, with "cannot set a 0 duration timeout".
+        let mut lb = std::process::Command::new(env!("CARGO_BIN_EXE_loadbalancer"))
+            .args(["--port", "0", "--admin-port", "0"])
+            .args(["--servers-file", "servers.json", "--server-timeout", zero])
+            .current_dir(&dir.path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Polled with a deadline; a balancer that keeps running is killed, and fails the test.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = lb.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = lb.kill();
+                let _ = lb.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(lb.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{zero}: {err}");
+        assert!(err.contains("must be more than 0 seconds"), "{zero}: {err}");
+    }
+}
