@@ -1,5 +1,5 @@
 //! Variants of the trust cases (issue 9) that its own tests do not try: the same faults,
-//! reached another way, each with a bystander that must get every reply right.
+//! reached another way; where clients are served, a bystander must get every reply right.
 
 mod support;
 
