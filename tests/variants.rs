@@ -137,6 +137,10 @@ fn a_write_that_changes_no_row_does_not_report_the_previous_clients_changes() {
         let reply = second.request(sql);
         assert!(reply.header.contains(" changes=0"), "{sql}: {reply:?}");
     }
+    // Three replies of ours, and at least three of the bystander's.
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().matches("reply sent").count() >= 6
+    });
     bystander.finish();
 }
 
