@@ -30,6 +30,17 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a number of seconds for a timeout that has no "off": more than 0.
+///
+/// # Errors
+/// A message saying what a valid value looks like.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be more than 0 seconds")),
+        d => Ok(d),
+    }
+}
+
 /// Longest duration accepted on a command line: a day is more than any timeout here needs.
 pub const MAX_SECONDS: f64 = 86_400.0;
 
@@ -47,5 +58,8 @@ mod tests {
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("1e19").is_err());
         assert_eq!(parse_seconds("86400"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("1e-10").is_err());
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
     }
 }

@@ -45,16 +45,26 @@ pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
             Err(e) if out_of_descriptors(&e) => {
                 drop(spare.take());
                 match listener.accept() {
+                    // accept() fails at once when the table is full, even with no client
+                    // waiting; so this one may have come long after descriptors freed up.
+                    // It is turned away only if they are still short.
                     Ok((stream, _)) => {
-                        log::warn!("out of file descriptors ({e}): turned a client away");
-                        turn_away(
-                            stream,
-                            &Code::Busy.msg("the load balancer is overloaded; try again later"),
-                        );
+                        spare = File::open("/dev/null").ok();
+                        if spare.is_some() {
+                            admit(lb, stream);
+                        } else {
+                            log::warn!("out of file descriptors ({e}): turned a client away");
+                            turn_away(
+                                stream,
+                                &Code::Busy.msg("the load balancer is overloaded; try again later"),
+                            );
+                        }
                     }
                     Err(_) => std::thread::sleep(ACCEPT_PAUSE),
                 }
-                spare = File::open("/dev/null").ok();
+                if spare.is_none() {
+                    spare = File::open("/dev/null").ok();
+                }
                 if spare.is_none() {
                     // Every descriptor is taken again: let some clients leave first.
                     std::thread::sleep(ACCEPT_PAUSE);

@@ -30,7 +30,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::cidr::{AllowList, Cidr};
-use crate::cli::parse_seconds;
+use crate::cli::{parse_seconds, parse_timeout};
 use crate::gauge;
 use crate::idle_queue::IdleQueue;
 use crate::servers_file::ServerEntry;
@@ -58,7 +58,7 @@ pub struct BalancerConfig {
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub queue_timeout: Duration,
     /// Seconds a server may take to start replying, on top of its processing time.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", value_parser = parse_timeout)]
     pub server_timeout: Duration,
     /// Extra attempts on other servers when a server fails before replying.
     #[arg(long, default_value_t = 2)]

@@ -72,7 +72,16 @@ fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
     stream.set_write_timeout(limits.request)?;
     let from = stream.peer_addr().ok();
-    let mut reader = RequestReader::new(stream.try_clone()?, limits, CLIENT_BUFFER);
+    // The clone takes a descriptor: when none is left, the client is told, not just closed.
+    let reading = match stream.try_clone() {
+        Ok(reading) => reading,
+        Err(e) => {
+            let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
+            let _ = (&stream).write_all(busy.header_line().as_bytes());
+            return Err(e);
+        }
+    };
+    let mut reader = RequestReader::new(reading, limits, CLIENT_BUFFER);
     let mut client = Client {
         stream,
         deadline: Deadline::new(limits.request),

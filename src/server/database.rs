@@ -190,6 +190,9 @@ impl Database {
     fn run(&mut self, sql: &str) -> Result<QueryOutput, QueryError> {
         let mut stmt = self.conn.prepare(sql)?;
         let writes = !stmt.readonly();
+        // `changes()` is left as the last INSERT, UPDATE or DELETE set it, maybe another
+        // client's: a statement that changed no row (`CREATE TABLE`, say) reports 0.
+        let total_before = self.conn.total_changes();
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let mut body = String::new();
         let mut rows = 0;
@@ -242,7 +245,13 @@ impl Database {
         Ok(QueryOutput {
             body: body.into_bytes(),
             rows,
-            changes: writes.then(|| self.conn.changes()),
+            changes: writes.then(|| {
+                if self.conn.total_changes() == total_before {
+                    0
+                } else {
+                    self.conn.changes()
+                }
+            }),
         })
     }
 
