@@ -54,6 +54,11 @@ struct Known {
     next_try: Instant,
     /// Whether it was in the pool at the last look (to log a fall once).
     was_up: bool,
+    /// Whether it was missing from the list at the last look. A server leaves only when it
+    /// is missing twice in a row: on a Ctrl-C that reaches the whole cluster, a server takes
+    /// itself off the list at once, and the balancer must see its own Ctrl-C first so that
+    /// the requests queued for that server are still answered.
+    missing: bool,
 }
 
 impl Drop for Known {
@@ -177,11 +182,17 @@ impl Watcher {
         });
         let mut gone = Vec::new();
         self.known.retain(|id, known| {
-            if listed
-                .get(id)
-                .is_some_and(|b| b.same_settings(&known.backend))
-            {
-                return true;
+            match listed.get(id) {
+                Some(b) if b.same_settings(&known.backend) => {
+                    known.missing = false;
+                    return true;
+                }
+                None if !known.missing => {
+                    known.missing = true;
+                    return true;
+                }
+                // Gone a second time, or listed anew with other settings.
+                _ => {}
             }
             stats.forget(*id);
             gone.push(*id);
@@ -201,6 +212,7 @@ impl Watcher {
                     failures: 0,
                     next_try: Instant::now(),
                     was_up: false,
+                    missing: false,
                 }
             });
             match queue.membership(id) {
