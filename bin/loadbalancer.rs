@@ -28,7 +28,7 @@ struct Args {
     servers_file: PathBuf,
     /// Balancing policy: power (fastest idle first, by declared time), measured, round-robin,
     /// least-connections or two-choices.
-    #[arg(long, default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(minilb::policy::NAMES))]
+    #[arg(long, default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(minilb::policy::names()))]
     algorithm: String,
     /// Seconds a request waits for a busy server before `ERR busy`.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]

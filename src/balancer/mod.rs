@@ -44,7 +44,7 @@ pub struct BalancerConfig {
     pub port: u16,
     /// The servers file to read and watch.
     pub servers_file: PathBuf,
-    /// Policy name (see [`policy::NAMES`]).
+    /// Policy name (see [`policy::names`]).
     pub algorithm: String,
     /// How long a request waits for a busy server before `ERR busy`.
     pub queue_timeout: Duration,
@@ -134,7 +134,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         format!(
             "unknown algorithm {:?}; choose one of: {}",
             config.algorithm,
-            policy::NAMES.join(", ")
+            policy::names().join(", ")
         )
     })?;
     check_servers_file(&config.servers_file)?;
