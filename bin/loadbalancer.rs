@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use minilb::balancer::{self, BalancerConfig};
-use minilb::cidr::{AllowList, Cidr};
+use minilb::cidr::{self, AllowList};
 use minilb::cli::parse_seconds;
 
 /// The minilb load balancer: gives each client request to an idle server, most powerful
@@ -63,8 +63,8 @@ struct Args {
     idle_timeout: Duration,
     /// Serve only clients from this network, e.g. 10.0.0.0/8 or fd00::/8 (repeatable;
     /// default: every address). Others get `ERR forbidden`.
-    #[arg(long, value_name = "CIDR")]
-    allow: Vec<Cidr>,
+    #[arg(long, value_name = "CIDR", value_parser = cidr::parse_network)]
+    allow: Vec<ipnet::IpNet>,
     /// Most servers in the pool, from the servers file and joins together: further joins get
     /// HTTP 503 and further file entries are ignored, with a warning.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
