@@ -217,18 +217,18 @@ fn quota(total: u64, clients: u64, index: u64) -> u64 {
 fn client_thread(index: u64, shared: &Shared) -> Tally {
     let args = &shared.args;
     let mut tally = Tally::default();
-    let mut conn = None;
-    let connect =
-        |conn: &mut Option<Connection>, tally: &mut Tally| match Connection::open(shared.addr) {
-            Ok(c) => *conn = Some(c),
-            Err(e) => {
-                tally.fail("connect", shared);
-                log::debug!("client {index}: {e}");
-            }
-        };
-    if args.connect_first {
-        connect(&mut conn, &mut tally);
-    }
+    let connect = |tally: &mut Tally| {
+        let conn = Connection::open(shared.addr);
+        if conn.is_err() {
+            tally.fail("connect", shared);
+        }
+        conn.ok()
+    };
+    let mut conn = if args.connect_first {
+        connect(&mut tally)
+    } else {
+        None
+    };
     shared.ready.wait();
     let limit = args.requests.map_or(u64::MAX, |total| {
         quota(total, u64::from(args.clients), index)
@@ -244,7 +244,7 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         let request = &shared.requests[usize::from(args.mix.is_file(n))];
         let sent = Instant::now();
         if conn.is_none() {
-            connect(&mut conn, &mut tally);
+            conn = connect(&mut tally);
         }
         let Some(c) = conn.as_mut() else {
             std::thread::sleep(RECONNECT_PAUSE);
@@ -262,7 +262,6 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             Err(e) => {
                 let broken = e.kind() == io::ErrorKind::InvalidData;
                 tally.fail(if broken { "bad_reply" } else { "io" }, shared);
-                log::debug!("client {index}: {e}");
                 conn = None;
             }
         }
