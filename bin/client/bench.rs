@@ -177,7 +177,10 @@ fn run(args: BenchArgs) -> Result<Report, String> {
         let _ = printer.join();
     }
     let report = Report::merge(tallies, elapsed, shared.args.new_connection);
-    if report.ok == 0 && !report.errors.is_empty() && report.errors.keys().all(|c| c == "connect") {
+    if report.total.ok == 0
+        && !report.total.errors.is_empty()
+        && report.total.errors.keys().all(|c| *c == "connect")
+    {
         // Not one connection: nothing was measured, so there is no report to give.
         let why = Connection::open(addr).err().map_or_else(
             || "it refused every connection".to_string(),
@@ -191,13 +194,18 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     Ok(report)
 }
 
-/// One client thread's counts, merged into the [`Report`] at the end.
+/// Counts of requests: one client thread's, then all of them together in the [`Report`].
 #[derive(Default)]
 struct Tally {
+    /// Requests answered `OK`.
     ok: u64,
+    /// Reply body bytes received.
     bytes: u64,
+    /// Latency of each `OK` request in nanoseconds (sorted in the report).
     latencies: Vec<u64>,
+    /// `OK` replies by the `server=` field of their header.
     by_server: BTreeMap<String, u64>,
+    /// Failed requests by `ERR` code, or `connect`, `io`, `bad_reply` for failures on our side.
     errors: BTreeMap<&'static str, u64>,
 }
 
@@ -206,6 +214,18 @@ impl Tally {
         *self.errors.entry(code).or_default() += 1;
         shared.done.fetch_add(1, Ordering::Relaxed);
         shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.bytes += other.bytes;
+        self.latencies.extend_from_slice(&other.latencies);
+        for (server, n) in other.by_server {
+            *self.by_server.entry(server).or_default() += n;
+        }
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
     }
 }
 
@@ -336,97 +356,77 @@ fn jain_fairness(counts: &[u64]) -> f64 {
 }
 
 /// The numbers of one bench run.
-#[derive(Debug, Clone, PartialEq)]
 struct Report {
     clients: usize,
     new_connection: bool,
     /// From the moment every client was ready to the last reply.
     elapsed: Duration,
-    /// Requests answered `OK`.
-    ok: u64,
-    /// Failed requests by `ERR` code, or `connect`, `io`, `bad_reply` for failures on our side.
-    errors: BTreeMap<String, u64>,
-    /// Reply body bytes received.
-    bytes: u64,
-    /// Latency of each `OK` request in nanoseconds, sorted.
-    latencies: Vec<u64>,
-    /// `OK` replies by the `server=` field of their header.
-    by_server: BTreeMap<String, u64>,
+    /// Every client's counts together.
+    total: Tally,
     /// `OK` replies each client received, in client order.
     per_client: Vec<u64>,
 }
 
 impl Report {
     fn merge(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
-        let mut report = Report {
-            clients: tallies.len(),
+        let per_client = tallies.iter().map(|t| t.ok).collect();
+        let clients = tallies.len();
+        let mut total = Tally::default();
+        tallies.into_iter().for_each(|t| total.add(t));
+        total.latencies.sort_unstable();
+        Report {
+            clients,
             new_connection,
             elapsed,
-            ok: 0,
-            errors: BTreeMap::new(),
-            bytes: 0,
-            latencies: Vec::new(),
-            by_server: BTreeMap::new(),
-            per_client: Vec::with_capacity(tallies.len()),
-        };
-        for t in tallies {
-            report.ok += t.ok;
-            report.bytes += t.bytes;
-            report.per_client.push(t.ok);
-            report.latencies.extend_from_slice(&t.latencies);
-            for (server, n) in t.by_server {
-                *report.by_server.entry(server).or_default() += n;
-            }
-            for (code, n) in t.errors {
-                *report.errors.entry(code.to_string()).or_default() += n;
-            }
+            total,
+            per_client,
         }
-        report.latencies.sort_unstable();
-        report
     }
 
     /// Failed requests, all codes together.
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
+    fn error_count(&self) -> u64 {
+        self.total.errors.values().sum()
     }
 
     /// `OK` replies per second.
-    pub fn requests_per_sec(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    fn requests_per_sec(&self) -> f64 {
+        self.total.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Body megabytes (10^6 bytes) per second.
-    pub fn mb_per_sec(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    fn mb_per_sec(&self) -> f64 {
+        self.total.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Latency at percentile `p`, in milliseconds.
-    pub fn latency_ms(&self, p: f64) -> f64 {
-        percentile(&self.latencies, p) as f64 / 1e6
+    fn latency_ms(&self, p: f64) -> f64 {
+        percentile(&self.total.latencies, p) as f64 / 1e6
     }
 
     /// Jain's fairness index over each client's `OK` replies.
-    pub fn fairness(&self) -> f64 {
+    fn fairness(&self) -> f64 {
         jain_fairness(&self.per_client)
     }
 
     /// The report as one JSON object, for scripts.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mean = if self.latencies.is_empty() {
+    fn to_json(&self) -> serde_json::Value {
+        let mean = if self.total.latencies.is_empty() {
             0.0
         } else {
-            self.latencies.iter().sum::<u64>() as f64 / self.latencies.len() as f64 / 1e6
+            self.total.latencies.iter().sum::<u64>() as f64
+                / self.total.latencies.len() as f64
+                / 1e6
         };
         json!({
             "clients": self.clients,
             "connection": if self.new_connection { "per-request" } else { "persistent" },
             "elapsed_s": self.elapsed.as_secs_f64(),
-            "requests": self.ok + self.error_count(),
-            "ok": self.ok,
+            "requests": self.total.ok + self.error_count(),
+            "ok": self.total.ok,
             "error_count": self.error_count(),
-            "errors": self.errors,
+            "errors": self.total.errors,
             "requests_per_s": self.requests_per_sec(),
-            "bytes": self.bytes,
+            "bytes": self.total.bytes,
             "mb_per_s": self.mb_per_sec(),
             "latency_ms": {
                 "p50": self.latency_ms(50.0),
@@ -435,14 +435,14 @@ impl Report {
                 "max": self.latency_ms(100.0),
                 "mean": mean,
             },
-            "servers": self.by_server,
+            "servers": self.total.by_server,
             "per_client": self.per_client,
             "fairness": self.fairness(),
         })
     }
 
     /// The report for people, with a bar chart of who answered how many.
-    pub fn to_text(&self) -> String {
+    fn to_text(&self) -> String {
         let mut out = String::new();
         let connection = if self.new_connection {
             "a new connection per request"
@@ -458,12 +458,12 @@ impl Report {
         let _ = writeln!(
             out,
             "requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s",
-            self.ok,
+            self.total.ok,
             self.error_count(),
             self.requests_per_sec(),
             self.mb_per_sec()
         );
-        if self.latencies.is_empty() {
+        if self.total.latencies.is_empty() {
             let _ = writeln!(out, "latency    none: no request got OK");
         } else {
             let _ = writeln!(
@@ -476,6 +476,7 @@ impl Report {
             );
         }
         let errors: Vec<String> = self
+            .total
             .errors
             .iter()
             .map(|(c, n)| format!("{c} {n}"))
@@ -492,10 +493,17 @@ impl Report {
             self.fairness()
         );
         let _ = writeln!(out, "answered by");
-        let most = self.by_server.values().copied().max().unwrap_or(0).max(1);
-        for (server, &n) in &self.by_server {
+        let most = self
+            .total
+            .by_server
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        for (server, &n) in &self.total.by_server {
             let bar = "█".repeat((n * 40).div_ceil(most) as usize);
-            let share = 100.0 * n as f64 / self.ok.max(1) as f64;
+            let share = 100.0 * n as f64 / self.total.ok.max(1) as f64;
             let _ = writeln!(out, "  server {server:>3} {bar:<40} {n} ({share:.1}%)");
         }
         out
@@ -573,11 +581,11 @@ mod tests {
             Duration::from_secs(2),
             false,
         );
-        assert_eq!(report.ok, 4);
+        assert_eq!(report.total.ok, 4);
         assert_eq!(report.error_count(), 2);
         assert_eq!(report.per_client, vec![3, 1]);
         assert_eq!(
-            report.latencies,
+            report.total.latencies,
             vec![1_000_000, 2_000_000, 3_000_000, 4_000_000]
         );
         assert_eq!(report.requests_per_sec(), 2.0);
