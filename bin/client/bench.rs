@@ -197,9 +197,8 @@ fn run(args: BenchArgs) -> Result<Report, String> {
 /// Counts of requests: one client thread's, then all of them together in the [`Report`].
 #[derive(Default)]
 struct Tally {
-    /// Requests answered `OK`.
+    /// Requests answered `OK`, and the bytes of their bodies.
     ok: u64,
-    /// Reply body bytes received.
     bytes: u64,
     /// Latency of each `OK` request in nanoseconds (sorted in the report).
     latencies: Vec<u64>,
