@@ -48,7 +48,7 @@ pub enum Membership {
 
 /// The idle queue; see the module docs for its locking.
 pub struct IdleQueue<T> {
-    policy: Box<dyn Policy>,
+    policy: &'static dyn Policy,
     /// Guards the idle list, membership and the line of waiting requests.
     state: Mutex<State<T>>,
     /// Wakes [`IdleQueue::wait_for_members`] when a server joins or the queue stops.
@@ -103,7 +103,7 @@ impl<T> State<T> {
 
 impl<T> IdleQueue<T> {
     /// An empty queue that hands out servers by `policy`.
-    pub fn new(policy: Box<dyn Policy>) -> Self {
+    pub fn new(policy: &'static dyn Policy) -> Self {
         let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
         IdleQueue {
             policy,
@@ -124,7 +124,7 @@ impl<T> IdleQueue<T> {
 
     /// The policy.
     pub fn policy(&self) -> &dyn Policy {
-        self.policy.as_ref()
+        self.policy
     }
 
     /// Adds an idle server to the pool. Returns false (and drops `item`) when a server with

@@ -11,7 +11,6 @@
 //! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
 //!   [`token`]: the shared secret for servers that join over the network.
-//! - `parser_properties` (tests and fuzzing only): what the parsers must keep on any input.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -22,8 +21,6 @@ pub mod client;
 pub mod error;
 pub mod gauge;
 pub mod idle_queue;
-#[cfg(any(test, fuzzing))]
-pub mod parser_properties;
 pub mod policy;
 pub mod protocol;
 pub mod request_reader;

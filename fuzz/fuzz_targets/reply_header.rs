@@ -2,7 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use minilb::parser_properties;
+
+#[path = "../../tests/support/parser_properties.rs"]
+mod parser_properties;
 
 fuzz_target!(|data: &[u8]| {
     parser_properties::reply_header(data);

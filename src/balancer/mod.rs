@@ -29,7 +29,7 @@ use clap::builder::RangedU64ValueParser;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::cidr::{AllowList, Cidr};
+use crate::cidr::{self, AllowList};
 use crate::cli::{parse_seconds, parse_timeout};
 use crate::gauge;
 use crate::idle_queue::IdleQueue;
@@ -52,7 +52,7 @@ pub struct BalancerConfig {
     pub servers_file: PathBuf,
     /// Balancing policy: power (fastest idle first, by declared time), measured, round-robin,
     /// least-connections or two-choices.
-    #[arg(long, alias = "algorithm", default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(policy::NAMES))]
+    #[arg(long, alias = "algorithm", default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(policy::names()))]
     pub policy: String,
     /// Seconds a request waits for a busy server before `ERR busy`.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
@@ -90,8 +90,8 @@ pub struct BalancerConfig {
     pub idle_timeout: Duration,
     /// Serve only clients from this network, e.g. 10.0.0.0/8 or fd00::/8 (repeatable;
     /// default: every address). Others get `ERR forbidden`.
-    #[arg(long = "allow", value_name = "CIDR")]
-    pub networks: Vec<Cidr>,
+    #[arg(long = "allow", value_name = "CIDR", value_parser = cidr::parse_network)]
+    pub networks: Vec<ipnet::IpNet>,
     /// The `networks` as the listener checks them.
     #[arg(skip)]
     pub allow: AllowList,
@@ -147,7 +147,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         format!(
             "unknown policy {:?}; choose one of: {}",
             config.policy,
-            policy::NAMES.join(", ")
+            policy::names().join(", ")
         )
     })?;
     check_servers_file(&config.servers_file)?;

@@ -1,8 +1,6 @@
 //! The client: sends requests to the balancer (or straight to a server), prints query replies,
-//! saves downloads, and says how long each took and which server answered. [`bench`] is the
-//! load generator (`client bench`).
-
-pub mod bench;
+//! saves downloads, and says how long each took and which server answered. [`Connection`]
+//! also carries the requests of `client bench` (bin/client/bench.rs).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -93,11 +91,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`).
+    /// Connects to `addr` (`host:port`, or a resolved address).
     ///
     /// # Errors
     /// The connection error.
-    pub fn open(addr: &str) -> io::Result<Connection> {
+    pub fn open(addr: impl ToSocketAddrs) -> io::Result<Connection> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -133,6 +131,14 @@ impl Connection {
     /// The body of the reply just received, `length` bytes long, as a reader.
     pub fn body(&mut self, length: u64) -> impl Read + '_ {
         (&mut self.reader).take(length)
+    }
+
+    /// Reads the body of the reply just received and throws it away.
+    ///
+    /// # Errors
+    /// An I/O error, or `UnexpectedEof` when the body ends early.
+    pub fn skip(&mut self, length: u64) -> io::Result<()> {
+        check_length(io::copy(&mut self.body(length), &mut io::sink())?, length)
     }
 }
 

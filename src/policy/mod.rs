@@ -1,5 +1,5 @@
 //! Balancing policies: which idle server a request gets. One file per policy, all behind
-//! [`Policy`], chosen in one place ([`by_name`]):
+//! [`Policy`], listed in one table ([`ALL`]) and chosen by name there ([`by_name`]):
 //!
 //! - [`power`]: the fastest idle server by declared processing time, round robin among equals
 //!   (the original project's rule, and the default).
@@ -34,25 +34,24 @@ pub trait Policy: Send + Sync {
     fn reason(&self, chosen: &Backend) -> String;
 }
 
-/// Every policy name `--algorithm` accepts.
-pub const NAMES: [&str; 5] = [
-    "power",
-    "measured",
-    "round-robin",
-    "least-connections",
-    "two-choices",
+/// Every policy, in the order `--algorithm` lists them. Policies keep no state of their own,
+/// so one instance of each serves every balancer.
+pub const ALL: [&dyn Policy; 5] = [
+    &power::Power,
+    &measured::Measured,
+    &round_robin::RoundRobin,
+    &least_connections::LeastConnections,
+    &two_choices::TwoChoices,
 ];
 
+/// Every policy name `--algorithm` accepts.
+pub fn names() -> [&'static str; 5] {
+    ALL.map(|p| p.name())
+}
+
 /// The policy called `name`.
-pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "power" => Some(Box::new(power::Power)),
-        "measured" => Some(Box::new(measured::Measured)),
-        "round-robin" => Some(Box::new(round_robin::RoundRobin)),
-        "least-connections" => Some(Box::new(least_connections::LeastConnections)),
-        "two-choices" => Some(Box::new(two_choices::TwoChoices::new())),
-        _ => None,
-    }
+pub fn by_name(name: &str) -> Option<&'static dyn Policy> {
+    ALL.into_iter().find(|p| p.name() == name)
 }
 
 /// Seconds, short: `0.05 s`, `12 ms`.
@@ -82,7 +81,7 @@ mod tests {
 
     #[test]
     fn every_name_builds_its_policy() {
-        for name in NAMES {
+        for name in names() {
             assert_eq!(by_name(name).unwrap().name(), name);
         }
         assert!(by_name("random").is_none());

@@ -2,51 +2,14 @@
 //! served) — the "power of two choices", which spreads load almost as well as looking at every
 //! server, at the cost of looking at two.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Policy;
 use crate::balancer::backend::Backend;
 
 /// Less loaded of two random idle servers.
-pub struct TwoChoices {
-    /// State of a small xorshift generator: randomness here needs to be cheap, not strong.
-    seed: AtomicU64,
-}
-
-impl TwoChoices {
-    /// Seeded from the clock.
-    pub fn new() -> TwoChoices {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9E37_79B9, |d| d.as_nanos() as u64);
-        TwoChoices::with_seed(nanos)
-    }
-
-    /// Seeded with `seed` (tests use a fixed one).
-    pub fn with_seed(seed: u64) -> TwoChoices {
-        TwoChoices {
-            seed: AtomicU64::new(seed | 1),
-        }
-    }
-
-    fn next(&self, below: usize) -> usize {
-        // Races between threads only mix the sequence further, which is fine here.
-        let mut x = self.seed.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.seed.store(x, Ordering::Relaxed);
-        (x % below as u64) as usize
-    }
-}
-
-impl Default for TwoChoices {
-    fn default() -> Self {
-        TwoChoices::new()
-    }
-}
+pub struct TwoChoices;
 
 impl Policy for TwoChoices {
     fn name(&self) -> &'static str {
@@ -58,8 +21,9 @@ impl Policy for TwoChoices {
             0 => None,
             1 => Some(0),
             n => {
-                let a = self.next(n);
-                let b = (a + 1 + self.next(n - 1)) % n;
+                // Randomness here needs to be cheap, not strong: fastrand's per-thread generator.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let load = |i: usize| {
                     let b = &idle[i];
                     let lc = b.last_chosen.load(Ordering::Relaxed);
@@ -83,7 +47,7 @@ mod tests {
 
     #[test]
     fn never_picks_the_most_loaded_of_many() {
-        let policy = TwoChoices::with_seed(42);
+        let policy = TwoChoices;
         let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
         for (i, b) in idle.iter().enumerate() {
             b.requests.store(i as u64 * 10, Ordering::Relaxed);
@@ -96,7 +60,7 @@ mod tests {
 
     #[test]
     fn both_of_two_equals_get_picked() {
-        let policy = TwoChoices::with_seed(7);
+        let policy = TwoChoices;
         let idle = [backend(1, 0.1, 0), backend(2, 0.1, 0)];
         let picked: std::collections::HashSet<usize> =
             (0..100).map(|_| policy.pick(&idle).unwrap()).collect();

@@ -373,35 +373,27 @@ fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), Str
     conn.close().map_err(|(_, e)| fail(e))
 }
 
-/// Parses simple CSV: comma-separated, fields optionally in double quotes (`""` is a quote).
+/// Reads the seed: comma-separated fields, optionally in double quotes (`""` is a quote).
 fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let mut quoted = false;
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut field)),
-                (c, _) => field.push(c),
-            }
-        }
-        if quoted {
-            return Err(format!("line {}: unclosed quote", n + 1));
-        }
-        fields.push(field);
-        rows.push(fields);
+    // Quotes open and close in pairs (`""` too): an odd count is one left open, which the
+    // csv crate would take as a field running to the end of the file.
+    if text.matches('"').count() % 2 == 1 {
+        return Err("a quote is never closed".into());
     }
-    Ok(rows)
+    // `flexible`: a row of the wrong length gets `build`'s message, which names the row.
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|row| {
+            Ok(row
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(String::from)
+                .collect())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,601 @@
+//! `client bench`: a load generator. N client threads, each with its own connection (or a new
+//! connection per request), send requests as fast as the replies come back; then it reports
+//! requests/s, latency percentiles, errors by code, who answered how many, and how evenly the
+//! clients were served (Jain's fairness index over each client's completed requests).
+//!
+//! It speaks through the library's [`Connection`], skipping reply bodies without saving them;
+//! latencies go into a `Vec` reserved up front, so recording one does not reallocate.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use minilb::client::Connection;
+use minilb::protocol::{ReplyHeader, Request};
+use serde_json::json;
+
+/// Stack of a client thread: it keeps its buffers on the heap, and a bench may run thousands.
+const THREAD_STACK: usize = 256 * 1024;
+/// Pause after a failed connection attempt, so a client with no balancer does not spin.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// Most latencies a client reserves room for before it starts (8 MiB).
+const MAX_RESERVED: u64 = 1 << 20;
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// `client bench`'s flags.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("stop").required(true).args(["requests", "duration"])))]
+pub struct BenchArgs {
+    /// Client threads, each with its own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    clients: u32,
+    /// Requests in all, shared evenly among the clients (or give --duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Seconds to run, e.g. 10 or 0.5 (or give --requests).
+    #[arg(long, value_parser = minilb::cli::parse_seconds)]
+    duration: Option<Duration>,
+    /// The query each request sends (or any request line, e.g. `file big.bin`).
+    #[arg(long, default_value = "SELECT Name FROM COLORS LIMIT 1")]
+    request: String,
+    /// The file that the file share of --mix downloads.
+    #[arg(long, default_value = "hello.txt")]
+    file: String,
+    /// Query requests for file requests, e.g. 3:1; 1:0 sends queries only.
+    #[arg(long, default_value = "1:0", value_parser = Mix::parse)]
+    mix: Mix,
+    /// A new connection for every request, like the original's client.
+    #[arg(long)]
+    new_connection: bool,
+    /// Open every client's connection before the first request, so all are open at once.
+    #[arg(long)]
+    connect_first: bool,
+    /// Print the numbers as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Load balancer address (or a server's, to measure it directly).
+    #[arg(long, default_value = "127.0.0.1:5070")]
+    lb: String,
+}
+
+/// How many query requests a client sends for how many file requests (`--mix 3:1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    queries: u32,
+    files: u32,
+}
+
+impl Mix {
+    /// Parses `queries:files`, e.g. `3:1`.
+    fn parse(text: &str) -> Result<Mix, String> {
+        let bad = || format!("{text:?} is not a mix: write queries:files, e.g. 3:1");
+        let (q, f) = text.split_once(':').ok_or_else(bad)?;
+        let mix = Mix {
+            queries: q.trim().parse().map_err(|_| bad())?,
+            files: f.trim().parse().map_err(|_| bad())?,
+        };
+        if mix.queries == 0 && mix.files == 0 {
+            return Err(format!("{text:?}: a mix needs at least one request kind"));
+        }
+        Ok(mix)
+    }
+
+    /// Whether request number `n` is a file request. Files are spread evenly through each
+    /// round rather than bunched at its end.
+    fn is_file(&self, n: u64) -> bool {
+        let round = u64::from(self.queries) + u64::from(self.files);
+        let files = u64::from(self.files);
+        (n % round + 1) * files / round > (n % round) * files / round
+    }
+}
+
+/// Runs `client bench` and prints its report. Exit code: 0 when every request got `OK`, 1 when
+/// some failed, 2 when the bench could not run.
+pub fn main(args: BenchArgs) -> ExitCode {
+    let json = args.json;
+    let report = match run(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("client bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if json {
+        format!("{}\n", report.to_json())
+    } else {
+        report.to_text()
+    };
+    // A closed stdout (`| head`) is not worth a panic.
+    let _ = io::stdout().write_all(text.as_bytes());
+    ExitCode::from(u8::from(report.error_count() > 0))
+}
+
+/// What every client thread reads, and the counters the progress line shows.
+struct Shared {
+    args: BenchArgs,
+    addr: SocketAddr,
+    /// The query request and the file request.
+    requests: [Request; 2],
+    /// Holds the client threads (and the main one) until all are ready, so the clock starts
+    /// when the load does.
+    ready: Barrier,
+    /// Requests finished so far, and how many of them failed (for the progress line).
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+fn run(args: BenchArgs) -> Result<Report, String> {
+    let addr = args
+        .lb
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", args.lb))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", args.lb))?;
+    let request = |line: &str| {
+        Request::parse(line.as_bytes()).map_err(|e| format!("{line:?}: {}", e.message()))
+    };
+    let shared = Arc::new(Shared {
+        requests: [
+            request(&args.request)?,
+            request(&format!("file {}", args.file))?,
+        ],
+        ready: Barrier::new(args.clients as usize + 1),
+        addr,
+        args,
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+
+    let mut threads = Vec::new();
+    for index in 0..shared.args.clients {
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("bench-{index}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || client_thread(u64::from(index), &shared));
+        // The others wait at the barrier for this one: a bench cut short would measure nothing.
+        threads.push(spawned.map_err(|e| format!("cannot start client thread {index}: {e}"))?);
+    }
+    shared.ready.wait();
+    let started = Instant::now();
+    let progress = io::stderr()
+        .is_terminal()
+        .then(|| spawn_progress(Arc::clone(&shared), started));
+    let tallies: Vec<Tally> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
+    let elapsed = started.elapsed();
+    if let Some((stop, printer)) = progress {
+        drop(stop);
+        let _ = printer.join();
+    }
+    let report = Report::merge(tallies, elapsed, shared.args.new_connection);
+    if report.total.ok == 0
+        && !report.total.errors.is_empty()
+        && report.total.errors.keys().all(|c| *c == "connect")
+    {
+        // Not one connection: nothing was measured, so there is no report to give.
+        let why = Connection::open(addr).err().map_or_else(
+            || "it refused every connection".to_string(),
+            |e| e.to_string(),
+        );
+        return Err(format!(
+            "cannot reach the load balancer at {}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
+            shared.args.lb
+        ));
+    }
+    Ok(report)
+}
+
+/// Counts of requests: one client thread's, then all of them together in the [`Report`].
+#[derive(Default)]
+struct Tally {
+    /// Requests answered `OK`, and the bytes of their bodies.
+    ok: u64,
+    bytes: u64,
+    /// Latency of each `OK` request in nanoseconds (sorted in the report).
+    latencies: Vec<u64>,
+    /// `OK` replies by the `server=` field of their header.
+    by_server: BTreeMap<String, u64>,
+    /// Failed requests by `ERR` code, or `connect`, `io`, `bad_reply` for failures on our side.
+    errors: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn fail(&mut self, code: &'static str, shared: &Shared) {
+        *self.errors.entry(code).or_default() += 1;
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.bytes += other.bytes;
+        self.latencies.extend_from_slice(&other.latencies);
+        for (server, n) in other.by_server {
+            *self.by_server.entry(server).or_default() += n;
+        }
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+/// The requests client `index` sends under `--requests total`: an even share.
+fn quota(total: u64, clients: u64, index: u64) -> u64 {
+    total / clients + u64::from(index < total % clients)
+}
+
+fn client_thread(index: u64, shared: &Shared) -> Tally {
+    let args = &shared.args;
+    let mut tally = Tally::default();
+    let connect = |tally: &mut Tally| {
+        let conn = Connection::open(shared.addr);
+        if conn.is_err() {
+            tally.fail("connect", shared);
+        }
+        conn.ok()
+    };
+    let mut conn = if args.connect_first {
+        connect(&mut tally)
+    } else {
+        None
+    };
+    shared.ready.wait();
+    let limit = args.requests.map_or(u64::MAX, |total| {
+        quota(total, u64::from(args.clients), index)
+    });
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    // Room for the whole share up front (within reason), so recording never reallocates.
+    tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
+    // Each client starts at a different place in the mix, so files are spread across clients.
+    for n in index..index.saturating_add(limit) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let request = &shared.requests[usize::from(args.mix.is_file(n))];
+        let sent = Instant::now();
+        if conn.is_none() {
+            conn = connect(&mut tally);
+        }
+        let Some(c) = conn.as_mut() else {
+            std::thread::sleep(RECONNECT_PAUSE);
+            continue;
+        };
+        match exchange(c, request) {
+            Ok(Ok((length, server))) => {
+                tally.ok += 1;
+                tally.bytes += length;
+                tally.latencies.push(sent.elapsed().as_nanos() as u64);
+                *tally.by_server.entry(server).or_default() += 1;
+                shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(code)) => tally.fail(code, shared),
+            Err(e) => {
+                let broken = e.kind() == io::ErrorKind::InvalidData;
+                tally.fail(if broken { "bad_reply" } else { "io" }, shared);
+                conn = None;
+            }
+        }
+        if args.new_connection {
+            conn = None;
+        }
+    }
+    tally
+}
+
+/// Sends `request` and skips the reply's body: its length and `server=` field (`?` when it
+/// has none) on `OK`, its code on `ERR`.
+fn exchange(
+    conn: &mut Connection,
+    request: &Request,
+) -> io::Result<Result<(u64, String), &'static str>> {
+    Ok(match conn.send(request)? {
+        ReplyHeader::Err(e) => Err(e.code()),
+        reply @ ReplyHeader::Ok { length, .. } => {
+            conn.skip(length)?;
+            Ok((length, reply.field("server").unwrap_or("?").to_string()))
+        }
+    })
+}
+
+/// Redraws `N requests, R/s, E errors` on stderr until the returned sender is dropped.
+fn spawn_progress(
+    shared: Arc<Shared>,
+    started: Instant,
+) -> (crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>) {
+    // Dropping the sender is the stop signal; the timeout is the ticker.
+    let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
+    let printer = std::thread::spawn(move || {
+        let mut err = io::stderr();
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            ticks.recv_timeout(PROGRESS_EVERY)
+        {
+            let done = shared.done.load(Ordering::Relaxed);
+            let failed = shared.failed.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64();
+            let _ = write!(
+                err,
+                "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
+                done as f64 / secs.max(1e-9)
+            );
+            let _ = err.flush();
+        }
+        // Erase the line, so the report starts on a clean one.
+        let _ = write!(err, "\r{:70}\r", "");
+    });
+    (stop, printer)
+}
+
+/// The value at percentile `p` (0 to 100) of `sorted`, by the nearest-rank method; 0 when empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Jain's fairness index of `counts`: 1 when all are equal, 1/n when one got everything.
+/// 0 when nobody got anything (nothing was served, so nothing was fair).
+fn jain_fairness(counts: &[u64]) -> f64 {
+    let sum: f64 = counts.iter().map(|&c| c as f64).sum();
+    let squares: f64 = counts.iter().map(|&c| (c as f64) * (c as f64)).sum();
+    if squares == 0.0 {
+        return 0.0;
+    }
+    sum * sum / (counts.len() as f64 * squares)
+}
+
+/// The numbers of one bench run.
+struct Report {
+    clients: usize,
+    new_connection: bool,
+    /// From the moment every client was ready to the last reply.
+    elapsed: Duration,
+    /// Every client's counts together.
+    total: Tally,
+    /// `OK` replies each client received, in client order.
+    per_client: Vec<u64>,
+}
+
+impl Report {
+    fn merge(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
+        let per_client = tallies.iter().map(|t| t.ok).collect();
+        let clients = tallies.len();
+        let mut total = Tally::default();
+        tallies.into_iter().for_each(|t| total.add(t));
+        total.latencies.sort_unstable();
+        Report {
+            clients,
+            new_connection,
+            elapsed,
+            total,
+            per_client,
+        }
+    }
+
+    /// Failed requests, all codes together.
+    fn error_count(&self) -> u64 {
+        self.total.errors.values().sum()
+    }
+
+    /// `OK` replies per second.
+    fn requests_per_sec(&self) -> f64 {
+        self.total.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Body megabytes (10^6 bytes) per second.
+    fn mb_per_sec(&self) -> f64 {
+        self.total.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency at percentile `p`, in milliseconds.
+    fn latency_ms(&self, p: f64) -> f64 {
+        percentile(&self.total.latencies, p) as f64 / 1e6
+    }
+
+    /// Jain's fairness index over each client's `OK` replies.
+    fn fairness(&self) -> f64 {
+        jain_fairness(&self.per_client)
+    }
+
+    /// The report as one JSON object, for scripts.
+    fn to_json(&self) -> serde_json::Value {
+        let mean = if self.total.latencies.is_empty() {
+            0.0
+        } else {
+            self.total.latencies.iter().sum::<u64>() as f64
+                / self.total.latencies.len() as f64
+                / 1e6
+        };
+        json!({
+            "clients": self.clients,
+            "connection": if self.new_connection { "per-request" } else { "persistent" },
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "requests": self.total.ok + self.error_count(),
+            "ok": self.total.ok,
+            "error_count": self.error_count(),
+            "errors": self.total.errors,
+            "requests_per_s": self.requests_per_sec(),
+            "bytes": self.total.bytes,
+            "mb_per_s": self.mb_per_sec(),
+            "latency_ms": {
+                "p50": self.latency_ms(50.0),
+                "p90": self.latency_ms(90.0),
+                "p99": self.latency_ms(99.0),
+                "max": self.latency_ms(100.0),
+                "mean": mean,
+            },
+            "servers": self.total.by_server,
+            "per_client": self.per_client,
+            "fairness": self.fairness(),
+        })
+    }
+
+    /// The report for people, with a bar chart of who answered how many.
+    fn to_text(&self) -> String {
+        let mut out = String::new();
+        let connection = if self.new_connection {
+            "a new connection per request"
+        } else {
+            "persistent connections"
+        };
+        let _ = writeln!(
+            out,
+            "{} clients, {connection}, {:.2} s",
+            self.clients,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s",
+            self.total.ok,
+            self.error_count(),
+            self.requests_per_sec(),
+            self.mb_per_sec()
+        );
+        if self.total.latencies.is_empty() {
+            let _ = writeln!(out, "latency    none: no request got OK");
+        } else {
+            let _ = writeln!(
+                out,
+                "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                self.latency_ms(50.0),
+                self.latency_ms(90.0),
+                self.latency_ms(99.0),
+                self.latency_ms(100.0)
+            );
+        }
+        let errors: Vec<String> = self
+            .total
+            .errors
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let errors = if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(", ")
+        };
+        let _ = writeln!(out, "errors     {errors}");
+        let _ = writeln!(
+            out,
+            "fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)",
+            self.fairness()
+        );
+        let _ = writeln!(out, "answered by");
+        let most = self
+            .total
+            .by_server
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        for (server, &n) in &self.total.by_server {
+            let bar = "█".repeat((n * 40).div_ceil(most) as usize);
+            let share = 100.0 * n as f64 / self.total.ok.max(1) as f64;
+            let _ = writeln!(out, "  server {server:>3} {bar:<40} {n} ({share:.1}%)");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_spreads_files_evenly() {
+        let mix = Mix::parse("3:1").unwrap();
+        assert_eq!(
+            mix,
+            Mix {
+                queries: 3,
+                files: 1
+            }
+        );
+        let files: Vec<bool> = (0..8).map(|n| mix.is_file(n)).collect();
+        assert_eq!(files.iter().filter(|&&f| f).count(), 2);
+        assert_eq!(files[..4], files[4..]);
+        assert!((0..10).all(|n| !Mix::parse("1:0").unwrap().is_file(n)));
+        assert!((0..10).all(|n| Mix::parse("0:1").unwrap().is_file(n)));
+        let half = Mix::parse(" 1 : 1 ").unwrap();
+        assert_eq!((0..4).filter(|&n| half.is_file(n)).count(), 2);
+        for bad in ["", "3", "3:", "a:1", "0:0", "-1:2", "1:2:3"] {
+            assert!(Mix::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let sorted: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&sorted, 50.0), 50);
+        assert_eq!(percentile(&sorted, 90.0), 90);
+        assert_eq!(percentile(&sorted, 99.0), 99);
+        assert_eq!(percentile(&sorted, 100.0), 100);
+        assert_eq!(percentile(&sorted, 0.0), 1);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile(&[1, 2, 3], 50.0), 2);
+    }
+
+    #[test]
+    fn jain_fairness_index() {
+        assert_eq!(jain_fairness(&[5, 5, 5, 5]), 1.0);
+        assert_eq!(jain_fairness(&[8, 0, 0, 0]), 0.25);
+        assert!((jain_fairness(&[1, 2]) - 0.9).abs() < 1e-12);
+        assert_eq!(jain_fairness(&[0, 0]), 0.0);
+        assert_eq!(jain_fairness(&[]), 0.0);
+    }
+
+    #[test]
+    fn quotas_add_up_to_the_total() {
+        let shares: Vec<u64> = (0..4).map(|i| quota(10, 4, i)).collect();
+        assert_eq!(shares, vec![3, 3, 2, 2]);
+        assert_eq!((0..3).map(|i| quota(2, 3, i)).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn reports_merge_and_print() {
+        let tally = |ok: u64, server: u32, lat: Vec<u64>| Tally {
+            ok,
+            bytes: ok * 10,
+            latencies: lat,
+            by_server: BTreeMap::from([(server.to_string(), ok)]),
+            errors: BTreeMap::new(),
+        };
+        let mut failing = tally(1, 2, vec![3_000_000]);
+        failing.errors.insert("busy", 2);
+        let report = Report::merge(
+            vec![tally(3, 1, vec![2_000_000, 1_000_000, 4_000_000]), failing],
+            Duration::from_secs(2),
+            false,
+        );
+        assert_eq!(report.total.ok, 4);
+        assert_eq!(report.error_count(), 2);
+        assert_eq!(report.per_client, vec![3, 1]);
+        assert_eq!(
+            report.total.latencies,
+            vec![1_000_000, 2_000_000, 3_000_000, 4_000_000]
+        );
+        assert_eq!(report.requests_per_sec(), 2.0);
+        let json = report.to_json();
+        assert_eq!(json["servers"]["1"], 3);
+        assert_eq!(json["errors"]["busy"], 2);
+        assert_eq!(json["latency_ms"]["p50"], 2.0);
+        assert_eq!(json["fairness"], 0.8);
+        let text = report.to_text();
+        assert!(text.contains("4 OK, 2 failed"), "{text}");
+        assert!(text.contains("server   1"), "{text}");
+        assert!(text.contains("busy 2"), "{text}");
+    }
+}
