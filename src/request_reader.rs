@@ -192,24 +192,30 @@ impl RequestReader {
     ///
     /// # Errors
     /// The error from writing the reply.
-    pub fn close_with(mut self, writer: &mut TcpStream, error: &Error) -> io::Result<()> {
+    pub fn close_with(self, writer: &mut TcpStream, error: &Error) -> io::Result<()> {
         writer.write_all(error.header_line().as_bytes())?;
-        writer.shutdown(Shutdown::Write)?;
-        let stream = &mut self.reader.get_mut().stream;
-        let until = Instant::now() + LINGER;
-        let mut scratch = [0u8; 4096];
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                break;
-            }
-            match stream.read(&mut scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
+        linger(&self.reader.get_ref().stream);
         Ok(())
+    }
+}
+
+/// Closes a connection gently after its last reply: stop sending, then read and discard what
+/// the peer still sends, for at most [`LINGER`] and [`LINGER_BYTES`], so that unread bytes do
+/// not make the close a reset that could destroy the reply before the peer reads it.
+pub(crate) fn linger(mut stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! request, and running out of descriptors killed the accept thread for good.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +27,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 const STACK: usize = 256 * 1024;
 /// How long the accept loop rests after a failed accept, so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// How long a connection being closed waits for its peer to finish, so unread bytes do not
-/// turn the close into a reset that destroys the answer.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// One request, read whole.
 #[derive(Debug)]
@@ -147,7 +144,7 @@ fn connection(stream: TcpStream, deadline: Instant, handle: &dyn Fn(Request) -> 
             .max(Duration::from_secs(1)),
     ));
     if write_response(&stream, &response).is_ok() {
-        linger(&stream);
+        crate::request_reader::linger(&stream);
     }
 }
 
@@ -301,22 +298,4 @@ fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()>
         response.body
     )?;
     stream.flush()
-}
-
-/// Stops sending, then reads and discards what the peer still sends, for a moment.
-fn linger(mut stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let until = Instant::now() + LINGER;
-    let mut scratch = [0u8; 4096];
-    let mut drained = 0;
-    while drained < MAX_BODY {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut scratch) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n,
-        }
-    }
 }
