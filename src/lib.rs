@@ -15,20 +15,20 @@
 #![deny(missing_docs)]
 
 pub mod balancer;
-pub mod cidr;
+pub(crate) mod cidr;
 pub mod cli;
 pub mod client;
-pub mod error;
-pub mod gauge;
-pub mod idle_queue;
-pub mod policy;
+pub(crate) mod error;
+pub(crate) mod gauge;
+pub(crate) mod idle_queue;
+pub(crate) mod policy;
 pub mod protocol;
-pub mod request_reader;
+pub(crate) mod request_reader;
 #[cfg(test)]
 mod scratch_dir;
 pub mod server;
 pub mod servers_file;
-pub mod token;
+pub(crate) mod token;
 
 pub use error::Error;
 
