@@ -1,16 +1,16 @@
 //! minilb: a small load balancer, its backend servers and its client, over one line-based
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
-//! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
-//! - [`gauge`]: counts of things in progress, kept right by guards.
-//! - [`request_reader`]: reading requests from untrusted peers, within size and time limits.
-//! - [`cidr`]: IP networks, for the balancer's `--allow` list.
+//! - [`protocol`]: request lines and reply headers; `error`: the `ERR` codes.
+//! - `gauge`: counts of things in progress, kept right by guards.
+//! - `request_reader`: reading requests from untrusted peers, within size and time limits.
+//! - `cidr`: IP networks, for the balancer's `--allow` list.
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
-//! - [`idle_queue`]: the power-ordered idle queue; [`policy`]: one file per balancing policy.
+//! - `idle_queue`: the power-ordered idle queue; `policy`: one file per balancing policy.
 //! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
-//!   [`token`]: the shared secret for servers that join over the network.
+//!   `token`: the shared secret for servers that join over the network.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
