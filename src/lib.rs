@@ -1,7 +1,7 @@
 //! minilb: a small load balancer, its backend servers and its client, over one line-based
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
-//! - [`protocol`]: request lines and reply headers; `error`: the `ERR` codes.
+//! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
 //! - `gauge`: counts of things in progress, kept right by guards.
 //! - `request_reader`: reading requests from untrusted peers, within size and time limits.
 //! - `cidr`: IP networks, for the balancer's `--allow` list.
@@ -18,7 +18,7 @@ pub mod balancer;
 pub(crate) mod cidr;
 pub mod cli;
 pub mod client;
-pub(crate) mod error;
+pub mod error;
 pub(crate) mod gauge;
 pub(crate) mod idle_queue;
 pub(crate) mod policy;

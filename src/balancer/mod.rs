@@ -6,7 +6,7 @@
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
 //! reconnecting to servers that went down), [`admin`] (the admin listener: joins, the
 //! dashboard) over [`http`] (a small HTTP/1.1 server with limits), [`stats`] and [`report`] (what is counted, and how it is reported). The idle
-//! queue is [`crate::idle_queue`].
+//! queue is `crate::idle_queue`.
 
 pub mod admin;
 pub mod backend;
