@@ -178,3 +178,22 @@ fn a_server_timeout_of_zero_is_refused_at_start() {
         assert!(err.contains("must be more than 0 seconds"), "{zero}: {err}");
     }
 }
+
+#[test]
+fn a_bench_that_would_send_nothing_is_refused() {
+    let dir = TestDir::new(false);
+    // Nothing listens there: a bench that sent nothing would not notice, and report success.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for (flag, why) in [
+        ("--duration", "must be more than 0 seconds"),
+        ("--requests", "0 is not in 1.."),
+    ] {
+        let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &nobody, flag, "0"], "");
+        assert_eq!(code, 2, "{flag} 0: {out}{err}");
+        assert!(err.contains(why), "{flag} 0: {err}");
+    }
+}
