@@ -243,3 +243,36 @@ fn a_server_being_reprobed_shows_no_request_in_progress() {
     let after = server();
     assert_eq!(after["stray"], 1, "{after}");
 }
+
+#[test]
+fn a_decision_on_the_dashboard_quotes_the_figures_it_was_made_on() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &["--policy", "least-connections"]);
+    let bystander = Bystander::start(lb.addr);
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().matches("reply sent").count() >= 3
+    });
+    bystander.finish();
+    let (code, body) = http(lb.admin(), "GET", "/status", None, "");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let texts: Vec<&str> = status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap())
+        .collect();
+    // Request n found the server with n - 1 served, whatever it has served since.
+    assert!(texts.len() >= 3, "{texts:?}");
+    for (n, text) in texts.iter().enumerate() {
+        let expected = format!(
+            "req {} -> server 1: server 1 fewest requests served ({n})",
+            n + 1
+        );
+        assert!(
+            text.starts_with(&expected),
+            "{text:?}, not {expected:?}\n{texts:#?}"
+        );
+    }
+}
