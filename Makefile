@@ -20,7 +20,7 @@ test-browser:
 	scripts/test-browser.sh
 
 ## Three servers of different power (0.5, 1 and 2 s) on 5071-5073 and the balancer on 5070;
-## Ctrl-C stops them all; the script then exits 0, so make reports no error.
+## Ctrl-C stops them all; the script then exits 0, so make prints no error (its own status is 130).
 run-cluster:
 	scripts/run-cluster.sh
 

@@ -178,3 +178,101 @@ fn a_server_timeout_of_zero_is_refused_at_start() {
         assert!(err.contains("must be more than 0 seconds"), "{zero}: {err}");
     }
 }
+
+#[test]
+fn a_bench_that_would_send_nothing_is_refused() {
+    let dir = TestDir::new(false);
+    // Nothing listens there: a bench that sent nothing would not notice, and report success.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for (flag, why) in [
+        ("--duration", "must be more than 0 seconds"),
+        ("--requests", "0 is not in 1.."),
+    ] {
+        let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &nobody, flag, "0"], "");
+        assert_eq!(code, 2, "{flag} 0: {out}{err}");
+        assert!(err.contains(why), "{flag} 0: {err}");
+    }
+}
+
+#[test]
+fn a_server_being_reprobed_shows_no_request_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Server 9 sends a stray reply after its reply to `SELECT 1001 AS n`, then answers the
+    // re-probe slowly: meanwhile it is busy with no request of any client.
+    let strayed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&strayed);
+    let fake = FakeServer::start(9, move |line| match line {
+        "SELECT 1001 AS n" => {
+            flag.store(true, Ordering::SeqCst);
+            Act::Send([answer(9, line), answer(9, "SELECT 1 AS n")].concat())
+        }
+        "SELECT 1" if flag.load(Ordering::SeqCst) => Act::Trickle {
+            bytes: answer(9, line),
+            at_once: 0,
+            gap: Duration::from_millis(150),
+        },
+        _ => Act::Answer,
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &[]);
+    let reply = Wire::connect(lb.addr).request("SELECT 1001 AS n");
+    assert_eq!(reply.text(), "n: 1001\n");
+    assert!(strayed.load(Ordering::SeqCst));
+    let server = || {
+        let (code, body) = http(lb.admin(), "GET", "/status", None, "");
+        assert_eq!(code, 200);
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["servers"][0].clone()
+    };
+    // Request 1001 has ended (it is on the timeline): no bar in progress may claim it.
+    wait_until(START_TIMEOUT, || server()["busy"] == true);
+    let during = server();
+    assert_eq!(during["state"], "up", "{during}");
+    assert!(during["current"].is_null(), "{during}");
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().contains("answered the re-probe")
+    });
+    let bystander = Bystander::start(lb.addr);
+    fake.wait_for_answers(3);
+    bystander.finish();
+    let after = server();
+    assert_eq!(after["stray"], 1, "{after}");
+}
+
+#[test]
+fn a_decision_on_the_dashboard_quotes_the_figures_it_was_made_on() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &["--policy", "least-connections"]);
+    let bystander = Bystander::start(lb.addr);
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().matches("reply sent").count() >= 3
+    });
+    bystander.finish();
+    let (code, body) = http(lb.admin(), "GET", "/status", None, "");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let texts: Vec<&str> = status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap())
+        .collect();
+    // Request n found the server with n - 1 served, whatever it has served since.
+    assert!(texts.len() >= 3, "{texts:?}");
+    for (n, text) in texts.iter().enumerate() {
+        let expected = format!(
+            "req {} -> server 1: server 1 fewest requests served ({n})",
+            n + 1
+        );
+        assert!(
+            text.starts_with(&expected),
+            "{text:?}, not {expected:?}\n{texts:#?}"
+        );
+    }
+}

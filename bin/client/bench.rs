@@ -36,10 +36,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     clients: u32,
     /// Requests in all, shared evenly among the clients (or give --duration).
-    #[arg(long)]
+    // At least one, and more than no time: a bench that sends nothing measures nothing.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
     /// Seconds to run, e.g. 10 or 0.5 (or give --requests).
-    #[arg(long, value_parser = minilb::cli::parse_seconds)]
+    #[arg(long, value_parser = minilb::cli::parse_timeout)]
     duration: Option<Duration>,
     /// The query each request sends (or any request line, e.g. `file big.bin`).
     #[arg(long, default_value = "SELECT Name FROM COLORS LIMIT 1")]

@@ -43,7 +43,8 @@ pub struct Backend {
     /// When the idle queue last handed it out, as a sequence number (0 = never), for round
     /// robin; written under the queue's lock.
     pub last_chosen: AtomicU64,
-    /// The request it handles (or last handled), for the timeline's bar in progress.
+    /// The request it handles (or last handled; 0 while re-probed), for the timeline's bar in
+    /// progress.
     pub current_request: AtomicU64,
     /// When it took that request, in microseconds since the balancer started.
     pub current_taken_micros: AtomicU64,

@@ -376,6 +376,8 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
 pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let (backend, old) = lease.set_aside();
     drop(old);
+    // Busy with no client's request: the dashboard must not show the ended one in progress.
+    backend.current_request.store(0, Ordering::Relaxed);
     let id = backend.id;
     let spawned = spawn_prober(
         lb,

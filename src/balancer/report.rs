@@ -76,8 +76,9 @@ pub fn status(lb: &Balancer) -> Value {
                         State::Down => "down",
                     },
                     "busy": busy,
-                    // The request in progress while busy, and when the server took it.
-                    "current": busy.then(|| json!({
+                    // The request in progress while busy, and when the server took it
+                    // (none while a re-probe holds it).
+                    "current": (busy && s.current_request.load(Ordering::Relaxed) != 0).then(|| json!({
                         "request": s.current_request.load(Ordering::Relaxed),
                         "taken": s.current_taken_micros.load(Ordering::Relaxed) as f64 / 1e6,
                     })),

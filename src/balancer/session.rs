@@ -172,15 +172,17 @@ fn handle(
             continue;
         }
         attempt += 1;
-        // The decision is recorded as facts; it is put into words only for someone reading.
+        // The decision is recorded as facts, and the policy's reason in words now: it quotes
+        // figures (requests served, measured time) that later requests change.
         let backend = Arc::clone(lease.server());
+        let policy = lb.queue.policy();
+        let reason = policy.reason(&backend);
         if log::log_enabled!(log::Level::Info) {
-            let why = stats::explain(lb.queue.policy(), &backend, lease.decision());
+            let why = stats::explain(policy, server, &reason, lease.decision());
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
         let decision = lease.decision().clone();
-        lb.stats
-            .record_choice(id, taken, Arc::clone(&backend), decision);
+        lb.stats.record_choice(id, taken, server, reason, decision);
         lb.stats.record_taken(&backend, id, taken);
         match relay(lease.item(), line, header, client) {
             Ok(Relayed {

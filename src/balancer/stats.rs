@@ -78,7 +78,9 @@ enum Recorded {
     Chosen {
         request: u64,
         at: f64,
-        chosen: Arc<Backend>,
+        chosen: u32,
+        /// The policy's reason, in words when it was made: it quotes figures that change.
+        reason: String,
         decision: Decision,
     },
     /// No server could be given.
@@ -177,7 +179,8 @@ impl Stats {
         &self,
         request: u64,
         made: Instant,
-        chosen: Arc<Backend>,
+        chosen: u32,
+        reason: String,
         decision: Decision,
     ) {
         let at = self.secs(made);
@@ -185,6 +188,7 @@ impl Stats {
             request,
             at,
             chosen,
+            reason,
             decision,
         });
     }
@@ -268,14 +272,14 @@ impl Stats {
                     request,
                     at,
                     chosen,
+                    reason,
                     decision,
                 } => DecisionRecord {
                     request: *request,
                     at: *at,
                     text: format!(
-                        "req {request} -> server {}: {}",
-                        chosen.id,
-                        explain(policy, chosen, decision)
+                        "req {request} -> server {chosen}: {}",
+                        explain(policy, *chosen, reason, decision)
                     ),
                 },
                 Recorded::Refused { request, at, why } => DecisionRecord {
@@ -292,21 +296,15 @@ impl Stats {
     }
 }
 
-/// Why `chosen` was picked, in words: who was busy, the policy's reason, who else was idle,
-/// the wait. The one place a decision is put into words, outside any lock; the reason reads
-/// the server's live state as it is now. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
-pub fn explain(policy: &dyn Policy, chosen: &Backend, d: &Decision) -> String {
+/// Why `chosen` was picked, in words: who was busy, the policy's `reason` (put into words when
+/// the choice was made), who else was idle, the wait. Called outside any lock. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
+pub fn explain(policy: &dyn Policy, chosen: u32, reason: &str, d: &Decision) -> String {
     let mut parts = Vec::new();
     if !d.busy.is_empty() {
         parts.push(format!("{} busy", servers(&d.busy)));
     }
-    parts.push(format!(
-        "server {} {} by {}",
-        chosen.id,
-        policy.reason(chosen),
-        policy.name()
-    ));
-    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen.id).collect();
+    parts.push(format!("server {chosen} {reason} by {}", policy.name()));
+    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen).collect();
     if !others.is_empty() {
         parts.push(format!("{} idle too", servers(&others)));
     }
@@ -386,7 +384,7 @@ mod tests {
             waited: Duration::from_millis(15),
         };
         assert_eq!(
-            explain(&Power, &chosen, &d),
+            explain(&Power, 2, &Power.reason(&chosen), &d),
             "servers 1, 4 busy, server 2 fastest idle (20 ms) by power, server 3 idle too, queued 2nd, waited 15 ms"
         );
         let alone = Decision {
@@ -394,7 +392,7 @@ mod tests {
             ..Decision::default()
         };
         assert_eq!(
-            explain(&Power, &chosen, &alone),
+            explain(&Power, 2, &Power.reason(&chosen), &alone),
             "server 2 fastest idle (20 ms) by power"
         );
         assert_eq!(
@@ -402,7 +400,7 @@ mod tests {
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
         );
         let stats = Stats::default();
-        stats.record_choice(7, Instant::now(), Arc::clone(&chosen), alone);
+        stats.record_choice(7, Instant::now(), 2, Power.reason(&chosen), alone);
         assert_eq!(
             stats.decisions(&Power)[0].text,
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
@@ -417,8 +415,8 @@ mod tests {
         let second = first + Duration::from_millis(1);
         let chosen = backend(1, 0.02, 0);
         // Request 14's decision is recorded before request 13's, made earlier.
-        stats.record_choice(14, second, Arc::clone(&chosen), Decision::default());
-        stats.record_choice(13, first, chosen, Decision::default());
+        stats.record_choice(14, second, 1, Power.reason(&chosen), Decision::default());
+        stats.record_choice(13, first, 1, Power.reason(&chosen), Decision::default());
         let d = stats.decisions(&Power);
         assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
         assert!(d[0].at < d[1].at);
