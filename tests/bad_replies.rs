@@ -425,10 +425,7 @@ fn a_client_that_reads_slowly_frees_its_server_within_the_request_timeout() {
         }
     });
     let freed = || lb.log_text().contains("client left during the reply");
-    let deadline = started + Duration::from_secs(8);
-    while !freed() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(8), freed);
     let took = started.elapsed();
     println!("a client that reads slowly freed its server after {took:?}");
     assert!(

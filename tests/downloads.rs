@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -74,14 +74,12 @@ fn a_client_stopped_mid_download_removes_its_temp_file() {
             fs::metadata(&part).is_ok_and(|m| m.len() == 64 * 1024)
         });
         signal(client.id(), signal_name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = client.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the client did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut status = None;
+        wait_until(Duration::from_secs(30), || {
+            status = client.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.expect("the client exited");
         assert_eq!(
             part_files(&dir.downloads()),
             Vec::<String>::new(),
