@@ -28,7 +28,7 @@ use crate::error::{Code, Error};
 /// Longest wait for a connection, at start and on each reconnect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between two reconnection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
 /// One connection to a PostgreSQL database.
 pub(crate) struct Postgres {
@@ -304,6 +304,7 @@ fn shown(t: &Type) -> bool {
         Type::BPCHAR,
         Type::NAME,
         Type::UNKNOWN,
+        Type::VOID,
     ]
     .contains(t)
 }
