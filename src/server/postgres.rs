@@ -377,7 +377,16 @@ fn message(e: &::postgres::Error) -> String {
 /// `url` with its password replaced by `***`, for messages and logs.
 pub(crate) fn hide_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // The `key=value` form.
+        let words = url.split(' ');
+        let hidden = words.map(|w| {
+            if w.starts_with("password=") {
+                "password=***"
+            } else {
+                w
+            }
+        });
+        return hidden.collect::<Vec<_>>().join(" ");
     };
     match rest.split_once('@') {
         Some((user, host)) if user.contains(':') => {
@@ -422,4 +431,49 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
         );
     }
     tx.commit().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `numeric` in binary format: digit count, weight, sign, scale, base-10000 digits.
+    fn numeric(words: &[u16]) -> Option<String> {
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        numeric_text(&raw)
+    }
+
+    #[test]
+    fn numerics_are_written_as_postgres_writes_them() {
+        assert_eq!(numeric(&[0, 0, 0, 0]).unwrap(), "0");
+        assert_eq!(numeric(&[1, 0, 0, 0, 7]).unwrap(), "7");
+        assert_eq!(numeric(&[1, 1, 0, 0, 1]).unwrap(), "10000");
+        assert_eq!(numeric(&[2, 0, 0, 2, 1, 5000]).unwrap(), "1.50");
+        assert_eq!(
+            numeric(&[3, 1, 0x4000, 6, 1, 2345, 6789]).unwrap(),
+            "-12345.678900"
+        );
+        assert_eq!(numeric(&[1, 0xFFFE, 0, 5, 1000]).unwrap(), "0.00001");
+        assert_eq!(numeric(&[0, 0, 0xC000, 0]).unwrap(), "NaN");
+        assert_eq!(numeric(&[0, 0, 0xF000, 0]).unwrap(), "-Infinity");
+        // Cut short: no panic, no text.
+        assert_eq!(numeric(&[2, 1, 0, 0, 1]), None);
+        assert_eq!(numeric_text(&[0, 1]), None);
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            hide_password("postgres://minilb:s3cret@db:5432/colors"),
+            "postgres://minilb:***@db:5432/colors"
+        );
+        assert_eq!(
+            hide_password("postgres://minilb@db/colors"),
+            "postgres://minilb@db/colors"
+        );
+        assert_eq!(
+            hide_password("host=db user=x password=y"),
+            "host=db user=x password=***"
+        );
+    }
 }
