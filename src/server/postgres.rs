@@ -84,9 +84,9 @@ impl Postgres {
             }
             let can_write: bool = client
                 .query_one(
-                    "SELECT has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
+                    "SELECT coalesce(has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
                      OR has_schema_privilege(current_schema(), 'CREATE') \
-                     OR has_database_privilege(current_database(), 'CREATE')",
+                     OR has_database_privilege(current_database(), 'CREATE'), false)",
                     &[],
                 )
                 .map_err(fail)?
@@ -105,6 +105,7 @@ impl Postgres {
         })
     }
 
+    /// Runs one statement, then clears the session; see [`super::database::Database::query`].
     pub(crate) fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         let (limits, name) = (self.limits, self.name.clone());
         let client = self.connected()?;
@@ -188,22 +189,14 @@ impl From<::postgres::Error> for Failure {
 impl Failure {
     fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
         let e = match self {
-            Failure::TooLarge => {
-                return Code::TooLarge.msg(format!(
-                "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
-                limits.max_reply
-            ))
-            }
+            Failure::TooLarge => return limits.too_large(),
             Failure::Unshowable(column) => return Code::Sql.msg(column),
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
             || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         match e.code() {
-            Some(&SqlState::QUERY_CANCELED) => Code::Timeout.msg(format!(
-                "query ran longer than {:.1} s and was stopped",
-                limits.timeout.as_secs_f64()
-            )),
+            Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE)
             | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
             None if lost => {
@@ -256,7 +249,8 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
                 Type::NUMERIC => {
                     text = row
                         .try_get::<_, Option<Raw>>(i)?
-                        .map(|Raw(b)| numeric_text(b).unwrap_or_else(|| "NaN".into()));
+                        // PostgreSQL never sends one cut short.
+                        .map(|Raw(b)| numeric_text(b).unwrap_or_default());
                     text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
                 }
                 Type::BYTEA => row.try_get::<_, Option<&[u8]>>(i)?.map(ValueRef::Blob),
