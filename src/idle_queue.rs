@@ -552,6 +552,23 @@ mod tests {
         q
     }
 
+    /// A queue of servers `(id, seconds, workers)`; worker `k` of server `id` is item
+    /// `id * 100 + k`.
+    fn queue_with_workers(servers: &[(u32, f64, usize)]) -> IdleQueue<u32> {
+        let q = IdleQueue::new(by_name("power").unwrap());
+        for &(id, secs, workers) in servers {
+            let time = Duration::from_secs_f64(secs);
+            let mut server = Backend::new(id, format!("127.0.0.1:{}", 5000 + id), time, false);
+            server.workers = workers;
+            let server = Arc::new(server);
+            for k in 0..workers {
+                assert!(q.add(Arc::clone(&server), id * 100 + k as u32));
+            }
+            assert!(!q.add(Arc::clone(&server), 99), "one connection per worker");
+        }
+        q
+    }
+
     const NOW: Duration = Duration::from_millis(0);
     /// How long a test waiter waits for a server: far longer than any hand-over takes, short
     /// enough that a missed wake-up fails the test instead of hanging the suite.
@@ -853,29 +870,134 @@ mod tests {
     }
 
     #[test]
-    fn stress_never_hands_a_server_to_two_requests_or_loses_one() {
-        const SERVERS: u32 = 4;
+    fn hands_out_workers_by_power_never_more_than_a_server_has() {
+        let q = queue_with_workers(&[(1, 0.2, 2), (2, 0.1, 3)]);
+        let leases: Vec<_> = (0..5).map(|_| q.acquire(NOW).unwrap()).collect();
+        let ids: Vec<u32> = leases.iter().map(Lease::id).collect();
+        // The faster server's three workers first, then the slower one's two; then none.
+        assert_eq!(ids, [2, 2, 2, 1, 1]);
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        let in_flight = |l: &Lease<'_, u32>| l.server().in_flight.load(Ordering::Relaxed);
+        assert_eq!((in_flight(&leases[0]), in_flight(&leases[4])), (3, 2));
+        let d = leases[4].decision();
+        assert_eq!(
+            (d.free, d.busy),
+            (1, 1),
+            "server 2 was busy, one worker free"
+        );
+        let mut leases = leases.into_iter();
+        leases.next().unwrap().release();
+        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+        // (That lease dropped: its connection is gone, server 2 keeps its other two.)
+        assert_eq!(q.connections(2), 2);
+        assert_eq!(q.counts(), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_freed_worker_goes_straight_to_the_first_in_line() {
+        let q = Arc::new(queue_with_workers(&[(1, 0.1, 2)]));
+        let held = [q.acquire(NOW).unwrap(), q.acquire(NOW).unwrap()];
+        let waiter = spawn_waiter(&q);
+        let [first, second] = held;
+        first.release();
+        // Handed over under the lock: not idle for a moment, so a newcomer cannot take it.
+        assert_eq!(q.counts().0, 0);
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        assert_eq!(waiter.join().unwrap(), Ok(1));
+        second.release();
+        assert_eq!(
+            q.counts(),
+            (1, 1, 0),
+            "the waiter's lease dropped: one connection left"
+        );
+    }
+
+    #[test]
+    fn waiters_get_workers_first_come_first_served_whichever_frees_first() {
+        let q = Arc::new(queue_with_workers(&[(1, 0.1, 2), (2, 0.3, 1)]));
+        let mut held: Vec<_> = (0..3).map(|_| q.acquire(NOW).unwrap()).collect();
+        // Carries the number of each waiter as it gets a worker.
+        let (got_tx, got_rx) = crossbeam_channel::unbounded();
+        let mut go = Vec::new();
+        let mut threads = Vec::new();
+        for n in 0..6 {
+            // Carries the word to release the worker: each waiter holds it until told.
+            let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+            let (q2, got) = (Arc::clone(&q), got_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                let lease = q2.acquire(PATIENCE).unwrap();
+                got.send(n).unwrap();
+                go_rx.recv_timeout(PATIENCE).unwrap();
+                lease.release();
+            }));
+            go.push(go_tx);
+            wait_for("the waiter to join the line", || q.counts().2 == n + 1);
+        }
+        let next = || got_rx.recv_timeout(PATIENCE).unwrap();
+        // Workers of either server, freed in any order, go to the waiters in their order.
+        held.swap(0, 2);
+        for (n, lease) in held.into_iter().enumerate() {
+            lease.release();
+            assert_eq!(next(), n);
+        }
+        for n in 0..3 {
+            go[n].send(()).unwrap();
+            assert_eq!(next(), n + 3);
+        }
+        for (n, t) in threads.into_iter().enumerate() {
+            if n >= 3 {
+                go[n].send(()).unwrap();
+            }
+            t.join().unwrap();
+        }
+        assert_eq!(q.counts(), (3, 2, 0));
+    }
+
+    #[test]
+    fn stress_never_hands_a_worker_to_two_requests_or_loses_one() {
         const THREADS: usize = 16;
         const ROUNDS: usize = 2000;
-        let q = Arc::new(queue(&[(0, 0.1), (1, 0.1), (2, 0.2), (3, 0.3)]));
+        let servers = [(0, 0.1, 1), (1, 0.1, 2), (2, 0.2, 3), (3, 0.3, 4)];
+        let q = Arc::new(queue_with_workers(&servers));
+        // One flag per connection (item), one count per server.
         let in_use: Arc<Vec<AtomicBool>> =
-            Arc::new((0..SERVERS).map(|_| AtomicBool::new(false)).collect());
+            Arc::new((0..400).map(|_| AtomicBool::new(false)).collect());
+        let busy: Arc<Vec<AtomicUsize>> = Arc::new((0..4).map(|_| AtomicUsize::new(0)).collect());
         let served = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
         let threads: Vec<_> = (0..THREADS)
-            .map(|_| {
-                let (q, in_use, served) =
-                    (Arc::clone(&q), Arc::clone(&in_use), Arc::clone(&served));
+            .map(|t| {
+                let (q, in_use, busy, served) = (
+                    Arc::clone(&q),
+                    Arc::clone(&in_use),
+                    Arc::clone(&busy),
+                    Arc::clone(&served),
+                );
                 std::thread::spawn(move || {
+                    // Half the threads are impatient: a timeout racing a hand-over must not
+                    // lose the worker.
+                    let patience = if t % 2 == 0 {
+                        PATIENCE
+                    } else {
+                        Duration::from_micros(50)
+                    };
                     for _ in 0..ROUNDS {
-                        let mut lease = q.acquire(Duration::from_secs(60)).unwrap();
-                        let id = *lease.item() as usize;
-                        assert_eq!(lease.id() as usize, id);
+                        let Ok(mut lease) = q.acquire(patience) else {
+                            continue;
+                        };
+                        let item = *lease.item() as usize;
+                        let id = lease.id() as usize;
+                        assert_eq!(item / 100, id);
                         assert!(
-                            !in_use[id].swap(true, Ordering::SeqCst),
-                            "server {id} handed to two requests"
+                            !in_use[item].swap(true, Ordering::SeqCst),
+                            "connection {item} handed to two requests"
                         );
+                        let workers = lease.server().workers;
+                        assert!(busy[id].fetch_add(1, Ordering::SeqCst) < workers);
+                        assert!(lease.server().in_flight.load(Ordering::Relaxed) <= workers);
                         std::hint::spin_loop();
-                        in_use[id].store(false, Ordering::SeqCst);
+                        busy[id].fetch_sub(1, Ordering::SeqCst);
+                        in_use[item].store(false, Ordering::SeqCst);
                         served.fetch_add(1, Ordering::Relaxed);
                         lease.release();
                     }
@@ -885,7 +1007,19 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(served.load(Ordering::Relaxed), THREADS * ROUNDS);
-        assert_eq!(q.counts(), (SERVERS as usize, SERVERS as usize, 0));
+        assert!(served.load(Ordering::Relaxed) >= THREADS / 2 * ROUNDS);
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // Every worker is back, idle, none counted in flight.
+        assert_eq!(q.counts(), (10, 4, 0));
+        let s = q.lock();
+        assert!(s
+            .members
+            .values()
+            .all(|m| m.free.len() == m.backend.workers));
+        assert!(s
+            .members
+            .values()
+            .all(|m| m.backend.in_flight.load(Ordering::Relaxed) == 0));
+        assert!(s.handed.is_empty());
     }
 }
