@@ -940,8 +940,8 @@ mod tests {
             lease.release();
             assert_eq!(next(), n);
         }
-        for n in 0..3 {
-            go[n].send(()).unwrap();
+        for (n, go) in go.iter().enumerate().take(3) {
+            go.send(()).unwrap();
             assert_eq!(next(), n + 3);
         }
         for (n, t) in threads.into_iter().enumerate() {
