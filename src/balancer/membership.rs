@@ -328,36 +328,28 @@ fn backoff(failures: u32) -> Duration {
     (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
 }
 
-/// One attempt to bring a server back: connect each worker missing a connection, check that
-/// it answers, add it to the pool. `failures` counts the attempts that failed before, for the
-/// log. Returns whether the server answered.
+/// One attempt to bring a server back: connect each of its workers that has no connection,
+/// check that the server answers on each, add them to the pool. `failures` counts the attempts
+/// that failed before, for the log. Returns whether the server answered.
 fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, failures: u32) -> bool {
-    let missing = backend.workers - lb.queue.connections(backend.id).min(backend.workers);
-    for _ in 0..missing {
-        if !connect_worker(lb, backend, cancelled, failures) {
-            return false;
-        }
-    }
-    true
-}
-
-/// Connects one worker of `backend` (see [`reconnect`]); returns whether it answered.
-fn connect_worker(
-    lb: &Balancer,
-    backend: &Arc<Backend>,
-    cancelled: &AtomicBool,
-    failures: u32,
-) -> bool {
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
     }
-    match connect_and_probe(lb, backend) {
-        Ok(conn) => {
+    let missing = backend
+        .workers
+        .saturating_sub(lb.queue.connections(backend.id));
+    match connect_and_probe(lb, backend, missing) {
+        Ok(conns) => {
             if cancelled.load(Ordering::SeqCst) {
                 return true;
             }
             let joins = lb.queue.membership(backend.id).is_none();
-            if lb.queue.add(Arc::clone(backend), conn) && joins {
+            let added = conns
+                .into_iter()
+                .map(|conn| lb.queue.add(Arc::clone(backend), conn))
+                .filter(|added| *added)
+                .count();
+            if joins && added > 0 {
                 log::info!(
                     "Connected to server {} at {} (processing time {} s, {} worker(s)){}",
                     backend.id,
@@ -406,13 +398,15 @@ pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let spawned = spawn_prober(
         lb,
         format!("reprobe-{id}"),
-        move |lb| match connect_and_probe(lb, &probed) {
-            Ok(conn) => {
+        move |lb| match connect_and_probe(lb, &probed, 1) {
+            Ok(conns) => {
                 log::info!(
                     "Connected to server {id} at {} again: it answered the re-probe",
                     probed.addr
                 );
-                lb.queue.give_back(probed, conn);
+                for conn in conns {
+                    lb.queue.give_back(Arc::clone(&probed), conn);
+                }
             }
             Err(e) => {
                 log::warn!(
@@ -451,17 +445,24 @@ fn spawn_prober(
     spawned.map(drop)
 }
 
-/// A new connection to `backend` that has answered [`PROBE`].
-fn connect_and_probe(lb: &Balancer, backend: &Backend) -> io::Result<BackendConn> {
+/// `n` new connections to `backend`, each of which has answered [`PROBE`]. The probes are
+/// all sent before any reply is read, so a server with `n` workers answers them together.
+fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<Vec<BackendConn>> {
     let reply_timeout = lb.config.server_timeout + backend.processing_time;
-    let mut conn = BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout)?;
-    probe(&mut conn)?;
-    Ok(conn)
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout)?;
+        conn.writer.write_all(PROBE)?;
+        conns.push(conn);
+    }
+    for conn in &mut conns {
+        read_probe_reply(conn)?;
+    }
+    Ok(conns)
 }
 
-/// Sends [`PROBE`] and reads its whole reply: the server is alive and speaks the protocol.
-fn probe(conn: &mut BackendConn) -> io::Result<()> {
-    conn.writer.write_all(PROBE)?;
+/// Reads the whole reply to [`PROBE`]: the server is alive and speaks the protocol.
+fn read_probe_reply(conn: &mut BackendConn) -> io::Result<()> {
     let mut header = Vec::new();
     if conn.read_header(&mut header)? != Line::Complete {
         return Err(io::Error::new(
