@@ -115,3 +115,18 @@ fn killing_a_server_with_workers_in_flight_loses_nothing_that_could_be_retried()
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!(server_status(&lb, 1)["workers"], 4);
 }
+
+#[test]
+fn a_server_refuses_zero_workers_or_more_than_64() {
+    let dir = TestDir::new(false);
+    for bad in ["0", "65"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["1", "0", "0", "--workers", bad])
+            .current_dir(&dir.path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}: {stderr}");
+        assert!(stderr.contains("1..=64"), "--workers {bad}: {stderr}");
+    }
+}
