@@ -1,7 +1,8 @@
 //! The admin listener: a small HTTP/1.1 API ([`http`]) beside the client port.
 //!
-//! - `POST /servers` with a JSON body `{"id", "host", "port", "processing_time"}` joins a
-//!   server that shares no servers file with the balancer (another machine, say).
+//! - `POST /servers` with a JSON body `{"id", "host", "port", "processing_time", "workers"}`
+//!   (`workers` optional, 1 by default) joins a server that shares no servers file with the
+//!   balancer (another machine, say).
 //! - `DELETE /servers/<id>` removes a joined server (it drains first).
 //! - `GET /servers` lists the joined servers.
 //! - `GET /` is the live dashboard; `GET /status` the state as JSON; `GET /metrics` the
