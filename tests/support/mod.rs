@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_server;
+pub mod netns;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
