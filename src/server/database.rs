@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::error::{Code, Error};
 use crate::server::authorizer::Authorizer;
+use crate::server::postgres::{hide_password, Postgres};
 
 /// How long a writer waits for another server's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +37,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// The SQLite file; a relative path is relative to the folder of `database.json`.
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// A PostgreSQL database instead (`postgres://user@host:5432/colors`).
+    pub url: Option<String>,
     /// Whether queries may change the database.
     #[serde(default)]
     pub writable: bool,
@@ -67,10 +70,24 @@ impl DatabaseConfig {
                 path.display()
             )
         })?;
+        if config.path.is_some() == config.url.is_some() {
+            return Err(format!(
+                "{} must name exactly one database: \"path\" (an SQLite file) or \"url\" (PostgreSQL)",
+                path.display()
+            ));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
-        config.path = dir.join(&config.path);
+        config.path = config.path.map(|p| dir.join(p));
         config.seed = dir.join(&config.seed);
         Ok(config)
+    }
+
+    /// The database's name for messages: its file, or its URL with the password hidden.
+    pub fn name(&self) -> String {
+        match (&self.path, &self.url) {
+            (Some(path), _) => path.display().to_string(),
+            (None, url) => hide_password(url.as_deref().unwrap_or_default()),
+        }
     }
 }
 
@@ -106,8 +123,46 @@ pub struct QueryOutput {
     pub changes: Option<u64>,
 }
 
-/// One open connection to the shared database.
-pub struct Database {
+/// One open connection to the shared database, of either engine.
+pub struct Database(Engine);
+
+enum Engine {
+    Sqlite(Sqlite),
+    Postgres(Box<Postgres>),
+}
+
+impl Database {
+    /// Opens the database named by `config`, creating its `COLORS` table from the seed CSV
+    /// first if it does not exist.
+    ///
+    /// # Errors
+    /// A message saying what failed and what to do.
+    pub fn open(config: &DatabaseConfig, limits: QueryLimits) -> Result<Database, String> {
+        match (&config.path, &config.url) {
+            (Some(path), _) => Sqlite::open(path, config, limits).map(Engine::Sqlite),
+            (None, url) => Postgres::open(url.as_deref().unwrap_or_default(), config, limits)
+                .map(|db| Engine::Postgres(Box::new(db))),
+        }
+        .map(Database)
+    }
+
+    /// Runs one SQL statement and formats its rows.
+    ///
+    /// # Errors
+    /// [`Code::Sql`] when the database refuses it, [`Code::Forbidden`] for a write on a
+    /// read-only database or what the authorizer refuses, [`Code::Timeout`] past the time
+    /// limit, [`Code::TooLarge`] past the reply limit, [`Code::Unavailable`] while a database
+    /// server cannot be reached.
+    pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+        match &mut self.0 {
+            Engine::Sqlite(db) => db.query(sql),
+            Engine::Postgres(db) => db.query(sql),
+        }
+    }
+}
+
+/// One open connection to an SQLite file.
+struct Sqlite {
     conn: Connection,
     writable: bool,
     limits: QueryLimits,
@@ -118,23 +173,18 @@ pub struct Database {
     authorizer: Authorizer,
 }
 
-impl Database {
-    /// Opens the database named by `config`, creating it from the seed CSV first if it does
-    /// not exist.
-    ///
-    /// # Errors
-    /// A message saying what failed and what to do.
-    pub fn open(config: &DatabaseConfig, limits: QueryLimits) -> Result<Database, String> {
-        if !config.path.exists() {
-            create_from_seed(&config.path, &config.seed)?;
+impl Sqlite {
+    fn open(path: &Path, config: &DatabaseConfig, limits: QueryLimits) -> Result<Sqlite, String> {
+        if !path.exists() {
+            create_from_seed(path, &config.seed)?;
         }
         let flags = if config.writable {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         } else {
             OpenFlags::SQLITE_OPEN_READ_ONLY
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&config.path, flags)
-            .map_err(|e| format!("cannot open database {}: {e}", config.path.display()))?;
+        let mut conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
         let epoch = Instant::now();
         let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
@@ -150,7 +200,7 @@ impl Database {
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
             .map_err(|e| e.to_string())?;
         let authorizer = Authorizer::install(&mut conn).map_err(|e| e.to_string())?;
-        Ok(Database {
+        Ok(Sqlite {
             conn,
             writable: config.writable,
             limits,
@@ -160,13 +210,7 @@ impl Database {
         })
     }
 
-    /// Runs one SQL statement and formats its rows.
-    ///
-    /// # Errors
-    /// [`Code::Sql`] when SQLite refuses it, [`Code::Forbidden`] for a write on a read-only
-    /// database or what the authorizer refuses, [`Code::Timeout`] past the time limit,
-    /// [`Code::TooLarge`] past the reply limit.
-    pub fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+    fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         self.authorizer.take_refusal();
         let deadline = self.epoch.elapsed() + self.limits.timeout;
         self.deadline_ms
@@ -202,37 +246,7 @@ impl Database {
                 body.push('\n');
             }
             for (i, name) in names.iter().enumerate() {
-                let value = row.get_ref(i)?;
-                // Checked before a long value is copied in, so the body never grows far past
-                // the limit.
-                let long = match value {
-                    ValueRef::Text(t) => t.len(),
-                    ValueRef::Blob(b) => 2 * b.len() + 3,
-                    _ => 0,
-                };
-                if body.len() + name.len() + long > self.limits.max_reply {
-                    return Err(QueryError::TooLarge);
-                }
-                let _ = write!(body, "{name}: ");
-                match value {
-                    ValueRef::Null => body.push_str("NULL"),
-                    ValueRef::Integer(n) => {
-                        let _ = write!(body, "{n}");
-                    }
-                    ValueRef::Real(x) => {
-                        let _ = write!(body, "{x}");
-                    }
-                    ValueRef::Text(t) => body.push_str(&String::from_utf8_lossy(t)),
-                    ValueRef::Blob(b) => {
-                        body.push_str("X'");
-                        for byte in b {
-                            let _ = write!(body, "{byte:02X}");
-                        }
-                        body.push('\'');
-                    }
-                }
-                body.push('\n');
-                if body.len() > self.limits.max_reply {
+                if !push_value(&mut body, name, row.get_ref(i)?, self.limits.max_reply) {
                     return Err(QueryError::TooLarge);
                 }
             }
@@ -293,6 +307,41 @@ impl Database {
     }
 }
 
+/// Appends `name: value` to a reply body, the one text format of both engines: integers and
+/// reals as Rust prints them, text as is, blobs as `X'00FF'`, `NULL`. False (and the body
+/// left short of the value) when the body would grow past `max`.
+pub(crate) fn push_value(body: &mut String, name: &str, value: ValueRef, max: usize) -> bool {
+    // Checked before a long value is copied in, so the body never grows far past the limit.
+    let long = match value {
+        ValueRef::Text(t) => t.len(),
+        ValueRef::Blob(b) => 2 * b.len() + 3,
+        _ => 0,
+    };
+    if body.len() + name.len() + long > max {
+        return false;
+    }
+    let _ = write!(body, "{name}: ");
+    match value {
+        ValueRef::Null => body.push_str("NULL"),
+        ValueRef::Integer(n) => {
+            let _ = write!(body, "{n}");
+        }
+        ValueRef::Real(x) => {
+            let _ = write!(body, "{x}");
+        }
+        ValueRef::Text(t) => body.push_str(&String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => {
+            body.push_str("X'");
+            for byte in b {
+                let _ = write!(body, "{byte:02X}");
+            }
+            body.push('\'');
+        }
+    }
+    body.push('\n');
+    body.len() <= max
+}
+
 enum QueryError {
     Sql(rusqlite::Error),
     TooLarge,
@@ -308,17 +357,9 @@ impl From<rusqlite::Error> for QueryError {
 /// starting together never see a half-built database; the loser of the race just uses the
 /// winner's file.
 fn create_from_seed(path: &Path, seed: &Path) -> Result<(), String> {
-    let csv = fs::read_to_string(seed).map_err(|e| {
-        format!(
-            "database {} does not exist, and the CSV to create it from, {} (\"seed\" in database.json), cannot be read: {e}",
-            path.display(),
-            seed.display()
-        )
-    })?;
-    let rows = parse_csv(&csv).map_err(|e| format!("{}: {e}", seed.display()))?;
-    let (header, rows) = rows
-        .split_first()
-        .ok_or_else(|| format!("{} is empty", seed.display()))?;
+    let (header, rows) = read_seed(seed)
+        .map_err(|e| format!("database {} does not exist, and {e}", path.display()))?;
+    let (header, rows) = (&header, &rows);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = build(&tmp, header, rows).and_then(|()| match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(()),
@@ -343,27 +384,14 @@ fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), Str
     let mut conn = Connection::open(path).map_err(fail)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(fail)?;
-    let columns: Vec<String> = header
-        .iter()
-        .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
-        .collect();
     let tx = conn.transaction().map_err(fail)?;
-    tx.execute(&format!("CREATE TABLE COLORS ({})", columns.join(", ")), [])
-        .map_err(fail)?;
+    tx.execute(&create_table(header), []).map_err(fail)?;
     {
         let marks = vec!["?"; header.len()].join(", ");
         let mut insert = tx
             .prepare(&format!("INSERT INTO COLORS VALUES ({marks})"))
             .map_err(fail)?;
-        for (n, row) in rows.iter().enumerate() {
-            if row.len() != header.len() {
-                return Err(format!(
-                    "seed row {} has {} fields, the header has {}",
-                    n + 2,
-                    row.len(),
-                    header.len()
-                ));
-            }
+        for row in rows {
             insert
                 .execute(rusqlite::params_from_iter(row.iter()))
                 .map_err(fail)?;
@@ -371,6 +399,42 @@ fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), Str
     }
     tx.commit().map_err(fail)?;
     conn.close().map_err(|(_, e)| fail(e))
+}
+
+/// The `CREATE TABLE COLORS` both engines run: a text column per header field, named as in
+/// the header (quoted, so PostgreSQL keeps its case too).
+pub(crate) fn create_table(header: &[String]) -> String {
+    let columns: Vec<String> = header
+        .iter()
+        .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
+        .collect();
+    format!("CREATE TABLE COLORS ({})", columns.join(", "))
+}
+
+/// Reads the seed CSV that fills a new `COLORS` table: its header, then rows as long as it.
+pub(crate) fn read_seed(seed: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let csv = fs::read_to_string(seed).map_err(|e| {
+        format!(
+            "the CSV to create it from, {} (\"seed\" in database.json), cannot be read: {e}",
+            seed.display()
+        )
+    })?;
+    let mut rows = parse_csv(&csv).map_err(|e| format!("{}: {e}", seed.display()))?;
+    if rows.is_empty() {
+        return Err(format!("{} is empty", seed.display()));
+    }
+    let header = rows.remove(0);
+    for (n, row) in rows.iter().enumerate() {
+        if row.len() != header.len() {
+            return Err(format!(
+                "seed row {} has {} fields, the header has {}",
+                n + 2,
+                row.len(),
+                header.len()
+            ));
+        }
+    }
+    Ok((header, rows))
 }
 
 /// Reads the seed: comma-separated fields, optionally in double quotes (`""` is a quote).
@@ -424,11 +488,16 @@ mod tests {
         )
         .unwrap();
         let config = DatabaseConfig {
-            path: dir.join("colors.db"),
+            path: Some(dir.join("colors.db")),
+            url: None,
             writable,
             seed: dir.join("colors.csv"),
         };
         (config, dir)
+    }
+
+    fn open(config: &DatabaseConfig, limits: QueryLimits) -> Sqlite {
+        Sqlite::open(config.path.as_ref().unwrap(), config, limits).unwrap()
     }
 
     #[test]
@@ -458,7 +527,7 @@ mod tests {
     #[test]
     fn read_only_is_enforced_by_sqlite() {
         let (config, _dir) = temp_db("ro", false);
-        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+        let mut db = open(&config, QueryLimits::default());
         let e = db
             .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
             .unwrap_err();
@@ -470,7 +539,7 @@ mod tests {
     #[test]
     fn writes_and_errors() {
         let (config, _dir) = temp_db("rw", true);
-        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+        let mut db = open(&config, QueryLimits::default());
         let out = db
             .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
             .unwrap();
@@ -488,7 +557,7 @@ mod tests {
             max_reply: 1000,
         };
         let (config, _dir) = temp_db("limits", false);
-        let mut db = Database::open(&config, limits).unwrap();
+        let mut db = open(&config, limits);
         let e = db
             .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c")
             .unwrap_err();
@@ -505,8 +574,8 @@ mod tests {
     fn refuses_attach_vacuum_extensions_and_pragmas_that_write() {
         for writable in [false, true] {
             let (config, _dir) = temp_db(&format!("authorizer-{writable}"), writable);
-            let copy = config.path.with_file_name("copy.db");
-            let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+            let copy = config.path.as_ref().unwrap().with_file_name("copy.db");
+            let mut db = open(&config, QueryLimits::default());
             for sql in [
                 format!("ATTACH '{}' AS x", copy.display()),
                 format!("ATTACH DATABASE '{}' AS x", copy.display()),
@@ -549,7 +618,7 @@ mod tests {
             max_reply: 1000,
         };
         let (config, _dir) = temp_db("longest", false);
-        let mut db = Database::open(&config, limits).unwrap();
+        let mut db = open(&config, limits);
         for sql in [
             "SELECT randomblob(2000) AS b",
             "SELECT length(zeroblob(5000)) AS n",
@@ -601,7 +670,7 @@ mod tests {
     fn nothing_outlives_a_request() {
         for writable in [false, true] {
             let (config, _dir) = temp_db(&format!("session-{writable}"), writable);
-            let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+            let mut db = open(&config, QueryLimits::default());
             let foreign_keys = db.query("PRAGMA foreign_keys").unwrap().body;
             for sql in TRANSACTION_CONTROL.iter().chain(&LEAVES_STATE) {
                 let e = db.query(sql).unwrap_err();
@@ -619,7 +688,7 @@ mod tests {
     #[test]
     fn a_transaction_left_open_is_rolled_back_and_never_ok() {
         let (config, _dir) = temp_db("left-open", true);
-        let mut db = Database::open(&config, QueryLimits::default()).unwrap();
+        let mut db = open(&config, QueryLimits::default());
         // As if a statement had got past the authorizer.
         type NoAuthorizer = fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization;
         db.conn.authorizer(None::<NoAuthorizer>).unwrap();
@@ -630,7 +699,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), "forbidden", "{e}");
         assert!(db.conn.is_autocommit());
-        let other = Connection::open(&config.path).unwrap();
+        let other = Connection::open(config.path.as_ref().unwrap()).unwrap();
         let n: i64 = other
             .query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0))
             .unwrap();

@@ -9,6 +9,7 @@ pub mod authorizer;
 pub mod database;
 pub mod file_store;
 pub mod handler;
+mod postgres;
 pub mod registration;
 
 use std::net::{TcpListener, TcpStream};
@@ -112,10 +113,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     };
     let db_config = DatabaseConfig::load(&config.db)?;
     let database = Database::open(&db_config, config.limits)?;
-    log::info!(
-        "Connected to database {} successfully",
-        db_config.path.display()
-    );
+    log::info!("Connected to database {} successfully", db_config.name());
     let files = FileStore::new(&config.files)?;
     let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
         format!(

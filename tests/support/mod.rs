@@ -4,6 +4,7 @@
 
 pub mod fake_server;
 pub mod netns;
+pub mod postgres;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

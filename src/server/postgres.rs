@@ -1,0 +1,425 @@
+//! The shared database on a PostgreSQL server (`"url"` in `database.json`), for servers on
+//! several machines: same replies as SQLite (the text format is [`super::database`]'s).
+//!
+//! PostgreSQL enforces everything: read-only is the role's privileges (checked at start) with
+//! `default_transaction_read_only` as a second belt, the time limit is `statement_timeout`;
+//! both are the session's defaults (startup options), so `RESET` returns to them. The
+//! extended protocol takes one statement only, so `SELECT 1; SELECT 2` is refused as in SQLite.
+//! After every request `DISCARD ALL` drops what it may have left on the connection (settings,
+//! temp tables, prepared statements, advisory locks, cursors); it fails inside a transaction,
+//! which is how a `BEGIN` left open shows: it is rolled back and answered `ERR`.
+//!
+//! A lost connection answers `ERR unavailable` and is opened again at a later request, no
+//! sooner than a backoff (so a database that is down costs each request one quick refusal).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use ::postgres::error::SqlState;
+use ::postgres::types::{FromSql, Type};
+use ::postgres::{Client, Config, NoTls};
+use rusqlite::types::ValueRef;
+
+use super::database::{
+    create_table, push_value, read_seed, DatabaseConfig, QueryLimits, QueryOutput,
+};
+use crate::error::{Code, Error};
+
+/// Longest wait for a connection, at start and on each reconnect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait between two reconnection attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+/// One connection to a PostgreSQL database.
+pub(crate) struct Postgres {
+    config: Config,
+    /// The URL with its password hidden, for messages.
+    name: String,
+    limits: QueryLimits,
+    /// None after the connection was lost, until a reconnection works.
+    client: Option<Client>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Postgres {
+    /// Connects; a writable server creates and seeds `COLORS` when missing, a read-only one
+    /// checks that its role cannot write.
+    pub(crate) fn open(
+        url: &str,
+        db: &DatabaseConfig,
+        limits: QueryLimits,
+    ) -> Result<Postgres, String> {
+        let name = hide_password(url);
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| format!("database URL {name} is not valid: {e}"))?;
+        let mut options = format!("-c statement_timeout={}", limits.timeout.as_millis());
+        if !db.writable {
+            options.push_str(" -c default_transaction_read_only=on");
+        }
+        config
+            .options(&options)
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A link cut mid-query is noticed in seconds, not after TCP's two hours.
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| format!("cannot connect to database {name}: {e}"))?;
+        let fail = |e: ::postgres::Error| format!("database {name}: {}", message(&e));
+        if db.writable {
+            seed(&mut client, &db.seed).map_err(|e| format!("database {name}: {e}"))?;
+        } else {
+            let row = client
+                .query_one(
+                    "SELECT to_regclass('colors') IS NOT NULL, current_user::text",
+                    &[],
+                )
+                .map_err(fail)?;
+            let (exists, user): (bool, String) = (row.get(0), row.get(1));
+            if !exists {
+                return Err(format!("database {name} has no COLORS table, and a read-only server cannot create it: start a writable server on it first, or create and fill the table yourself"));
+            }
+            let can_write: bool = client
+                .query_one(
+                    "SELECT has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
+                     OR has_schema_privilege(current_schema(), 'CREATE') \
+                     OR has_database_privilege(current_database(), 'CREATE')",
+                    &[],
+                )
+                .map_err(fail)?
+                .get(0);
+            if can_write {
+                return Err(format!("database {name}: role {user} can write, but database.json says \"writable\": false; connect as a role with SELECT only (see the README), or set \"writable\": true"));
+            }
+        }
+        Ok(Postgres {
+            config,
+            name,
+            limits,
+            client: Some(client),
+            retry_at: Instant::now(),
+            backoff: BACKOFF.0,
+        })
+    }
+
+    pub(crate) fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+        let (limits, name) = (self.limits, self.name.clone());
+        let client = self.connected()?;
+        let result = run(client, sql, limits).map_err(|e| e.into_error(&limits, &name));
+        let mut cleaned = client.batch_execute("DISCARD ALL");
+        if cleaned
+            .as_ref()
+            .is_err_and(|e| e.code() == Some(&SqlState::QUERY_CANCELED))
+        {
+            // Our cancel of a reply too large came after the query had ended.
+            cleaned = client.batch_execute("DISCARD ALL");
+        }
+        if cleaned
+            .as_ref()
+            .is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION))
+        {
+            // Should the rollback fail, the connection is dropped: no transaction outlives it.
+            if let Err(e) = client.batch_execute("ROLLBACK; DISCARD ALL") {
+                log::error!("a statement left a transaction open; rollback failed: {e}");
+                self.client = None;
+            }
+            return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
+        }
+        if let Err(e) = cleaned {
+            log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
+            self.client = None;
+            return Err(Code::Unavailable.msg(format!(
+                "database {name} cannot be reached: {}",
+                message(&e)
+            )));
+        }
+        result
+    }
+
+    /// The connection, opened again if it was lost and the backoff has passed.
+    fn connected(&mut self) -> Result<&mut Client, Error> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            log::warn!("lost the connection to database {}", self.name);
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let unavailable = |e: &dyn std::fmt::Display| {
+                Code::Unavailable.msg(format!("database {} cannot be reached: {e}", self.name))
+            };
+            if Instant::now() < self.retry_at {
+                return Err(unavailable(&"reconnecting"));
+            }
+            match self.config.connect(NoTls) {
+                Ok(client) => {
+                    log::info!("connected to database {} again", self.name);
+                    self.backoff = BACKOFF.0;
+                    self.client = Some(client);
+                }
+                Err(e) => {
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(BACKOFF.1);
+                    return Err(unavailable(&e));
+                }
+            }
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Code::Internal.msg("no database connection"))
+    }
+}
+
+/// Why a query failed.
+enum Failure {
+    Pg(::postgres::Error),
+    TooLarge,
+    /// A column of a type with no text form here.
+    Unshowable(String),
+}
+
+impl From<::postgres::Error> for Failure {
+    fn from(e: ::postgres::Error) -> Self {
+        Failure::Pg(e)
+    }
+}
+
+impl Failure {
+    fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
+        let e = match self {
+            Failure::TooLarge => {
+                return Code::TooLarge.msg(format!(
+                "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
+                limits.max_reply
+            ))
+            }
+            Failure::Unshowable(column) => return Code::Sql.msg(column),
+            Failure::Pg(e) => e,
+        };
+        let lost = e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        match e.code() {
+            Some(&SqlState::QUERY_CANCELED) => Code::Timeout.msg(format!(
+                "query ran longer than {:.1} s and was stopped",
+                limits.timeout.as_secs_f64()
+            )),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+            | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
+            None if lost => {
+                Code::Unavailable.msg(format!("database {name} cannot be reached: {e}"))
+            }
+            _ => Code::Sql.msg(message(&e)),
+        }
+    }
+}
+
+/// Runs one statement and formats its rows as SQLite's are.
+fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutput, Failure> {
+    let statement = client.prepare(sql)?;
+    let columns = statement.columns();
+    if let Some(c) = columns.iter().find(|c| !shown(c.type_())) {
+        return Err(Failure::Unshowable(format!(
+            "column {} is of type {}, which this server does not show: cast it to text ({}::text)",
+            c.name(),
+            c.type_(),
+            c.name()
+        )));
+    }
+    let cancel = client.cancel_token();
+    let mut rows = client.query_raw(&statement, std::iter::empty::<i32>())?;
+    let mut body = String::new();
+    let mut count = 0;
+    while let Some(row) = ::postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
+        if count > 0 {
+            body.push('\n');
+        }
+        for (i, column) in columns.iter().enumerate() {
+            // float4 and numeric, written out as PostgreSQL writes them.
+            let text: Option<String>;
+            let value = match *column.type_() {
+                Type::BOOL => row
+                    .try_get::<_, Option<bool>>(i)?
+                    .map(|b| ValueRef::Integer(b.into())),
+                Type::INT2 => row
+                    .try_get::<_, Option<i16>>(i)?
+                    .map(|n| ValueRef::Integer(n.into())),
+                Type::INT4 => row
+                    .try_get::<_, Option<i32>>(i)?
+                    .map(|n| ValueRef::Integer(n.into())),
+                Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(ValueRef::Integer),
+                Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(ValueRef::Real),
+                Type::FLOAT4 => {
+                    text = row.try_get::<_, Option<f32>>(i)?.map(|x| x.to_string());
+                    text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
+                }
+                Type::NUMERIC => {
+                    text = row
+                        .try_get::<_, Option<Raw>>(i)?
+                        .map(|Raw(b)| numeric_text(b).unwrap_or_else(|| "NaN".into()));
+                    text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
+                }
+                Type::BYTEA => row.try_get::<_, Option<&[u8]>>(i)?.map(ValueRef::Blob),
+                // The text types: their binary form is their UTF-8 text.
+                _ => row
+                    .try_get::<_, Option<Raw>>(i)?
+                    .map(|Raw(b)| ValueRef::Text(b)),
+            }
+            .unwrap_or(ValueRef::Null);
+            if !push_value(&mut body, column.name(), value, limits.max_reply) {
+                // Stop PostgreSQL producing rows nobody will read.
+                let _ = cancel.cancel_query(NoTls);
+                return Err(Failure::TooLarge);
+            }
+        }
+        count += 1;
+    }
+    if count == 0 {
+        body.push_str("No output");
+    }
+    // A statement with no result columns is a command: INSERT, UPDATE, DELETE, CREATE...
+    let changes = columns
+        .is_empty()
+        .then(|| rows.rows_affected().unwrap_or(0));
+    Ok(QueryOutput {
+        body: body.into_bytes(),
+        rows: count,
+        changes,
+    })
+}
+
+/// Whether a column of this type has a text form here; text types come as their UTF-8 text.
+fn shown(t: &Type) -> bool {
+    [
+        Type::BOOL,
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::FLOAT4,
+        Type::FLOAT8,
+        Type::NUMERIC,
+        Type::BYTEA,
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+        Type::UNKNOWN,
+        Type::VOID,
+    ]
+    .contains(t)
+}
+
+/// A value as PostgreSQL sent it (binary format), whatever its type.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// A `numeric` in binary format written as PostgreSQL writes it (`1.50`, `-0.001`, `NaN`):
+/// base-10000 digits, the weight of the first, a sign and the digits shown after the point.
+fn numeric_text(raw: &[u8]) -> Option<String> {
+    let word = |i: usize| {
+        Some(u16::from_be_bytes(
+            raw.get(2 * i..2 * i + 2)?.try_into().ok()?,
+        ))
+    };
+    let (ndigits, weight, sign, scale) =
+        (word(0)? as i64, word(1)? as i16 as i64, word(2)?, word(3)?);
+    // The digit worth 10000^p is number weight - p.
+    let digit = |p: i64| match weight - p {
+        k if (0..ndigits).contains(&k) => word(4 + k as usize),
+        _ => Some(0),
+    };
+    let mut s = match sign {
+        0x0000 => String::new(),
+        0x4000 => "-".to_string(),
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        _ => return Some("-Infinity".into()),
+    };
+    if weight < 0 {
+        s.push('0');
+    }
+    for p in (0..=weight).rev() {
+        let d = digit(p)?;
+        let _ = if p == weight {
+            write!(s, "{d}")
+        } else {
+            write!(s, "{d:04}")
+        };
+    }
+    if scale > 0 {
+        let mut fraction = String::new();
+        let mut p = -1;
+        while fraction.len() < usize::from(scale) {
+            let _ = write!(fraction, "{:04}", digit(p)?);
+            p -= 1;
+        }
+        s.push('.');
+        s.push_str(&fraction[..usize::from(scale)]);
+    }
+    Some(s)
+}
+
+/// PostgreSQL's own message for a database error, else the client's, on one line.
+fn message(e: &::postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_string())
+}
+
+/// `url` with its password replaced by `***`, for messages and logs.
+pub(crate) fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Creates and fills `COLORS` when missing, under a lock so that servers starting together
+/// do it once.
+fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
+    let fail = |e: ::postgres::Error| message(&e);
+    let mut tx = client.transaction().map_err(fail)?;
+    // Held until the commit; the key is arbitrary, shared by every minilb server.
+    tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
+        .map_err(fail)?;
+    let missing: bool = tx
+        .query_one("SELECT to_regclass('colors') IS NULL", &[])
+        .map_err(fail)?
+        .get(0);
+    if missing {
+        let (header, rows) =
+            read_seed(seed).map_err(|e| format!("it has no COLORS table, and {e}"))?;
+        tx.execute(&create_table(&header), &[]).map_err(fail)?;
+        let marks: Vec<String> = (1..=header.len()).map(|i| format!("${i}")).collect();
+        let insert = tx
+            .prepare(&format!("INSERT INTO COLORS VALUES ({})", marks.join(", ")))
+            .map_err(fail)?;
+        for row in &rows {
+            let params: Vec<&(dyn ::postgres::types::ToSql + Sync)> = row
+                .iter()
+                .map(|v| v as &(dyn ::postgres::types::ToSql + Sync))
+                .collect();
+            tx.execute(&insert, &params).map_err(fail)?;
+        }
+        log::info!(
+            "created table COLORS from {} ({} rows)",
+            seed.display(),
+            rows.len()
+        );
+    }
+    tx.commit().map_err(fail)
+}
