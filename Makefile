@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test test-browser run-cluster bench compare lint fmt clean fuzz mutants
+.PHONY: all build test test-browser run-cluster run-hosts bench compare lint fmt clean fuzz mutants
 
 CARGO ?= cargo
 
@@ -24,6 +24,12 @@ test-browser:
 ## Ctrl-C stops them all; the script then exits 0, so make prints no error (its own status is 130).
 run-cluster:
 	scripts/run-cluster.sh
+
+## The same across hosts: five network namespaces (balancer, two servers joining with a token,
+## database, client) on 198.19.x.0/24; prints the commands to try from the client's host.
+## Ctrl-C tears it all down. Needs root and iproute2.
+run-hosts:
+	scripts/run-hosts.sh
 
 ## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
 ## Mutation testing of the core (idle queue, protocol, request reader, policies, session and

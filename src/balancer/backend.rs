@@ -2,11 +2,13 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
+use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rustix::net::RecvFlags;
 
 use crate::error::Error;
@@ -57,6 +59,9 @@ pub struct Backend {
     service_micros: AtomicU64,
     /// Moving average of whole-request latency, in µs (0 = none yet).
     latency_micros: AtomicU64,
+    /// Guards clones of the connections to it that carry a request, by request id, for a
+    /// failed health check to break (see [`Backend::exchange`]).
+    exchanges: Mutex<HashMap<u64, TcpStream>>,
 }
 
 impl Backend {
@@ -134,6 +139,38 @@ impl Backend {
         }
         fold(&self.service_micros, service);
         fold(&self.latency_micros, latency);
+    }
+
+    /// Registers `conn` as carrying request `id` until the guard drops, so that
+    /// [`Backend::break_exchanges`] can release the request. Without a descriptor for the
+    /// clone, the request just waits for the reply timeout.
+    pub(crate) fn exchange(&self, id: u64, conn: &TcpStream) -> Exchange<'_> {
+        if let Ok(clone) = conn.try_clone() {
+            self.exchanges.lock().insert(id, clone);
+        }
+        Exchange { backend: self, id }
+    }
+
+    /// Shuts down every connection carrying a request (the server is down): each request
+    /// sees its connection broken at once. Returns how many there were.
+    pub(crate) fn break_exchanges(&self) -> usize {
+        let streams = std::mem::take(&mut *self.exchanges.lock());
+        for stream in streams.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        streams.len()
+    }
+}
+
+/// A connection registered by [`Backend::exchange`]; unregistered on drop.
+pub(crate) struct Exchange<'a> {
+    backend: &'a Backend,
+    id: u64,
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        self.backend.exchanges.lock().remove(&self.id);
     }
 }
 

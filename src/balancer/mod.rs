@@ -4,12 +4,13 @@
 //! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
 //! requests: the client side and the backend side of each), [`backend`] (servers and the
 //! persistent connections to them), [`membership`] (who is in the pool: the servers file,
-//! reconnecting to servers that went down), [`admin`] (the admin listener: joins, the
+//! reconnecting to servers that went down), `health` (active health checks), [`admin`] (the admin listener: joins, the
 //! dashboard) over [`http`] (a small HTTP/1.1 server with limits), [`stats`] and [`report`] (what is counted, and how it is reported). The idle
 //! queue is `crate::idle_queue`.
 
 pub mod admin;
 pub mod backend;
+mod health;
 pub mod http;
 pub mod listener;
 pub mod membership;
@@ -95,6 +96,14 @@ pub struct BalancerConfig {
     /// The `networks` as the listener checks them.
     #[arg(skip)]
     pub allow: AllowList,
+    /// Seconds between active health checks (a TCP connect to each server in the pool, with
+    /// this as its timeout).
+    #[arg(long, default_value = "1", value_parser = parse_timeout)]
+    pub check_interval: Duration,
+    /// Health checks missed in a row before a server is down: out of the pool, and the
+    /// requests waiting on it retried elsewhere.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub check_fall: u32,
     /// Most servers in the pool, from the servers file and joins together: further joins get
     /// HTTP 503 and further file entries are ignored, with a warning.
     #[arg(long, default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
@@ -191,9 +200,11 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         lb.config.servers_file.display()
     );
     let watcher = membership::Watcher::new(Arc::clone(&lb))?;
-    // Closed (the sender dropped) at shutdown: the watcher stops.
+    // Closed (the sender dropped) at shutdown: the watcher and the health checks stop.
     let (stop_watcher, stop) = crossbeam_channel::bounded::<()>(0);
+    let checking = (Arc::clone(&lb), stop.clone());
     let watcher = spawn("membership", move || watcher.run(&stop))?;
+    let health = spawn("health", move || health::run(&checking.0, &checking.1))?;
     if listed.is_empty() {
         log::warn!(
             "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
@@ -220,6 +231,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     lb.stopping.store(true, Ordering::SeqCst);
     drop(stop_watcher);
     let _ = watcher.join();
+    let _ = health.join();
     shut_down(&lb, [(accept, addr), (admin, admin_addr)]);
     Ok(())
 }

@@ -185,7 +185,12 @@ fn handle(
         let decision = *lease.decision();
         lb.stats.record_choice(id, taken, server, reason, decision);
         lb.stats.record_taken(&backend, id, taken);
-        match relay(lease.item(), line, header, client) {
+        // Registered while the request waits on the server, so a failed health check can
+        // release it (see `health`).
+        let exchange = backend.exchange(id, &lease.item().writer);
+        let relayed = relay(lease.item(), line, header, client);
+        drop(exchange);
+        match relayed {
             Ok(Relayed {
                 reply,
                 bytes,

@@ -27,31 +27,37 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    log::info!("Connected with {peer}");
     let _connection = Held::new(&server.connections);
-    if let Err(e) = serve(server, stream, &peer) {
-        log::info!("connection with {peer} ended: {e}");
-    } else {
-        log::info!("connection with {peer} closed");
+    match serve(server, stream, &peer) {
+        Err(e) => log::info!("connection with {peer} ended: {e}"),
+        // A balancer's health check connects and closes every second: not worth a line.
+        Ok(0) => log::debug!("connection with {peer} closed without a request"),
+        Ok(_) => log::info!("connection with {peer} closed"),
     }
 }
 
-fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
+/// Serves requests until the peer closes; returns how many came.
+fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
     stream.set_nodelay(true)?;
     // No idle timeout: the balancer's persistent connections are silent between requests.
     let limits = Timeouts::new(Duration::ZERO, server.request_timeout);
     let mut reader = RequestReader::new(stream.try_clone()?, limits, 8 * 1024);
     let mut writer = stream;
     let mut line = Vec::new();
+    let mut requests = 0;
     loop {
         match reader.next(&mut line)? {
             Incoming::Line => {}
-            Incoming::Closed => return Ok(()),
+            Incoming::Closed => return Ok(requests),
             Incoming::Refused(e) => {
                 log::info!("{peer}: refused: {e}");
-                return reader.close_with(&mut writer, &e);
+                return reader.close_with(&mut writer, &e).map(|()| requests);
             }
         }
+        if requests == 0 {
+            log::info!("Connected with {peer}");
+        }
+        requests += 1;
         // Counted until its reply is sent, so Ctrl-C never cuts a reply short.
         let _in_flight = Held::new(&server.in_flight);
         let started = Instant::now();

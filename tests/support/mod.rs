@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_server;
+pub mod netns;
 pub mod postgres;
 
 use std::fs;
