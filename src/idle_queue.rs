@@ -179,17 +179,20 @@ impl<T> State<T> {
     }
 
     /// One connection of server `id` is gone (closed, or taken out while draining); the
-    /// server leaves with its last one.
-    fn lose(&mut self, id: u32) {
-        if let Some(member) = self.members.get_mut(&id) {
-            member.conns -= 1;
-            if member.conns == 0 {
-                self.members.remove(&id);
-                if !self.any_active() {
-                    self.wake_all();
-                }
-            }
+    /// server leaves with its last one. Returns whether it left.
+    fn lose(&mut self, id: u32) -> bool {
+        let Some(member) = self.members.get_mut(&id) else {
+            return false;
+        };
+        member.conns -= 1;
+        if member.conns > 0 {
+            return false;
         }
+        self.members.remove(&id);
+        if !self.any_active() {
+            self.wake_all();
+        }
+        true
     }
 }
 
@@ -397,7 +400,9 @@ impl<T> IdleQueue<T> {
             server.in_flight.fetch_sub(1, Ordering::Relaxed);
             match s.members.get(&server.id).map(|m| m.membership) {
                 Some(Membership::Active) => s.offer(&server, item),
-                Some(Membership::Draining) => s.lose(server.id),
+                Some(Membership::Draining) => {
+                    s.lose(server.id);
+                }
                 None => {}
             }
         }
@@ -422,11 +427,11 @@ impl<T> IdleQueue<T> {
     }
 
     /// Drops one handed-out connection of `server` (it broke, or its re-probe failed); the
-    /// server leaves the pool with its last connection.
-    pub fn drop_connection(&self, server: &Backend) {
+    /// server leaves the pool with its last connection. Returns whether it left.
+    pub fn drop_connection(&self, server: &Backend) -> bool {
         let mut s = self.lock();
         server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        s.lose(server.id);
+        s.lose(server.id)
     }
 }
 

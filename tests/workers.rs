@@ -38,6 +38,17 @@ fn a_server_with_three_workers_answers_three_slow_requests_in_about_one_processi
     wait_until(PATIENCE, || server_status(&lb, 1)["in_flight"] == 3);
     let row = server_status(&lb, 1);
     assert_eq!(row["workers"], 3, "{row}");
+    let (code, metrics) = http(lb.admin(), "GET", "/metrics", None, "");
+    assert_eq!(code, 200);
+    for line in [
+        "minilb_server_in_flight{server=\"1\"} 3",
+        "minilb_server_workers{server=\"1\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
     for (i, c) in clients.into_iter().enumerate() {
         let reply = c.join().unwrap();
         assert_eq!(
@@ -50,6 +61,12 @@ fn a_server_with_three_workers_answers_three_slow_requests_in_about_one_processi
     // One after the other they would take 3 s.
     assert!(took < Duration::from_millis(1900), "took {took:?}");
     assert_eq!(server_status(&lb, 1)["in_flight"], 0);
+    // The first request found all three workers free, and the dashboard says so.
+    let decisions = status(&lb)["decisions"].to_string();
+    assert!(
+        decisions.contains("by power, 2 workers free too"),
+        "{decisions}"
+    );
 }
 
 #[test]

@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
 
-/// Bytes read from a server at a time while relaying a reply; one buffer per server, not per
-/// client, so ten thousand idle clients cost no relay memory.
+/// Bytes read from a server at a time while relaying a reply; one buffer per server connection
+/// (one per worker), not per client, so ten thousand idle clients cost no relay memory.
 pub const RELAY_BUFFER: usize = 256 * 1024;
 
 /// A server: fixed settings, then live state (atomics, bumped by request threads without a

@@ -408,11 +408,11 @@ pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
                     lb.queue.give_back(Arc::clone(&probed), conn);
                 }
             }
+            Err(e) if lb.queue.drop_connection(&probed) => {
+                log::warn!("server {id} is down: the re-probe failed ({e})");
+            }
             Err(e) => {
-                log::warn!(
-                    "server {id}: a worker's re-probe failed ({e}); dropping that connection"
-                );
-                lb.queue.drop_connection(&probed);
+                log::warn!("server {id}: a worker's re-probe failed ({e}); dropped its connection");
             }
         },
     );

@@ -1,5 +1,5 @@
-//! The load balancer: accepts clients, hands each request to an idle server chosen by the
-//! policy, and streams the reply back.
+//! The load balancer: accepts clients, hands each request to a free worker of the server the
+//! policy chooses, and streams the reply back.
 //!
 //! Parts: [`listener`] (the accept loop, one thread per client), [`session`] (one client's
 //! requests: the client side and the backend side of each), [`backend`] (servers and the

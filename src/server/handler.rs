@@ -83,10 +83,10 @@ fn answer(server: &Server, request: &Request) -> Reply {
     let id = server.id.to_string();
     // Held while the request is processed (not while the reply is sent): taking a worker is
     // what makes it busy, and the worker's database connection is this request's alone.
-    let mut db = server.workers.take();
+    let mut worker = server.workers.take();
     std::thread::sleep(server.processing_time);
     match request {
-        Request::Query(sql) => match db.query(sql) {
+        Request::Query(sql) => match worker.db().query(sql) {
             Ok(out) => {
                 let mut fields = vec![("server", id), ("rows", out.rows.to_string())];
                 if let Some(n) = out.changes {

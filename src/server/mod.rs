@@ -82,44 +82,30 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
-/// The server's workers: taking one is what makes a request run, so at most N run at once.
+/// The server's workers, each a database connection of its own: taking one is what makes a
+/// request run, so at most N run at once.
 pub struct Workers {
-    /// Carries idle workers' database connections back (bounded by the number of workers).
+    /// Carries idle workers back (bounded by the number of workers).
     back: Sender<Database>,
-    /// Hands an idle worker's connection to a request; waits while all are busy.
+    /// Hands an idle worker to a request; waits while all are busy.
     idle: Receiver<Database>,
 }
 
-/// A worker taken by one request; it goes back to the idle ones when dropped.
-pub struct Worker<'a> {
-    db: Option<Database>,
-    back: &'a Sender<Database>,
-}
+/// A worker taken by one request; back to the idle ones when dropped, even by a panic.
+pub struct Worker<'a>(Option<Database>, &'a Sender<Database>);
 
 impl Workers {
     /// Waits for an idle worker.
     pub fn take(&self) -> Worker<'_> {
         // `Workers` holds both ends, so the channel never disconnects.
-        let db = self.idle.recv().ok();
-        Worker {
-            db,
-            back: &self.back,
-        }
+        Worker(self.idle.recv().ok(), &self.back)
     }
 }
 
-impl std::ops::Deref for Worker<'_> {
-    type Target = Database;
-    fn deref(&self) -> &Database {
-        self.db
-            .as_ref()
-            .expect("a worker holds its connection until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Worker<'_> {
-    fn deref_mut(&mut self) -> &mut Database {
-        self.db
+impl Worker<'_> {
+    /// Its database connection.
+    pub fn db(&mut self) -> &mut Database {
+        self.0
             .as_mut()
             .expect("a worker holds its connection until dropped")
     }
@@ -127,8 +113,8 @@ impl std::ops::DerefMut for Worker<'_> {
 
 impl Drop for Worker<'_> {
     fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            let _ = self.back.send(db);
+        if let Some(db) = self.0.take() {
+            let _ = self.1.send(db);
         }
     }
 }
