@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ::postgres::error::SqlState;
-use ::postgres::types::{FromSql, Type};
+use ::postgres::types::{FromSql, ToSql, Type};
 use ::postgres::{Client, Config, NoTls};
 use rusqlite::types::ValueRef;
 
@@ -284,23 +284,15 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
 
 /// Whether a column of this type has a text form here; text types come as their UTF-8 text.
 fn shown(t: &Type) -> bool {
-    [
-        Type::BOOL,
-        Type::INT2,
-        Type::INT4,
-        Type::INT8,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::NUMERIC,
-        Type::BYTEA,
-        Type::TEXT,
-        Type::VARCHAR,
-        Type::BPCHAR,
-        Type::NAME,
-        Type::UNKNOWN,
-        Type::VOID,
-    ]
-    .contains(t)
+    let numbers = matches!(
+        *t,
+        Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC
+    );
+    let texts = matches!(
+        *t,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    );
+    numbers || texts || matches!(*t, Type::FLOAT4 | Type::FLOAT8 | Type::BYTEA | Type::VOID)
 }
 
 /// A value as PostgreSQL sent it (binary format), whatever its type.
@@ -412,10 +404,7 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
             .prepare(&format!("INSERT INTO COLORS VALUES ({})", marks.join(", ")))
             .map_err(fail)?;
         for row in &rows {
-            let params: Vec<&(dyn ::postgres::types::ToSql + Sync)> = row
-                .iter()
-                .map(|v| v as &(dyn ::postgres::types::ToSql + Sync))
-                .collect();
+            let params: Vec<&(dyn ToSql + Sync)> = row.iter().map(|v| v as _).collect();
             tx.execute(&insert, &params).map_err(fail)?;
         }
         log::info!(
