@@ -107,18 +107,15 @@ fn a_write_through_one_server_is_read_through_another() {
     let Some(pg) = Postgres::start() else { return };
     let dir = pg_dir(&pg, OWNER, true);
     // Both start at once: the table is created and seeded once.
-    let starting: Vec<_> = (1..=2)
-        .map(|id| {
-            let path = dir.path.clone();
-            std::thread::spawn(move || {
-                let dir = TestDir { path };
-                let server = start_server(&dir, id, 0.0, &[]);
-                std::mem::forget(dir);
-                server
+    let servers: Vec<Proc> = std::thread::scope(|s| {
+        let starting: Vec<_> = (1..=2)
+            .map(|id| {
+                let dir = &dir;
+                s.spawn(move || start_server(dir, id, 0.0, &[]))
             })
-        })
-        .collect();
-    let servers: Vec<Proc> = starting.into_iter().map(|t| t.join().unwrap()).collect();
+            .collect();
+        starting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
     assert_eq!(pg.psql("colors", "SELECT count(*) FROM colors"), "148");
     let lb = start_balancer(&dir, 2, &[]);
     let bystander = Bystander::start(lb.addr);
