@@ -87,6 +87,7 @@ fn replies_are_byte_identical_to_sqlite() {
         ("SELEC 1", "sql"),
         ("SELECT * FROM nope", "sql"),
         ("SELECT 1; SELECT 2", "sql"),
+        ("-- nothing", "sql"),
         ("DELETE FROM COLORS", "forbidden"),
         (
             "INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')",
@@ -215,6 +216,8 @@ fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     assert_eq!(reply.text(), "n: 1\n");
     let reply = wire.request("SELECT 1; SELECT 2");
     assert_eq!(reply.code(), Some("sql"), "{reply:?}");
+    let reply = wire.request("CREATE TABLE made (x int)");
+    assert_eq!(reply.header, "OK 9 server=1 rows=0 changes=0");
     let reply = wire.request("SELECT now() AS t");
     assert!(
         reply

@@ -178,6 +178,8 @@ enum Failure {
     TooLarge,
     /// A column of a type with no text form here.
     Unshowable(String),
+    /// No statement at all.
+    Empty,
 }
 
 impl From<::postgres::Error> for Failure {
@@ -191,6 +193,7 @@ impl Failure {
         let e = match self {
             Failure::TooLarge => return limits.too_large(),
             Failure::Unshowable(column) => return Code::Sql.msg(column),
+            Failure::Empty => return Code::Sql.msg("the query holds no SQL statement"),
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
@@ -272,13 +275,15 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
         body.push_str("No output");
     }
     // A statement with no result columns is a command: INSERT, UPDATE, DELETE, CREATE...
-    let changes = columns
-        .is_empty()
-        .then(|| rows.rows_affected().unwrap_or(0));
+    // Only an empty one (a comment, say) ends with no command tag at all.
+    let changes = columns.is_empty().then(|| rows.rows_affected());
+    if changes == Some(None) {
+        return Err(Failure::Empty);
+    }
     Ok(QueryOutput {
         body: body.into_bytes(),
         rows: count,
-        changes,
+        changes: changes.flatten(),
     })
 }
 
