@@ -363,7 +363,8 @@ def median_run(runs):
     result = dict(sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2])
     result["latency_ms"] = {k: median([r["latency_ms"][k] for r in runs])
                             for k in runs[0]["latency_ms"]}
-    result["fairness"] = median([r["fairness"] for r in runs])
+    if runs[0]["fairness"] is not None:  # None for the servers driven directly
+        result["fairness"] = median([r["fairness"] for r in runs])
     # Errors are never a median: every failed request of every round counts.
     result["error_count"] = sum(r["error_count"] for r in runs)
     result["errors"] = {}
