@@ -1,21 +1,28 @@
-//! The idle queue: which servers are free right now, and who gets one next.
+//! The idle queue: which servers have a free worker right now, and who gets one next.
+//!
+//! The balancer keeps one connection per worker of each server; the queue hands out those
+//! connections. A server with a free worker is *idle* to the policies, which pick among such
+//! servers; it is busy only when all its workers are.
 //!
 //! Locking, in one place:
-//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership and the line
-//!   of waiting requests. It is held for list operations only, never across I/O: a server's
-//!   connection leaves the lock inside a [`Lease`] and is used outside it.
-//! - Each waiting request sleeps on its own `Condvar` (on `state`), kept in the line by its
-//!   ticket, so that a returned server wakes exactly the first in line: strictly first come,
-//!   first served, and no herd of threads woken for one server.
+//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership, the line of
+//!   waiting requests and the workers handed to them. It is held for list operations only,
+//!   never across I/O: a connection leaves the lock inside a [`Lease`] and is used outside it.
+//!   Nothing is allocated under it on a request's path (lists keep their capacity), and a
+//!   decision is recorded as counts, put into words later.
+//! - Each waiting request sleeps on its thread's own `Condvar` (on `state`). A freed worker
+//!   goes straight to the first in line: it is put in `handed` under the lock and only that
+//!   request is woken, so it needs no second look and no race with newcomers for the worker:
+//!   strictly first come, first served, one wake-up per hand-over.
 //! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
-//! - `returned` (a crossbeam channel) carries servers back from finished requests. Sending
-//!   never blocks; whoever takes the lock next moves them into the idle list.
+//! - `returned` (a crossbeam channel) carries connections back from finished requests.
+//!   Sending never blocks; whoever takes the lock next hands them on or makes them idle.
 //!
 //! Each server is its one [`Backend`], shared with the policies and the status page; the queue
 //! is generic over the item it hands out with it (a live connection in the balancer, a plain
 //! number in the tests), so its ordering and blocking are tested without sockets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,31 +49,39 @@ pub enum NoServer {
 pub enum Membership {
     /// Takes requests.
     Active,
-    /// Finishes its request in flight, then leaves; gets no new one.
+    /// Finishes its requests in flight, then leaves; gets no new one.
     Draining,
+}
+
+thread_local! {
+    /// What wakes this thread while it waits in line: one per thread, not per request.
+    static WAKE: Arc<Condvar> = Arc::new(Condvar::new());
 }
 
 /// The idle queue; see the module docs for its locking.
 pub struct IdleQueue<T> {
     policy: &'static dyn Policy,
-    /// Guards the idle list, membership and the line of waiting requests.
+    /// Guards the idle list, membership, the line and the hand-overs.
     state: Mutex<State<T>>,
     /// Wakes [`IdleQueue::wait_for_members`] when a server joins or the queue stops.
     joined: Condvar,
-    /// Carries servers back from finished requests (sending side).
+    /// Carries connections back from finished requests (sending side).
     returned_tx: Sender<(Arc<Backend>, T)>,
-    /// Carries servers back from finished requests (receiving side, drained under `state`).
+    /// Carries connections back from finished requests (receiving side, drained under `state`).
     returned_rx: Receiver<(Arc<Backend>, T)>,
 }
 
 struct State<T> {
-    /// Idle servers, as the policy sees them; `items[i]` belongs to `idle[i]`.
+    /// Servers with a free worker, each once, as the policy sees them.
     idle: Vec<Arc<Backend>>,
-    items: Vec<T>,
+    /// Free workers in all.
+    free: usize,
     /// Every server in the pool, idle or busy.
-    members: HashMap<u32, Membership>,
-    /// Requests waiting for a server, by ticket (first in line = smallest ticket).
-    in_line: BTreeMap<u64, Waiter>,
+    members: HashMap<u32, Member<T>>,
+    /// Requests waiting for a worker, first in line first.
+    in_line: VecDeque<Waiter>,
+    /// Workers handed to requests that were in line, until they wake and take them.
+    handed: Vec<Handed<T>>,
     /// The next ticket for the line.
     next_ticket: u64,
     /// Sequence number of the last hand-out (for round robin).
@@ -74,29 +89,106 @@ struct State<T> {
     stopped: bool,
 }
 
+/// A server in the pool.
+struct Member<T> {
+    backend: Arc<Backend>,
+    membership: Membership,
+    /// Its connections the queue knows: free, handed out or set aside.
+    conns: usize,
+    /// Its free connections.
+    free: Vec<T>,
+}
+
 /// One request waiting in line.
 struct Waiter {
+    ticket: u64,
     since: Instant,
     /// Wakes this request alone; used with `state`.
     wake: Arc<Condvar>,
 }
 
+/// A worker handed to a request that was in line.
+struct Handed<T> {
+    ticket: u64,
+    server: Arc<Backend>,
+    item: T,
+    decision: Decision,
+}
+
 impl<T> State<T> {
     fn any_active(&self) -> bool {
-        self.members.values().any(|m| *m == Membership::Active)
-    }
-
-    /// Wakes the first in line, who may now be able to take a server.
-    fn wake_first(&self) {
-        if let Some(first) = self.in_line.values().next() {
-            first.wake.notify_one();
-        }
+        self.members
+            .values()
+            .any(|m| m.membership == Membership::Active)
     }
 
     /// Wakes everyone in line: the pool emptied or the queue stopped, and all must hear it.
     fn wake_all(&self) {
-        for waiter in self.in_line.values() {
+        for waiter in &self.in_line {
             waiter.wake.notify_one();
+        }
+    }
+
+    /// Takes a free connection of `idle[i]`: the lease's parts and the facts of the choice.
+    fn take(&mut self, i: usize) -> (Arc<Backend>, T, Decision) {
+        let server = Arc::clone(&self.idle[i]);
+        let decision = Decision {
+            free: self.free,
+            busy: self.members.len() - self.idle.len(),
+            ..Decision::default()
+        };
+        let member = self
+            .members
+            .get_mut(&server.id)
+            .expect("an idle server is a member");
+        let item = member.free.pop().expect("an idle server has a free worker");
+        if member.free.is_empty() {
+            self.idle.swap_remove(i);
+        }
+        self.free -= 1;
+        self.last_seq += 1;
+        server.last_chosen.store(self.last_seq, Ordering::Relaxed);
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        (server, item, decision)
+    }
+
+    /// A free connection of an active member: straight to the first in line (waking only it),
+    /// or into the idle list when no one waits.
+    fn offer(&mut self, server: &Arc<Backend>, item: T) {
+        let Some(member) = self.members.get_mut(&server.id) else {
+            return;
+        };
+        if member.free.is_empty() {
+            self.idle.push(Arc::clone(server));
+        }
+        member.free.push(item);
+        self.free += 1;
+        if let Some(waiter) = self.in_line.pop_front() {
+            // It is the only free worker (anyone else would have been handed one already), so
+            // it is the one the policy would pick.
+            let i = self.idle.iter().position(|b| b.id == server.id);
+            let (server, item, decision) = self.take(i.expect("offered just now"));
+            self.handed.push(Handed {
+                ticket: waiter.ticket,
+                server,
+                item,
+                decision,
+            });
+            waiter.wake.notify_one();
+        }
+    }
+
+    /// One connection of server `id` is gone (closed, or taken out while draining); the
+    /// server leaves with its last one.
+    fn lose(&mut self, id: u32) {
+        if let Some(member) = self.members.get_mut(&id) {
+            member.conns -= 1;
+            if member.conns == 0 {
+                self.members.remove(&id);
+                if !self.any_active() {
+                    self.wake_all();
+                }
+            }
         }
     }
 }
@@ -109,9 +201,10 @@ impl<T> IdleQueue<T> {
             policy,
             state: Mutex::new(State {
                 idle: Vec::new(),
-                items: Vec::new(),
+                free: 0,
                 members: HashMap::new(),
-                in_line: BTreeMap::new(),
+                in_line: VecDeque::new(),
+                handed: Vec::new(),
                 next_ticket: 0,
                 last_seq: 0,
                 stopped: false,
@@ -127,17 +220,31 @@ impl<T> IdleQueue<T> {
         self.policy
     }
 
-    /// Adds an idle server to the pool. Returns false (and drops `item`) when a server with
-    /// the same id is already in it.
+    /// Adds a connection to one of the server's workers; the server joins the pool with its
+    /// first. Returns false (and drops `item`) when another server with the same id is in the
+    /// pool, when this one is draining, or when it already has a connection per worker.
     pub fn add(&self, server: Arc<Backend>, item: T) -> bool {
         let mut s = self.lock();
-        if s.members.contains_key(&server.id) {
-            return false;
+        match s.members.get_mut(&server.id) {
+            Some(m)
+                if Arc::ptr_eq(&m.backend, &server)
+                    && m.membership == Membership::Active
+                    && m.conns < server.workers =>
+            {
+                m.conns += 1;
+            }
+            Some(_) => return false,
+            None => {
+                let member = Member {
+                    backend: Arc::clone(&server),
+                    membership: Membership::Active,
+                    conns: 1,
+                    free: Vec::with_capacity(server.workers),
+                };
+                s.members.insert(server.id, member);
+            }
         }
-        s.members.insert(server.id, Membership::Active);
-        s.idle.push(server);
-        s.items.push(item);
-        s.wake_first();
+        s.offer(&server, item);
         self.joined.notify_all();
         true
     }
@@ -155,8 +262,8 @@ impl<T> IdleQueue<T> {
         s.members.len()
     }
 
-    /// Takes the idle server the policy prefers, waiting in line up to `timeout` while all
-    /// are busy. Requests are served strictly in the order they started waiting.
+    /// Takes a free worker of the server the policy prefers, waiting in line up to `timeout`
+    /// while all are busy. Requests are served strictly in the order they started waiting.
     ///
     /// # Errors
     /// [`NoServer`] says why none was handed out.
@@ -164,63 +271,51 @@ impl<T> IdleQueue<T> {
         let started = Instant::now();
         let deadline = started.checked_add(timeout);
         let mut s = self.lock();
-        // This request's ticket, its place when it joined the line, and its condvar.
-        let mut waiting: Option<(u64, usize, Arc<Condvar>)> = None;
+        // This request's ticket and its place when it joined the line, once it waits.
+        let mut waiting: Option<(u64, usize)> = None;
         loop {
-            self.absorb_returned(&mut s);
-            let first_in_line = match &waiting {
-                Some((ticket, _, _)) => s.in_line.keys().next() == Some(ticket),
-                None => s.in_line.is_empty(),
-            };
-            let outcome = if s.stopped {
-                Some(Err(NoServer::Stopped))
+            if let Some((ticket, place)) = waiting {
+                if let Some(i) = s.handed.iter().position(|h| h.ticket == ticket) {
+                    let h = s.handed.swap_remove(i);
+                    let decision = Decision {
+                        position: Some(place),
+                        waited: started.elapsed(),
+                        ..h.decision
+                    };
+                    return Ok(self.lease(h.server, h.item, decision));
+                }
+            } else if s.in_line.is_empty() {
+                if let Some(i) = self.policy.pick(&s.idle) {
+                    let (server, item, decision) = s.take(i);
+                    return Ok(self.lease(server, item, decision));
+                }
+            }
+            let error = if s.stopped {
+                Some(NoServer::Stopped)
             } else if !s.any_active() {
-                Some(Err(NoServer::NoneUp))
-            } else if first_in_line {
-                self.policy.pick(&s.idle).map(Ok)
+                Some(NoServer::NoneUp)
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                Some(NoServer::TimedOut)
             } else {
                 None
             };
-            let outcome = match outcome {
-                None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    Some(Err(NoServer::TimedOut))
+            if let Some(e) = error {
+                if let Some((ticket, _)) = waiting {
+                    s.in_line.retain(|w| w.ticket != ticket);
                 }
-                other => other,
-            };
-            if let Some(outcome) = outcome {
-                if let Some((ticket, _, _)) = &waiting {
-                    s.in_line.remove(ticket);
-                }
-                let lease = outcome.map(|i| {
-                    let mut lease = self.take(&mut s, i);
-                    lease.decision.position = waiting.as_ref().map(|(_, place, _)| *place);
-                    lease.decision.waited = started.elapsed();
-                    lease
-                });
-                // The next in line may go on: to another idle server, or to its own error.
-                if !s.idle.is_empty() || lease.is_err() {
-                    s.wake_first();
-                }
-                return lease;
+                return Err(e);
             }
-            let wake = match &waiting {
-                Some((_, _, wake)) => Arc::clone(wake),
-                None => {
-                    let ticket = s.next_ticket;
-                    s.next_ticket += 1;
-                    let wake = Arc::new(Condvar::new());
-                    let since = started;
-                    s.in_line.insert(
-                        ticket,
-                        Waiter {
-                            since,
-                            wake: Arc::clone(&wake),
-                        },
-                    );
-                    waiting = Some((ticket, s.in_line.len(), Arc::clone(&wake)));
-                    wake
-                }
-            };
+            let wake = WAKE.with(Arc::clone);
+            if waiting.is_none() {
+                let ticket = s.next_ticket;
+                s.next_ticket += 1;
+                s.in_line.push_back(Waiter {
+                    ticket,
+                    since: started,
+                    wake: Arc::clone(&wake),
+                });
+                waiting = Some((ticket, s.in_line.len()));
+            }
             match deadline {
                 Some(d) => {
                     wake.wait_until(&mut s, d);
@@ -230,19 +325,22 @@ impl<T> IdleQueue<T> {
         }
     }
 
-    /// Marks a server as draining: taken out now if idle, or when its request finishes.
-    /// Returns false when it was not in the pool.
+    /// Marks a server as draining: its free workers are closed now, the busy ones when their
+    /// requests finish. Returns false when it was not in the pool.
     pub fn retire(&self, id: u32) -> bool {
         let mut s = self.lock();
-        if !s.members.contains_key(&id) {
+        let Some(member) = s.members.get_mut(&id) else {
             return false;
-        }
-        if let Some(i) = s.idle.iter().position(|b| b.id == id) {
-            s.idle.swap_remove(i);
-            s.items.swap_remove(i);
+        };
+        member.membership = Membership::Draining;
+        let closed = member.free.len();
+        member.free.clear();
+        member.conns -= closed;
+        let gone = member.conns == 0;
+        s.free -= closed;
+        s.idle.retain(|b| b.id != id);
+        if gone {
             s.members.remove(&id);
-        } else {
-            s.members.insert(id, Membership::Draining);
         }
         if !s.any_active() {
             s.wake_all();
@@ -260,99 +358,81 @@ impl<T> IdleQueue<T> {
 
     /// The server's place in the pool, if it is in it.
     pub fn membership(&self, id: u32) -> Option<Membership> {
-        self.lock().members.get(&id).copied()
+        self.lock().members.get(&id).map(|m| m.membership)
     }
 
-    /// How many servers are idle, how many are in the pool, how many requests wait.
+    /// How many connections to server `id` the pool holds (free, in flight or being
+    /// re-probed): fewer than its workers means some are to be reconnected.
+    pub fn connections(&self, id: u32) -> usize {
+        self.lock().members.get(&id).map_or(0, |m| m.conns)
+    }
+
+    /// How many workers are free, how many servers are in the pool, how many requests wait.
     pub fn counts(&self) -> (usize, usize, usize) {
         let s = self.lock();
-        (s.idle.len(), s.members.len(), s.in_line.len())
+        (s.free, s.members.len(), s.in_line.len())
     }
 
     /// The queue as it is now.
     pub fn snapshot(&self) -> Snapshot {
         let s = self.lock();
         Snapshot {
-            idle: s.idle.iter().map(|b| b.id).collect(),
-            members: s.members.iter().map(|(id, m)| (*id, *m)).collect(),
+            members: s
+                .members
+                .iter()
+                .map(|(id, m)| (*id, m.membership))
+                .collect(),
             waiting: s.in_line.len(),
             longest_wait: s
                 .in_line
-                .values()
-                .next()
+                .front()
                 .map_or(Duration::ZERO, |w| w.since.elapsed()),
         }
     }
 
-    /// Takes the lock and brings the idle list up to date with returned servers.
+    /// Takes the lock and hands on or makes idle the returned connections.
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         let mut s = self.state.lock();
-        self.absorb_returned(&mut s);
+        for (server, item) in self.returned_rx.try_iter() {
+            server.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match s.members.get(&server.id).map(|m| m.membership) {
+                Some(Membership::Active) => s.offer(&server, item),
+                Some(Membership::Draining) => s.lose(server.id),
+                None => {}
+            }
+        }
         s
     }
 
-    fn take(&self, s: &mut State<T>, i: usize) -> Lease<'_, T> {
-        let idle: Vec<u32> = s.idle.iter().map(|b| b.id).collect();
-        let busy = s
-            .members
-            .keys()
-            .filter(|id| !idle.contains(id))
-            .copied()
-            .collect();
-        let server = s.idle.swap_remove(i);
-        let item = s.items.swap_remove(i);
-        s.last_seq += 1;
-        server.last_chosen.store(s.last_seq, Ordering::Relaxed);
+    fn lease(&self, server: Arc<Backend>, item: T, decision: Decision) -> Lease<'_, T> {
         Lease {
             queue: self,
             server,
             item: Some(item),
-            decision: Decision {
-                idle,
-                busy,
-                ..Decision::default()
-            },
+            decision,
         }
     }
 
-    /// Moves servers returned through the channel into the idle list (or out of the pool,
-    /// for a draining one).
-    fn absorb_returned(&self, s: &mut State<T>) {
-        for (server, item) in self.returned_rx.try_iter() {
-            match s.members.get(&server.id) {
-                Some(Membership::Active) => {
-                    s.idle.push(server);
-                    s.items.push(item);
-                }
-                Some(Membership::Draining) => {
-                    s.members.remove(&server.id);
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Returns a server's item to the idle list (after [`Lease::set_aside`]).
+    /// Returns a connection to the idle list (after [`Lease::set_aside`]).
     pub fn give_back(&self, server: Arc<Backend>, item: T) {
         // The receiver lives as long as the queue, so the send cannot fail.
         let _ = self.returned_tx.send((server, item));
-        // Taking the lock moves the server into the idle list before the first in line looks.
-        self.lock().wake_first();
+        // Taking the lock hands it to the first in line at once.
+        drop(self.lock());
     }
 
-    /// Takes a server out of the pool (after [`Lease::set_aside`]).
-    pub fn remove_member(&self, id: u32) {
+    /// Drops one handed-out connection of `server` (it broke, or its re-probe failed); the
+    /// server leaves the pool with its last connection.
+    pub fn drop_connection(&self, server: &Backend) {
         let mut s = self.lock();
-        s.members.remove(&id);
-        if !s.any_active() {
-            s.wake_all();
-        }
+        server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        s.lose(server.id);
     }
 }
 
-/// A server handed to one request. Give it back with [`Lease::release`]; if the request
-/// broke its connection, [`Lease::mark_down`] its server (dropping a lease does that too, so
-/// a connection in an unknown state is never reused).
+/// A worker of a server handed to one request. Give it back with [`Lease::release`]; if the
+/// request broke its connection, [`Lease::mark_down`] it (dropping a lease does that too, so a
+/// connection in an unknown state is never reused).
 pub struct Lease<'q, T> {
     queue: &'q IdleQueue<T>,
     server: Arc<Backend>,
@@ -361,24 +441,24 @@ pub struct Lease<'q, T> {
     decision: Decision,
 }
 
-/// What the queue saw when it handed out a server.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the queue saw when it handed out a worker: counts only, so that recording it costs
+/// nothing under the lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Decision {
-    /// Servers idle at that moment (the chosen one included), in no particular order.
-    pub idle: Vec<u32>,
-    /// Servers in the pool but busy.
-    pub busy: Vec<u32>,
+    /// Free workers at that moment, the chosen one included.
+    pub free: usize,
+    /// Servers in the pool with every worker busy.
+    pub busy: usize,
     /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
     pub position: Option<usize>,
     /// How long the request waited in line.
     pub waited: Duration,
 }
 
-/// The queue at one moment, for status pages.
+/// The queue at one moment, for status pages (how many workers each server has busy is its
+/// [`Backend::in_flight`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Idle servers, by id (a member not idle is busy).
-    pub idle: Vec<u32>,
     /// Every server in the pool.
     pub members: Vec<(u32, Membership)>,
     /// Requests waiting in line.
@@ -398,28 +478,28 @@ impl<T> Lease<'_, T> {
         &self.server
     }
 
-    /// What the queue saw when it handed the server out.
+    /// What the queue saw when it handed the worker out.
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
 
-    /// The leased item (the server's connection).
+    /// The leased item (the worker's connection).
     pub fn item(&mut self) -> &mut T {
         self.item
             .as_mut()
             .expect("a lease holds its item until released")
     }
 
-    /// Returns the server to the idle list: its connection is clean and reusable.
+    /// Returns the worker to the idle list: its connection is clean and reusable.
     pub fn release(mut self) {
         if let Some(item) = self.item.take() {
             self.queue.give_back(Arc::clone(&self.server), item);
         }
     }
 
-    /// Hands back the item while the server stays in the pool, busy, as if still leased: for
+    /// Hands back the item while the worker stays counted, busy, as if still leased: for
     /// replacing its connection. End with [`IdleQueue::give_back`] (a new item) or
-    /// [`IdleQueue::remove_member`], so that requests wait for the server meanwhile instead
+    /// [`IdleQueue::drop_connection`], so that requests wait for the server meanwhile instead
     /// of finding no server up.
     pub fn set_aside(mut self) -> (Arc<Backend>, T) {
         let item = self
@@ -429,13 +509,14 @@ impl<T> Lease<'_, T> {
         (Arc::clone(&self.server), item)
     }
 
-    /// Takes the server out of the pool (its connection broke) and hands back its item.
+    /// Drops the worker's connection (it broke) and hands back its item; the server leaves
+    /// the pool with its last connection.
     pub fn mark_down(mut self) -> T {
         let item = self
             .item
             .take()
             .expect("a lease holds its item until released");
-        self.queue.remove_member(self.server.id);
+        self.queue.drop_connection(&self.server);
         item
     }
 }
@@ -452,7 +533,7 @@ impl<T> std::fmt::Debug for Lease<'_, T> {
 impl<T> Drop for Lease<'_, T> {
     fn drop(&mut self) {
         if self.item.take().is_some() {
-            self.queue.remove_member(self.server.id);
+            self.queue.drop_connection(&self.server);
         }
     }
 }
@@ -467,6 +548,23 @@ mod tests {
         let q = IdleQueue::new(by_name("power").unwrap());
         for &(id, secs) in servers {
             assert!(q.add(backend(id, secs, 0), id));
+        }
+        q
+    }
+
+    /// A queue of servers `(id, seconds, workers)`; worker `k` of server `id` is item
+    /// `id * 100 + k`.
+    fn queue_with_workers(servers: &[(u32, f64, usize)]) -> IdleQueue<u32> {
+        let q = IdleQueue::new(by_name("power").unwrap());
+        for &(id, secs, workers) in servers {
+            let time = Duration::from_secs_f64(secs);
+            let mut server = Backend::new(id, format!("127.0.0.1:{}", 5000 + id), time, false);
+            server.workers = workers;
+            let server = Arc::new(server);
+            for k in 0..workers {
+                assert!(q.add(Arc::clone(&server), id * 100 + k as u32));
+            }
+            assert!(!q.add(Arc::clone(&server), 99), "one connection per worker");
         }
         q
     }
@@ -528,28 +626,21 @@ mod tests {
     fn a_lease_says_how_it_was_chosen() {
         let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
         let first = q.acquire(NOW).unwrap();
-        assert_eq!(first.decision().busy, Vec::<u32>::new());
-        let mut idle = first.decision().idle.clone();
-        idle.sort();
-        assert_eq!((idle, first.decision().position), (vec![1, 2], None));
+        let d = first.decision();
+        assert_eq!((d.free, d.busy, d.position), (2, 0, None));
         let second = q.acquire(NOW).unwrap();
-        assert_eq!(
-            (
-                second.decision().idle.clone(),
-                second.decision().busy.clone()
-            ),
-            (vec![2], vec![1])
-        );
+        let d = second.decision();
+        assert_eq!((d.free, d.busy), (1, 1));
         let waiter = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.decision().clone()))
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| *l.decision()))
         };
         wait_for("the waiter to join the line", || q.counts().2 == 1);
         assert_eq!(q.snapshot().waiting, 1);
         first.release();
         let decision = waiter.join().unwrap().unwrap();
         assert_eq!(decision.position, Some(1));
-        assert_eq!(decision.busy, vec![2]);
+        assert_eq!((decision.free, decision.busy), (1, 1));
     }
 
     #[test]
@@ -652,10 +743,10 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Ok(1));
         // (The waiter dropped its lease, which took the server out.) The probe failed: the
         // server leaves, and waiters hear it.
-        assert!(q.add(server, 1));
+        assert!(q.add(Arc::clone(&server), 1));
         let _ = q.acquire(NOW).unwrap().set_aside();
         let waiter = spawn_waiter(&q);
-        q.remove_member(1);
+        q.drop_connection(&server);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
     }
 
@@ -701,7 +792,7 @@ mod tests {
                 .send((Arc::clone(&lease.server), item))
                 .unwrap();
         }
-        q.lock().wake_first();
+        drop(q.lock());
         let started = Instant::now();
         let mut got: Vec<u32> = waiters.map(|w| w.join().unwrap().unwrap()).to_vec();
         got.sort_unstable();
@@ -779,29 +870,134 @@ mod tests {
     }
 
     #[test]
-    fn stress_never_hands_a_server_to_two_requests_or_loses_one() {
-        const SERVERS: u32 = 4;
+    fn hands_out_workers_by_power_never_more_than_a_server_has() {
+        let q = queue_with_workers(&[(1, 0.2, 2), (2, 0.1, 3)]);
+        let leases: Vec<_> = (0..5).map(|_| q.acquire(NOW).unwrap()).collect();
+        let ids: Vec<u32> = leases.iter().map(Lease::id).collect();
+        // The faster server's three workers first, then the slower one's two; then none.
+        assert_eq!(ids, [2, 2, 2, 1, 1]);
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        let in_flight = |l: &Lease<'_, u32>| l.server().in_flight.load(Ordering::Relaxed);
+        assert_eq!((in_flight(&leases[0]), in_flight(&leases[4])), (3, 2));
+        let d = leases[4].decision();
+        assert_eq!(
+            (d.free, d.busy),
+            (1, 1),
+            "server 2 was busy, one worker free"
+        );
+        let mut leases = leases.into_iter();
+        leases.next().unwrap().release();
+        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+        // (That lease dropped: its connection is gone, server 2 keeps its other two.)
+        assert_eq!(q.connections(2), 2);
+        assert_eq!(q.counts(), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_freed_worker_goes_straight_to_the_first_in_line() {
+        let q = Arc::new(queue_with_workers(&[(1, 0.1, 2)]));
+        let held = [q.acquire(NOW).unwrap(), q.acquire(NOW).unwrap()];
+        let waiter = spawn_waiter(&q);
+        let [first, second] = held;
+        first.release();
+        // Handed over under the lock: not idle for a moment, so a newcomer cannot take it.
+        assert_eq!(q.counts().0, 0);
+        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        assert_eq!(waiter.join().unwrap(), Ok(1));
+        second.release();
+        assert_eq!(
+            q.counts(),
+            (1, 1, 0),
+            "the waiter's lease dropped: one connection left"
+        );
+    }
+
+    #[test]
+    fn waiters_get_workers_first_come_first_served_whichever_frees_first() {
+        let q = Arc::new(queue_with_workers(&[(1, 0.1, 2), (2, 0.3, 1)]));
+        let mut held: Vec<_> = (0..3).map(|_| q.acquire(NOW).unwrap()).collect();
+        // Carries the number of each waiter as it gets a worker.
+        let (got_tx, got_rx) = crossbeam_channel::unbounded();
+        let mut go = Vec::new();
+        let mut threads = Vec::new();
+        for n in 0..6 {
+            // Carries the word to release the worker: each waiter holds it until told.
+            let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+            let (q2, got) = (Arc::clone(&q), got_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                let lease = q2.acquire(PATIENCE).unwrap();
+                got.send(n).unwrap();
+                go_rx.recv_timeout(PATIENCE).unwrap();
+                lease.release();
+            }));
+            go.push(go_tx);
+            wait_for("the waiter to join the line", || q.counts().2 == n + 1);
+        }
+        let next = || got_rx.recv_timeout(PATIENCE).unwrap();
+        // Workers of either server, freed in any order, go to the waiters in their order.
+        held.swap(0, 2);
+        for (n, lease) in held.into_iter().enumerate() {
+            lease.release();
+            assert_eq!(next(), n);
+        }
+        for (n, go) in go.iter().enumerate().take(3) {
+            go.send(()).unwrap();
+            assert_eq!(next(), n + 3);
+        }
+        for (n, t) in threads.into_iter().enumerate() {
+            if n >= 3 {
+                go[n].send(()).unwrap();
+            }
+            t.join().unwrap();
+        }
+        assert_eq!(q.counts(), (3, 2, 0));
+    }
+
+    #[test]
+    fn stress_never_hands_a_worker_to_two_requests_or_loses_one() {
         const THREADS: usize = 16;
         const ROUNDS: usize = 2000;
-        let q = Arc::new(queue(&[(0, 0.1), (1, 0.1), (2, 0.2), (3, 0.3)]));
+        let servers = [(0, 0.1, 1), (1, 0.1, 2), (2, 0.2, 3), (3, 0.3, 4)];
+        let q = Arc::new(queue_with_workers(&servers));
+        // One flag per connection (item), one count per server.
         let in_use: Arc<Vec<AtomicBool>> =
-            Arc::new((0..SERVERS).map(|_| AtomicBool::new(false)).collect());
+            Arc::new((0..400).map(|_| AtomicBool::new(false)).collect());
+        let busy: Arc<Vec<AtomicUsize>> = Arc::new((0..4).map(|_| AtomicUsize::new(0)).collect());
         let served = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
         let threads: Vec<_> = (0..THREADS)
-            .map(|_| {
-                let (q, in_use, served) =
-                    (Arc::clone(&q), Arc::clone(&in_use), Arc::clone(&served));
+            .map(|t| {
+                let (q, in_use, busy, served) = (
+                    Arc::clone(&q),
+                    Arc::clone(&in_use),
+                    Arc::clone(&busy),
+                    Arc::clone(&served),
+                );
                 std::thread::spawn(move || {
+                    // Half the threads are impatient: a timeout racing a hand-over must not
+                    // lose the worker.
+                    let patience = if t % 2 == 0 {
+                        PATIENCE
+                    } else {
+                        Duration::from_micros(50)
+                    };
                     for _ in 0..ROUNDS {
-                        let mut lease = q.acquire(Duration::from_secs(60)).unwrap();
-                        let id = *lease.item() as usize;
-                        assert_eq!(lease.id() as usize, id);
+                        let Ok(mut lease) = q.acquire(patience) else {
+                            continue;
+                        };
+                        let item = *lease.item() as usize;
+                        let id = lease.id() as usize;
+                        assert_eq!(item / 100, id);
                         assert!(
-                            !in_use[id].swap(true, Ordering::SeqCst),
-                            "server {id} handed to two requests"
+                            !in_use[item].swap(true, Ordering::SeqCst),
+                            "connection {item} handed to two requests"
                         );
+                        let workers = lease.server().workers;
+                        assert!(busy[id].fetch_add(1, Ordering::SeqCst) < workers);
+                        assert!(lease.server().in_flight.load(Ordering::Relaxed) <= workers);
                         std::hint::spin_loop();
-                        in_use[id].store(false, Ordering::SeqCst);
+                        busy[id].fetch_sub(1, Ordering::SeqCst);
+                        in_use[item].store(false, Ordering::SeqCst);
                         served.fetch_add(1, Ordering::Relaxed);
                         lease.release();
                     }
@@ -811,7 +1007,19 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(served.load(Ordering::Relaxed), THREADS * ROUNDS);
-        assert_eq!(q.counts(), (SERVERS as usize, SERVERS as usize, 0));
+        assert!(served.load(Ordering::Relaxed) >= THREADS / 2 * ROUNDS);
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // Every worker is back, idle, none counted in flight.
+        assert_eq!(q.counts(), (10, 4, 0));
+        let s = q.lock();
+        assert!(s
+            .members
+            .values()
+            .all(|m| m.free.len() == m.backend.workers));
+        assert!(s
+            .members
+            .values()
+            .all(|m| m.backend.in_flight.load(Ordering::Relaxed) == 0));
+        assert!(s.handed.is_empty());
     }
 }

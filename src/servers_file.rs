@@ -22,6 +22,8 @@ use crate::cli::MAX_SECONDS;
 
 /// Longest host name accepted (a DNS name is at most 253 characters).
 pub const MAX_HOST: usize = 255;
+/// Most workers a server may have: the balancer keeps a connection open to each.
+pub const MAX_WORKERS: usize = 64;
 /// How long [`register`] waits for a server recorded under the same id to accept a connection.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -42,6 +44,9 @@ pub struct ServerEntry {
     /// Whether its database accepts writes (then a query that may have run is never retried).
     #[serde(default)]
     pub writable: bool,
+    /// Requests it processes at once (absent in older files: 1).
+    #[serde(default = "one", deserialize_with = "workers")]
+    pub workers: usize,
 }
 
 impl ServerEntry {
@@ -101,6 +106,19 @@ fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     match u16::deserialize(d)? {
         0 => Err(D::Error::custom("port must be from 1 to 65535")),
         port => Ok(port),
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        n @ 1..=MAX_WORKERS => Ok(n),
+        _ => Err(D::Error::custom(format!(
+            "workers must be from 1 to {MAX_WORKERS}"
+        ))),
     }
 }
 
@@ -253,6 +271,7 @@ mod tests {
             port,
             processing_time: 0.5,
             writable: false,
+            workers: 1,
         }
     }
 
@@ -307,6 +326,23 @@ mod tests {
         ] {
             let e = parse(id, host, port, secs).unwrap_err().to_string();
             assert!(e.contains(why), "{id} {host} {port} {secs}: {e}");
+        }
+    }
+
+    #[test]
+    fn workers_default_to_one_and_are_range_checked() {
+        let parse = |workers: &str| {
+            serde_json::from_str::<ServerEntry>(&format!(
+                r#"{{"id": 1, "host": "h", "port": 1, "processing_time": 0{workers}}}"#
+            ))
+            .map(|e| e.workers)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(""), Ok(1));
+        assert_eq!(parse(r#", "workers": 64"#), Ok(64));
+        for bad in ["0", "65", "-1"] {
+            let e = parse(&format!(r#", "workers": {bad}"#)).unwrap_err();
+            assert!(e.contains("workers") || bad == "-1", "{bad}: {e}");
         }
     }
 

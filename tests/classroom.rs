@@ -22,7 +22,7 @@ fn a_draining_server_is_logged_once_when_it_starts_and_once_when_it_has_left() {
     let lb = start_balancer(&dir, 1, &[]);
     let addr = lb.addr;
     let in_flight = std::thread::spawn(move || Wire::connect(addr).request("SELECT 1 AS n"));
-    wait_until(PATIENCE, || status(&lb)["servers"][0]["busy"] == true);
+    wait_until(PATIENCE, || status(&lb)["servers"][0]["in_flight"] == 1);
     // The timeline's bar in progress: which request, since when.
     let s = status(&lb);
     let current = &s["servers"][0]["current"];

@@ -162,7 +162,7 @@ fn a_server_that_left_shows_as_down_and_the_queue_is_visible() {
         s["queue"]["longest_wait_seconds"].as_f64().unwrap() < 5.0,
         "{s}"
     );
-    assert_eq!(s["servers"][0]["busy"], true, "{s}");
+    assert_eq!(s["servers"][0]["in_flight"], 1, "{s}");
     for c in clients {
         assert!(c.join().unwrap().is_ok());
     }

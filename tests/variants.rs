@@ -230,7 +230,7 @@ fn a_server_being_reprobed_shows_no_request_in_progress() {
         status["servers"][0].clone()
     };
     // Request 1001 has ended (it is on the timeline): no bar in progress may claim it.
-    wait_until(START_TIMEOUT, || server()["busy"] == true);
+    wait_until(START_TIMEOUT, || server()["in_flight"] == 1);
     let during = server();
     assert_eq!(during["state"], "up", "{during}");
     assert!(during["current"].is_null(), "{during}");
@@ -267,7 +267,7 @@ fn a_decision_on_the_dashboard_quotes_the_figures_it_was_made_on() {
     assert!(texts.len() >= 3, "{texts:?}");
     for (n, text) in texts.iter().enumerate() {
         let expected = format!(
-            "req {} -> server 1: server 1 fewest requests served ({n})",
+            "req {} -> server 1: server 1 fewest in flight (0), then fewest requests served ({n})",
             n + 1
         );
         assert!(

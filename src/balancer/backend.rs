@@ -4,7 +4,7 @@
 
 use std::io::{self, BufReader, Read};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustix::net::RecvFlags;
@@ -18,7 +18,7 @@ use crate::servers_file::ServerEntry;
 pub const RELAY_BUFFER: usize = 256 * 1024;
 
 /// A server: fixed settings, then live state (atomics, bumped by request threads without a
-/// lock). Busy or idle, up or down is the idle queue's to say.
+/// lock). Up or down, and how many of its workers are busy, is the idle queue's to say.
 #[derive(Debug, Default)]
 pub struct Backend {
     /// The server's id.
@@ -29,6 +29,11 @@ pub struct Backend {
     pub processing_time: Duration,
     /// Whether its database accepts writes (a query that may have run is then not retried).
     pub writable: bool,
+    /// Requests it processes at once: the balancer keeps a connection to each worker.
+    pub workers: usize,
+    /// Its connections handed out (to requests, or to a re-probe): written by the idle queue
+    /// under its lock, read by the policies and the status page.
+    pub in_flight: AtomicUsize,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
@@ -62,6 +67,7 @@ impl Backend {
             addr,
             processing_time,
             writable,
+            workers: 1,
             ..Backend::default()
         }
     }
@@ -69,13 +75,17 @@ impl Backend {
     /// The server recorded by a servers-file entry.
     pub fn from_entry(entry: &ServerEntry) -> Backend {
         let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
-        Backend::new(entry.id, entry.address(), time, entry.writable)
+        Backend {
+            workers: entry.workers,
+            ..Backend::new(entry.id, entry.address(), time, entry.writable)
+        }
     }
 
     /// Whether `other` has the same fixed settings.
     pub fn same_settings(&self, other: &Backend) -> bool {
-        (self.id, &self.addr, self.processing_time, self.writable)
-            == (other.id, &other.addr, other.processing_time, other.writable)
+        let (a, b) = (self, other);
+        (a.id, &a.addr, a.processing_time, a.writable, a.workers)
+            == (b.id, &b.addr, b.processing_time, b.writable, b.workers)
     }
 
     /// The measured service time, once there is one.
@@ -127,8 +137,8 @@ impl Backend {
     }
 }
 
-/// Folds `sample` into a moving average kept in `avg` (weight 1/5). A server takes one
-/// request at a time, so updates hardly ever race; one that does loses a sample.
+/// Folds `sample` into a moving average kept in `avg` (weight 1/5). An update that races
+/// another (two workers of one server replying at once) loses a sample: an average can.
 fn fold(avg: &AtomicU64, sample: Duration) {
     let sample = (sample.as_micros() as u64).max(1);
     let old = avg.load(Ordering::Relaxed);

@@ -5,11 +5,14 @@
 //! [`RECONNECTORS`] threads, which connects, checks that the server answers and sends the
 //! outcome back; after a failure the watcher waits longer (capped exponential backoff) before
 //! the next attempt. So every listed server is tried again and again, however many there are,
-//! by a fixed number of threads. At most `--max-servers` servers are listed at once. A server
-//! whose connection broke, or sent what no request asked for, is first re-probed on a new
-//! connection ([`reprobe`]) while it stays in the pool; only if that probe fails is it down.
+//! by a fixed number of threads. At most `--max-servers` servers are listed at once. The
+//! balancer keeps one connection per worker of a server; a connection that broke, or sent what
+//! no request asked for, is re-probed on a new connection ([`reprobe`]) while its server stays
+//! in the pool; if that probe fails the connection is dropped, and a server in the pool with
+//! fewer connections than workers is topped up like a server being reconnected. A server is
+//! down when its last connection is gone.
 //!
-//! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its request
+//! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its requests
 //! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
 
 use std::collections::{HashMap, HashSet};
@@ -218,15 +221,17 @@ impl Watcher {
             match queue.membership(id) {
                 Some(Membership::Active) => {
                     known.was_up = true;
-                    continue;
+                    if queue.connections(id) >= known.backend.workers {
+                        continue;
+                    }
                 }
-                // Its old self is finishing a request; reconnect once it has left.
+                // Its old self is finishing its requests; reconnect once it has left.
                 Some(Membership::Draining) => continue,
+                None if known.was_up => {
+                    known.was_up = false;
+                    log::warn!("server {id} is down; reconnecting in the background");
+                }
                 None => {}
-            }
-            if known.was_up {
-                known.was_up = false;
-                log::warn!("server {id} is down; reconnecting in the background");
             }
             if !known.attempting && Instant::now() >= known.next_try {
                 let attempt = Attempt {
@@ -323,10 +328,26 @@ fn backoff(failures: u32) -> Duration {
     (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
 }
 
-/// One attempt to bring a server back: connect, check that it answers, add it to the pool.
-/// `failures` counts the attempts that failed before, for the log. Returns whether the server
-/// answered.
+/// One attempt to bring a server back: connect each worker missing a connection, check that
+/// it answers, add it to the pool. `failures` counts the attempts that failed before, for the
+/// log. Returns whether the server answered.
 fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, failures: u32) -> bool {
+    let missing = backend.workers - lb.queue.connections(backend.id).min(backend.workers);
+    for _ in 0..missing {
+        if !connect_worker(lb, backend, cancelled, failures) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Connects one worker of `backend` (see [`reconnect`]); returns whether it answered.
+fn connect_worker(
+    lb: &Balancer,
+    backend: &Arc<Backend>,
+    cancelled: &AtomicBool,
+    failures: u32,
+) -> bool {
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
     }
@@ -335,12 +356,14 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
             if cancelled.load(Ordering::SeqCst) {
                 return true;
             }
-            if lb.queue.add(Arc::clone(backend), conn) {
+            let joins = lb.queue.membership(backend.id).is_none();
+            if lb.queue.add(Arc::clone(backend), conn) && joins {
                 log::info!(
-                    "Connected to server {} at {} (processing time {} s){}",
+                    "Connected to server {} at {} (processing time {} s, {} worker(s)){}",
                     backend.id,
                     backend.addr,
                     backend.processing_time.as_secs_f64(),
+                    backend.workers,
                     if failures > 0 {
                         format!(" after {failures} failed attempt(s)")
                     } else {
@@ -368,39 +391,40 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
     }
 }
 
-/// Closes a server connection that can no longer be trusted (it broke, or the server's
+/// Closes a worker's connection that can no longer be trusted (it broke, or the server's
 /// replies are out of step with the requests) and probes the server on a new one, in the
-/// background. Meanwhile the server stays in the pool, busy, so requests wait for it rather
-/// than find no server up: it is down only if the probe fails. At most one thread per server
-/// (each server has one connection, and this takes its lease).
+/// background. Meanwhile the worker stays counted, busy, so requests wait for it rather than
+/// find no server up; if the probe fails the connection is dropped (the server is down with
+/// its last). At most one thread per connection (this takes its lease).
 pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let (backend, old) = lease.set_aside();
     drop(old);
     // Busy with no client's request: the dashboard must not show the ended one in progress.
     backend.current_request.store(0, Ordering::Relaxed);
     let id = backend.id;
+    let probed = Arc::clone(&backend);
     let spawned = spawn_prober(
         lb,
         format!("reprobe-{id}"),
-        move |lb| match connect_and_probe(lb, &backend) {
+        move |lb| match connect_and_probe(lb, &probed) {
             Ok(conn) => {
                 log::info!(
                     "Connected to server {id} at {} again: it answered the re-probe",
-                    backend.addr
+                    probed.addr
                 );
-                lb.queue.give_back(backend, conn);
+                lb.queue.give_back(probed, conn);
             }
             Err(e) => {
-                log::warn!("server {id} is down: the re-probe failed ({e})");
-                lb.queue.remove_member(id);
+                log::warn!(
+                    "server {id}: a worker's re-probe failed ({e}); dropping that connection"
+                );
+                lb.queue.drop_connection(&probed);
             }
         },
     );
     if let Err(e) = spawned {
-        log::error!(
-            "cannot start a thread to re-probe server {id}: {e}; taking it out of the pool"
-        );
-        lb.queue.remove_member(id);
+        log::error!("cannot start a thread to re-probe server {id}: {e}; dropping that connection");
+        lb.queue.drop_connection(&backend);
     }
 }
 

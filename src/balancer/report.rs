@@ -18,7 +18,7 @@ use crate::idle_queue::{Membership, Snapshot};
 enum State {
     /// In the pool, idle or busy.
     Up,
-    /// Finishing its request in flight, then leaving.
+    /// Finishing its requests in flight, then leaving.
     Draining,
     /// Listed, not in the pool (being reconnected).
     Down,
@@ -28,8 +28,8 @@ enum State {
 struct Row<'a> {
     server: &'a Backend,
     state: State,
-    /// Whether it is handling a request (in the pool, not idle).
-    busy: bool,
+    /// Its workers handling a request (or being re-probed).
+    in_flight: usize,
 }
 
 /// Every listed server, by id, with its state as `queue` saw it.
@@ -42,11 +42,14 @@ fn rows<'a>(queue: &Snapshot, servers: &'a [Arc<Backend>]) -> Vec<Row<'a>> {
                 Some((_, Membership::Draining)) => State::Draining,
                 None => State::Down,
             };
-            let busy = state != State::Down && !queue.idle.contains(&server.id);
+            let in_flight = match state {
+                State::Down => 0,
+                _ => server.in_flight.load(Ordering::Relaxed),
+            };
             Row {
                 server,
                 state,
-                busy,
+                in_flight,
             }
         })
         .collect()
@@ -62,7 +65,7 @@ pub fn status(lb: &Balancer) -> Value {
             |&Row {
                  server: s,
                  state,
-                 busy,
+                 in_flight,
              }| {
                 json!({
                     "id": s.id,
@@ -75,10 +78,11 @@ pub fn status(lb: &Balancer) -> Value {
                         State::Draining => "draining",
                         State::Down => "down",
                     },
-                    "busy": busy,
-                    // The request in progress while busy, and when the server took it
-                    // (none while a re-probe holds it).
-                    "current": (busy && s.current_request.load(Ordering::Relaxed) != 0).then(|| json!({
+                    "workers": s.workers,
+                    "in_flight": in_flight,
+                    // The request it took last while busy, and when it took it (none while a
+                    // re-probe holds it).
+                    "current": (in_flight > 0 && s.current_request.load(Ordering::Relaxed) != 0).then(|| json!({
                         "request": s.current_request.load(Ordering::Relaxed),
                         "taken": s.current_taken_micros.load(Ordering::Relaxed) as f64 / 1e6,
                     })),
@@ -132,7 +136,7 @@ pub fn status(lb: &Balancer) -> Value {
 type Family = (&'static str, &'static str, &'static str, fn(&Row) -> f64);
 
 /// Every per-server family of `/metrics`, one row each.
-const PER_SERVER: [Family; 9] = [
+const PER_SERVER: [Family; 10] = [
     (
         "minilb_server_requests_total",
         "counter",
@@ -170,10 +174,16 @@ const PER_SERVER: [Family; 9] = [
         |r| f64::from(u8::from(r.state == State::Up)),
     ),
     (
-        "minilb_server_busy",
+        "minilb_server_in_flight",
         "gauge",
-        "1 while the server handles a request.",
-        |r| f64::from(u8::from(r.busy)),
+        "The server's workers handling a request (or being re-probed).",
+        |r| r.in_flight as f64,
+    ),
+    (
+        "minilb_server_workers",
+        "gauge",
+        "Requests the server processes at once.",
+        |r| r.server.workers as f64,
     ),
     (
         "minilb_server_declared_seconds",
@@ -311,7 +321,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn state_and_busy_come_from_the_queue() {
+    fn state_and_in_flight_come_from_the_queue() {
         let q = IdleQueue::new(by_name("power").unwrap());
         let servers = [backend(1, 0.1, 0), backend(2, 0.2, 0), backend(3, 0.3, 0)];
         assert!(q.add(Arc::clone(&servers[0]), 1) && q.add(Arc::clone(&servers[1]), 2));
@@ -320,13 +330,13 @@ mod tests {
             let snapshot = q.snapshot();
             rows(&snapshot, &servers)
                 .iter()
-                .map(|r| (r.state, r.busy))
+                .map(|r| (r.state, r.in_flight))
                 .collect::<Vec<_>>()
         };
-        let (up, down) = ((State::Up, false), (State::Down, false));
-        assert_eq!(seen(&q), [(State::Up, true), up, down]);
+        let (up, down) = ((State::Up, 0), (State::Down, 0));
+        assert_eq!(seen(&q), [(State::Up, 1), up, down]);
         assert!(q.retire(1));
-        assert_eq!(seen(&q)[0], (State::Draining, true));
+        assert_eq!(seen(&q)[0], (State::Draining, 1));
         lease.release();
         assert_eq!(seen(&q), [down, up, down]);
     }

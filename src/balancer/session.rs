@@ -153,8 +153,9 @@ fn handle(
     let attempts = lb.config.retries + 1;
     let mut attempt = 0;
     // Connections found unusable before the request went out cost no attempt (nothing was
-    // sent), but at most `attempts` of them, so a server that keeps sending junk cannot hold
-    // the request forever.
+    // sent). Those holding junk count, at most `attempts` of them, so a server that keeps
+    // sending junk cannot hold the request forever; closed ones do not (each leaves the idle
+    // list, so there are only so many: a dead server's idle workers are all found closed).
     let mut unusable = 0;
     line.push(b'\n');
     while attempt < attempts && unusable <= attempts {
@@ -167,8 +168,8 @@ fn handle(
         // Bytes that came while the connection was idle would be read as this request's
         // reply, and a closed connection would lose a write: look first (one system call).
         if let Some(why) = lease.item().unusable() {
+            unusable += u32::from(matches!(why, Unusable::Stray(_)));
             replace_connection(lb, id, lease, &why);
-            unusable += 1;
             continue;
         }
         attempt += 1;
@@ -181,7 +182,7 @@ fn handle(
             let why = stats::explain(policy, server, &reason, lease.decision());
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        let decision = lease.decision().clone();
+        let decision = *lease.decision();
         lb.stats.record_choice(id, taken, server, reason, decision);
         lb.stats.record_taken(&backend, id, taken);
         match relay(lease.item(), line, header, client) {

@@ -296,17 +296,18 @@ impl Stats {
     }
 }
 
-/// Why `chosen` was picked, in words: who was busy, the policy's `reason` (put into words when
-/// the choice was made), who else was idle, the wait. Called outside any lock. E.g. `server 1 busy, server 2 fastest idle (20 ms) by power, queued 2nd, waited 15 ms`.
+/// Why `chosen` was picked, in words: how many servers were busy, the policy's `reason` (put
+/// into words when the choice was made), how many workers were free besides, the wait. Called
+/// outside any lock. E.g. `1 server busy, server 2 fastest idle (20 ms) by power, queued 2nd,
+/// waited 15 ms`.
 pub fn explain(policy: &dyn Policy, chosen: u32, reason: &str, d: &Decision) -> String {
     let mut parts = Vec::new();
-    if !d.busy.is_empty() {
-        parts.push(format!("{} busy", servers(&d.busy)));
+    if d.busy > 0 {
+        parts.push(format!("{} busy", how_many(d.busy, "server")));
     }
     parts.push(format!("server {chosen} {reason} by {}", policy.name()));
-    let others: Vec<u32> = d.idle.iter().copied().filter(|&i| i != chosen).collect();
-    if !others.is_empty() {
-        parts.push(format!("{} idle too", servers(&others)));
+    if d.free > 1 {
+        parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
     }
     if let Some(place) = d.position {
         parts.push(format!(
@@ -318,14 +319,11 @@ pub fn explain(policy: &dyn Policy, chosen: u32, reason: &str, d: &Decision) -> 
     parts.join(", ")
 }
 
-/// `server 3` or `servers 1, 3`, sorted.
-fn servers(ids: &[u32]) -> String {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
-    match list.len() {
-        1 => format!("server {}", list[0]),
-        _ => format!("servers {}", list.join(", ")),
+/// `1 server`, `2 servers`.
+fn how_many(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        _ => format!("{n} {thing}s"),
     }
 }
 
@@ -378,17 +376,17 @@ mod tests {
         use crate::policy::power::Power;
         let chosen = backend(2, 0.02, 0);
         let d = Decision {
-            idle: vec![3, 2],
-            busy: vec![4, 1],
+            free: 2,
+            busy: 2,
             position: Some(2),
             waited: Duration::from_millis(15),
         };
         assert_eq!(
             explain(&Power, 2, &Power.reason(&chosen), &d),
-            "servers 1, 4 busy, server 2 fastest idle (20 ms) by power, server 3 idle too, queued 2nd, waited 15 ms"
+            "2 servers busy, server 2 fastest idle (20 ms) by power, 1 worker free too, queued 2nd, waited 15 ms"
         );
         let alone = Decision {
-            idle: vec![2],
+            free: 1,
             ..Decision::default()
         };
         assert_eq!(

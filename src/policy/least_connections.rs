@@ -1,6 +1,6 @@
-//! `least-connections`: the idle server that has been given the fewest requests. A minilb
-//! server holds one request at a time, so every idle server has zero in flight; the count of
-//! requests served so far is what tells them apart. Round robin among equals.
+//! `least-connections`: the server with a free worker that has the fewest requests in flight;
+//! among those, the one that has served the fewest (with one worker each, every idle server
+//! has none in flight, so this is what tells them apart). Round robin among equals.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::Policy;
 use crate::balancer::backend::Backend;
 
-/// Idle server with the fewest requests served.
+/// Idle server with the fewest requests in flight, then served.
 pub struct LeastConnections;
 
 impl Policy for LeastConnections {
@@ -19,6 +19,7 @@ impl Policy for LeastConnections {
     fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize> {
         (0..idle.len()).min_by_key(|&i| {
             (
+                idle[i].in_flight.load(Relaxed),
                 idle[i].requests.load(Relaxed),
                 idle[i].last_chosen.load(Relaxed),
             )
@@ -26,7 +27,10 @@ impl Policy for LeastConnections {
     }
 
     fn reason(&self, chosen: &Backend) -> String {
-        format!("fewest requests served ({})", chosen.requests.load(Relaxed))
+        // Called just after the hand-out, which counts in `in_flight` already.
+        let before = chosen.in_flight.load(Relaxed).saturating_sub(1);
+        let served = chosen.requests.load(Relaxed);
+        format!("fewest in flight ({before}), then fewest requests served ({served})")
     }
 }
 
@@ -34,6 +38,15 @@ impl Policy for LeastConnections {
 mod tests {
     use super::*;
     use crate::policy::backend;
+
+    #[test]
+    fn picks_the_fewest_in_flight_then_the_least_served() {
+        let (busy, quiet) = (backend(1, 0.1, 0), backend(2, 0.1, 0));
+        busy.in_flight.store(2, Relaxed);
+        quiet.in_flight.store(1, Relaxed);
+        quiet.requests.store(99, Relaxed);
+        assert_eq!(LeastConnections.pick(&[busy, quiet]), Some(1));
+    }
 
     #[test]
     fn picks_the_least_served_whatever_its_power() {

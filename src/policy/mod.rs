@@ -5,11 +5,11 @@
 //!   (the original project's rule, and the default).
 //! - [`measured`]: the same, ranked by the service time the balancer measured.
 //! - [`round_robin`]: the idle server chosen longest ago, ignoring power.
-//! - [`least_connections`]: the idle server that has served the fewest requests.
+//! - [`least_connections`]: the idle server with the fewest requests in flight, then served.
 //! - [`two_choices`]: two idle servers at random, the less loaded of the two.
 //!
-//! A server takes one request at a time here, so every policy chooses among idle servers only;
-//! what differs is the order in which it prefers them.
+//! A server takes as many requests at a time as it has workers, so every policy chooses among
+//! *idle* servers only, those with a free worker; what differs is the order it prefers them in.
 
 pub mod least_connections;
 pub mod measured;

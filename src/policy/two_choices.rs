@@ -1,5 +1,5 @@
 //! `two-choices`: pick two idle servers at random and take the less loaded one (fewer requests
-//! served) — the "power of two choices", which spreads load almost as well as looking at every
+//! in flight, then fewer served) — the "power of two choices", which spreads load almost as well as looking at every
 //! server, at the cost of looking at two.
 
 use std::sync::atomic::Ordering;
@@ -27,7 +27,8 @@ impl Policy for TwoChoices {
                 let load = |i: usize| {
                     let b = &idle[i];
                     let lc = b.last_chosen.load(Ordering::Relaxed);
-                    (b.requests.load(Ordering::Relaxed), lc)
+                    let in_flight = b.in_flight.load(Ordering::Relaxed);
+                    (in_flight, b.requests.load(Ordering::Relaxed), lc)
                 };
                 Some(if load(a) <= load(b) { a } else { b })
             }
@@ -36,7 +37,9 @@ impl Policy for TwoChoices {
 
     fn reason(&self, chosen: &Backend) -> String {
         let served = chosen.requests.load(Ordering::Relaxed);
-        format!("less loaded of two at random ({served} served)")
+        // Called just after the hand-out, which counts in `in_flight` already.
+        let before = chosen.in_flight.load(Ordering::Relaxed).saturating_sub(1);
+        format!("less loaded of two at random ({before} in flight, {served} served)")
     }
 }
 

@@ -71,13 +71,13 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
     }
 }
 
-/// Does the request's work: one request at a time per server, each taking at least the
-/// server's processing time.
+/// Does the request's work: as many requests at a time as the server has workers, each taking
+/// at least the server's processing time.
 fn answer(server: &Server, request: &Request) -> Reply {
     let id = server.id.to_string();
-    // Held while the request is processed (not while the reply is sent): this lock is what
-    // makes the server "busy", one request at a time, and it guards the database connection.
-    let mut db = server.worker.lock();
+    // Held while the request is processed (not while the reply is sent): taking a worker is
+    // what makes it busy, and the worker's database connection is this request's alone.
+    let mut db = server.workers.take();
     std::thread::sleep(server.processing_time);
     match request {
         Request::Query(sql) => match db.query(sql) {

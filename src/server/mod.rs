@@ -1,5 +1,6 @@
-//! The backend server: serves files from a folder and runs SQL on the shared database, one
-//! request at a time, each taking at least `processing_time` (the server's simulated power).
+//! The backend server: serves files from a folder and runs SQL on the shared database, up to
+//! `--workers` requests at a time (one by default), each taking at least `processing_time` (the
+//! server's simulated power).
 //!
 //! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file) and its
 //! [`authorizer`] (what SQL may do), [`file_store`] (the files folder), [`registration`] (the
@@ -17,12 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::cli::parse_seconds;
 use crate::gauge;
-use crate::servers_file::ServerEntry;
+use crate::servers_file::{ServerEntry, MAX_WORKERS};
 use crate::token;
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
@@ -75,6 +75,61 @@ pub struct ServerConfig {
     /// Seconds a request line may take to arrive, from its first byte (0: no limit).
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+    /// Requests processed at once, each by a worker with its own database connection.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_WORKERS as u64))]
+    pub workers: usize,
+}
+
+/// The server's workers: taking one is what makes a request run, so at most N run at once.
+pub struct Workers {
+    /// Carries idle workers' database connections back (bounded by the number of workers).
+    back: Sender<Database>,
+    /// Hands an idle worker's connection to a request; waits while all are busy.
+    idle: Receiver<Database>,
+}
+
+/// A worker taken by one request; it goes back to the idle ones when dropped.
+pub struct Worker<'a> {
+    db: Option<Database>,
+    back: &'a Sender<Database>,
+}
+
+impl Workers {
+    /// Waits for an idle worker.
+    pub fn take(&self) -> Worker<'_> {
+        // `Workers` holds both ends, so the channel never disconnects.
+        let db = self.idle.recv().ok();
+        Worker {
+            db,
+            back: &self.back,
+        }
+    }
+}
+
+impl std::ops::Deref for Worker<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("a worker holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Worker<'_> {
+    fn deref_mut(&mut self) -> &mut Database {
+        self.db
+            .as_mut()
+            .expect("a worker holds its connection until dropped")
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let _ = self.back.send(db);
+        }
+    }
 }
 
 /// A running server's shared state.
@@ -83,8 +138,8 @@ pub struct Server {
     pub id: u32,
     /// Time each request takes at least.
     pub processing_time: Duration,
-    /// The one worker: taking it is what makes the server busy; guards the database connection.
-    pub worker: Mutex<Database>,
+    /// Its workers, each with its own database connection.
+    pub workers: Workers,
     /// The files folder.
     pub files: FileStore,
     /// Open connections (the balancer's and direct clients').
@@ -111,7 +166,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         None => Registration::File(config.servers_file.clone()),
     };
     let db_config = DatabaseConfig::load(&config.db)?;
-    let database = Database::open(&db_config, config.limits)?;
+    let (back, idle) = crossbeam_channel::bounded(config.workers);
+    for _ in 0..config.workers {
+        let _ = back.send(Database::open(&db_config, config.limits)?);
+    }
     log::info!(
         "Connected to database {} successfully",
         db_config.path.display()
@@ -133,12 +191,13 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             .unwrap_or(config.processing_time)
             .as_secs_f64(),
         writable: db_config.writable,
+        workers: config.workers,
     };
     registration.register(&entry)?;
     let server = Arc::new(Server {
         id: config.id,
         processing_time: config.processing_time,
-        worker: Mutex::new(database),
+        workers: Workers { back, idle },
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
@@ -146,9 +205,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         request_timeout: config.request_timeout,
     });
     log::info!(
-        "Server {} is starting (processing time {} s)...",
+        "Server {} is starting (processing time {} s, {} worker(s))...",
         config.id,
-        config.processing_time.as_secs_f64()
+        config.processing_time.as_secs_f64(),
+        config.workers
     );
     println!("server {} listening on {addr}", config.id);
 

@@ -148,6 +148,7 @@ impl FakeServer {
             port: self.addr.port(),
             processing_time: 0.0,
             writable: false,
+            workers: 1,
         };
         servers_file::register(file, &entry).unwrap();
     }
