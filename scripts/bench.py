@@ -525,15 +525,15 @@ def run_one_server(procs, work, results):
 
     # 2. The big file, three times, one client; rounds interleaved as above, median MB/s kept,
     # with the highest peak RSS of all rounds.
-    names = [name for name in targets if name != "haproxy-rr"]
-    rounds = {name: [] for name in names}
-    for n in range(FILE_ROUNDS if "file" in ONLY else 0):
-        for name in names:
-            proc, addr = targets[name]
-            say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {FILE_ROUNDS})")
-            rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
-                                         "--request", "file big.bin"))
     if "file" in ONLY:
+        names = [name for name in targets if name != "haproxy-rr"]
+        rounds = {name: [] for name in names}
+        for n in range(FILE_ROUNDS):
+            for name in names:
+                proc, addr = targets[name]
+                say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {FILE_ROUNDS})")
+                rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
+                                             "--request", "file big.bin"))
         results["file"] = {}
         for name, runs in rounds.items():
             median = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
