@@ -55,11 +55,13 @@ fmt:
 clean:
 	$(CARGO) clean
 
-## minilb against one server directly and against HAProxy (installed if missing): one table.
-## Takes a few minutes and needs ~2 GiB of temp space; not part of `make test`.
+## minilb against the servers directly and against HAProxy (installed if missing): one table,
+## issues 6 and 15's workloads. About 10 minutes and ~2 GiB of temp space; not part of `make test`.
+## BENCH_ONLY=workers (or small,file,many,quality,w8,unequal,seed) runs only those workloads.
 bench:
 	python3 scripts/bench.py
 
-## The same load against every balancing policy, side by side (about half a minute).
+## The same load against every balancing policy, side by side, on 1-worker servers and (when
+## `server` has --workers) on servers of 4 workers (about a minute).
 compare:
 	python3 scripts/compare.py

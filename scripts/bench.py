@@ -8,7 +8,9 @@ on Ctrl-C too; nothing is written outside a temp folder except target/bench/resu
 
 Environment: BENCH_SECONDS (default 2) is the length of each small-query run and BENCH_ROUNDS
 (default 5) how many times each runs (medians are kept); BENCH_FILE_MIB
-(default 1024) the size of the big file; BENCH_CONNECTIONS (default 10000) workload 3's count.
+(default 1024) the size of the big file; BENCH_CONNECTIONS (default 10000) workload 3's count;
+BENCH_ONLY (default all) a comma-separated list of the workloads to run: small, file, many,
+quality (issue 6), w8, unequal, seed (issue 15; `workers` names all three).
 """
 
 import json
@@ -39,6 +41,13 @@ IDEAL = sum(1 / t for t in QUALITY_TIMES)  # 175 requests/s
 QUERY = "SELECT Name FROM COLORS LIMIT 1"
 START_TIMEOUT = 60.0  # seconds a process may take to start listening
 RUN_TIMEOUT = 600.0  # seconds one `client bench` may take before it is stopped
+# Issue 15's workloads: 3 servers x 8 workers of 0 ms, and the quality servers with 4 workers each.
+W8_WORKERS = 8
+UNEQUAL_WORKERS = 4
+UNEQUAL_CLIENTS = 48
+UNEQUAL_IDEAL = UNEQUAL_WORKERS * IDEAL  # 700 requests/s
+GROUPS = {"small", "file", "many", "quality", "w8", "unequal", "seed"}
+ONLY = set(os.environ.get("BENCH_ONLY", ",".join(GROUPS)).replace("workers", "w8,unequal,seed").split(","))
 
 
 def say(text):
@@ -166,6 +175,64 @@ class Watch:
         return {"rss_mib": self.peak_rss_kib / 1024, "threads": self.peak_threads}
 
 
+class Cost:
+    """CPU time and context switches of one process (all its threads, also those started and
+    ended meanwhile) during a run: `perf stat` attached to it, or its /proc CPU times alone
+    when perf cannot run here."""
+
+    def __init__(self, pid, work):
+        self.pid, self.out = pid, work / f"perf-{pid}.csv"
+        self.cpu_before = cpu_seconds(pid)
+        self.perf = None
+        if shutil.which("perf"):
+            self.perf = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "task-clock,context-switches", "-p", str(pid),
+                 "-o", self.out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:  # counting starts once perf holds its event descriptors
+                wait_for("perf stat", lambda: perf_attached(self.perf.pid), timeout=5, proc=self.perf)
+            except RuntimeError:
+                self.stop_perf()
+
+    def stop_perf(self):
+        if self.perf and self.perf.poll() is None:
+            self.perf.send_signal(signal.SIGINT)
+            try:
+                self.perf.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.perf.kill()
+                self.perf.wait(timeout=15)
+
+    def finish(self, requests):
+        cpu = cpu_seconds(self.pid) - self.cpu_before
+        self.stop_perf()
+        counts = {}
+        if self.perf and self.out.exists():
+            for line in self.out.read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+                    counts[fields[2]] = float(fields[0])
+        if "task-clock" in counts:
+            cpu = counts["task-clock"] / 1000  # msec -> s, finer than /proc's 10 ms ticks
+        n = max(1, requests)
+        switches = counts.get("context-switches")
+        return {"cpu_us_per_req": cpu * 1e6 / n,
+                "switches_per_req": None if switches is None else switches / n}
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process, ended threads included (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def perf_attached(perf_pid):
+    try:
+        fds = Path(f"/proc/{perf_pid}/fd").iterdir()
+        return any("perf_event" in os.readlink(fd) for fd in fds)
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # The systems under test.
 
@@ -173,8 +240,8 @@ class Watch:
 class Cluster:
     """Servers of the given processing times, with their own servers file."""
 
-    def __init__(self, procs, work, name, times):
-        self.procs, self.work, self.name = procs, work, name
+    def __init__(self, procs, work, name, times, workers=1):
+        self.procs, self.work, self.name, self.workers = procs, work, name, workers
         self.servers_file = work / f"servers-{name}.json"
         self.servers_file.write_text("[]\n")
         self.addrs = []
@@ -182,7 +249,9 @@ class Cluster:
             log = work / f"server-{name}-{i}.log"
             proc = procs.start(
                 [BIN / "server", str(i), "0", str(t), "--servers-file", self.servers_file,
-                 "--db", "database.json", "--files", "files"],
+                 "--db", "database.json", "--files", "files"]
+                # Only with workers, so the 1-worker cells also run on servers without the flag.
+                + (["--workers", str(workers)] if workers > 1 else []),
                 log, cwd=work, env=quiet_env(),
             )
             self.addrs.append(wait_for(f"server {i}", lambda: listening_addr(log), proc=proc, log=log))
@@ -198,12 +267,12 @@ class Cluster:
         return proc, addr
 
     def start_haproxy(self, balance):
-        """HAProxy doing minilb's job: `first` with maxconn 1 per server, fastest listed first;
-        or `roundrobin` with no maxconn. Its config lives in the temp folder; the system
+        """HAProxy doing minilb's job: `first` with maxconn = the servers' workers, fastest listed
+        first; or `roundrobin` with no maxconn. Its config lives in the temp folder; the system
         service is never involved."""
         port = free_port()
         servers = "\n".join(
-            f"    server s{i} {addr}" + (" maxconn 1" if balance == "first" else "")
+            f"    server s{i} {addr}" + (f" maxconn {self.workers}" if balance == "first" else "")
             for i, addr in enumerate(self.addrs, start=1)
         )
         config = self.work / f"haproxy-{self.name}-{balance}.cfg"
@@ -249,6 +318,42 @@ def bench(addr, *args):
     return json.loads(done.stdout)
 
 
+def costed(proc, work, addr, *args):
+    """A bench run while counting `proc`'s CPU time and context switches per request."""
+    cost = Cost(proc.pid, work)
+    result = bench(addr, *args)
+    result["cost"] = cost.finish(result["requests"])
+    return result
+
+
+def spread(addrs, clients, *args):
+    """The servers reached directly, `clients[i]` clients on `addrs[i]`, all at once: what they
+    give without a proxy. Latencies are the worst server's."""
+    runs = [subprocess.Popen([BIN / "client", "bench", "--json", "--lb", addr, "--clients",
+                              str(n), *map(str, args)], stdout=subprocess.PIPE, text=True)
+            for addr, n in zip(addrs, clients) if n > 0]
+    outs = [json.loads(r.communicate(timeout=RUN_TIMEOUT)[0]) for r in runs]
+    errors = {}
+    for o in outs:
+        for code, n in o["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    return {
+        "requests_per_s": sum(o["requests_per_s"] for o in outs),
+        "ok": sum(o["ok"] for o in outs),
+        "requests": sum(o["requests"] for o in outs),
+        "error_count": sum(o["error_count"] for o in outs),
+        "errors": errors,
+        "latency_ms": {k: max(o["latency_ms"][k] for o in outs) for k in ("p50", "p99")},
+        "fairness": None,
+        "per_server": [o["requests_per_s"] for o in outs],
+    }
+
+
+def split(clients, servers):
+    """`clients` shared as evenly as can be among `servers`."""
+    return [clients // servers + (i < clients % servers) for i in range(servers)]
+
+
 def median_run(runs):
     """One run's numbers, each the median over `runs` (requests/s, every latency, fairness), so
     one disturbed round on this shared machine moves none of them."""
@@ -258,7 +363,8 @@ def median_run(runs):
     result = dict(sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2])
     result["latency_ms"] = {k: median([r["latency_ms"][k] for r in runs])
                             for k in runs[0]["latency_ms"]}
-    result["fairness"] = median([r["fairness"] for r in runs])
+    if runs[0]["fairness"] is not None:  # None for the servers driven directly
+        result["fairness"] = median([r["fairness"] for r in runs])
     # Errors are never a median: every failed request of every round counts.
     result["error_count"] = sum(r["error_count"] for r in runs)
     result["errors"] = {}
@@ -266,6 +372,9 @@ def median_run(runs):
         for code, n in r["errors"].items():
             result["errors"][code] = result["errors"].get(code, 0) + n
     result["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+    if "cost" in runs[0]:
+        result["cost"] = {k: median([r["cost"][k] for r in runs]) if runs[0]["cost"][k] is not None
+                          else None for k in runs[0]["cost"]}
     return result
 
 
@@ -317,6 +426,9 @@ def make_data(work):
     for f in (ROOT / "data" / "files").iterdir():
         shutil.copy(f, work / "files" / f.name)
     (work / "database.json").write_text('{"path": "colors.db", "writable": false}\n')
+    if "file" not in ONLY:
+        return
+    say(f"Writing a {FILE_MIB} MiB file in {work}...")
     # Real bytes, not a sparse file: 1 MiB of random data repeated.
     block = os.urandom(1 << 20)
     with open(work / "files" / "big.bin", "wb") as f:
@@ -351,8 +463,46 @@ def machine():
 HAPROXY = None
 
 
+def interleaved(label, systems, clients, *args):
+    """Each system once per round, ROUNDS rounds, so a load swing on this shared machine hits
+    every column alike; per system, the median of each number over the rounds. `systems` maps
+    a name to a function running `client bench` with `clients` and `args` against it."""
+    runs = {name: [] for name in systems}
+    for n in range(ROUNDS):
+        for name, run in systems.items():
+            say(f"{label} -> {name} (round {n + 1} of {ROUNDS})")
+            runs[name].append(run(clients, *args))
+    return {name: median_run(r) for name, r in runs.items()}
+
+
+def query_args(mode):
+    return ["--duration", SECONDS, "--request", QUERY] + (["--new-connection"] if mode == "new" else [])
+
+
 def run_all(procs, work):
-    results = {"small": {}, "file": {}, "many": {}, "quality": {}}
+    results = {}
+    if ONLY & {"small", "file", "many"}:
+        run_one_server(procs, work, results)
+    if "quality" in ONLY:
+        # 4. Balancing quality: three unequal servers, 32 persistent clients.
+        three = Cluster(procs, work, "three", QUALITY_TIMES)
+        results["quality"] = quality(three, 32, "4. balancing quality")
+    if ONLY & {"w8", "unequal"} and not has_workers():
+        say("Skipping the workloads with workers: `server` has no --workers flag")
+        ONLY.difference_update({"w8", "unequal"})
+    if "w8" in ONLY:
+        results["w8"] = run_queries(procs, work, "w8", W8_WORKERS,
+                                    [("persistent", 1), ("persistent", 32), ("persistent", 256), ("new", 32)])
+    if "unequal" in ONLY:
+        unequal = Cluster(procs, work, "unequal", QUALITY_TIMES, UNEQUAL_WORKERS)
+        results["unequal"] = quality(unequal, UNEQUAL_CLIENTS, "6. unequal servers with workers")
+    if "seed" in ONLY:
+        results["seed"] = run_queries(procs, work, "seed", 1, [("persistent", 32)])
+    return results
+
+
+def run_one_server(procs, work, results):
+    """Workloads 1 to 3 (issue 6), on one server of 0 ms."""
     one = Cluster(procs, work, "one", [0])
     direct = one.addrs[0]
     lb, lb_addr = one.start_minilb()
@@ -361,80 +511,104 @@ def run_all(procs, work):
         targets["haproxy-first"] = one.start_haproxy("first")
         targets["haproxy-rr"] = one.start_haproxy("roundrobin")
 
-    # 1. Small query: per-connection and persistent, 1 and 32 clients. The targets take turns
-    # within each round, so a load swing on this shared machine hits every column alike; each
-    # cell keeps, per target, the median of each number over the rounds.
-    for mode in ("new", "persistent"):
-        for clients in (1, 32):
-            cell = f"{mode}-{clients}"
-            rounds = {name: [] for name in targets if not (name == "haproxy-rr" and mode == "new")}
-            for n in range(ROUNDS):
-                for name in rounds:
-                    say(f"1. small query, {mode} connection, {clients} clients -> {name} "
-                        f"(round {n + 1} of {ROUNDS})")
-                    args = ["--clients", clients, "--duration", SECONDS, "--request", QUERY]
-                    if mode == "new":
-                        args.append("--new-connection")
-                    rounds[name].append(bench(targets[name][1], *args))
-            results["small"][cell] = {name: median_run(runs) for name, runs in rounds.items()}
+    # 1. Small query: per-connection and persistent, 1 and 32 clients.
+    if "small" in ONLY:
+        results["small"] = {}
+        for mode in ("new", "persistent"):
+            for clients in (1, 32):
+                systems = {name: (lambda n, *a, addr=addr: bench(addr, "--clients", n, *a))
+                           for name, (_, addr) in targets.items()
+                           if not (name == "haproxy-rr" and mode == "new")}
+                results["small"][f"{mode}-{clients}"] = interleaved(
+                    f"1. small query, {mode} connection, {clients} clients", systems, clients,
+                    *query_args(mode))
 
     # 2. The big file, three times, one client; rounds interleaved as above, median MB/s kept,
     # with the highest peak RSS of all rounds.
-    names = [name for name in targets if name != "haproxy-rr"]
-    rounds = {name: [] for name in names}
-    for n in range(FILE_ROUNDS):
-        for name in names:
-            proc, addr = targets[name]
-            say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {FILE_ROUNDS})")
-            rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
-                                         "--request", "file big.bin"))
-    for name, runs in rounds.items():
-        median = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
-        median["rounds_mb_per_s"] = [r["mb_per_s"] for r in runs]
-        median["error_count"] = sum(r["error_count"] for r in runs)
-        if targets[name][0] is not None:
-            median["process"] = {"rss_mib": max(r["process"]["rss_mib"] for r in runs)}
-        results["file"][name] = median
+    if "file" in ONLY:
+        names = [name for name in targets if name != "haproxy-rr"]
+        rounds = {name: [] for name in names}
+        for n in range(FILE_ROUNDS):
+            for name in names:
+                proc, addr = targets[name]
+                say(f"2. {FILE_MIB} MiB file x3 -> {name} (round {n + 1} of {FILE_ROUNDS})")
+                rounds[name].append(measured(proc, addr, "--clients", 1, "--requests", 3,
+                                             "--request", "file big.bin"))
+        results["file"] = {}
+        for name, runs in rounds.items():
+            median = dict(sorted(runs, key=lambda r: r["mb_per_s"])[len(runs) // 2])
+            median["rounds_mb_per_s"] = [r["mb_per_s"] for r in runs]
+            median["error_count"] = sum(r["error_count"] for r in runs)
+            if targets[name][0] is not None:
+                median["process"] = {"rss_mib": max(r["process"]["rss_mib"] for r in runs)}
+            results["file"][name] = median
 
     # 3. Many connections open at once, then one request each.
-    for name, (proc, addr) in targets.items():
-        if name == "haproxy-rr":
-            continue
-        say(f"3. {CONNECTIONS} connections at once, one request each -> {name}")
-        results["many"][name] = measured(proc, addr, "--clients", CONNECTIONS, "--requests",
-                                         CONNECTIONS, "--connect-first", "--request", QUERY)
+    if "many" in ONLY:
+        results["many"] = {}
+        for name, (proc, addr) in targets.items():
+            if name == "haproxy-rr":
+                continue
+            say(f"3. {CONNECTIONS} connections at once, one request each -> {name}")
+            results["many"][name] = measured(proc, addr, "--clients", CONNECTIONS, "--requests",
+                                             CONNECTIONS, "--connect-first", "--request", QUERY)
     for name, (proc, _) in targets.items():
         if proc is not None:
             procs.stop(proc)
 
-    # 4. Balancing quality: three unequal servers, 32 persistent clients.
-    three = Cluster(procs, work, "three", QUALITY_TIMES)
-    quality = {"minilb": three.start_minilb()}
+
+def run_queries(procs, work, name, workers, cells):
+    """Small queries on three servers of 0 ms with `workers` each, for each (mode, clients) of
+    `cells`: minilb and HAProxy, with their CPU time and context switches per request, and the
+    servers driven directly with the clients spread over them."""
+    cluster = Cluster(procs, work, name, [0, 0, 0], workers)
+    started = {"minilb": cluster.start_minilb()}
     if HAPROXY:
-        quality["haproxy-first"] = three.start_haproxy("first")
-        quality["haproxy-rr"] = three.start_haproxy("roundrobin")
-    for name, (proc, addr) in quality.items():
-        say(f"4. balancing quality, 32 persistent clients for {QUALITY_SECONDS:.0f} s -> {name}")
-        results["quality"][name] = bench(addr, "--clients", 32, "--duration", QUALITY_SECONDS,
-                                         "--request", QUERY)
-    say("4. the servers' own ceiling: each driven directly by one client, all at once")
-    results["quality"]["direct"] = servers_ceiling(three.addrs)
+        started["haproxy-first"] = cluster.start_haproxy("first")
+        started["haproxy-rr"] = cluster.start_haproxy("roundrobin")
+    results = {}
+    for mode, clients in cells:
+        # HAProxy first (maxconn = workers) for new connections and for the 1-worker servers
+        # (minilb's own job); roundrobin for persistent connections on servers with workers.
+        haproxy = "haproxy-first" if mode == "new" or workers == 1 else "haproxy-rr"
+        systems = {"direct": lambda n, *a: spread(cluster.addrs, split(n, len(cluster.addrs)), *a)}
+        for system in ("minilb", haproxy):
+            if system in started:
+                proc, addr = started[system]
+                systems[system] = lambda n, *a, proc=proc, addr=addr: costed(
+                    proc, work, addr, "--clients", n, *a)
+        results[f"{mode}-{clients}"] = interleaved(
+            f"{name}: 3 servers x {workers} workers, {mode} connection, {clients} clients",
+            systems, clients, *query_args(mode))
+    for proc, _ in started.values():
+        procs.stop(proc)
     return results
 
 
-def servers_ceiling(addrs):
-    """What the servers can do at most: each one kept busy by its own client, all at the same
-    time. Their processing time is a sleep, and a sleep overshoots; this shows by how much."""
-    cmds = [[BIN / "client", "bench", "--json", "--lb", addr, "--clients", "1", "--duration",
-             str(QUALITY_SECONDS), "--request", QUERY] for addr in addrs]
-    runs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in cmds]
-    outs = [json.loads(r.communicate(timeout=RUN_TIMEOUT)[0]) for r in runs]
-    return {
-        "requests_per_s": sum(o["requests_per_s"] for o in outs),
-        "fairness": None,
-        "latency_ms": {"p99": max(o["latency_ms"]["p99"] for o in outs)},
-        "per_server": [o["requests_per_s"] for o in outs],
-    }
+def quality(cluster, clients, label):
+    """Balancing quality on unequal servers: `clients` persistent clients for QUALITY_SECONDS
+    through minilb and HAProxy, and the servers' own ceiling (each kept busy directly by one
+    client per worker, all at once; their processing time is a sleep, which overshoots)."""
+    started = {"minilb": cluster.start_minilb()}
+    if HAPROXY:
+        started["haproxy-first"] = cluster.start_haproxy("first")
+        started["haproxy-rr"] = cluster.start_haproxy("roundrobin")
+    results = {}
+    for name, (proc, addr) in started.items():
+        say(f"{label}, {clients} persistent clients for {QUALITY_SECONDS:.0f} s -> {name}")
+        results[name] = bench(addr, "--clients", clients, "--duration", QUALITY_SECONDS,
+                              "--request", QUERY)
+        cluster.procs.stop(proc)
+    say(f"{label}: the servers' own ceiling, driven directly")
+    results["direct"] = spread(cluster.addrs, [cluster.workers] * len(cluster.addrs), "--duration",
+                               QUALITY_SECONDS, "--request", QUERY)
+    return results
+
+
+def has_workers():
+    """Whether this build's `server` takes --workers (issue 15)."""
+    out = subprocess.run([BIN / "server", "--help"], capture_output=True, text=True).stdout
+    return "--workers" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,32 +636,48 @@ def table(results):
     rps = lambda r: r["requests_per_s"]
     p50 = lambda r: r["latency_ms"]["p50"]
     p99 = lambda r: r["latency_ms"]["p99"]
-    for cell, cells in results["small"].items():
-        mode, clients = cell.split("-")
-        label = f"1 query, {'new conn' if mode == 'new' else 'persistent'}, {clients} cl"
-        compare = "haproxy-first" if mode == "new" else "haproxy-rr"
-        row(f"{label}: req/s", cells, rps, 0, compare)
-        row(f"{label}: p50 ms", cells, p50, 3, compare)
-        row(f"{label}: p99 ms", cells, p99, 3, compare)
-        row(f"{label}: errors", cells, lambda r: r["error_count"], 0, compare)
-        if clients != "1":
-            row(f"{label}: fairness", cells, lambda r: r["fairness"], 3, compare)
-    f = results["file"]
-    row(f"2 file {FILE_MIB} MiB x3: MB/s", f, lambda r: r["mb_per_s"], 0)
-    row("2 file: errors", f, lambda r: r["error_count"], 0)
-    row("2 file: balancer peak RSS MiB", f, lambda r: r.get("process", {}).get("rss_mib"), 1)
-    m = results["many"]
-    row(f"3 {CONNECTIONS} conns: answered OK", m, lambda r: r["ok"], 0)
-    row(f"3 {CONNECTIONS} conns: errors", m, lambda r: r["error_count"], 0)
-    row(f"3 {CONNECTIONS} conns: connect errors", m, lambda r: r["errors"].get("connect", 0), 0)
-    row(f"3 {CONNECTIONS} conns: p99 ms", m, p99, 1)
-    row(f"3 {CONNECTIONS} conns: peak RSS MiB", m, lambda r: r.get("process", {}).get("rss_mib"), 1)
-    row(f"3 {CONNECTIONS} conns: peak threads", m, lambda r: r.get("process", {}).get("threads"), 0)
-    q = results["quality"]
-    row("4 quality: req/s", q, rps, 1)
-    row(f"4 quality: achieved/ideal({IDEAL:.0f})", q, lambda r: r["requests_per_s"] / IDEAL, 3)
-    row("4 quality: Jain's fairness", q, lambda r: r["fairness"], 3)
-    row("4 quality: p99 ms", q, p99, 1)
+
+    def query_rows(prefix, group, workers=None):
+        for cell, cells in results.get(group, {}).items():
+            mode, clients = cell.split("-")
+            label = f"{prefix}, {'new conn' if mode == 'new' else 'persistent'}, {clients} cl"
+            compare = "haproxy-first" if mode == "new" or workers == 1 else "haproxy-rr"
+            row(f"{label}: req/s", cells, rps, 0, compare)
+            row(f"{label}: p50 ms", cells, p50, 3, compare)
+            row(f"{label}: p99 ms", cells, p99, 3, compare)
+            row(f"{label}: errors", cells, lambda r: r["error_count"], 0, compare)
+            if clients != "1":
+                row(f"{label}: fairness", cells, lambda r: r["fairness"], 3, compare)
+            if workers is not None:
+                row(f"{label}: CPU us/req", cells, lambda r: r.get("cost", {}).get("cpu_us_per_req"), 1, compare)
+                row(f"{label}: ctx switches/req", cells, lambda r: r.get("cost", {}).get("switches_per_req"), 2, compare)
+
+    def quality_rows(prefix, q, ideal):
+        row(f"{prefix}: req/s", q, rps, 1)
+        row(f"{prefix}: achieved/ideal({ideal:.0f})", q, lambda r: r["requests_per_s"] / ideal, 3)
+        row(f"{prefix}: Jain's fairness", q, lambda r: r["fairness"], 3)
+        row(f"{prefix}: p99 ms", q, p99, 1)
+
+    query_rows("1 query", "small")
+    if "file" in results:
+        f = results["file"]
+        row(f"2 file {FILE_MIB} MiB x3: MB/s", f, lambda r: r["mb_per_s"], 0)
+        row("2 file: errors", f, lambda r: r["error_count"], 0)
+        row("2 file: balancer peak RSS MiB", f, lambda r: r.get("process", {}).get("rss_mib"), 1)
+    if "many" in results:
+        m = results["many"]
+        row(f"3 {CONNECTIONS} conns: answered OK", m, lambda r: r["ok"], 0)
+        row(f"3 {CONNECTIONS} conns: errors", m, lambda r: r["error_count"], 0)
+        row(f"3 {CONNECTIONS} conns: connect errors", m, lambda r: r["errors"].get("connect", 0), 0)
+        row(f"3 {CONNECTIONS} conns: p99 ms", m, p99, 1)
+        row(f"3 {CONNECTIONS} conns: peak RSS MiB", m, lambda r: r.get("process", {}).get("rss_mib"), 1)
+        row(f"3 {CONNECTIONS} conns: peak threads", m, lambda r: r.get("process", {}).get("threads"), 0)
+    if "quality" in results:
+        quality_rows("4 quality", results["quality"], IDEAL)
+    query_rows(f"5 3x{W8_WORKERS} workers", "w8", W8_WORKERS)
+    if "unequal" in results:
+        quality_rows(f"6 3x{UNEQUAL_WORKERS} workers, {UNEQUAL_CLIENTS} cl", results["unequal"], UNEQUAL_IDEAL)
+    query_rows("7 3x1 worker", "seed", 1)
 
     widths = [max(len(r[i]) for r in rows + [["workload"] + HEADS]) for i in range(len(HEADS) + 1)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
@@ -499,9 +689,68 @@ def table(results):
 
 
 def targets(results):
-    """Each target of issue 6: (label, met: bool or None when it cannot be judged, evidence)."""
+    """Each target of issues 6 and 15: (label, met: bool or None when it cannot be judged,
+    evidence)."""
     out = []
-    small = results["small"]
+    if "small" in results:
+        out += small_targets(results["small"])
+
+    if "file" in results:
+        f = results["file"]
+        if "haproxy-first" in f:
+            r = f["minilb"]["mb_per_s"] / f["haproxy-first"]["mb_per_s"]
+            out.append(("2 MB/s >= 0.9x HAProxy", r >= 0.9, f"{r:.2f}x"))
+        else:
+            out.append(("2 MB/s >= 0.9x HAProxy", None, "no HAProxy"))
+        rss = f["minilb"]["process"]["rss_mib"]
+        out.append(("2 balancer RSS < 32 MiB while streaming", rss < 32, f"{rss:.1f} MiB"))
+
+    if "many" in results:
+        m = results["many"]["minilb"]
+        out.append((f"3 all {CONNECTIONS} answered, no error", m["ok"] == CONNECTIONS and m["error_count"] == 0,
+                    f"{m['ok']} OK, errors {m['errors'] or 'none'}"))
+        rss = m["process"]["rss_mib"]
+        out.append(("3 balancer RSS <= 200 MiB", rss <= 200, f"{rss:.1f} MiB, {m['process']['threads']} threads"))
+
+    if "quality" in results:
+        out += quality_targets("4", results["quality"], IDEAL)
+
+    def vs(cell, haproxy, key, label, better):
+        """minilb over HAProxy on `key` in `cell`, judged by `better(ratio)`."""
+        if haproxy not in cell:
+            return (label, None, "no HAProxy")
+        r = key(cell["minilb"]) / key(cell[haproxy])
+        return (label, better(r), f"{r:.2f}x")
+
+    rps = lambda r: r["requests_per_s"]
+    p50 = lambda r: r["latency_ms"]["p50"]
+    p99 = lambda r: r["latency_ms"]["p99"]
+    cpu = lambda r: r["cost"]["cpu_us_per_req"]
+    at_least, at_most = (lambda r: r >= 1), (lambda r: r <= 1)
+    if "w8" in results:
+        w = results["w8"]
+        c32, c256, c1, new = w["persistent-32"], w["persistent-256"], w["persistent-1"], w["new-32"]
+        out.append(vs(c32, "haproxy-rr", rps, "5 32 cl on workers: req/s >= 1.0x rr", at_least))
+        out.append(vs(c32, "haproxy-rr", p99, "5 32 cl on workers: p99 <= rr", at_most))
+        out.append(vs(c256, "haproxy-rr", rps, "5 256 cl on workers: req/s >= 1.0x rr", at_least))
+        out.append(("5 256 cl on workers: no errors", c256["minilb"]["error_count"] == 0,
+                    f"{c256['minilb']['error_count']} errors"))
+        out.append(vs(c1, "haproxy-rr", p50, "5 1 cl on workers: p50 <= HAProxy's", at_most))
+        out.append(vs(new, "haproxy-first", rps, "5 new conn 32 cl: req/s >= first", at_least))
+        out.append(vs(new, "haproxy-first", p99, "5 new conn 32 cl: p99 <= first", at_most))
+        out.append(vs(c32, "haproxy-rr", cpu, "5 32 cl on workers: CPU/req <= HAProxy", at_most))
+    if "unequal" in results:
+        out += quality_targets("6", results["unequal"], UNEQUAL_IDEAL)
+    if "seed" in results:
+        s = results["seed"]["persistent-32"]
+        out.append(vs(s, "haproxy-first", rps, "7 32 cl on 1-worker: req/s >= first", at_least))
+        out.append(("7 32 cl on 1-worker: fairness >= 0.9", s["minilb"]["fairness"] >= 0.9,
+                    f"{s['minilb']['fairness']:.3f}"))
+    return out
+
+
+def small_targets(small):
+    out = []
 
     def compare(cell):
         return small[cell].get("haproxy-first" if cell.startswith("new") else "haproxy-rr")
@@ -520,31 +769,17 @@ def targets(results):
               for c in ("new-1", "persistent-1")}
     out.append(("1 p50 at 1 client <= 2.2x direct", all(r <= 2.2 for r in ratios.values()),
                 ", ".join(f"{c}: {r:.2f}x" for c, r in ratios.items())))
-
-    f = results["file"]
-    if "haproxy-first" in f:
-        r = f["minilb"]["mb_per_s"] / f["haproxy-first"]["mb_per_s"]
-        out.append(("2 MB/s >= 0.9x HAProxy", r >= 0.9, f"{r:.2f}x"))
-    else:
-        out.append(("2 MB/s >= 0.9x HAProxy", None, "no HAProxy"))
-    rss = f["minilb"]["process"]["rss_mib"]
-    out.append(("2 balancer RSS < 32 MiB while streaming", rss < 32, f"{rss:.1f} MiB"))
-
-    m = results["many"]["minilb"]
-    out.append((f"3 all {CONNECTIONS} answered, no error", m["ok"] == CONNECTIONS and m["error_count"] == 0,
-                f"{m['ok']} OK, errors {m['errors'] or 'none'}"))
-    rss = m["process"]["rss_mib"]
-    out.append(("3 balancer RSS <= 200 MiB", rss <= 200, f"{rss:.1f} MiB, {m['process']['threads']} threads"))
-
-    q = results["quality"]
-    r = q["minilb"]["requests_per_s"] / IDEAL
-    others = ", ".join(f"{n} {q[n]['requests_per_s'] / IDEAL:.3f}" for n in q if n != "minilb")
-    others = others.replace("direct", "servers' ceiling")
-    out.append(("4 >= 0.97 of the ideal", r >= 0.97, f"{r:.3f}" + (f" ({others})" if others else "")))
-    fair = q["minilb"]["fairness"]
-    others = ", ".join(f"{n} {q[n]['fairness']:.3f}" for n in q if n not in ("minilb", "direct"))
-    out.append(("4 Jain's fairness >= 0.9", fair >= 0.9, f"{fair:.3f}" + (f" ({others})" if others else "")))
     return out
+
+
+def quality_targets(n, q, ideal):
+    r = q["minilb"]["requests_per_s"] / ideal
+    others = ", ".join(f"{name} {q[name]['requests_per_s'] / ideal:.3f}" for name in q if name != "minilb")
+    others = others.replace("direct", "servers' ceiling")
+    fair = q["minilb"]["fairness"]
+    fairs = ", ".join(f"{name} {q[name]['fairness']:.3f}" for name in q if name not in ("minilb", "direct"))
+    return [(f"{n} >= 0.97 of the ideal", r >= 0.97, f"{r:.3f}" + (f" ({others})" if others else "")),
+            (f"{n} Jain's fairness >= 0.9", fair >= 0.9, f"{fair:.3f}" + (f" ({fairs})" if fairs else ""))]
 
 
 def main():
@@ -552,6 +787,10 @@ def main():
     if len(sys.argv) > 1:  # no options: the environment variables above are the knobs
         print(__doc__.strip())
         return 0 if sys.argv[1] in ("-h", "--help") else 2
+    if ONLY - GROUPS:
+        say(f"BENCH_ONLY: unknown workloads {', '.join(sorted(ONLY - GROUPS))}; known: "
+            f"{', '.join(sorted(GROUPS))}, workers")
+        return 2
     limit = raise_open_files()
     say("Building (release)...")
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -568,7 +807,6 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="minilb-bench-"))
     started = time.monotonic()
     try:
-        say(f"Writing a {FILE_MIB} MiB file in {work}...")
         make_data(work)
         results = run_all(procs, work)
     except KeyboardInterrupt:
@@ -590,17 +828,18 @@ def main():
     print(f"minilb bench: {info['nproc']} cores ({info['cpu']}), Linux {info['kernel']}, "
           f"{info['rustc']}, {info['haproxy']}")
     print(f"load average {info['load_before']:.2f} before, {info['load_after']:.2f} after; "
-          f"small queries: medians of {ROUNDS} interleaved runs of {SECONDS:g} s (errors: all runs); ratios are minilb over HAProxy (first, maxconn 1 "
-          f"per server; roundrobin for persistent connections) and over direct")
+          f"small queries: medians of {ROUNDS} interleaved runs of {SECONDS:g} s (errors: all runs); ratios are minilb over HAProxy (first, maxconn "
+          f"= the servers' workers; roundrobin for persistent connections on servers with workers) "
+          f"and over direct; CPU and context switches: the proxy process's, per request")
     print()
     print(table(results))
-    print("(workload 4's direct column: the three servers each kept busy by its own client at "
-          "once, their ceiling)")
+    print("(direct column of workloads 4 to 7: the three servers driven directly at once, the "
+          "clients spread over them; in 4 and 6 one client per worker, their ceiling)")
     print()
-    print("targets (issue 6)")
+    print("targets (issues 6 and 15)")
     for label, met, evidence in targets(results):
         verdict = "n/a" if met is None else ("met" if met else "NOT MET")
-        print(f"  {label:<42} {verdict:<8} {evidence}")
+        print(f"  {label:<44} {verdict:<8} {evidence}")
     print(f"\nraw numbers: {out / 'results.json'}")
     return 0
 
