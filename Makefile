@@ -8,9 +8,10 @@ all: build
 build:
 	$(CARGO) build --release
 
-## Unit tests, the integration tests that start the real binaries, and the dashboard in a
-## browser (skipped with a message when Chromium is not installed).
+## Unit tests, the integration tests that start the real binaries (PostgreSQL's installed first
+## when missing and root), and the dashboard in a browser (skipped when Chromium is not installed).
 test:
+	scripts/install-postgres.sh
 	$(CARGO) test --all-targets
 	scripts/test-browser.sh
 

@@ -19,13 +19,13 @@ pub enum Code {
     Forbidden,
     /// `too_large`: the request or the reply is over a limit.
     TooLarge,
-    /// `sql`: SQLite refused or failed the query.
+    /// `sql`: the database refused or failed the query.
     Sql,
     /// `timeout`: something took longer than its limit.
     Timeout,
     /// `busy`: every server stayed busy for too long, or too many clients.
     Busy,
-    /// `unavailable`: no server could answer.
+    /// `unavailable`: no server could answer, or a server's database cannot be reached.
     Unavailable,
     /// `internal`: a fault on our side (an I/O error reading a file, say).
     Internal,

@@ -174,7 +174,12 @@ fn read_only_is_enforced_by_postgres() {
 fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     let Some(pg) = Postgres::start() else { return };
     let dir = pg_dir(&pg, OWNER, true);
-    let server = start_server(&dir, 1, 0.0, &["--query-timeout", "1"]);
+    let server = start_server(
+        &dir,
+        1,
+        0.0,
+        &["--query-timeout", "1", "--max-reply", "100000"],
+    );
     let mut wire = Wire::connect(server.addr);
     let started = Instant::now();
     let reply = wire.request("SELECT pg_sleep(100)");
@@ -222,6 +227,29 @@ fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     );
     let reply = wire.request("SELECT now()::text AS t");
     assert!(reply.is_ok(), "{reply:?}");
+    // PostgreSQL's types, written as SQLite's values are.
+    let reply = wire.request("SELECT '\\x00ff'::bytea AS b, 0.1::float4 AS f, 1e20::float8 AS g, -12345.678900 AS n, 0.00001 AS m, true AS t, NULL::int AS z");
+    assert_eq!(
+        reply.text(),
+        "b: X'00FF'\nf: 0.1\ng: 100000000000000000000\nn: -12345.678900\nm: 0.00001\nt: 1\nz: NULL\n"
+    );
+    // Requests that end badly leave a connection that serves the next one.
+    for (sql, code) in [
+        ("SELECT repeat('x', 200000) AS x", "too_large"),
+        (
+            "SELECT repeat('x', 100) AS x FROM colors a, colors b, colors c",
+            "too_large",
+        ),
+        ("COPY colors TO STDOUT", "sql"),
+        ("COPY colors FROM STDIN", "unavailable"),
+    ] {
+        assert_eq!(wire.request(sql).code(), Some(code), "{sql}");
+        assert_eq!(
+            wire.request("SELECT 2 AS n").text(),
+            "n: 2\n",
+            "after {sql}"
+        );
+    }
 }
 
 #[test]
@@ -290,5 +318,30 @@ fn the_database_stopped_and_restarted_under_load() {
             server.child.try_wait().unwrap().is_none(),
             "a server exited"
         );
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_named_with_its_password_hidden() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = TestDir::new(false);
+    let config = dir.path.join("database.json");
+    let url = format!("postgres://minilb:s3cret@127.0.0.1:{port}/colors");
+    fs::write(&config, format!("{{\"url\": \"{url}\"}}")).unwrap();
+    let err = refused_start(&dir);
+    let shown = format!("cannot connect to database postgres://minilb:***@127.0.0.1:{port}/colors");
+    assert!(err.contains(&shown), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    for both_or_none in [
+        format!("{{\"path\": \"colors.db\", \"url\": \"{url}\"}}"),
+        "{\"writable\": true}".to_string(),
+    ] {
+        fs::write(&config, both_or_none).unwrap();
+        let err = refused_start(&dir);
+        assert!(err.contains("must name exactly one database"), "{err}");
     }
 }

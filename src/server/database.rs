@@ -1,5 +1,7 @@
-//! The database every server shares: `database.json` names an SQLite file; the first server
-//! to start creates it from a CSV seed. Queries run here and come back as the protocol's text.
+//! The database every server shares: `database.json` names an SQLite file, or a PostgreSQL
+//! database ([`super::postgres`], for servers on several machines); the first server to start
+//! creates the `COLORS` table from a CSV seed. Queries run here and come back as the
+//! protocol's text, written for both engines by [`push_value`].
 //!
 //! Read-only mode is enforced by SQLite (the file is opened `SQLITE_OPEN_READ_ONLY`), never by
 //! looking at the SQL text; so are the other refusals ([`super::authorizer`]) and the limits:
@@ -109,6 +111,24 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(5),
             max_reply: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl QueryLimits {
+    /// The error for a reply over the limit, from either engine.
+    pub(crate) fn too_large(&self) -> Error {
+        Code::TooLarge.msg(format!(
+            "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
+            self.max_reply
+        ))
+    }
+
+    /// The error for a query stopped at the time limit, from either engine.
+    pub(crate) fn timed_out(&self) -> Error {
+        Code::Timeout.msg(format!(
+            "query ran longer than {:.1} s and was stopped",
+            self.timeout.as_secs_f64()
+        ))
     }
 }
 
@@ -270,12 +290,7 @@ impl Sqlite {
     }
 
     fn map_error(&self, e: QueryError) -> Error {
-        let too_large = || {
-            Code::TooLarge.msg(format!(
-                "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
-                self.limits.max_reply
-            ))
-        };
+        let too_large = || self.limits.too_large();
         // A refused function shows as a plain SQLite error, a refused statement as
         // `SQLITE_AUTH`: the authorizer's own record says which, and why.
         if let Some(why) = self.authorizer.take_refusal() {
@@ -289,10 +304,7 @@ impl Sqlite {
                 }
                 Some(ErrorCode::TooBig) => too_large(),
                 Some(ErrorCode::ReadOnly) if !self.writable => Code::Forbidden.msg("the database is read-only; set \"writable\": true in database.json to allow writes"),
-                Some(ErrorCode::OperationInterrupted) => Code::Timeout.msg(format!(
-                    "query ran longer than {:.1} s and was stopped",
-                    self.limits.timeout.as_secs_f64()
-                )),
+                Some(ErrorCode::OperationInterrupted) => self.limits.timed_out(),
                 _ => match e {
                     rusqlite::Error::MultipleStatement => {
                         Code::Sql.msg("send one SQL statement per request")

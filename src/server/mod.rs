@@ -1,7 +1,7 @@
 //! The backend server: serves files from a folder and runs SQL on the shared database, one
 //! request at a time, each taking at least `processing_time` (the server's simulated power).
 //!
-//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file) and its
+//! Parts: [`handler`] (one connection), [`database`] (the shared SQLite file, or PostgreSQL in `postgres`) and its
 //! [`authorizer`] (what SQL may do), [`file_store`] (the files folder), [`registration`] (the
 //! servers file, or joining a balancer over the network).
 

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ::postgres::error::SqlState;
-use ::postgres::types::{FromSql, Type};
+use ::postgres::types::{FromSql, ToSql, Type};
 use ::postgres::{Client, Config, NoTls};
 use rusqlite::types::ValueRef;
 
@@ -84,9 +84,9 @@ impl Postgres {
             }
             let can_write: bool = client
                 .query_one(
-                    "SELECT has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
+                    "SELECT coalesce(has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
                      OR has_schema_privilege(current_schema(), 'CREATE') \
-                     OR has_database_privilege(current_database(), 'CREATE')",
+                     OR has_database_privilege(current_database(), 'CREATE'), false)",
                     &[],
                 )
                 .map_err(fail)?
@@ -105,6 +105,7 @@ impl Postgres {
         })
     }
 
+    /// Runs one statement, then clears the session; see [`super::database::Database::query`].
     pub(crate) fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         let (limits, name) = (self.limits, self.name.clone());
         let client = self.connected()?;
@@ -188,22 +189,14 @@ impl From<::postgres::Error> for Failure {
 impl Failure {
     fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
         let e = match self {
-            Failure::TooLarge => {
-                return Code::TooLarge.msg(format!(
-                "query result is over the {} byte reply limit; add a LIMIT or select fewer columns",
-                limits.max_reply
-            ))
-            }
+            Failure::TooLarge => return limits.too_large(),
             Failure::Unshowable(column) => return Code::Sql.msg(column),
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
             || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         match e.code() {
-            Some(&SqlState::QUERY_CANCELED) => Code::Timeout.msg(format!(
-                "query ran longer than {:.1} s and was stopped",
-                limits.timeout.as_secs_f64()
-            )),
+            Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE)
             | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
             None if lost => {
@@ -256,7 +249,8 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
                 Type::NUMERIC => {
                     text = row
                         .try_get::<_, Option<Raw>>(i)?
-                        .map(|Raw(b)| numeric_text(b).unwrap_or_else(|| "NaN".into()));
+                        // PostgreSQL never sends one cut short.
+                        .map(|Raw(b)| numeric_text(b).unwrap_or_default());
                     text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
                 }
                 Type::BYTEA => row.try_get::<_, Option<&[u8]>>(i)?.map(ValueRef::Blob),
@@ -290,23 +284,15 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
 
 /// Whether a column of this type has a text form here; text types come as their UTF-8 text.
 fn shown(t: &Type) -> bool {
-    [
-        Type::BOOL,
-        Type::INT2,
-        Type::INT4,
-        Type::INT8,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::NUMERIC,
-        Type::BYTEA,
-        Type::TEXT,
-        Type::VARCHAR,
-        Type::BPCHAR,
-        Type::NAME,
-        Type::UNKNOWN,
-        Type::VOID,
-    ]
-    .contains(t)
+    let numbers = matches!(
+        *t,
+        Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC
+    );
+    let texts = matches!(
+        *t,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    );
+    numbers || texts || matches!(*t, Type::FLOAT4 | Type::FLOAT8 | Type::BYTEA | Type::VOID)
 }
 
 /// A value as PostgreSQL sent it (binary format), whatever its type.
@@ -377,7 +363,16 @@ fn message(e: &::postgres::Error) -> String {
 /// `url` with its password replaced by `***`, for messages and logs.
 pub(crate) fn hide_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // The `key=value` form.
+        let words = url.split(' ');
+        let hidden = words.map(|w| {
+            if w.starts_with("password=") {
+                "password=***"
+            } else {
+                w
+            }
+        });
+        return hidden.collect::<Vec<_>>().join(" ");
     };
     match rest.split_once('@') {
         Some((user, host)) if user.contains(':') => {
@@ -409,10 +404,7 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
             .prepare(&format!("INSERT INTO COLORS VALUES ({})", marks.join(", ")))
             .map_err(fail)?;
         for row in &rows {
-            let params: Vec<&(dyn ::postgres::types::ToSql + Sync)> = row
-                .iter()
-                .map(|v| v as &(dyn ::postgres::types::ToSql + Sync))
-                .collect();
+            let params: Vec<&(dyn ToSql + Sync)> = row.iter().map(|v| v as _).collect();
             tx.execute(&insert, &params).map_err(fail)?;
         }
         log::info!(
@@ -422,4 +414,49 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
         );
     }
     tx.commit().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `numeric` in binary format: digit count, weight, sign, scale, base-10000 digits.
+    fn numeric(words: &[u16]) -> Option<String> {
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        numeric_text(&raw)
+    }
+
+    #[test]
+    fn numerics_are_written_as_postgres_writes_them() {
+        assert_eq!(numeric(&[0, 0, 0, 0]).unwrap(), "0");
+        assert_eq!(numeric(&[1, 0, 0, 0, 7]).unwrap(), "7");
+        assert_eq!(numeric(&[1, 1, 0, 0, 1]).unwrap(), "10000");
+        assert_eq!(numeric(&[2, 0, 0, 2, 1, 5000]).unwrap(), "1.50");
+        assert_eq!(
+            numeric(&[3, 1, 0x4000, 6, 1, 2345, 6789]).unwrap(),
+            "-12345.678900"
+        );
+        assert_eq!(numeric(&[1, 0xFFFE, 0, 5, 1000]).unwrap(), "0.00001");
+        assert_eq!(numeric(&[0, 0, 0xC000, 0]).unwrap(), "NaN");
+        assert_eq!(numeric(&[0, 0, 0xF000, 0]).unwrap(), "-Infinity");
+        // Cut short: no panic, no text.
+        assert_eq!(numeric(&[2, 1, 0, 0, 1]), None);
+        assert_eq!(numeric_text(&[0, 1]), None);
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            hide_password("postgres://minilb:s3cret@db:5432/colors"),
+            "postgres://minilb:***@db:5432/colors"
+        );
+        assert_eq!(
+            hide_password("postgres://minilb@db/colors"),
+            "postgres://minilb@db/colors"
+        );
+        assert_eq!(
+            hide_password("host=db user=x password=y"),
+            "host=db user=x password=***"
+        );
+    }
 }
