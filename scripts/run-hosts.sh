@@ -117,7 +117,7 @@ minilb across hosts (network namespaces; logs in $DIR):
 Try, from another terminal in this folder (as root):
   $C $BIN/client 1 --lb $LB:5070 'SELECT * FROM COLORS LIMIT 3;'
   $C $BIN/client 1 --lb $LB:5070 "INSERT INTO COLORS VALUES ('Demo', '#123456', 'rgb(18,52,86)')"
-  $C $BIN/client 1 --lb $LB:5070 "SELECT * FROM COLORS WHERE \"Name\" = 'Demo'"    (again: the other server answers)
+  for i in 1 2; do $C $BIN/client 1 --lb $LB:5070 "SELECT * FROM COLORS WHERE \"Name\" = 'Demo'" & done; wait    (two at once: server 2 reads it too)
   $C $BIN/client 1 --lb $LB:5070      (interactive; 'quit' to leave)
   $C $BIN/server 3 5071 0 --host $NET.5 --join $LB:5080 --token-file $DIR/wrong-token    (refused: wrong token)
 Cut server 2's link, watch the log below take it out in ~3 s, then restore it:
