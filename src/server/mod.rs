@@ -64,7 +64,7 @@ pub struct ServerConfig {
     /// File holding the shared secret for --join (the balancer's --token-file).
     #[arg(long, requires = "join")]
     pub token_file: Option<PathBuf>,
-    /// Database settings (`{"path": "colors.db", "writable": false}`).
+    /// Database settings (`{"path": "colors.db", "writable": false}`, or `"url"` for PostgreSQL).
     #[arg(long, default_value = "data/database.json")]
     pub db: PathBuf,
     /// Folder of files to serve.

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ::postgres::error::SqlState;
+use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::{FromSql, ToSql, Type};
 use ::postgres::{Client, Config, NoTls};
 use rusqlite::types::ValueRef;
@@ -110,14 +111,7 @@ impl Postgres {
         let (limits, name) = (self.limits, self.name.clone());
         let client = self.connected()?;
         let result = run(client, sql, limits).map_err(|e| e.into_error(&limits, &name));
-        let mut cleaned = client.batch_execute("DISCARD ALL");
-        if cleaned
-            .as_ref()
-            .is_err_and(|e| e.code() == Some(&SqlState::QUERY_CANCELED))
-        {
-            // Our cancel of a reply too large came after the query had ended.
-            cleaned = client.batch_execute("DISCARD ALL");
-        }
+        let cleaned = client.batch_execute("DISCARD ALL");
         if cleaned
             .as_ref()
             .is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION))
@@ -178,6 +172,8 @@ enum Failure {
     TooLarge,
     /// A column of a type with no text form here.
     Unshowable(String),
+    /// No statement at all.
+    Empty,
 }
 
 impl From<::postgres::Error> for Failure {
@@ -191,6 +187,7 @@ impl Failure {
         let e = match self {
             Failure::TooLarge => return limits.too_large(),
             Failure::Unshowable(column) => return Code::Sql.msg(column),
+            Failure::Empty => return Code::Sql.msg("the query holds no SQL statement"),
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
@@ -219,11 +216,10 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
             c.name()
         )));
     }
-    let cancel = client.cancel_token();
     let mut rows = client.query_raw(&statement, std::iter::empty::<i32>())?;
     let mut body = String::new();
     let mut count = 0;
-    while let Some(row) = ::postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
+    while let Some(row) = rows.next()? {
         if count > 0 {
             body.push('\n');
         }
@@ -261,8 +257,9 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
             }
             .unwrap_or(ValueRef::Null);
             if !push_value(&mut body, column.name(), value, limits.max_reply) {
-                // Stop PostgreSQL producing rows nobody will read.
-                let _ = cancel.cancel_query(NoTls);
+                // The rest is read and dropped, so the statement ends (or times out) before
+                // the next one: a cancel request could land on the next one instead.
+                while let Ok(Some(_)) = rows.next() {}
                 return Err(Failure::TooLarge);
             }
         }
@@ -272,13 +269,15 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
         body.push_str("No output");
     }
     // A statement with no result columns is a command: INSERT, UPDATE, DELETE, CREATE...
-    let changes = columns
-        .is_empty()
-        .then(|| rows.rows_affected().unwrap_or(0));
+    // Only an empty one (a comment, say) ends with no command tag at all.
+    let changes = columns.is_empty().then(|| rows.rows_affected());
+    if changes == Some(None) {
+        return Err(Failure::Empty);
+    }
     Ok(QueryOutput {
         body: body.into_bytes(),
         rows: count,
-        changes,
+        changes: changes.flatten(),
     })
 }
 
