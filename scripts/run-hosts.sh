@@ -16,6 +16,8 @@ NET="198.19.$(($$ % 256))"
 HOSTS=(lb server1 server2 db client)
 BIN=target/release
 DIR=$(mktemp -d /tmp/minilb-hosts.XXXXXX)
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+PG_DIR=
 pids=()
 tail_pid=
 
@@ -27,6 +29,10 @@ stop() {
   # A background job ignores SIGINT (no job control in a script): tail needs TERM.
   [ -z "$tail_pid" ] || kill "$tail_pid" 2>/dev/null || true
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$PG_DIR" ]; then
+    ip netns exec "${PREFIX}db" runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
   for ns in "${HOSTS[@]}" bridge; do ip netns del "$PREFIX$ns" 2>/dev/null || true; done
   rm -rf "$DIR"
   echo "Stopped; nothing is left."
@@ -56,10 +62,25 @@ for h in "${HOSTS[@]}"; do
 done
 LB="$NET.1"
 
-# Both servers open the same SQLite file (the namespaces share this machine's folders).
 cp data/colors.csv "$DIR/"
 cp -r data/files "$DIR/files"
-echo '{"path": "colors.db", "writable": true, "seed": "colors.csv"}' >"$DIR/database.json"
+if [ -n "$PG_BIN" ] && id -u postgres >/dev/null 2>&1; then
+  # A throwaway PostgreSQL on the database's host; the first server creates and fills the table.
+  PG_DIR=$(mktemp -d /tmp/minilb-hosts-pg.XXXXXX)
+  chown postgres: "$PG_DIR"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres --no-sync >/dev/null
+  echo "host all all $NET.0/24 trust" >>"$PG_DIR/data/pg_hba.conf"
+  ip netns exec "${PREFIX}db" runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" \
+    -o "-p 5432 -k $PG_DIR -c listen_addresses=$NET.4" -w start >/dev/null
+  ip netns exec "${PREFIX}db" runuser -u postgres -- "$PG_BIN/psql" -X -q -h "$NET.4" -U postgres \
+    -c "CREATE ROLE minilb LOGIN" -c "CREATE DATABASE colors OWNER minilb"
+  echo "{\"url\": \"postgres://minilb@$NET.4:5432/colors\", \"writable\": true}" >"$DIR/database.json"
+  DB="PostgreSQL at $NET.4:5432 (database colors, role minilb), writable"
+else
+  # Without PostgreSQL both servers open the same SQLite file (the namespaces share folders).
+  echo '{"path": "colors.db", "writable": true, "seed": "colors.csv"}' >"$DIR/database.json"
+  DB="$DIR/colors.db (no PostgreSQL here: apt-get install postgresql), writable"
+fi
 echo '[]' >"$DIR/servers.json"
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/token"
 echo not-the-token >"$DIR/wrong-token"
@@ -90,13 +111,13 @@ cat <<MSG
 minilb across hosts (network namespaces; logs in $DIR):
   loadbalancer  $LB:5070, admin $LB:5080 (joins need the token in $DIR/token)
   server 1      $NET.2:5071 (1 s a request)     server 2   $NET.3:5071 (2 s)
-  database      $DIR/colors.db, writable, shared by both servers
+  database      $DB, shared by both servers
   client host   $NET.5
 
 Try, from another terminal in this folder (as root):
   $C $BIN/client 1 --lb $LB:5070 'SELECT * FROM COLORS LIMIT 3;'
   $C $BIN/client 1 --lb $LB:5070 "INSERT INTO COLORS VALUES ('Demo', '#123456', 'rgb(18,52,86)')"
-  $C $BIN/client 1 --lb $LB:5070 "SELECT * FROM COLORS WHERE Name = 'Demo'"    (again: the other server answers)
+  for i in 1 2; do $C $BIN/client 1 --lb $LB:5070 "SELECT * FROM COLORS WHERE \"Name\" = 'Demo'" & done; wait    (two at once: server 2 reads it too)
   $C $BIN/client 1 --lb $LB:5070      (interactive; 'quit' to leave)
   $C $BIN/server 3 5071 0 --host $NET.5 --join $LB:5080 --token-file $DIR/wrong-token    (refused: wrong token)
 Cut server 2's link, watch the log below take it out in ~3 s, then restore it:

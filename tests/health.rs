@@ -64,3 +64,32 @@ fn a_read_waiting_on_a_dead_server_is_answered_by_another_within_seconds() {
     alive.wait_for_answers(3);
     bystander.finish();
 }
+
+#[test]
+fn a_server_logs_no_line_for_a_health_check() {
+    // Three connections that say nothing (health checks), then a client with a request.
+    let dir = TestDir::new(false);
+    let server = start_server(&dir, 1, 0.0, &[]);
+    let checks: Vec<String> = (0..3)
+        .map(|_| {
+            let check = std::net::TcpStream::connect(server.addr).unwrap();
+            check.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let mut client = Wire::connect(server.addr);
+    let peer = client.writer.local_addr().unwrap().to_string();
+    assert!(client.request("SELECT 1 AS n").is_ok());
+    drop(client);
+    // The server handles connections in order of arrival, each on its thread: once the
+    // client's close is logged, the checks' closes have been seen too (or soon are).
+    wait_until(START_TIMEOUT, || {
+        server
+            .log_text()
+            .contains(&format!("connection with {peer} closed"))
+    });
+    let log = server.log_text();
+    assert!(log.contains(&format!("Connected with {peer}")), "{log}");
+    for check in checks {
+        assert!(!log.contains(&check), "a health check was logged: {log}");
+    }
+}

@@ -413,6 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn breaking_the_exchanges_releases_the_request_waiting_on_a_reply() {
+        let (mut conn, _server) = pair();
+        let s = backend(0.0);
+        let exchange = s.exchange(7, &conn.writer);
+        // The server never answers: the read ends when the connection is broken (before or
+        // while it waits), not after the reply timeout.
+        let released = std::thread::scope(|scope| {
+            let breaker = scope.spawn(|| s.break_exchanges());
+            assert_eq!(conn.read_header(&mut Vec::new()).unwrap(), Line::Eof);
+            breaker.join().unwrap()
+        });
+        drop(exchange);
+        assert_eq!(released, 1);
+    }
+
+    #[test]
+    fn a_finished_exchange_is_not_broken() {
+        let (conn, _server) = pair();
+        let s = backend(0.0);
+        drop(s.exchange(7, &conn.writer));
+        assert_eq!(s.break_exchanges(), 0);
+        assert_eq!(conn.unusable(), None);
+    }
+
+    #[test]
     fn a_header_that_trickles_in_times_out_as_a_whole() {
         let (mut conn, mut server) = pair();
         let writer = std::thread::spawn(move || {

@@ -5,7 +5,7 @@
 //! retried on another server within seconds of a link going dead, whatever
 //! `--server-timeout` says. It comes back through the reconnect path ([`super::membership`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub(crate) fn run(lb: &Balancer, stop: &Receiver<()>) {
             recv(ticks) -> _ => {}
             recv(stop) -> _ => return,
         }
-        let active: Vec<u32> = (lb.queue.snapshot().members.into_iter())
+        let active: HashSet<u32> = (lb.queue.snapshot().members.into_iter())
             .filter(|(_, m)| *m == Membership::Active)
             .map(|(id, _)| id)
             .collect();
@@ -46,11 +46,14 @@ pub(crate) fn run(lb: &Balancer, stop: &Receiver<()>) {
             let timeout = lb.config.check_interval;
             let results: Vec<io::Result<()>> = std::thread::scope(|s| {
                 let checks: Vec<_> = (batch.iter())
-                    .map(|b| s.spawn(move || reachable(&b.addr, timeout)))
+                    .map(|b| {
+                        let thread = std::thread::Builder::new().stack_size(64 * 1024);
+                        thread.spawn_scoped(s, move || reachable(&b.addr, timeout))
+                    })
                     .collect();
-                checks
-                    .into_iter()
-                    .map(|c| c.join().unwrap_or(Ok(())))
+                // A check that could not run (no thread left) is no news.
+                (checks.into_iter())
+                    .map(|c| c.ok().and_then(|c| c.join().ok()).unwrap_or(Ok(())))
                     .collect()
             });
             for (backend, result) in batch.iter().zip(results) {

@@ -169,15 +169,17 @@ struct Counts {
 }
 
 /// Serves one connection until the balancer closes it (returns true) or it times out or breaks.
+/// A connection closed before any request is a health check: not counted.
 fn serve(id: u32, conn: TcpStream, script: &Script, counts: &Counts) -> bool {
     conn.set_read_timeout(Some(FAKE_TIMEOUT)).unwrap();
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
+    let mut requests = 0;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
-            Ok(0) => return true,
-            Ok(_) => {}
+            Ok(0) => return requests > 0,
+            Ok(_) => requests += 1,
             Err(e) => return e.kind() == ErrorKind::ConnectionReset,
         }
         let line = line.trim_end_matches('\n');
