@@ -1,0 +1,192 @@
+//! TLS: the balancer's TLS listener serves the same protocol as the plain one; peers that
+//! speak the wrong one to either port are refused cleanly, a stalled handshake is dropped at
+//! the deadline, and the client names what is wrong with a certificate.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::certs::{self, path, start_tls_balancer};
+use support::*;
+
+/// The client's output for `request` over the plain port and over TLS (exit code, stdout).
+fn both_ways(dir: &TestDir, lb: &Proc, ca: &str, request: &[&str]) -> [(i32, String); 2] {
+    let plain = lb.addr.to_string();
+    let tls = lb.addrs[2].to_string();
+    let mut plain_args = vec![
+        "1",
+        "--lb",
+        &plain,
+        "--download-dir",
+        "downloads",
+        "--force",
+    ];
+    plain_args.extend(request);
+    let mut tls_args = vec!["1", "--lb", &tls, "--tls", "--ca", ca];
+    tls_args.extend(["--download-dir", "downloads", "--force"]);
+    tls_args.extend(request);
+    [plain_args, tls_args].map(|args| {
+        let (code, out, err) = run_client(&dir.path, &args, "");
+        assert_eq!(code, 0, "client {args:?}: {err}");
+        // The timing line differs from run to run.
+        let out = out
+            .lines()
+            .filter(|l| !l.starts_with("Time taken"))
+            .collect::<Vec<_>>();
+        (code, out.join("\n"))
+    })
+}
+
+#[test]
+fn a_query_and_a_file_over_tls_are_byte_identical_to_plain() {
+    let dir = TestDir::new(false);
+    // Big enough to take many TLS records and several relay buffers.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(dir.path.join("files/big.bin"), &big).unwrap();
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_tls_balancer(&dir, 1, &c, &[]);
+    let ca = path(&c.ca);
+
+    let [plain, tls] = both_ways(&dir, &lb, &ca, &["SELECT * FROM COLORS LIMIT 5"]);
+    assert_eq!(plain, tls);
+    assert!(tls.1.contains("Red"), "{tls:?}");
+    for name in ["big.bin", "palette.png"] {
+        both_ways(&dir, &lb, &ca, &["file", name]);
+        let want = fs::read(dir.path.join("files").join(name)).unwrap();
+        assert!(
+            fs::read(dir.downloads().join(name)).unwrap() == want,
+            "{name} differs"
+        );
+    }
+}
+
+#[test]
+fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_tls_balancer(&dir, 1, &c, &[]);
+    let bystander = Bystander::start(lb.addr);
+
+    // Plain text to the TLS port: told so, in plain text, and closed.
+    let mut wire = Wire::connect(lb.addrs[2]);
+    let reply = wire.request("SELECT 1");
+    assert_eq!(reply.code(), Some("bad_request"), "{reply:?}");
+    assert!(reply.header.contains("TLS"), "{reply:?}");
+    wire.expect_closed();
+
+    // TLS to the plain port: the client fails at once with one line, exit code 2.
+    let plain = lb.addr.to_string();
+    let ca = path(&c.ca);
+    let (code, _, err) = run_client(
+        &dir.path,
+        &["1", "--lb", &plain, "--tls", "--ca", &ca, "SELECT 1"],
+        "",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS") && err.lines().count() == 1, "{err}");
+
+    wait_until(Duration::from_secs(10), || {
+        let log = lb.log_text();
+        log.contains("not a TLS handshake") && log.contains("looks like a TLS handshake")
+    });
+    bystander.finish();
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_at_the_deadline() {
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_tls_balancer(&dir, 1, &c, &["--request-timeout", "1"]);
+    let bystander = Bystander::start(lb.addr);
+
+    // The start of a ClientHello record, then nothing.
+    let mut stalled = TcpStream::connect(lb.addrs[2]).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01])
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    // Closed by the balancer (an end of file or a reset), not by the read timeout.
+    let mut rest = Vec::new();
+    if let Err(e) = stalled.read_to_end(&mut rest) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "dropped after {waited:?}");
+    wait_until(Duration::from_secs(10), || {
+        lb.log_text().contains("no TLS handshake within 1.0 s")
+    });
+    bystander.finish();
+}
+
+#[test]
+fn the_client_names_what_is_wrong_with_a_certificate() {
+    let dir = TestDir::new(false);
+    let good = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let other = certs::make(&dir.path, "other", &["127.0.0.1"], false);
+    let elsewhere = certs::make(&dir.path, "elsewhere", &["example.com"], false);
+    let expired = certs::make(&dir.path, "expired", &["127.0.0.1"], true);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let cases = [
+        (&good, &other, "CA not trusted"),
+        (&elsewhere, &elsewhere, "another host name"),
+        (&expired, &expired, "expired"),
+    ];
+    for (lb_certs, client_ca, says) in cases {
+        let lb = start_tls_balancer(&dir, 1, lb_certs, &[]);
+        let tls = lb.addrs[2].to_string();
+        let ca = path(&client_ca.ca);
+        for args in [
+            vec!["1", "--lb", &tls, "--tls", "--ca", &ca, "SELECT 1"],
+            vec![
+                "bench",
+                "--lb",
+                &tls,
+                "--tls",
+                "--ca",
+                &ca,
+                "--requests",
+                "1",
+            ],
+        ] {
+            let (code, _, err) = run_client(&dir.path, &args, "");
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(
+                err.contains("certificate not trusted") && err.contains(says),
+                "{args:?}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_certificate_stops_the_start_naming_the_file() {
+    let dir = TestDir::new(false);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadbalancer"))
+        .args([
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--tls-port",
+            "0",
+            "--servers-file",
+            "servers.json",
+        ])
+        .args(["--tls-cert", "nowhere.pem", "--tls-key", "nokey.pem"])
+        .current_dir(&dir.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("nowhere.pem"), "{err}");
+}
