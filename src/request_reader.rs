@@ -204,9 +204,11 @@ impl RequestReader {
     ///
     /// # Errors
     /// The error from writing the reply.
-    pub fn close_with(self, writer: &mut impl Write, error: &Error) -> io::Result<()> {
+    pub fn close_with(mut self, writer: &mut impl Write, error: &Error) -> io::Result<()> {
         writer.write_all(error.header_line().as_bytes())?;
-        linger(self.reader.get_ref().stream.tcp());
+        let stream = &mut self.reader.get_mut().stream;
+        stream.close_notify();
+        linger(stream.tcp());
         Ok(())
     }
 }

@@ -39,8 +39,21 @@ pub enum Stream {
 }
 
 /// A TLS session over its socket.
-pub trait Io: Read + Write + Send {}
-impl<T: Read + Write + Send> Io for T {}
+pub trait Io: Read + Write + Send {
+    /// Tells the peer that nothing more will be sent (a TLS `close_notify`).
+    fn close_notify(&mut self);
+}
+
+impl<C, S> Io for StreamOwned<C, Socket>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Send,
+    S: SideData,
+{
+    fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.conn.complete_io(&mut self.sock);
+    }
+}
 
 impl Stream {
     /// The socket underneath.
@@ -71,6 +84,14 @@ impl Stream {
     /// When the connection is gone.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp().peer_addr()
+    }
+
+    /// Says that nothing more will be sent: a peer reading to the end sees a clean end of
+    /// file, not a TLS session cut short. Nothing to do for plain TCP.
+    pub fn close_notify(&mut self) {
+        if let Stream::Tls { tls, .. } = self {
+            tls.lock().close_notify();
+        }
     }
 
     /// See [`TcpStream::set_read_timeout`].
@@ -129,7 +150,7 @@ impl Write for Stream {
 }
 
 /// The socket as the TLS session reads and writes it, shared with [`Stream::Tls`].
-struct Socket(Arc<TcpStream>);
+pub struct Socket(Arc<TcpStream>);
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -218,7 +239,7 @@ pub fn accept(
 
 /// A TLS client's settings for one server: whom to trust, and the name (or IP address) its
 /// certificate must carry.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Connector {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,

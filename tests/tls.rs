@@ -190,3 +190,50 @@ fn a_missing_certificate_stops_the_start_naming_the_file() {
     assert!(!out.status.success());
     assert!(err.contains("nowhere.pem"), "{err}");
 }
+
+/// Starts `server <id> 0 0 --join <admin> --token-file token` with `extra`; returns whether
+/// it started and its stderr (it stops at once when the join fails).
+fn failed_join(dir: &TestDir, admin: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["5", "0", "0", "--join", admin, "--token-file", "token"])
+        .args(["--db", "database.json", "--files", "files"])
+        .args(extra)
+        .current_dir(&dir.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_join_over_https_needs_the_balancers_ca() {
+    let dir = TestDir::new(false);
+    fs::write(dir.path.join("token"), "s3cret\n").unwrap();
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let other = certs::make(&dir.path, "other", &["127.0.0.1"], false);
+    let lb = start_tls_balancer(&dir, 0, &c, &["--token-file", "token"]);
+    let admin = lb.admin().to_string();
+
+    let err = failed_join(&dir, &admin, &["--ca", &path(&other.ca)]);
+    assert!(err.contains("certificate not trusted"), "{err}");
+    // Plain HTTP, which would carry the token in clear, is turned away.
+    let err = failed_join(&dir, &admin, &[]);
+    assert!(
+        err.contains("HTTP 400: this admin listener speaks HTTPS"),
+        "{err}"
+    );
+
+    let ca = path(&c.ca);
+    let args = ["--join", &admin, "--token-file", "token", "--ca", &ca];
+    let mut joined = start_server(&dir, 7, 0.0, &args);
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().contains("Connected to server 7")
+    });
+    let reply = Wire::connect(lb.addr).request("SELECT 42 AS answer");
+    assert_eq!(reply.server(), Some(7), "{reply:?}");
+    // Leaving goes over HTTPS too.
+    assert_eq!(joined.interrupt(Duration::from_secs(20)), Some(0));
+    wait_until(Duration::from_secs(20), || {
+        Wire::connect(lb.addr).request("SELECT 1").code() == Some("unavailable")
+    });
+}

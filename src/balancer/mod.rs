@@ -206,12 +206,13 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         )
     })?;
     log::info!(
-        "Load balancer listening on {} (admin on http://{admin_addr}), policy {}; {} server(s) in {}",
+        "Load balancer listening on {} (admin on {}://{admin_addr}), policy {}; {} server(s) in {}",
         [(&plain, ""), (&secure, " (TLS)")]
             .iter()
             .filter_map(|(l, what)| l.as_ref().map(|(_, a)| format!("{a}{what}")))
             .collect::<Vec<_>>()
             .join(" and "),
+        if acceptor.is_some() { "https" } else { "http" },
         lb.queue.policy().name(),
         listed.len(),
         lb.config.servers_file.display()
@@ -240,7 +241,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     }
 
     let mut listeners = Vec::new();
-    for (listening, tls) in [(plain, None), (secure, acceptor)] {
+    for (listening, tls) in [(plain, None), (secure, acceptor.clone())] {
         let Some((listener, addr)) = listening else {
             continue;
         };
@@ -251,7 +252,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         listeners.push((accept, addr));
     }
     let admin_lb = Arc::clone(&lb);
-    let admin = spawn("admin", move || admin::serve(&admin_lb, admin))?;
+    let admin = spawn("admin", move || admin::serve(&admin_lb, admin, acceptor))?;
     listeners.push((admin, admin_addr));
 
     let _ = shutdown.recv();

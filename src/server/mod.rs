@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::cli::parse_seconds;
 use crate::gauge;
 use crate::servers_file::ServerEntry;
-use crate::token;
+use crate::{tls, token};
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
 use registration::Registration;
@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// File holding the shared secret for --join (the balancer's --token-file).
     #[arg(long, requires = "join")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the balancer's certificate: --join then speaks HTTPS and
+    /// verifies it.
+    #[arg(long, requires = "join")]
+    pub ca: Option<PathBuf>,
     /// Database settings (`{"path": "colors.db", "writable": false}`).
     #[arg(long, default_value = "data/database.json")]
     pub db: PathBuf,
@@ -105,6 +109,10 @@ pub struct Server {
 pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     let registration = match config.join.clone() {
         Some(admin) => Registration::Join {
+            tls: match &config.ca {
+                Some(ca) => Some(tls::Connector::new(&tls::client_config(Some(ca))?, &admin)?),
+                None => None,
+            },
             admin,
             token: config.token_file.as_deref().map(token::read).transpose()?,
         },
