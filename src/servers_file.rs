@@ -42,6 +42,9 @@ pub struct ServerEntry {
     /// Whether its database accepts writes (then a query that may have run is never retried).
     #[serde(default)]
     pub writable: bool,
+    /// Whether it speaks TLS (`server --tls-cert`); the balancer then verifies its certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl ServerEntry {
@@ -253,6 +256,7 @@ mod tests {
             port,
             processing_time: 0.5,
             writable: false,
+            tls: false,
         }
     }
 

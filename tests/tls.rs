@@ -237,3 +237,46 @@ fn a_join_over_https_needs_the_balancers_ca() {
         Wire::connect(lb.addr).request("SELECT 1").code() == Some("unavailable")
     });
 }
+
+#[test]
+fn a_tls_server_is_verified_and_an_unverifiable_one_kept_out_of_the_pool() {
+    let dir = TestDir::new(false);
+    let good = certs::make(&dir.path, "servers", &["127.0.0.1"], false);
+    let rogue = certs::make(&dir.path, "rogue", &["127.0.0.1"], false);
+    let tls_args = |c: &certs::Certs| {
+        [
+            "--tls-cert".into(),
+            path(&c.cert),
+            "--tls-key".into(),
+            path(&c.key),
+        ]
+    };
+    let good_args = tls_args(&good);
+    let _server = start_server(&dir, 1, 0.0, &good_args.each_ref().map(String::as_str));
+    let servers_file = fs::read_to_string(dir.servers_file()).unwrap();
+    assert!(servers_file.contains("\"tls\": true"), "{servers_file}");
+    let ca = path(&good.ca);
+    let lb = start_balancer(&dir, 1, &["--backend-ca", &ca]);
+    let bystander = Bystander::start(lb.addr);
+
+    let rogue_args = tls_args(&rogue);
+    let _rogue = start_server(&dir, 2, 0.0, &rogue_args.each_ref().map(String::as_str));
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().contains("cannot reach server 2 at 127.0.0.1")
+    });
+    assert!(
+        lb.log_text().contains("certificate not trusted"),
+        "{}",
+        lb.log_text()
+    );
+    let mut wire = Wire::connect(lb.addr);
+    for i in 0..20 {
+        let reply = wire.request(&format!("SELECT {i} AS n"));
+        assert_eq!(
+            (reply.server(), reply.text()),
+            (Some(1), format!("n: {i}\n"))
+        );
+    }
+    assert!(!lb.log_text().contains("Connected to server 2"));
+    bystander.finish();
+}

@@ -12,6 +12,7 @@ use rustix::net::RecvFlags;
 use crate::error::Error;
 use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
+use crate::tls::{Connector, Stream};
 
 /// Bytes read from a server at a time while relaying a reply; one buffer per server, not per
 /// client, so ten thousand idle clients cost no relay memory.
@@ -29,6 +30,8 @@ pub struct Backend {
     pub processing_time: Duration,
     /// Whether its database accepts writes (a query that may have run is then not retried).
     pub writable: bool,
+    /// Whether it speaks TLS (its certificate is verified with `--backend-ca`).
+    pub tls: bool,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
@@ -69,13 +72,27 @@ impl Backend {
     /// The server recorded by a servers-file entry.
     pub fn from_entry(entry: &ServerEntry) -> Backend {
         let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
-        Backend::new(entry.id, entry.address(), time, entry.writable)
+        Backend {
+            tls: entry.tls,
+            ..Backend::new(entry.id, entry.address(), time, entry.writable)
+        }
     }
 
     /// Whether `other` has the same fixed settings.
     pub fn same_settings(&self, other: &Backend) -> bool {
-        (self.id, &self.addr, self.processing_time, self.writable)
-            == (other.id, &other.addr, other.processing_time, other.writable)
+        (
+            self.id,
+            &self.addr,
+            self.processing_time,
+            self.writable,
+            self.tls,
+        ) == (
+            other.id,
+            &other.addr,
+            other.processing_time,
+            other.writable,
+            other.tls,
+        )
     }
 
     /// The measured service time, once there is one.
@@ -154,13 +171,13 @@ pub struct BackendConn {
     /// Reads replies, through one [`RELAY_BUFFER`].
     pub reader: BufReader<ServerStream>,
     /// Sends requests.
-    pub writer: TcpStream,
+    pub writer: Stream,
 }
 
 /// The server's socket as replies are read from it: each read waits at most the reply
 /// timeout, and a reply header's reads share one deadline (see [`BackendConn::read_header`]).
 pub struct ServerStream {
-    stream: TcpStream,
+    stream: Stream,
     deadline: Deadline,
 }
 
@@ -173,15 +190,17 @@ impl Read for ServerStream {
 }
 
 impl BackendConn {
-    /// Connects to `addr`. Reads fail after `reply_timeout` of silence, so a hung server
-    /// is noticed.
+    /// Connects to `addr`, over TLS with `tls`. Reads fail after `reply_timeout` of silence,
+    /// so a hung server is noticed.
     ///
     /// # Errors
-    /// The connection error, or `NotFound` when the address does not resolve.
+    /// The connection error, or `NotFound` when the address does not resolve; `InvalidData`
+    /// when the TLS handshake failed (its certificate did not verify, say).
     pub fn connect(
         addr: &str,
         connect_timeout: Duration,
         reply_timeout: Duration,
+        tls: Option<&Connector>,
     ) -> io::Result<BackendConn> {
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
@@ -191,6 +210,10 @@ impl BackendConn {
             match TcpStream::connect_timeout(&addr, connect_timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
+                    let stream = match tls {
+                        None => Stream::Plain(stream),
+                        Some(tls) => tls.connect(stream, connect_timeout)?,
+                    };
                     stream.set_read_timeout(Some(reply_timeout))?;
                     stream.set_write_timeout(Some(reply_timeout))?;
                     let read = ServerStream {
@@ -243,7 +266,7 @@ impl BackendConn {
         }
         let mut byte = [0u8; 1];
         match rustix::net::recv(
-            &self.writer,
+            self.writer.tcp(),
             &mut byte,
             RecvFlags::PEEK | RecvFlags::DONTWAIT,
         ) {
@@ -288,7 +311,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let second = Duration::from_secs(1);
-        let conn = BackendConn::connect(&addr, second, second).unwrap();
+        let conn = BackendConn::connect(&addr, second, second, None).unwrap();
         (conn, listener.accept().unwrap().0)
     }
 

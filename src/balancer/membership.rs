@@ -26,6 +26,7 @@ use crate::gauge::Held;
 use crate::idle_queue::{Lease, Membership};
 use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
+use crate::tls::Connector;
 
 /// How often the servers file is read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -430,7 +431,19 @@ fn spawn_prober(
 /// A new connection to `backend` that has answered [`PROBE`].
 fn connect_and_probe(lb: &Balancer, backend: &Backend) -> io::Result<BackendConn> {
     let reply_timeout = lb.config.server_timeout + backend.processing_time;
-    let mut conn = BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout)?;
+    let tls = match (backend.tls, &lb.config.backend_tls) {
+        (false, _) => None,
+        (true, Some(config)) => {
+            Some(Connector::new(config, &backend.addr).map_err(io::Error::other)?)
+        }
+        (true, None) => {
+            return Err(io::Error::other(
+                "it speaks TLS, and the balancer has no --backend-ca to verify its certificate",
+            ))
+        }
+    };
+    let mut conn =
+        BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout, tls.as_ref())?;
     probe(&mut conn)?;
     Ok(conn)
 }

@@ -91,6 +91,12 @@ pub struct BalancerConfig {
     /// without it only loopback peers may join.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that servers speaking TLS (`"tls": true`) must be signed by.
+    #[arg(long)]
+    pub backend_ca: Option<PathBuf>,
+    /// What `backend_ca` trusts, read at start.
+    #[arg(skip)]
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// The secret read from `token_file` at start.
     #[arg(skip)]
     pub token: Option<String>,
@@ -154,6 +160,11 @@ pub struct Balancer {
 pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     config.token = config.token_file.as_deref().map(token::read).transpose()?;
     config.allow = AllowList::new(config.networks.clone());
+    config.backend_tls = config
+        .backend_ca
+        .as_deref()
+        .map(|ca| tls::client_config(Some(ca)))
+        .transpose()?;
     config.max_clients = fit_descriptors(config.max_clients);
     let policy = policy::by_name(&config.policy).ok_or_else(|| {
         format!(

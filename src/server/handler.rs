@@ -11,7 +11,10 @@ use crate::gauge::Held;
 use crate::protocol::{self, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 use crate::server::Server;
-use crate::tls::Stream;
+use crate::tls::{self, Stream};
+
+/// The reply to a peer that speaks plain text to a server that speaks TLS.
+const PLAIN_ON_TLS: &[u8] = b"ERR bad_request this server speaks TLS\n";
 
 /// A reply ready to send: the work is done, only I/O is left.
 enum Reply {
@@ -39,7 +42,10 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
 
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let stream = Stream::Plain(stream);
+    let stream = match &server.tls {
+        None => Stream::Plain(stream),
+        Some(config) => tls::accept(config, stream, server.request_timeout, PLAIN_ON_TLS)?,
+    };
     // No idle timeout: the balancer's persistent connections are silent between requests.
     let limits = Timeouts::new(Duration::ZERO, server.request_timeout);
     let mut reader = RequestReader::new(stream.try_clone()?, limits, 8 * 1024);

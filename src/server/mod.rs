@@ -79,6 +79,12 @@ pub struct ServerConfig {
     /// Seconds a request line may take to arrive, from its first byte (0: no limit).
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+    /// Certificate chain (PEM): speak TLS to the balancer, which verifies it (`--backend-ca`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A running server's shared state.
@@ -99,6 +105,8 @@ pub struct Server {
     pub stopping: AtomicBool,
     /// How long a request line may take to arrive, from its first byte (0: no limit).
     pub request_timeout: Duration,
+    /// With `--tls-cert`: each connection starts with a TLS handshake.
+    pub tls: Option<tls::Acceptor>,
 }
 
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
@@ -117,6 +125,16 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             token: config.token_file.as_deref().map(token::read).transpose()?,
         },
         None => Registration::File(config.servers_file.clone()),
+    };
+    let acceptor = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls = tls::server_config(cert, key)?;
+            // No session tickets: they would arrive on the balancer's idle connection, which
+            // must stay silent between replies.
+            tls.send_tls13_tickets = 0;
+            Some(Arc::new(tls))
+        }
+        _ => None,
     };
     let db_config = DatabaseConfig::load(&config.db)?;
     let database = Database::open(&db_config, config.limits)?;
@@ -141,6 +159,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             .unwrap_or(config.processing_time)
             .as_secs_f64(),
         writable: db_config.writable,
+        tls: acceptor.is_some(),
     };
     registration.register(&entry)?;
     let server = Arc::new(Server {
@@ -152,6 +171,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         request_timeout: config.request_timeout,
+        tls: acceptor,
     });
     log::info!(
         "Server {} is starting (processing time {} s)...",

@@ -148,6 +148,7 @@ impl FakeServer {
             port: self.addr.port(),
             processing_time: 0.0,
             writable: false,
+            tls: false,
         };
         servers_file::register(file, &entry).unwrap();
     }
