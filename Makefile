@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test test-browser run-cluster bench compare lint fmt clean fuzz mutants
+.PHONY: all build test test-browser run-cluster run-cluster-tls bench-tls bench compare lint fmt clean fuzz mutants
 
 CARGO ?= cargo
 
@@ -23,6 +23,10 @@ test-browser:
 ## Ctrl-C stops them all; the script then exits 0, so make prints no error (its own status is 130).
 run-cluster:
 	scripts/run-cluster.sh
+
+## The same with a TLS listener on 5443, its throwaway CA and certificate made at start.
+run-cluster-tls:
+	TLS=1 scripts/run-cluster.sh
 
 ## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
 ## Mutation testing of the core (idle queue, protocol, request reader, policies, session and
