@@ -57,6 +57,10 @@ clean:
 bench:
 	python3 scripts/bench.py
 
+## minilb's TLS listener against HAProxy terminating TLS, same certificate and server (a few minutes).
+bench-tls:
+	python3 scripts/bench_tls.py
+
 ## The same load against every balancing policy, side by side (about half a minute).
 compare:
 	python3 scripts/compare.py
