@@ -280,3 +280,43 @@ fn a_tls_server_is_verified_and_an_unverifiable_one_kept_out_of_the_pool() {
     assert!(!lb.log_text().contains("Connected to server 2"));
     bystander.finish();
 }
+
+#[test]
+fn no_plain_leaves_only_the_tls_listener() {
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let args = [
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--tls-port",
+        "0",
+        "--no-plain",
+        "--servers-file",
+        "servers.json",
+        "--tls-cert",
+        &path(&c.cert),
+        "--tls-key",
+        &path(&c.key),
+    ]
+    .map(String::from);
+    let log = dir.path.join("loadbalancer.log");
+    let lb = spawn(env!("CARGO_BIN_EXE_loadbalancer"), &args, log, &dir.path, 2);
+    wait_until(START_TIMEOUT, || {
+        lb.log_text().contains("Connected to server 1")
+    });
+    // Admin first, then TLS: no plain listener was announced.
+    let tls = lb.addrs[1].to_string();
+    let ca = path(&c.ca);
+    let (code, out, err) = run_client(
+        &dir.path,
+        &["1", "--lb", &tls, "--tls", "--ca", &ca, "SELECT 7 AS n"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n: 7"), "{out}");
+    let only_tls = format!("listening on {tls} (TLS) (admin on https://");
+    assert!(lb.log_text().contains(&only_tls), "{}", lb.log_text());
+}
