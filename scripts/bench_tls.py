@@ -10,6 +10,7 @@ HAProxy install, `client bench`). Knobs: BENCH_SECONDS (2), BENCH_ROUNDS (3), BE
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,10 @@ def start_minilb(cluster, certs):
          "--servers-file", cluster.servers_file],
         log, cwd=cluster.work, env=b.quiet_env(),
     )
-    return proc, b.wait_for("loadbalancer", lambda: b.listening_addr(log), proc=proc, log=log)
+    def tls_addr():
+        m = re.search(r"listening for TLS on (\S+)", Path(log).read_text(errors="replace"))
+        return m.group(1) if m else None
+    return proc, b.wait_for("loadbalancer", tls_addr, proc=proc, log=log)
 
 
 def start_haproxy(cluster, certs):
