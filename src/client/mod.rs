@@ -328,11 +328,14 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
             return 1;
         }
     };
-    let opened = config
-        .connector()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-        .and_then(|tls| Connection::open(&config.lb, tls.as_ref()));
-    let mut conn = match opened {
+    let tls = match config.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("client {}: {e}", config.id);
+            return 2;
+        }
+    };
+    let mut conn = match Connection::open(&config.lb, tls.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}", cannot_reach(config, &e));
@@ -463,19 +466,16 @@ fn perform(
 }
 
 fn cannot_reach(config: &ClientConfig, e: &io::Error) -> String {
-    // A TLS failure (or a bad --ca) is not a balancer that is down.
-    if matches!(
-        e.kind(),
-        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-    ) {
-        return format!("client {}: {}: {e}", config.id, config.lb);
-    }
     // A typo in --lb is not a balancer that is down.
     if config.lb.to_socket_addrs().is_err() {
         return format!(
             "client {}: --lb {}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070",
             config.id, config.lb
         );
+    }
+    // A failed TLS handshake is not a balancer that is down.
+    if e.kind() == io::ErrorKind::InvalidData {
+        return format!("client {}: {}: {e}", config.id, config.lb);
     }
     format!(
         "client {}: cannot reach the load balancer at {}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
