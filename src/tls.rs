@@ -176,10 +176,18 @@ pub fn server_config(cert: &Path, key_file: &Path) -> Result<ServerConfig, Strin
     let certs = read_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("cannot read the private key {}: {e}", key_file.display()))?;
-    ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))
+    // AES-128-GCM first, whatever the client prefers, as HAProxy and nginx do: as safe as
+    // AES-256 here, and a third cheaper per byte (rustls would follow the client's order).
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?;
+    config.ignore_client_order = true;
+    Ok(config)
 }
 
 /// Trusts the CAs in the PEM file `ca`, or the system's when there is none.
