@@ -226,6 +226,7 @@ pub fn accept(
     limit: Duration,
     refusal: &[u8],
 ) -> io::Result<Stream> {
+    let started = Instant::now();
     tcp.set_read_timeout((!limit.is_zero()).then_some(limit))?;
     let mut first = [0u8; 1];
     match tcp.peek(&mut first) {
@@ -238,11 +239,20 @@ pub fn accept(
                 "not a TLS handshake (plain text to the TLS port?)",
             ));
         }
-        // A timeout or a close is the handshake's to report.
+        // Nothing at all within the limit: the handshake's clock has run out too.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(too_slow(limit))
+        }
+        // A close is the handshake's to report.
         _ => {}
     }
     let conn = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
-    handshake(conn, tcp, limit)
+    handshake(conn, tcp, started, limit)
 }
 
 /// A TLS client's settings for one server: whom to trust, and the name (or IP address) its
@@ -276,7 +286,7 @@ impl Connector {
     pub fn connect(&self, tcp: TcpStream, limit: Duration) -> io::Result<Stream> {
         let conn = rustls::ClientConnection::new(Arc::clone(&self.config), self.name.clone())
             .map_err(io::Error::other)?;
-        handshake(conn, tcp, limit).map_err(|e| match certificate_error(&e) {
+        handshake(conn, tcp, Instant::now(), limit).map_err(|e| match certificate_error(&e) {
             Some(why) => io::Error::new(io::ErrorKind::InvalidData, why),
             None if e.kind() == io::ErrorKind::InvalidData => io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -287,8 +297,17 @@ impl Connector {
     }
 }
 
+/// The error of a handshake that did not end within `limit`.
+fn too_slow(limit: Duration) -> io::Error {
+    let secs = limit.as_secs_f64();
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no TLS handshake within {secs:.1} s"),
+    )
+}
+
 /// Says what is wrong with the peer's certificate, when that is why `e` happened.
-pub fn certificate_error(e: &io::Error) -> Option<String> {
+fn certificate_error(e: &io::Error) -> Option<String> {
     use rustls::CertificateError as C;
     let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     let rustls::Error::InvalidCertificate(why) = inner else {
@@ -307,28 +326,26 @@ pub fn certificate_error(e: &io::Error) -> Option<String> {
     Some(format!("certificate not trusted: {inner}{hint}"))
 }
 
-/// Runs a handshake on `tcp`, all of it within `limit` (0: no limit).
-fn handshake<C, S>(mut conn: C, tcp: TcpStream, limit: Duration) -> io::Result<Stream>
+/// Runs a handshake on `tcp`, all of it within `limit` of `started` (0: no limit).
+fn handshake<C, S>(
+    mut conn: C,
+    tcp: TcpStream,
+    started: Instant,
+    limit: Duration,
+) -> io::Result<Stream>
 where
     C: DerefMut<Target = ConnectionCommon<S>> + Send + 'static,
     S: SideData + 'static,
 {
     let tcp = Arc::new(tcp);
     let mut sock = Socket(Arc::clone(&tcp));
-    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
-    let timed_out = || {
-        let secs = limit.as_secs_f64();
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no TLS handshake within {secs:.1} s"),
-        )
-    };
+    let deadline = (!limit.is_zero()).then(|| started + limit);
     // One record at a time, each read and write waiting only for the time left, so a peer
     // that trickles its handshake is dropped at the deadline.
     while conn.is_handshaking() || conn.wants_write() {
         let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
-            return Err(timed_out());
+            return Err(too_slow(limit));
         }
         tcp.set_read_timeout(left)?;
         tcp.set_write_timeout(left)?;
@@ -355,7 +372,7 @@ where
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(timed_out())
+                return Err(too_slow(limit))
             }
             Err(e) => return Err(e),
             Ok(()) => {}
