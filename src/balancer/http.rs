@@ -319,13 +319,13 @@ fn write_response(mut stream: impl Write, response: &Response) -> io::Result<()>
         503 => "Service Unavailable",
         _ => "",
     };
-    write!(
-        stream,
+    // One write, not one per piece: over TLS each write is a record of its own.
+    let text = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
         response.code,
         response.content_type,
         response.body.len(),
         response.body
-    )?;
-    stream.flush()
+    );
+    stream.write_all(text.as_bytes())
 }
