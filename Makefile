@@ -1,5 +1,5 @@
 # minilb: `make run-cluster` for the demo, `make test` for the tests.
-.PHONY: all build test test-browser run-cluster run-hosts bench compare lint fmt clean fuzz mutants
+.PHONY: all build test test-browser run-cluster run-cluster-tls run-hosts bench bench-tls compare lint fmt clean fuzz mutants
 
 CARGO ?= cargo
 
@@ -30,6 +30,9 @@ run-cluster:
 ## Ctrl-C tears it all down. Needs root and iproute2.
 run-hosts:
 	scripts/run-hosts.sh
+## The same with a TLS listener on 5443, its throwaway CA and certificate made at start.
+run-cluster-tls:
+	TLS=1 scripts/run-cluster.sh
 
 ## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
 ## Mutation testing of the core (idle queue, protocol, request reader, policies, session and
@@ -60,6 +63,10 @@ clean:
 ## BENCH_ONLY=workers (or small,file,many,quality,w8,unequal,seed) runs only those workloads.
 bench:
 	python3 scripts/bench.py
+
+## minilb's TLS listener against HAProxy terminating TLS, same certificate and server (a few minutes).
+bench-tls:
+	python3 scripts/bench_tls.py
 
 ## The same load against every balancing policy, side by side, on 1-worker servers and (when
 ## `server` has --workers) on servers of 4 workers (about a minute).

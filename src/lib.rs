@@ -11,6 +11,7 @@
 //! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
 //!   `token`: the shared secret for servers that join over the network.
+//! - [`tls`]: TLS (rustls): certificates, handshakes, and streams that are plain or TLS.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -28,6 +29,7 @@ pub(crate) mod request_reader;
 mod scratch_dir;
 pub mod server;
 pub mod servers_file;
+pub mod tls;
 pub(crate) mod token;
 
 pub use error::Error;

@@ -7,12 +7,13 @@
 //! seconds never trips it, and holds its thread forever. So the line gets a deadline when its
 //! first byte arrives, and before each read the socket's timeout is set to the time left.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error};
 use crate::protocol::{self, Line, MAX_REQUEST_LINE};
+use crate::tls::{Stream, HANDSHAKE_RECORD};
 
 /// How long a connection being closed after an error keeps reading (and discarding) what its
 /// peer still sends, so the close does not reset the connection before the peer reads the reply.
@@ -63,7 +64,7 @@ enum Clock {
 
 /// The peer's socket, read against a deadline.
 struct DeadlineStream {
-    stream: TcpStream,
+    stream: Stream,
     timeouts: Timeouts,
     clock: Clock,
     deadline: Option<Instant>,
@@ -130,7 +131,7 @@ pub struct RequestReader {
 impl RequestReader {
     /// Reads requests from `stream` (the reading half; replies go out through a clone), with
     /// a buffer of `capacity` bytes.
-    pub fn new(stream: TcpStream, timeouts: Timeouts, capacity: usize) -> RequestReader {
+    pub fn new(stream: Stream, timeouts: Timeouts, capacity: usize) -> RequestReader {
         let stream = DeadlineStream {
             stream,
             timeouts,
@@ -160,8 +161,19 @@ impl RequestReader {
                 "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
             ))))
         };
+        // A TLS client on a plain port sends a ClientHello, not a line: say so at once, rather
+        // than wait for a `\n` that may never come.
+        let read = match self.reader.fill_buf() {
+            Ok([HANDSHAKE_RECORD, 3, ..]) => {
+                return Ok(Incoming::Refused(Code::BadRequest.msg(
+                    "this looks like a TLS handshake, but this port speaks plain text (use the TLS port)",
+                )))
+            }
+            Ok(_) => protocol::read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1),
+            Err(e) => Err(e),
+        };
         // One byte more than the limit, for the `\r` of a `\r\n` line end, which does not count.
-        let e = match protocol::read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1) {
+        let e = match read {
             Ok(Line::Complete)
                 if line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_REQUEST_LINE =>
             {
@@ -192,9 +204,11 @@ impl RequestReader {
     ///
     /// # Errors
     /// The error from writing the reply.
-    pub fn close_with(self, writer: &mut TcpStream, error: &Error) -> io::Result<()> {
+    pub fn close_with(mut self, writer: &mut impl Write, error: &Error) -> io::Result<()> {
         writer.write_all(error.header_line().as_bytes())?;
-        linger(&self.reader.get_ref().stream);
+        let stream = &mut self.reader.get_mut().stream;
+        stream.close_notify();
+        linger(stream.tcp());
         Ok(())
     }
 }
@@ -229,7 +243,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (ours, _) = listener.accept().unwrap();
-        let reader = RequestReader::new(ours.try_clone().unwrap(), timeouts, 64);
+        let reader = RequestReader::new(Stream::Plain(ours.try_clone().unwrap()), timeouts, 64);
         (peer, reader, ours)
     }
 

@@ -47,6 +47,9 @@ pub struct ServerEntry {
     /// Requests it processes at once (absent in older files: 1).
     #[serde(default = "one", deserialize_with = "workers")]
     pub workers: usize,
+    /// Whether it speaks TLS (`server --tls-cert`); the balancer then verifies its certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl ServerEntry {
@@ -272,6 +275,7 @@ mod tests {
             processing_time: 0.5,
             writable: false,
             workers: 1,
+            tls: false,
         }
     }
 

@@ -63,6 +63,12 @@ pub struct BenchArgs {
     /// Load balancer address (or a server's, to measure it directly).
     #[arg(long, default_value = "127.0.0.1:5070")]
     lb: String,
+    /// Speak TLS (to the balancer's `--tls-port`).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate (PEM) to trust with `--tls` (default: the system's CAs).
+    #[arg(long, requires = "tls")]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// How many query requests a client sends for how many file requests (`--mix 3:1`).
@@ -121,6 +127,8 @@ pub fn main(args: BenchArgs) -> ExitCode {
 struct Shared {
     args: BenchArgs,
     addr: SocketAddr,
+    /// How to speak TLS to the balancer, with `--tls`.
+    tls: Option<minilb::tls::Connector>,
     /// The query request and the file request.
     requests: [Request; 2],
     /// Holds the client threads (and the main one) until all are ready, so the clock starts
@@ -141,7 +149,22 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     let request = |line: &str| {
         Request::parse(line.as_bytes()).map_err(|e| format!("{line:?}: {}", e.message()))
     };
+    let tls = args
+        .tls
+        .then(|| minilb::tls::client_config(args.ca.as_deref()))
+        .transpose()?
+        .map(|config| minilb::tls::Connector::new(&config, &args.lb))
+        .transpose()?;
+    // A certificate that does not verify fails every connection the same way: say so once.
+    if let Some(tls) = &tls {
+        if let Err(e) = Connection::open(addr, Some(tls)) {
+            if e.kind() == io::ErrorKind::InvalidData {
+                return Err(format!("{}: {e}", args.lb));
+            }
+        }
+    }
     let shared = Arc::new(Shared {
+        tls,
         requests: [
             request(&args.request)?,
             request(&format!("file {}", args.file))?,
@@ -183,10 +206,12 @@ fn run(args: BenchArgs) -> Result<Report, String> {
         && report.total.errors.keys().all(|c| *c == "connect")
     {
         // Not one connection: nothing was measured, so there is no report to give.
-        let why = Connection::open(addr).err().map_or_else(
-            || "it refused every connection".to_string(),
-            |e| e.to_string(),
-        );
+        let why = Connection::open(addr, shared.tls.as_ref())
+            .err()
+            .map_or_else(
+                || "it refused every connection".to_string(),
+                |e| e.to_string(),
+            );
         return Err(format!(
             "cannot reach the load balancer at {}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
             shared.args.lb
@@ -238,7 +263,7 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     let args = &shared.args;
     let mut tally = Tally::default();
     let connect = |tally: &mut Tally| {
-        let conn = Connection::open(shared.addr);
+        let conn = Connection::open(shared.addr, shared.tls.as_ref());
         if conn.is_err() {
             tally.fail("connect", shared);
         }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::balancer::http::{self, Request, Response};
 use crate::balancer::{report, Balancer};
 use crate::servers_file::{self, ServerEntry};
+use crate::tls::Acceptor;
 
 /// How long an admin request may take to arrive when `--request-timeout` is 0 (no limit for
 /// clients): the admin listener always has one, or a silent peer could hold a slot for ever.
@@ -30,7 +31,8 @@ type Answer = (u16, serde_json::Value);
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until the balancer stops (and a connection wakes the listener).
-pub fn serve(lb: &Arc<Balancer>, listener: TcpListener) {
+/// Speaks HTTPS with `tls`.
+pub fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let timeout = lb.config.request_timeout;
     let deadline = if timeout.is_zero() {
         DEFAULT_DEADLINE
@@ -38,7 +40,7 @@ pub fn serve(lb: &Arc<Balancer>, listener: TcpListener) {
         timeout
     };
     let handler_lb = Arc::clone(lb);
-    http::serve(listener, deadline, &lb.stopping, move |request| {
+    http::serve(listener, deadline, &lb.stopping, tls, move |request| {
         handle(&handler_lb, request)
     });
 }

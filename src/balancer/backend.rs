@@ -14,6 +14,7 @@ use rustix::net::RecvFlags;
 use crate::error::Error;
 use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
+use crate::tls::{Connector, Stream};
 
 /// Bytes read from a server at a time while relaying a reply; one buffer per server connection
 /// (one per worker), not per client, so ten thousand idle clients cost no relay memory.
@@ -36,6 +37,8 @@ pub struct Backend {
     /// Its connections handed out (to requests, or to a re-probe): written by the idle queue
     /// under its lock, read by the policies and the status page.
     pub in_flight: AtomicUsize,
+    /// Whether it speaks TLS (its certificate is verified with `--backend-ca`).
+    pub tls: bool,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
@@ -82,6 +85,7 @@ impl Backend {
         let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
         Backend {
             workers: entry.workers,
+            tls: entry.tls,
             ..Backend::new(entry.id, entry.address(), time, entry.writable)
         }
     }
@@ -89,8 +93,21 @@ impl Backend {
     /// Whether `other` has the same fixed settings.
     pub fn same_settings(&self, other: &Backend) -> bool {
         let (a, b) = (self, other);
-        (a.id, &a.addr, a.processing_time, a.writable, a.workers)
-            == (b.id, &b.addr, b.processing_time, b.writable, b.workers)
+        (
+            a.id,
+            &a.addr,
+            a.processing_time,
+            a.writable,
+            a.workers,
+            a.tls,
+        ) == (
+            b.id,
+            &b.addr,
+            b.processing_time,
+            b.writable,
+            b.workers,
+            b.tls,
+        )
     }
 
     /// The measured service time, once there is one.
@@ -201,13 +218,13 @@ pub struct BackendConn {
     /// Reads replies, through one [`RELAY_BUFFER`].
     pub reader: BufReader<ServerStream>,
     /// Sends requests.
-    pub writer: TcpStream,
+    pub writer: Stream,
 }
 
 /// The server's socket as replies are read from it: each read waits at most the reply
 /// timeout, and a reply header's reads share one deadline (see [`BackendConn::read_header`]).
 pub struct ServerStream {
-    stream: TcpStream,
+    stream: Stream,
     deadline: Deadline,
 }
 
@@ -220,15 +237,17 @@ impl Read for ServerStream {
 }
 
 impl BackendConn {
-    /// Connects to `addr`. Reads fail after `reply_timeout` of silence, so a hung server
-    /// is noticed.
+    /// Connects to `addr`, over TLS with `tls`. Reads fail after `reply_timeout` of silence,
+    /// so a hung server is noticed.
     ///
     /// # Errors
-    /// The connection error, or `NotFound` when the address does not resolve.
+    /// The connection error, or `NotFound` when the address does not resolve; `InvalidData`
+    /// when the TLS handshake failed (its certificate did not verify, say).
     pub fn connect(
         addr: &str,
         connect_timeout: Duration,
         reply_timeout: Duration,
+        tls: Option<&Connector>,
     ) -> io::Result<BackendConn> {
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
@@ -238,6 +257,10 @@ impl BackendConn {
             match TcpStream::connect_timeout(&addr, connect_timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
+                    let stream = match tls {
+                        None => Stream::Plain(stream),
+                        Some(tls) => tls.connect(stream, connect_timeout)?,
+                    };
                     stream.set_read_timeout(Some(reply_timeout))?;
                     stream.set_write_timeout(Some(reply_timeout))?;
                     let read = ServerStream {
@@ -290,7 +313,7 @@ impl BackendConn {
         }
         let mut byte = [0u8; 1];
         match rustix::net::recv(
-            &self.writer,
+            self.writer.tcp(),
             &mut byte,
             RecvFlags::PEEK | RecvFlags::DONTWAIT,
         ) {
@@ -335,7 +358,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let second = Duration::from_secs(1);
-        let conn = BackendConn::connect(&addr, second, second).unwrap();
+        let conn = BackendConn::connect(&addr, second, second, None).unwrap();
         (conn, listener.accept().unwrap().0)
     }
 
@@ -416,7 +439,7 @@ mod tests {
     fn breaking_the_exchanges_releases_the_request_waiting_on_a_reply() {
         let (mut conn, _server) = pair();
         let s = backend(0.0);
-        let exchange = s.exchange(7, &conn.writer);
+        let exchange = s.exchange(7, conn.writer.tcp());
         // The server never answers: the read ends when the connection is broken (before or
         // while it waits), not after the reply timeout.
         let released = std::thread::scope(|scope| {
@@ -432,7 +455,7 @@ mod tests {
     fn a_finished_exchange_is_not_broken() {
         let (conn, _server) = pair();
         let s = backend(0.0);
-        drop(s.exchange(7, &conn.writer));
+        drop(s.exchange(7, conn.writer.tcp()));
         assert_eq!(s.break_exchanges(), 0);
         assert_eq!(conn.unusable(), None);
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::gauge::Held;
 use crate::protocol::{self, Line};
+use crate::tls::{self, Acceptor, Stream};
 
 /// Most admin connections served at once; more are answered `503` and closed.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -78,12 +79,18 @@ impl Response {
     }
 }
 
-/// Serves `listener` until `stop` is set and a connection wakes the loop. Each request must
-/// arrive whole within `deadline` of its connection; `handle` answers it.
+/// The answer to plain HTTP on an HTTPS listener.
+const PLAIN_ON_HTTPS: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nthis admin listener speaks HTTPS\n";
+
+/// Serves `listener` (HTTPS with `tls`) until `stop` is set and a connection wakes the loop.
+/// Each request must arrive whole, handshake included, within `deadline` of its connection;
+/// `handle` answers it.
 pub fn serve(
     listener: TcpListener,
     deadline: Duration,
     stop: &AtomicBool,
+    tls: Option<Acceptor>,
     handle: impl Fn(Request) -> Response + Send + Sync + 'static,
 ) {
     let handle = Arc::new(handle);
@@ -116,13 +123,13 @@ pub fn serve(
             let _ = write_response(&stream, &Response::error(503, "too many admin connections"));
             continue;
         }
-        let (held, handle) = (Arc::clone(&active), Arc::clone(&handle));
+        let (held, handle, tls) = (Arc::clone(&active), Arc::clone(&handle), tls.clone());
         let spawned = std::thread::Builder::new()
             .name("admin-conn".into())
             .stack_size(STACK)
             .spawn(move || {
                 let _held = Held::adopt(&held);
-                connection(stream, Instant::now() + deadline, &*handle);
+                connection(stream, Instant::now() + deadline, tls.as_ref(), &*handle);
             });
         if let Err(e) = spawned {
             // The closure, and the unit it would have adopted, never ran.
@@ -133,8 +140,30 @@ pub fn serve(
 }
 
 /// Reads one request, answers it, and closes.
-fn connection(stream: TcpStream, deadline: Instant, handle: &dyn Fn(Request) -> Response) {
-    let response = match read_request(&stream, deadline) {
+fn connection(
+    stream: TcpStream,
+    deadline: Instant,
+    tls: Option<&Acceptor>,
+    handle: &dyn Fn(Request) -> Response,
+) {
+    let mut stream = match tls {
+        None => Stream::Plain(stream),
+        Some(config) => {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            // Never 0, which would be no limit.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            match tls::accept(config, stream, left, PLAIN_ON_HTTPS) {
+                Ok(stream) => stream,
+                Err(e) => return log::info!("admin listener: {peer}: TLS handshake failed: {e}"),
+            }
+        }
+    };
+    let response = match read_request(&mut stream, deadline) {
         Ok(request) => handle(request),
         Err(refusal) => refusal,
     };
@@ -143,14 +172,15 @@ fn connection(stream: TcpStream, deadline: Instant, handle: &dyn Fn(Request) -> 
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1)),
     ));
-    if write_response(&stream, &response).is_ok() {
-        crate::request_reader::linger(&stream);
+    if write_response(&mut stream, &response).is_ok() {
+        stream.close_notify();
+        crate::request_reader::linger(stream.tcp());
     }
 }
 
 /// The peer's socket, read against one deadline for the whole request.
 struct Timed<'a> {
-    stream: &'a TcpStream,
+    stream: &'a mut Stream,
     deadline: Instant,
 }
 
@@ -160,14 +190,13 @@ impl Read for Timed<'_> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let mut stream = self.stream;
-        stream.set_read_timeout(Some(left))?;
-        stream.read(buf)
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
 /// Reads a request's head and body, or says why not as the answer to send.
-fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Response> {
+fn read_request(stream: &mut Stream, deadline: Instant) -> Result<Request, Response> {
     let remote = stream
         .peer_addr()
         .map_err(|_| Response::error(400, "no peer address"))?;
@@ -185,8 +214,9 @@ fn read_request(stream: &TcpStream, deadline: Instant) -> Result<Request, Respon
             .header("Expect")
             .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
-        let mut interim = stream;
-        interim
+        reader
+            .get_mut()
+            .stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(gone)?;
     }
@@ -273,7 +303,7 @@ fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), 
     Ok((request, length))
 }
 
-fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()> {
+fn write_response(mut stream: impl Write, response: &Response) -> io::Result<()> {
     let reason = match response.code {
         200 => "OK",
         201 => "Created",
@@ -289,13 +319,13 @@ fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()>
         503 => "Service Unavailable",
         _ => "",
     };
-    write!(
-        stream,
+    // One write, not one per piece: over TLS each write is a record of its own.
+    let text = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
         response.code,
         response.content_type,
         response.body.len(),
         response.body
-    )?;
-    stream.flush()
+    );
+    stream.write_all(text.as_bytes())
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::balancer::{session, Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
+use crate::tls::Acceptor;
 
 /// Stack of a client thread. A session keeps its buffers on the heap, so a small stack is
 /// enough, and ten thousand clients fit in little memory.
@@ -29,7 +30,9 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Accepts clients until the balancer stops; then admits the clients already waiting in the
 /// backlog (they connected before Ctrl-C and get their replies) and closes the listener.
-pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener) {
+/// With `tls`, each client's thread starts with a TLS handshake.
+pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
+    let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref());
     // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
     let on = listener
         .local_addr()
@@ -95,7 +98,7 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// Starts a session thread for a client, or turns it away (`ERR forbidden` when its address
 /// is not allowed, `ERR busy` when there are too many clients) with no thread spawned for it.
-fn admit(lb: &Arc<Balancer>, stream: TcpStream) {
+fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>) {
     let _ = stream.set_nodelay(true);
     // A client whose address cannot be read has already gone; with an allow list it is refused.
     let peer = stream.peer_addr().ok();
@@ -120,12 +123,13 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream) {
         return;
     }
     let session_lb = Arc::clone(lb);
+    let tls = tls.cloned();
     let spawned = std::thread::Builder::new()
         .name("client".into())
         .stack_size(CLIENT_STACK)
         .spawn(move || {
             let _client = Held::adopt(&session_lb.clients);
-            session::serve_client(&session_lb, stream);
+            session::serve_client(&session_lb, stream, tls.as_ref());
         });
     if let Err(e) = spawned {
         // The closure, and the unit it would have adopted, never ran.

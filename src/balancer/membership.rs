@@ -29,6 +29,7 @@ use crate::gauge::Held;
 use crate::idle_queue::{Lease, Membership};
 use crate::protocol::{Line, ReplyHeader};
 use crate::servers_file::{self, ServerEntry};
+use crate::tls::Connector;
 
 /// How often the servers file is read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -449,9 +450,21 @@ fn spawn_prober(
 /// all sent before any reply is read, so a server with `n` workers answers them together.
 fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<Vec<BackendConn>> {
     let reply_timeout = lb.config.server_timeout + backend.processing_time;
+    let tls = match (backend.tls, &lb.config.backend_tls) {
+        (false, _) => None,
+        (true, Some(config)) => {
+            Some(Connector::new(config, &backend.addr).map_err(io::Error::other)?)
+        }
+        (true, None) => {
+            return Err(io::Error::other(
+                "it speaks TLS, and the balancer has no --backend-ca to verify its certificate",
+            ))
+        }
+    };
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut conn = BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout)?;
+        let mut conn =
+            BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout, tls.as_ref())?;
         conn.writer.write_all(PROBE)?;
         conns.push(conn);
     }

@@ -35,7 +35,7 @@ use crate::cli::{parse_seconds, parse_timeout};
 use crate::gauge;
 use crate::idle_queue::IdleQueue;
 use crate::servers_file::ServerEntry;
-use crate::{policy, token};
+use crate::{policy, tls, token};
 use backend::BackendConn;
 
 /// The balancer's settings: its command line (`#[command(flatten)]` in `bin/loadbalancer.rs`),
@@ -48,6 +48,18 @@ pub struct BalancerConfig {
     /// Port to listen on for clients (0 picks a free one).
     #[arg(long, default_value_t = 5070)]
     pub port: u16,
+    /// Port of the TLS listener for clients, beside the plain one (0 picks a free one).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_port: Option<u16>,
+    /// Certificate chain (PEM) of the TLS listener; the admin listener then speaks HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// No plain listener: clients must use the TLS port.
+    #[arg(long, requires = "tls_port")]
+    pub no_plain: bool,
     /// The servers file to read and watch.
     #[arg(long, default_value = "data/servers.json")]
     pub servers_file: PathBuf,
@@ -80,6 +92,12 @@ pub struct BalancerConfig {
     /// without it only loopback peers may join.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that servers speaking TLS (`"tls": true`) must be signed by.
+    #[arg(long)]
+    pub backend_ca: Option<PathBuf>,
+    /// What `backend_ca` trusts, read at start.
+    #[arg(skip)]
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// The secret read from `token_file` at start.
     #[arg(skip)]
     pub token: Option<String>,
@@ -151,6 +169,11 @@ pub struct Balancer {
 pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     config.token = config.token_file.as_deref().map(token::read).transpose()?;
     config.allow = AllowList::new(config.networks.clone());
+    config.backend_tls = config
+        .backend_ca
+        .as_deref()
+        .map(|ca| tls::client_config(Some(ca)))
+        .transpose()?;
     config.max_clients = fit_descriptors(config.max_clients);
     let policy = policy::by_name(&config.policy).ok_or_else(|| {
         format!(
@@ -160,13 +183,22 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         )
     })?;
     check_servers_file(&config.servers_file)?;
-    let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
-        format!(
-            "cannot listen on {}:{}: {e} (is another balancer running? --port 0 picks a free port)",
-            config.host, config.port
-        )
-    })?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let acceptor = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let bind = |port: u16| {
+        let listener = TcpListener::bind((config.host.as_str(), port)).map_err(|e| {
+            format!(
+                "cannot listen on {}:{port}: {e} (is another balancer running? port 0 picks a free port)",
+                config.host
+            )
+        })?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        Ok::<_, String>((listener, addr))
+    };
+    let plain = (!config.no_plain).then(|| bind(config.port)).transpose()?;
+    let secure = config.tls_port.map(bind).transpose()?;
     let admin =
         TcpListener::bind((config.admin_host.as_str(), config.admin_port)).map_err(|e| {
             format!(
@@ -194,7 +226,13 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         )
     })?;
     log::info!(
-        "Load balancer listening on {addr} (admin on http://{admin_addr}), policy {}; {} server(s) in {}",
+        "Load balancer listening on {} (admin on {}://{admin_addr}), policy {}; {} server(s) in {}",
+        [(&plain, ""), (&secure, " (TLS)")]
+            .iter()
+            .filter_map(|(l, what)| l.as_ref().map(|(_, a)| format!("{a}{what}")))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        if acceptor.is_some() { "https" } else { "http" },
         lb.queue.policy().name(),
         listed.len(),
         lb.config.servers_file.display()
@@ -215,16 +253,29 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     // Clients that connect meanwhile wait in the listen backlog.
     let expected = listed.len().min(lb.config.max_servers);
     lb.queue.wait_for_members(expected, STARTUP_WAIT);
-    // Tests and scripts read these two lines to learn the ports.
-    println!("loadbalancer listening on {addr}");
+    // Tests and scripts read these lines to learn the ports.
+    if let Some((_, addr)) = &plain {
+        println!("loadbalancer listening on {addr}");
+    }
     println!("admin listening on {admin_addr}");
+    if let Some((_, addr)) = &secure {
+        println!("loadbalancer listening for TLS on {addr}");
+    }
 
-    let accepting = Arc::clone(&lb);
-    let accept = spawn("accept", move || {
-        listener::accept_loop(&accepting, listener)
-    })?;
+    let mut listeners = Vec::new();
+    for (listening, tls) in [(plain, None), (secure, acceptor.clone())] {
+        let Some((listener, addr)) = listening else {
+            continue;
+        };
+        let accepting = Arc::clone(&lb);
+        let accept = spawn("accept", move || {
+            listener::accept_loop(&accepting, listener, tls)
+        })?;
+        listeners.push((accept, addr));
+    }
     let admin_lb = Arc::clone(&lb);
-    let admin = spawn("admin", move || admin::serve(&admin_lb, admin))?;
+    let admin = spawn("admin", move || admin::serve(&admin_lb, admin, acceptor))?;
+    listeners.push((admin, admin_addr));
 
     let _ = shutdown.recv();
     log::info!("Shutting down: no new clients; answering the clients connected");
@@ -232,14 +283,14 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     drop(stop_watcher);
     let _ = watcher.join();
     let _ = health.join();
-    shut_down(&lb, [(accept, addr), (admin, admin_addr)]);
+    shut_down(&lb, listeners);
     Ok(())
 }
 
-/// Stops both listeners (the client one takes in the clients already in its backlog first),
+/// Stops the listeners (the client ones take in the clients already in their backlog first),
 /// then waits up to the grace period for every client to get its reply and leave, and for
 /// the threads probing servers to end.
-fn shut_down(lb: &Balancer, listeners: [(JoinHandle<()>, SocketAddr); 2]) {
+fn shut_down(lb: &Balancer, listeners: Vec<(JoinHandle<()>, SocketAddr)>) {
     for (thread, addr) in listeners {
         // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
         // connect with, it cannot be woken: leave it, rather than wait for it for ever.

@@ -14,17 +14,22 @@ use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
 use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
+use crate::tls::{self, Stream};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
 const CLIENT_BUFFER: usize = 2 * 1024;
 /// Largest reply read whole from the server before its header is passed on (see [`relay`]).
 const WHOLE_REPLY: u64 = 64 * 1024;
 
+/// The reply to a client that speaks plain text to the TLS port.
+const PLAIN_ON_TLS: &[u8] =
+    b"ERR bad_request this port speaks TLS: connect with `client --tls`, or use the plain port\n";
+
 /// The client's socket as replies are written to it. All the writes of one reply share one
 /// deadline, the request timeout: a client that reads slowly or not at all frees its server
 /// within that time, however the writes split up.
 struct Client {
-    stream: TcpStream,
+    stream: Stream,
     deadline: Deadline,
 }
 
@@ -40,13 +45,13 @@ impl Write for Client {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let stream = &self.stream;
         self.deadline.before_call(|t| stream.set_write_timeout(t))?;
-        (&self.stream).write(buf)
+        self.stream.write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let stream = &self.stream;
         self.deadline.before_call(|t| stream.set_write_timeout(t))?;
-        (&self.stream).write_vectored(bufs)
+        self.stream.write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -54,19 +59,29 @@ impl Write for Client {
     }
 }
 
-/// Serves one client until it disconnects, breaks the protocol, or the balancer stops.
-pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream) {
+/// Serves one client until it disconnects, breaks the protocol, or the balancer stops; on the
+/// TLS listener (`tls` given), after a handshake that must end within the request timeout.
+pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&tls::Acceptor>) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     log::info!("Connected with {peer}");
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(config) => {
+            match tls::accept(config, stream, lb.config.request_timeout, PLAIN_ON_TLS) {
+                Ok(stream) => stream,
+                Err(e) => return log::info!("{peer}: refused: TLS handshake failed: {e}"),
+            }
+        }
+    };
     match serve(lb, stream, &peer) {
         Ok(()) => log::info!("{peer} disconnected"),
         Err(e) => log::info!("{peer} disconnected: {e}"),
     }
 }
 
-fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
+fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
     // A client that stops reading must not hold a server: a reply not written within the
     // request timeout fails, and the relay drains the server's reply.
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
@@ -77,7 +92,7 @@ fn serve(lb: &Arc<Balancer>, stream: TcpStream, peer: &str) -> io::Result<()> {
         Ok(reading) => reading,
         Err(e) => {
             let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
-            let _ = (&stream).write_all(busy.header_line().as_bytes());
+            let _ = stream.write_all(busy.header_line().as_bytes());
             return Err(e);
         }
     };
@@ -187,7 +202,7 @@ fn handle(
         lb.stats.record_taken(&backend, id, taken);
         // Registered while the request waits on the server, so a failed health check can
         // release it (see `health`).
-        let exchange = backend.exchange(id, &lease.item().writer);
+        let exchange = backend.exchange(id, lease.item().writer.tcp());
         let relayed = relay(lease.item(), line, header, client);
         drop(exchange);
         match relayed {

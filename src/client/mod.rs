@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use crate::error::Error;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
 use crate::server::file_store::check_file_name;
+use crate::tls::{self, Stream};
 
 /// How long the client waits for the next bytes of a reply before giving up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,6 +59,27 @@ pub struct ClientConfig {
     /// Overwrite an existing file instead of saving as `name (1).ext`.
     #[arg(long)]
     pub force: bool,
+    /// Speak TLS (to the balancer's `--tls-port`).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificate (PEM) that the balancer's certificate must be signed by, with `--tls`
+    /// (default: the system's CAs).
+    #[arg(long, requires = "tls")]
+    pub ca: Option<PathBuf>,
+}
+
+impl ClientConfig {
+    /// With `--tls`, how to speak TLS to `--lb`.
+    ///
+    /// # Errors
+    /// A message naming the CA file that cannot be read, or the host that is not a name.
+    pub fn connector(&self) -> Result<Option<tls::Connector>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let config = tls::client_config(self.ca.as_deref())?;
+        tls::Connector::new(&config, &self.lb).map(Some)
+    }
 }
 
 /// What one request came to.
@@ -85,19 +107,23 @@ pub enum Outcome {
 
 /// A connection to the balancer that carries any number of requests.
 pub struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Stream>,
+    writer: Stream,
     header: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`, or a resolved address).
+    /// Connects to `addr` (`host:port`, or a resolved address), over TLS with `tls`.
     ///
     /// # Errors
-    /// The connection error.
-    pub fn open(addr: impl ToSocketAddrs) -> io::Result<Connection> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
+    /// The connection error; `InvalidData` when the TLS handshake failed (saying why).
+    pub fn open(addr: impl ToSocketAddrs, tls: Option<&tls::Connector>) -> io::Result<Connection> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => tls.connect(tcp, READ_TIMEOUT)?,
+        };
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         Ok(Connection {
             reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
@@ -302,7 +328,14 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
             return 1;
         }
     };
-    let mut conn = match Connection::open(&config.lb) {
+    let tls = match config.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("client {}: {e}", config.id);
+            return 2;
+        }
+    };
+    let mut conn = match Connection::open(&config.lb, tls.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}", cannot_reach(config, &e));
@@ -323,6 +356,13 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
 /// Prompts `Enter query: ` and answers requests until end of input or `quit`, on one
 /// connection (reopened if it breaks). Returns the exit code of the last request.
 pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn Write) -> u8 {
+    let tls = match config.connector() {
+        Ok(tls) => tls,
+        Err(e) => {
+            let _ = writeln!(out, "client {}: {e}", config.id);
+            return 2;
+        }
+    };
     let mut conn: Option<Connection> = None;
     let mut code = 0;
     loop {
@@ -352,7 +392,7 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
             }
         };
         if conn.is_none() {
-            match Connection::open(&config.lb) {
+            match Connection::open(&config.lb, tls.as_ref()) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     let _ = writeln!(out, "{}", cannot_reach(config, &e));
@@ -432,6 +472,10 @@ fn cannot_reach(config: &ClientConfig, e: &io::Error) -> String {
             "client {}: --lb {}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070",
             config.id, config.lb
         );
+    }
+    // A failed TLS handshake is not a balancer that is down.
+    if e.kind() == io::ErrorKind::InvalidData {
+        return format!("client {}: {}: {e}", config.id, config.lb);
     }
     format!(
         "client {}: cannot reach the load balancer at {}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)",

@@ -11,6 +11,10 @@ use crate::gauge::Held;
 use crate::protocol::{self, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 use crate::server::Server;
+use crate::tls::{self, Stream};
+
+/// The reply to a peer that speaks plain text to a server that speaks TLS.
+const PLAIN_ON_TLS: &[u8] = b"ERR bad_request this server speaks TLS\n";
 
 /// A reply ready to send: the work is done, only I/O is left.
 enum Reply {
@@ -39,6 +43,10 @@ pub fn serve_connection(server: &Server, stream: TcpStream) {
 /// Serves requests until the peer closes; returns how many came.
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
     stream.set_nodelay(true)?;
+    let stream = match &server.tls {
+        None => Stream::Plain(stream),
+        Some(config) => tls::accept(config, stream, server.request_timeout, PLAIN_ON_TLS)?,
+    };
     // No idle timeout: the balancer's persistent connections are silent between requests.
     let limits = Timeouts::new(Duration::ZERO, server.request_timeout);
     let mut reader = RequestReader::new(stream.try_clone()?, limits, 8 * 1024);
@@ -104,7 +112,7 @@ fn answer(server: &Server, request: &Request) -> Reply {
 }
 
 /// Writes a reply; says what was sent, for the log.
-fn send(writer: &mut TcpStream, reply: Reply) -> io::Result<String> {
+fn send(writer: &mut Stream, reply: Reply) -> io::Result<String> {
     match reply {
         Reply::Text(header, body) => {
             protocol::write_both(writer, header.to_line().as_bytes(), &body)?;
@@ -113,7 +121,10 @@ fn send(writer: &mut TcpStream, reply: Reply) -> io::Result<String> {
         Reply::File(header, file, len) => {
             writer.write_all(header.to_line().as_bytes())?;
             // `io::copy` from a file to a socket uses sendfile(2) on Linux: no copy through us.
-            let copied = io::copy(&mut file.take(len), writer)?;
+            let copied = match writer {
+                Stream::Plain(tcp) => io::copy(&mut file.take(len), tcp)?,
+                tls => io::copy(&mut file.take(len), tls)?,
+            };
             if copied < len {
                 // The file shrank while we sent it: the reply cannot be completed, so the
                 // connection must close rather than carry a short body.

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::cli::parse_seconds;
 use crate::gauge;
 use crate::servers_file::{ServerEntry, MAX_WORKERS};
-use crate::token;
+use crate::{tls, token};
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
 use registration::Registration;
@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// File holding the shared secret for --join (the balancer's --token-file).
     #[arg(long, requires = "join")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the balancer's certificate: --join then speaks HTTPS and
+    /// verifies it.
+    #[arg(long, requires = "join")]
+    pub ca: Option<PathBuf>,
     /// Database settings (`{"path": "colors.db", "writable": false}`, or `"url"` for PostgreSQL).
     #[arg(long, default_value = "data/database.json")]
     pub db: PathBuf,
@@ -80,6 +84,12 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_WORKERS as u64))]
     pub workers: usize,
+    /// Certificate chain (PEM): speak TLS to the balancer, which verifies it (`--backend-ca`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The server's workers, each a database connection of its own: taking one is what makes a
@@ -137,6 +147,8 @@ pub struct Server {
     pub stopping: AtomicBool,
     /// How long a request line may take to arrive, from its first byte (0: no limit).
     pub request_timeout: Duration,
+    /// With `--tls-cert`: each connection starts with a TLS handshake.
+    pub tls: Option<tls::Acceptor>,
 }
 
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
@@ -147,10 +159,24 @@ pub struct Server {
 pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     let registration = match config.join.clone() {
         Some(admin) => Registration::Join {
+            tls: match &config.ca {
+                Some(ca) => Some(tls::Connector::new(&tls::client_config(Some(ca))?, &admin)?),
+                None => None,
+            },
             admin,
             token: config.token_file.as_deref().map(token::read).transpose()?,
         },
         None => Registration::File(config.servers_file.clone()),
+    };
+    let acceptor = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls = tls::server_config(cert, key)?;
+            // No session tickets: they would arrive on the balancer's idle connection, which
+            // must stay silent between replies.
+            tls.send_tls13_tickets = 0;
+            Some(Arc::new(tls))
+        }
+        _ => None,
     };
     let db_config = DatabaseConfig::load(&config.db)?;
     let (back, idle) = crossbeam_channel::bounded(config.workers);
@@ -176,6 +202,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
             .as_secs_f64(),
         writable: db_config.writable,
         workers: config.workers,
+        tls: acceptor.is_some(),
     };
     registration.register(&entry)?;
     let server = Arc::new(Server {
@@ -187,6 +214,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         request_timeout: config.request_timeout,
+        tls: acceptor,
     });
     log::info!(
         "Server {} is starting (processing time {} s, {} worker(s))...",

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::servers_file::{self, ServerEntry};
+use crate::tls::{Connector, Stream};
 
 /// How long a join or leave request may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +23,8 @@ pub enum Registration {
         admin: String,
         /// The shared secret, if any.
         token: Option<String>,
+        /// With `--ca`: speak HTTPS, verifying the balancer's certificate.
+        tls: Option<Connector>,
     },
 }
 
@@ -34,10 +37,17 @@ impl Registration {
         match self {
             Registration::File(path) => servers_file::register(path, entry)
                 .map_err(|e| format!("cannot record this server in {}: {e}", path.display())),
-            Registration::Join { admin, token } => {
+            Registration::Join { admin, token, tls } => {
                 let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-                http(admin, "POST", "/servers", token.as_deref(), &body)
-                    .map_err(|e| format!("cannot join the balancer at {admin}: {e}"))
+                http(
+                    admin,
+                    tls.as_ref(),
+                    "POST",
+                    "/servers",
+                    token.as_deref(),
+                    &body,
+                )
+                .map_err(|e| format!("cannot join the balancer at {admin}: {e}"))
             }
         }
     }
@@ -50,21 +60,29 @@ impl Registration {
         match self {
             Registration::File(path) => servers_file::deregister(path, entry.id, entry.port)
                 .map_err(|e| format!("cannot remove this server from {}: {e}", path.display())),
-            Registration::Join { admin, token } => {
+            Registration::Join { admin, token, tls } => {
                 // The entry says which process leaves, should a newer one have the same id.
                 let path = format!("/servers/{}", entry.id);
                 let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-                http(admin, "DELETE", &path, token.as_deref(), &body)
-                    .map_err(|e| format!("cannot leave the balancer at {admin}: {e}"))
+                http(
+                    admin,
+                    tls.as_ref(),
+                    "DELETE",
+                    &path,
+                    token.as_deref(),
+                    &body,
+                )
+                .map_err(|e| format!("cannot leave the balancer at {admin}: {e}"))
             }
         }
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; `Ok` on a 2xx status. Small enough to read,
-/// so no HTTP client crate is needed.
+/// One HTTP/1.1 request (HTTPS with `tls`) with `Connection: close`; `Ok` on a 2xx status.
+/// Small enough to read, so no HTTP client crate is needed.
 fn http(
     addr: &str,
+    tls: Option<&Connector>,
     method: &str,
     path: &str,
     token: Option<&str>,
@@ -75,8 +93,11 @@ fn http(
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| format!("{addr} does not resolve"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&target, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect_timeout(&target, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => tls.connect(tcp, HTTP_TIMEOUT).map_err(|e| e.to_string())?,
+    };
     stream
         .set_read_timeout(Some(HTTP_TIMEOUT))
         .map_err(|e| e.to_string())?;

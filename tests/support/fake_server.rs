@@ -149,6 +149,7 @@ impl FakeServer {
             processing_time: 0.0,
             writable: false,
             workers: 1,
+            tls: false,
         };
         servers_file::register(file, &entry).unwrap();
     }

@@ -2,6 +2,7 @@
 //! binaries started on ports the OS picks, stopped when their handle drops.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fake_server;
 pub mod netns;
 pub mod postgres;
