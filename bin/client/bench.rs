@@ -12,7 +12,7 @@ use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use minilb::client::Connection;
@@ -134,6 +134,11 @@ struct Shared {
     /// Holds the client threads (and the main one) until all are ready, so the clock starts
     /// when the load does.
     ready: Barrier,
+    /// When the load started, set by the main thread just before the barrier lets it go: the
+    /// one clock both the clients' `--duration` and the report's elapsed time count from (each
+    /// thread's own clock could start late on a busy machine, and the run then seemed shorter
+    /// than asked).
+    started: OnceLock<Instant>,
     /// Requests finished so far, and how many of them failed (for the progress line).
     done: AtomicU64,
     failed: AtomicU64,
@@ -170,6 +175,7 @@ fn run(args: BenchArgs) -> Result<Report, String> {
             request(&format!("file {}", args.file))?,
         ],
         ready: Barrier::new(args.clients as usize + 1),
+        started: OnceLock::new(),
         addr,
         args,
         done: AtomicU64::new(0),
@@ -186,8 +192,8 @@ fn run(args: BenchArgs) -> Result<Report, String> {
         // The others wait at the barrier for this one: a bench cut short would measure nothing.
         threads.push(spawned.map_err(|e| format!("cannot start client thread {index}: {e}"))?);
     }
+    let started = *shared.started.get_or_init(Instant::now);
     shared.ready.wait();
-    let started = Instant::now();
     let progress = io::stderr()
         .is_terminal()
         .then(|| spawn_progress(Arc::clone(&shared), started));
@@ -278,7 +284,8 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     let limit = args.requests.map_or(u64::MAX, |total| {
         quota(total, u64::from(args.clients), index)
     });
-    let deadline = args.duration.map(|d| Instant::now() + d);
+    let started = *shared.started.get_or_init(Instant::now);
+    let deadline = args.duration.map(|d| started + d);
     // Room for the whole share up front (within reason), so recording never reallocates.
     tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
     // Each client starts at a different place in the mix, so files are spread across clients.
