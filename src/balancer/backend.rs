@@ -303,13 +303,19 @@ impl BackendConn {
         })
     }
 
+    /// Whether this connection holds bytes beyond the last reply in its buffer, read along
+    /// with the reply: it cannot take another request. Costs no system call.
+    pub fn buffered_stray(&self) -> Option<Unusable> {
+        (!self.reader.buffer().is_empty()).then_some(Unusable::Stray("sent bytes beyond its reply"))
+    }
+
     /// Why this connection cannot take another request, if it cannot: it holds bytes beyond
     /// the last reply (buffered, or waiting in the socket), or the server closed it. Looks
     /// without blocking, in one system call: a non-blocking peek (`MSG_PEEK | MSG_DONTWAIT`),
     /// which leaves the socket's blocking mode alone (`set_nonblocking` would take two more).
     pub fn unusable(&self) -> Option<Unusable> {
-        if !self.reader.buffer().is_empty() {
-            return Some(Unusable::Stray("sent bytes beyond its reply"));
+        if let Some(why) = self.buffered_stray() {
+            return Some(why);
         }
         let mut byte = [0u8; 1];
         match rustix::net::recv(
