@@ -200,11 +200,9 @@ fn handle(
         let decision = *lease.decision();
         lb.stats.record_choice(id, taken, server, facts, decision);
         lb.stats.record_taken(&backend, id, taken);
-        // Registered while the request waits on the server, so a failed health check can
-        // release it (see `health`).
-        let exchange = backend.exchange(id, lease.item().writer.tcp());
+        // A failed health check releases the request by shutting its connection down (see
+        // `health`).
         let relayed = relay(lease.item(), line, header, client);
-        drop(exchange);
         match relayed {
             Ok(Relayed {
                 reply,
