@@ -1,10 +1,11 @@
-//! The balancer's system calls per request on a persistent connection, counted by `strace`
-//! (skipped, saying so, where it is missing or cannot attach): no timeout set again, one peek,
-//! no descriptor duplicated per request.
+//! What a request costs the balancer in system calls: on a persistent connection, counted by
+//! `strace` (skipped, saying so, where it is missing or cannot attach): no timeout set again,
+//! one peek, no descriptor duplicated per request; with a new connection per request, no new
+//! thread each time.
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,4 +82,40 @@ fn a_request_costs_the_balancer_no_setsockopt_no_dup_and_one_peek() {
     assert!(per("fcntl") + per("dup") < REQUESTS / 10, "{summary}");
     // Reading the request, the peek before sending it, reading the reply.
     assert!(per("recvfrom") < 3 * REQUESTS + REQUESTS / 10, "{summary}");
+}
+
+/// The ids of `pid`'s threads.
+fn thread_ids(pid: u32) -> HashSet<String> {
+    (fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten())
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_new_connection_per_request_reuses_the_client_threads() {
+    let dir = TestDir::new(false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &[]);
+    let bystander = Bystander::start(lb.addr);
+    let left = || lb.log_text().matches(" disconnected").count();
+    // One client first: its thread then waits for the next.
+    assert!(Wire::connect(lb.addr).request("SELECT 1").is_ok());
+    wait_until(START_TIMEOUT, || left() == 1);
+    let before = thread_ids(lb.pid());
+    // Seen while each client is connected, so that a thread started for it is still there.
+    let mut seen = HashSet::new();
+    for n in 2..=21 {
+        let mut wire = Wire::connect(lb.addr);
+        let reply = wire.request(&format!("SELECT {n} AS n"));
+        assert_eq!(reply.text(), format!("n: {n}\n"));
+        seen.extend(thread_ids(lb.pid()));
+        drop(wire);
+        wait_until(START_TIMEOUT, || left() == n);
+    }
+    let started = seen.difference(&before).count();
+    assert!(
+        started <= 2,
+        "{started} threads started for 20 clients one after another"
+    );
+    bystander.finish();
 }
