@@ -273,6 +273,16 @@ impl Deadline {
         }
     }
 
+    /// With no per-call timeout, for a socket whose timeout is not known: the first call
+    /// sets it.
+    pub(crate) fn unknown() -> Deadline {
+        Deadline {
+            per_call: None,
+            set: Some(Duration::MAX),
+            at: None,
+        }
+    }
+
     /// The timeout each call gets outside a run.
     pub fn per_call(&self) -> Option<Duration> {
         self.per_call

@@ -5,14 +5,16 @@
 //!
 //! A socket read timeout alone does not stop a slowloris: a client sending one byte every few
 //! seconds never trips it, and holds its thread forever. So the line gets a deadline when its
-//! first byte arrives, and before each read the socket's timeout is set to the time left.
+//! first byte arrives, and before each read the socket's timeout is set to the time left
+//! (when it is more than [`protocol::DEADLINE_SLACK`] off: usually it is not, and a request
+//! costs no `setsockopt`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error};
-use crate::protocol::{self, Line, MAX_REQUEST_LINE};
+use crate::protocol::{self, Deadline, Line, MAX_REQUEST_LINE};
 use crate::tls::{Stream, HANDSHAKE_RECORD};
 
 /// How long a connection being closed after an error keeps reading (and discarding) what its
@@ -67,7 +69,8 @@ struct DeadlineStream {
     stream: Stream,
     timeouts: Timeouts,
     clock: Clock,
-    deadline: Option<Instant>,
+    /// The running clock's deadline, kept through the socket's read timeout.
+    deadline: Deadline,
     /// Which clock ran out, once a read failed because of it.
     expired: Option<Clock>,
 }
@@ -79,7 +82,7 @@ impl DeadlineStream {
             Clock::Line => self.timeouts.request,
         };
         self.clock = clock;
-        self.deadline = limit.and_then(|d| Instant::now().checked_add(d));
+        self.deadline.start(limit);
         self.expired = None;
     }
 }
@@ -87,18 +90,13 @@ impl DeadlineStream {
 impl Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let timeout = match self.deadline {
-                None => None,
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        self.expired = Some(self.clock);
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    Some(left)
+            let stream = &self.stream;
+            if let Err(e) = self.deadline.before_call(|t| stream.set_read_timeout(t)) {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    self.expired = Some(self.clock);
                 }
-            };
-            self.stream.set_read_timeout(timeout)?;
+                return Err(e);
+            }
             match self.stream.read(buf) {
                 Ok(n) => {
                     if n > 0 && self.clock == Clock::Idle {
@@ -136,7 +134,9 @@ impl RequestReader {
             stream,
             timeouts,
             clock: Clock::Idle,
-            deadline: None,
+            // The socket's timeout is not known (a TLS handshake leaves one): the first read
+            // sets it.
+            deadline: Deadline::unknown(),
             expired: None,
         };
         RequestReader {
@@ -267,6 +267,21 @@ mod tests {
         assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
         assert_eq!(line, b"two");
         assert_eq!(reader.next(&mut line).unwrap(), Incoming::Closed);
+    }
+
+    #[test]
+    fn a_request_costs_no_setsockopt_while_the_timeout_set_is_close_enough() {
+        let (mut peer, mut reader, ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+        let mut line = Vec::new();
+        peer.write_all(b"one\n").unwrap();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        // Changed behind the reader's back: it is not set again while the idle timeout it
+        // set last is still within the slack of the time left.
+        let marker = Some(Duration::from_secs(7));
+        ours.set_read_timeout(marker).unwrap();
+        peer.write_all(b"two\n").unwrap();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(ours.read_timeout().unwrap(), marker);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -62,9 +62,10 @@ pub struct Backend {
     service_micros: AtomicU64,
     /// Moving average of whole-request latency, in µs (0 = none yet).
     latency_micros: AtomicU64,
-    /// Guards clones of the connections to it that carry a request, by request id, for a
-    /// failed health check to break (see [`Backend::exchange`]).
-    exchanges: Mutex<HashMap<u64, TcpStream>>,
+    /// Guards the sockets of its open connections (each held by its [`BackendConn`]; gone
+    /// when that closes), for a failed health check to shut down (see
+    /// [`Backend::break_connections`]).
+    sockets: Mutex<Vec<Weak<TcpStream>>>,
 }
 
 impl Backend {
@@ -158,36 +159,16 @@ impl Backend {
         fold(&self.latency_micros, latency);
     }
 
-    /// Registers `conn` as carrying request `id` until the guard drops, so that
-    /// [`Backend::break_exchanges`] can release the request. Without a descriptor for the
-    /// clone, the request just waits for the reply timeout.
-    pub(crate) fn exchange(&self, id: u64, conn: &TcpStream) -> Exchange<'_> {
-        if let Ok(clone) = conn.try_clone() {
-            self.exchanges.lock().insert(id, clone);
+    /// Shuts down every open connection to it (the server is down): each request waiting on
+    /// a reply sees its connection broken at once, and an idle one is found closed. Returns
+    /// how many there were.
+    pub(crate) fn break_connections(&self) -> usize {
+        let sockets = std::mem::take(&mut *self.sockets.lock());
+        let open: Vec<Arc<TcpStream>> = sockets.iter().filter_map(Weak::upgrade).collect();
+        for socket in &open {
+            let _ = socket.shutdown(Shutdown::Both);
         }
-        Exchange { backend: self, id }
-    }
-
-    /// Shuts down every connection carrying a request (the server is down): each request
-    /// sees its connection broken at once. Returns how many there were.
-    pub(crate) fn break_exchanges(&self) -> usize {
-        let streams = std::mem::take(&mut *self.exchanges.lock());
-        for stream in streams.values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        streams.len()
-    }
-}
-
-/// A connection registered by [`Backend::exchange`]; unregistered on drop.
-pub(crate) struct Exchange<'a> {
-    backend: &'a Backend,
-    id: u64,
-}
-
-impl Drop for Exchange<'_> {
-    fn drop(&mut self) {
-        self.backend.exchanges.lock().remove(&self.id);
+        open.len()
     }
 }
 
@@ -219,6 +200,8 @@ pub struct BackendConn {
     pub reader: BufReader<ServerStream>,
     /// Sends requests.
     pub writer: Stream,
+    /// The socket again, registered with its server for [`Backend::break_connections`].
+    _socket: Arc<TcpStream>,
 }
 
 /// The server's socket as replies are read from it: each read waits at most the reply
@@ -237,18 +220,19 @@ impl Read for ServerStream {
 }
 
 impl BackendConn {
-    /// Connects to `addr`, over TLS with `tls`. Reads fail after `reply_timeout` of silence,
-    /// so a hung server is noticed.
+    /// Connects to `backend`, over TLS with `tls`, and registers the socket with it for its
+    /// life. Reads fail after `reply_timeout` of silence, so a hung server is noticed.
     ///
     /// # Errors
     /// The connection error, or `NotFound` when the address does not resolve; `InvalidData`
     /// when the TLS handshake failed (its certificate did not verify, say).
     pub fn connect(
-        addr: &str,
+        backend: &Backend,
         connect_timeout: Duration,
         reply_timeout: Duration,
         tls: Option<&Connector>,
     ) -> io::Result<BackendConn> {
+        let addr = &backend.addr;
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
             format!("{addr} does not resolve to an address"),
@@ -267,10 +251,18 @@ impl BackendConn {
                         stream: stream.try_clone()?,
                         deadline: Deadline::new(Some(reply_timeout)),
                     };
+                    // Once per connection, not per request: one more descriptor, and a lock
+                    // that prunes the closed ones.
+                    let socket = Arc::new(stream.tcp().try_clone()?);
+                    let mut sockets = backend.sockets.lock();
+                    sockets.retain(|s| s.strong_count() > 0);
+                    sockets.push(Arc::downgrade(&socket));
+                    drop(sockets);
                     let reader = BufReader::with_capacity(RELAY_BUFFER, read);
                     return Ok(BackendConn {
                         reader,
                         writer: stream,
+                        _socket: socket,
                     });
                 }
                 Err(e) => last = e,
@@ -303,13 +295,19 @@ impl BackendConn {
         })
     }
 
+    /// Whether this connection holds bytes beyond the last reply in its buffer, read along
+    /// with the reply: it cannot take another request. Costs no system call.
+    pub fn buffered_stray(&self) -> Option<Unusable> {
+        (!self.reader.buffer().is_empty()).then_some(Unusable::Stray("sent bytes beyond its reply"))
+    }
+
     /// Why this connection cannot take another request, if it cannot: it holds bytes beyond
     /// the last reply (buffered, or waiting in the socket), or the server closed it. Looks
     /// without blocking, in one system call: a non-blocking peek (`MSG_PEEK | MSG_DONTWAIT`),
     /// which leaves the socket's blocking mode alone (`set_nonblocking` would take two more).
     pub fn unusable(&self) -> Option<Unusable> {
-        if !self.reader.buffer().is_empty() {
-            return Some(Unusable::Stray("sent bytes beyond its reply"));
+        if let Some(why) = self.buffered_stray() {
+            return Some(why);
         }
         let mut byte = [0u8; 1];
         match rustix::net::recv(
@@ -353,13 +351,24 @@ mod tests {
     use std::net::TcpListener;
     use std::time::Instant;
 
-    /// A connection to a listener in this test, and the test's end of it.
-    fn pair() -> (BackendConn, TcpStream) {
+    /// A connection to `s` (at a listener in this test), and the test's end of it.
+    fn connect(s: &Backend, listener: &TcpListener) -> (BackendConn, TcpStream) {
+        let second = Duration::from_secs(1);
+        let conn = BackendConn::connect(s, second, second, None).unwrap();
+        (conn, listener.accept().unwrap().0)
+    }
+
+    /// A server at a listener in this test.
+    fn listening() -> (Backend, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let second = Duration::from_secs(1);
-        let conn = BackendConn::connect(&addr, second, second, None).unwrap();
-        (conn, listener.accept().unwrap().0)
+        (Backend::new(1, addr, Duration::ZERO, false), listener)
+    }
+
+    /// A connection to a listener in this test, and the test's end of it.
+    fn pair() -> (BackendConn, TcpStream) {
+        let (s, listener) = listening();
+        connect(&s, &listener)
     }
 
     /// Waits (bounded) until the connection's check says something.
@@ -436,28 +445,28 @@ mod tests {
     }
 
     #[test]
-    fn breaking_the_exchanges_releases_the_request_waiting_on_a_reply() {
-        let (mut conn, _server) = pair();
-        let s = backend(0.0);
-        let exchange = s.exchange(7, conn.writer.tcp());
+    fn breaking_the_connections_releases_the_request_waiting_on_a_reply() {
+        let (s, listener) = listening();
+        let (mut conn, _server) = connect(&s, &listener);
         // The server never answers: the read ends when the connection is broken (before or
         // while it waits), not after the reply timeout.
         let released = std::thread::scope(|scope| {
-            let breaker = scope.spawn(|| s.break_exchanges());
+            let breaker = scope.spawn(|| s.break_connections());
             assert_eq!(conn.read_header(&mut Vec::new()).unwrap(), Line::Eof);
             breaker.join().unwrap()
         });
-        drop(exchange);
         assert_eq!(released, 1);
     }
 
     #[test]
-    fn a_finished_exchange_is_not_broken() {
-        let (conn, _server) = pair();
-        let s = backend(0.0);
-        drop(s.exchange(7, conn.writer.tcp()));
-        assert_eq!(s.break_exchanges(), 0);
-        assert_eq!(conn.unusable(), None);
+    fn breaking_shuts_down_the_open_connections_idle_ones_too_not_the_closed() {
+        let (s, listener) = listening();
+        let (idle, _a) = connect(&s, &listener);
+        let (closed, _b) = connect(&s, &listener);
+        drop(closed);
+        assert_eq!(s.break_connections(), 1);
+        assert!(matches!(idle.unusable(), Some(Unusable::Closed(_))));
+        assert_eq!(s.break_connections(), 0);
     }
 
     #[test]

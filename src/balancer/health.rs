@@ -1,7 +1,7 @@
 //! Active health checks, as HAProxy's default `check`: every `--check-interval` a TCP connect
 //! to each server in the pool, which costs the server no worker (no request is sent). After
 //! `--check-fall` misses in a row the server is down: it leaves the pool, and the requests
-//! waiting on its replies are released at once ([`Backend::break_exchanges`]), so a read is
+//! waiting on its replies are released at once ([`Backend::break_connections`]), so a read is
 //! retried on another server within seconds of a link going dead, whatever
 //! `--server-timeout` says. It comes back through the reconnect path ([`super::membership`]).
 
@@ -94,7 +94,8 @@ fn take_down(lb: &Balancer, backend: &Backend, why: &io::Error) {
         lb.config.check_fall
     );
     lb.queue.retire(backend.id);
-    let released = backend.break_exchanges();
+    // `retire` closed its idle connections: those left carry requests (or a re-probe).
+    let released = backend.break_connections();
     if released > 0 {
         log::warn!(
             "server {}: {released} request(s) waiting on its reply released, to be retried",

@@ -1,5 +1,6 @@
 //! The balancer's accept loop: one thread per client, up to `--max-clients`, for clients whose
-//! address is in the `--allow` list.
+//! address is in the `--allow` list. A thread whose client left waits a moment for the next
+//! one, so that a new connection per request does not start and end a thread each time.
 //!
 //! Running out of file descriptors is planned for: the loop keeps one spare, and when accept()
 //! fails for want of descriptors it closes the spare, accepts the waiting client, tells it
@@ -9,9 +10,11 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::balancer::{session, Balancer};
 use crate::error::{Code, Error};
@@ -28,11 +31,32 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the loop rests after an accept that failed for another reason, so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
+/// Most client threads waiting for a next client (per listener), and how long each waits.
+const MAX_PARKED: usize = 64;
+const PARK_TIME: Duration = Duration::from_secs(5);
+
+/// The client threads waiting for a next client.
+struct Parked {
+    /// Carries an admitted client to a waiting thread; with no capacity, `try_send` succeeds
+    /// only when a thread waits. Dropped when the loop ends, which ends the waits.
+    hand: Sender<TcpStream>,
+    /// Where waiting threads receive it, for at most [`PARK_TIME`].
+    take: Receiver<TcpStream>,
+    /// Threads waiting, at most [`MAX_PARKED`].
+    waiting: Arc<AtomicUsize>,
+}
+
 /// Accepts clients until the balancer stops; then admits the clients already waiting in the
 /// backlog (they connected before Ctrl-C and get their replies) and closes the listener.
 /// With `tls`, each client's thread starts with a TLS handshake.
 pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
-    let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref());
+    let (hand, take) = crossbeam_channel::bounded(0);
+    let parked = Parked {
+        hand,
+        take,
+        waiting: Arc::default(),
+    };
+    let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref(), &parked);
     // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
     let on = listener
         .local_addr()
@@ -98,7 +122,7 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// Starts a session thread for a client, or turns it away (`ERR forbidden` when its address
 /// is not allowed, `ERR busy` when there are too many clients) with no thread spawned for it.
-fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>) {
+fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: &Parked) {
     let _ = stream.set_nodelay(true);
     // A client whose address cannot be read has already gone; with an allow list it is refused.
     let peer = stream.peer_addr().ok();
@@ -122,14 +146,31 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>) {
         );
         return;
     }
+    let mut stream = match parked.hand.try_send(stream) {
+        Ok(()) => return,
+        Err(e) => e.into_inner(),
+    };
     let session_lb = Arc::clone(lb);
     let tls = tls.cloned();
+    let (take, waiting) = (parked.take.clone(), Arc::clone(&parked.waiting));
     let spawned = std::thread::Builder::new()
         .name("client".into())
         .stack_size(CLIENT_STACK)
-        .spawn(move || {
-            let _client = Held::adopt(&session_lb.clients);
+        .spawn(move || loop {
+            // Each client's unit of `clients` was added by `admit`.
+            let client = Held::adopt(&session_lb.clients);
             session::serve_client(&session_lb, stream, tls.as_ref());
+            drop(client);
+            if waiting.fetch_add(1, Ordering::SeqCst) >= MAX_PARKED {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            let next = take.recv_timeout(PARK_TIME);
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            match next {
+                Ok(next) => stream = next,
+                Err(_) => return,
+            }
         });
     if let Err(e) = spawned {
         // The closure, and the unit it would have adopted, never ran.

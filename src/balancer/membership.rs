@@ -463,8 +463,7 @@ fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<V
     };
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut conn =
-            BackendConn::connect(&backend.addr, CONNECT_TIMEOUT, reply_timeout, tls.as_ref())?;
+        let mut conn = BackendConn::connect(backend, CONNECT_TIMEOUT, reply_timeout, tls.as_ref())?;
         conn.writer.write_all(PROBE)?;
         conns.push(conn);
     }

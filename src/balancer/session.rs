@@ -12,6 +12,7 @@ use crate::balancer::{membership, stats, Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
+use crate::policy::Facts;
 use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 use crate::tls::{self, Stream};
@@ -188,23 +189,20 @@ fn handle(
             continue;
         }
         attempt += 1;
-        // The decision is recorded as facts, and the policy's reason in words now: it quotes
-        // figures (requests served, measured time) that later requests change.
+        // The decision is recorded as facts, with the figures the policy's reason quotes as
+        // they are now (later requests change them); words are made only when read.
         let backend = Arc::clone(lease.server());
-        let policy = lb.queue.policy();
-        let reason = policy.reason(&backend);
+        let facts = Facts::of(&backend);
         if log::log_enabled!(log::Level::Info) {
-            let why = stats::explain(policy, server, &reason, lease.decision());
+            let why = stats::explain(lb.queue.policy(), server, &facts, lease.decision());
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
         let decision = *lease.decision();
-        lb.stats.record_choice(id, taken, server, reason, decision);
+        lb.stats.record_choice(id, taken, server, facts, decision);
         lb.stats.record_taken(&backend, id, taken);
-        // Registered while the request waits on the server, so a failed health check can
-        // release it (see `health`).
-        let exchange = backend.exchange(id, lease.item().writer.tcp());
+        // A failed health check releases the request by shutting its connection down (see
+        // `health`).
         let relayed = relay(lease.item(), line, header, client);
-        drop(exchange);
         match relayed {
             Ok(Relayed {
                 reply,
@@ -267,10 +265,12 @@ fn handle(
     reply_error(lb, &e, started, client)
 }
 
-/// Returns a server to the idle list after a reply, if its connection holds nothing beyond
-/// that reply (one non-blocking peek); otherwise see [`replace_connection`].
+/// Returns a server to the idle list after a reply, unless bytes beyond that reply were read
+/// with it (see [`replace_connection`]). Bytes that come later, and a close, are found by the
+/// peek before the connection's next request (in [`handle`]): it looks later, so it sees all
+/// that a peek here would, and one peek per request is enough.
 fn give_back(lb: &Arc<Balancer>, id: u64, mut lease: Lease<'_, BackendConn>) {
-    match lease.item().unusable() {
+    match lease.item().buffered_stray() {
         None => lease.release(),
         Some(why) => replace_connection(lb, id, lease, &why),
     }

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use crate::balancer::backend::Backend;
 use crate::error::{Code, Error};
 use crate::idle_queue::Decision;
-use crate::policy::Policy;
+use crate::policy::{Facts, Policy};
 
 /// Upper bounds, in seconds, of the request-latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -79,8 +79,8 @@ enum Recorded {
         request: u64,
         at: f64,
         chosen: u32,
-        /// The policy's reason, in words when it was made: it quotes figures that change.
-        reason: String,
+        /// The figures the policy's reason quotes, as they were when it was made.
+        facts: Facts,
         decision: Decision,
     },
     /// No server could be given.
@@ -180,7 +180,7 @@ impl Stats {
         request: u64,
         made: Instant,
         chosen: u32,
-        reason: String,
+        facts: Facts,
         decision: Decision,
     ) {
         let at = self.secs(made);
@@ -188,7 +188,7 @@ impl Stats {
             request,
             at,
             chosen,
-            reason,
+            facts,
             decision,
         });
     }
@@ -272,14 +272,14 @@ impl Stats {
                     request,
                     at,
                     chosen,
-                    reason,
+                    facts,
                     decision,
                 } => DecisionRecord {
                     request: *request,
                     at: *at,
                     text: format!(
                         "req {request} -> server {chosen}: {}",
-                        explain(policy, *chosen, reason, decision)
+                        explain(policy, *chosen, facts, decision)
                     ),
                 },
                 Recorded::Refused { request, at, why } => DecisionRecord {
@@ -296,15 +296,16 @@ impl Stats {
     }
 }
 
-/// Why `chosen` was picked, in words: how many servers were busy, the policy's `reason` (put
-/// into words when the choice was made), how many workers were free besides, the wait. Called
+/// Why `chosen` was picked, in words: how many servers were busy, the policy's reason (from
+/// the figures recorded when the choice was made), how many workers were free besides, the wait. Called
 /// outside any lock. E.g. `1 server busy, server 2 fastest idle (20 ms) by power, queued 2nd,
 /// waited 15 ms`.
-pub fn explain(policy: &dyn Policy, chosen: u32, reason: &str, d: &Decision) -> String {
+pub fn explain(policy: &dyn Policy, chosen: u32, facts: &Facts, d: &Decision) -> String {
     let mut parts = Vec::new();
     if d.busy > 0 {
         parts.push(format!("{} busy", how_many(d.busy, "server")));
     }
+    let reason = policy.reason(facts);
     parts.push(format!("server {chosen} {reason} by {}", policy.name()));
     if d.free > 1 {
         parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
@@ -382,7 +383,7 @@ mod tests {
             waited: Duration::from_millis(15),
         };
         assert_eq!(
-            explain(&Power, 2, &Power.reason(&chosen), &d),
+            explain(&Power, 2, &Facts::of(&chosen), &d),
             "2 servers busy, server 2 fastest idle (20 ms) by power, 1 worker free too, queued 2nd, waited 15 ms"
         );
         let alone = Decision {
@@ -390,7 +391,7 @@ mod tests {
             ..Decision::default()
         };
         assert_eq!(
-            explain(&Power, 2, &Power.reason(&chosen), &alone),
+            explain(&Power, 2, &Facts::of(&chosen), &alone),
             "server 2 fastest idle (20 ms) by power"
         );
         assert_eq!(
@@ -398,7 +399,7 @@ mod tests {
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
         );
         let stats = Stats::default();
-        stats.record_choice(7, Instant::now(), 2, Power.reason(&chosen), alone);
+        stats.record_choice(7, Instant::now(), 2, Facts::of(&chosen), alone);
         assert_eq!(
             stats.decisions(&Power)[0].text,
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
@@ -413,8 +414,8 @@ mod tests {
         let second = first + Duration::from_millis(1);
         let chosen = backend(1, 0.02, 0);
         // Request 14's decision is recorded before request 13's, made earlier.
-        stats.record_choice(14, second, 1, Power.reason(&chosen), Decision::default());
-        stats.record_choice(13, first, 1, Power.reason(&chosen), Decision::default());
+        stats.record_choice(14, second, 1, Facts::of(&chosen), Decision::default());
+        stats.record_choice(13, first, 1, Facts::of(&chosen), Decision::default());
         let d = stats.decisions(&Power);
         assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
         assert!(d[0].at < d[1].at);

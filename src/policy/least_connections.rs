@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::Policy;
+use super::{Facts, Policy};
 use crate::balancer::backend::Backend;
 
 /// Idle server with the fewest requests in flight, then served.
@@ -26,10 +26,8 @@ impl Policy for LeastConnections {
         })
     }
 
-    fn reason(&self, chosen: &Backend) -> String {
-        // Called just after the hand-out, which counts in `in_flight` already.
-        let before = chosen.in_flight.load(Relaxed).saturating_sub(1);
-        let served = chosen.requests.load(Relaxed);
+    fn reason(&self, chosen: &Facts) -> String {
+        let (before, served) = (chosen.in_flight, chosen.served);
         format!("fewest in flight ({before}), then fewest requests served ({served})")
     }
 }

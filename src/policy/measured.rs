@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::{short_time, Policy};
+use super::{short_time, Facts, Policy};
 use crate::balancer::backend::Backend;
 
 /// Fastest idle server by measured service time, round robin among equals.
@@ -21,12 +21,12 @@ impl Policy for Measured {
             .min_by_key(|&i| (idle[i].expected_time(), idle[i].last_chosen.load(Relaxed)))
     }
 
-    fn reason(&self, chosen: &Backend) -> String {
-        match chosen.measured() {
+    fn reason(&self, chosen: &Facts) -> String {
+        match chosen.measured {
             Some(m) => format!("fastest idle as measured ({})", short_time(m)),
             None => format!(
                 "fastest idle, not measured yet ({} declared)",
-                short_time(chosen.processing_time)
+                short_time(chosen.declared)
             ),
         }
     }

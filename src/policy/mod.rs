@@ -29,9 +29,37 @@ pub trait Policy: Send + Sync {
     /// Index of the idle server to use; `None` only when `idle` is empty. Called under the idle
     /// queue's lock: it reads the servers' live state and decides, nothing more.
     fn pick(&self, idle: &[Arc<Backend>]) -> Option<usize>;
-    /// Why `chosen` was picked, in words, for the log and the dashboard (e.g. `fastest idle
-    /// (0.5 s)`); called outside any lock, only when someone reads it.
-    fn reason(&self, chosen: &Backend) -> String;
+    /// Why the server with these figures was picked, in words, for the log and the dashboard
+    /// (e.g. `fastest idle (0.5 s)`); called outside any lock, only when someone reads it.
+    fn reason(&self, chosen: &Facts) -> String;
+}
+
+/// The figures of a chosen server that policies' reasons quote, read when the choice is made
+/// (they change with later requests) and put into words only when read: no allocation on the
+/// request's path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// Declared processing time.
+    pub declared: Duration,
+    /// Measured service time, once there is one.
+    pub measured: Option<Duration>,
+    /// Requests in flight on it besides this one.
+    pub in_flight: usize,
+    /// Requests it had served.
+    pub served: u64,
+}
+
+impl Facts {
+    /// The figures of `chosen`, just handed out (so its `in_flight` counts this request).
+    pub fn of(chosen: &Backend) -> Facts {
+        use std::sync::atomic::Ordering::Relaxed;
+        Facts {
+            declared: chosen.processing_time,
+            measured: chosen.measured(),
+            in_flight: chosen.in_flight.load(Relaxed).saturating_sub(1),
+            served: chosen.requests.load(Relaxed),
+        }
+    }
 }
 
 /// Every policy, in the order `--algorithm` lists them. Policies keep no state of their own,

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::{short_time, Policy};
+use super::{short_time, Facts, Policy};
 use crate::balancer::backend::Backend;
 
 /// Fastest idle server first, round robin among equals.
@@ -20,8 +20,8 @@ impl Policy for Power {
             .min_by_key(|&i| (idle[i].processing_time, idle[i].last_chosen.load(Relaxed)))
     }
 
-    fn reason(&self, chosen: &Backend) -> String {
-        format!("fastest idle ({})", short_time(chosen.processing_time))
+    fn reason(&self, chosen: &Facts) -> String {
+        format!("fastest idle ({})", short_time(chosen.declared))
     }
 }
 

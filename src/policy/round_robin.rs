@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::Policy;
+use super::{Facts, Policy};
 use crate::balancer::backend::Backend;
 
 /// Least recently chosen idle server.
@@ -18,7 +18,7 @@ impl Policy for RoundRobin {
         (0..idle.len()).min_by_key(|&i| (idle[i].last_chosen.load(Relaxed), idle[i].id))
     }
 
-    fn reason(&self, _chosen: &Backend) -> String {
+    fn reason(&self, _chosen: &Facts) -> String {
         "its turn (idle the longest since chosen)".into()
     }
 }

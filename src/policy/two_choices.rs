@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::Policy;
+use super::{Facts, Policy};
 use crate::balancer::backend::Backend;
 
 /// Less loaded of two random idle servers.
@@ -35,10 +35,8 @@ impl Policy for TwoChoices {
         }
     }
 
-    fn reason(&self, chosen: &Backend) -> String {
-        let served = chosen.requests.load(Ordering::Relaxed);
-        // Called just after the hand-out, which counts in `in_flight` already.
-        let before = chosen.in_flight.load(Ordering::Relaxed).saturating_sub(1);
+    fn reason(&self, chosen: &Facts) -> String {
+        let (before, served) = (chosen.in_flight, chosen.served);
         format!("less loaded of two at random ({before} in flight, {served} served)")
     }
 }
