@@ -334,3 +334,44 @@ fn no_plain_leaves_only_the_tls_listener() {
     let only_tls = format!("listening on {tls} (TLS) (admin on https://");
     assert!(lb.log_text().contains(&only_tls), "{}", lb.log_text());
 }
+
+#[test]
+fn a_tls_server_logs_no_line_for_a_health_check_nor_a_close_without_close_notify() {
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "server", &["127.0.0.1"], false);
+    let tls_args = ["--tls-cert", &path(&c.cert), "--tls-key", &path(&c.key)].map(String::from);
+    let server = start_server(&dir, 1, 0.0, &tls_args.each_ref().map(String::as_str));
+    // Connections that close at once, as the balancer's health checks do every second.
+    let checks: Vec<String> = (0..3)
+        .map(|_| {
+            TcpStream::connect(server.addr)
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // A TLS client that closes without a close_notify, as most do (Python's, the balancer's).
+    let config = minilb::tls::client_config(Some(&c.ca)).unwrap();
+    let connector = minilb::tls::Connector::new(&config, &server.addr.to_string()).unwrap();
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    let peer = tcp.local_addr().unwrap().to_string();
+    let mut stream = connector.connect(tcp, START_TIMEOUT).unwrap();
+    stream.write_all(b"SELECT 1 AS n\n").unwrap();
+    let mut reply = [0u8; 64];
+    assert!(stream.read(&mut reply).unwrap() > 0);
+    drop(stream);
+    wait_until(START_TIMEOUT, || {
+        server
+            .log_text()
+            .contains(&format!("connection with {peer} "))
+    });
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("connection with {peer} closed")),
+        "{log}"
+    );
+    for check in checks {
+        assert!(!log.contains(&check), "a health check was logged: {log}");
+    }
+}
