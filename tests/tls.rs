@@ -7,6 +7,7 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::certs::{self, path, start_tls_balancer};
@@ -374,4 +375,36 @@ fn a_tls_server_logs_no_line_for_a_health_check_nor_a_close_without_close_notify
     for check in checks {
         assert!(!log.contains(&check), "a health check was logged: {log}");
     }
+}
+
+#[test]
+fn one_read_of_an_openssl_client_gets_a_small_reply_whole() {
+    // Python's `ssl` (OpenSSL) returns one TLS record per read, as the README's example does.
+    if Command::new("python3").arg("-V").output().is_err() {
+        return eprintln!("skipped: python3 is not installed");
+    }
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_tls_balancer(&dir, 1, &c, &[]);
+    let script = format!(
+        "import socket, ssl\n\
+         c = ssl.create_default_context(cafile={ca:?})\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=20), server_hostname='127.0.0.1')\n\
+         s.sendall(b'SELECT \"Name\" FROM COLORS LIMIT 2\\n')\n\
+         print(s.recv(4096).decode(), end='')\n",
+        ca = path(&c.ca),
+        port = lb.addrs[2].port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "OK 26 server=1 rows=2\nName: White\n\nName: Silver\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
