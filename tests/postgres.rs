@@ -365,3 +365,15 @@ fn a_database_that_accepts_but_never_answers_is_refused_within_seconds() {
     let shown = format!("cannot connect to database postgres://minilb:***@127.0.0.1:{port}/colors");
     assert!(err.contains(&shown) && err.contains("no answer"), "{err}");
 }
+
+#[test]
+fn client_bench_works_on_postgres_as_it_comes() {
+    // Its default query must be one both databases take: PostgreSQL folds an unquoted `Name`.
+    let Some(pg) = Postgres::start() else { return };
+    let dir = pg_dir(&pg, OWNER, true);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &[]);
+    let addr = lb.addr.to_string();
+    let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &addr, "--requests", "20"], "");
+    assert_eq!(code, 0, "{out}{err}");
+}
