@@ -148,10 +148,10 @@ impl Postgres {
             let unavailable = |e: &dyn std::fmt::Display| {
                 Code::Unavailable.msg(format!("database {} cannot be reached: {e}", self.name))
             };
+            if Instant::now() < self.retry_at {
+                return Err(unavailable(&"reconnecting"));
+            }
             if self.connecting.is_none() {
-                if Instant::now() < self.retry_at {
-                    return Err(unavailable(&"reconnecting"));
-                }
                 self.connecting = Some(start_connect(&self.config).map_err(|e| unavailable(&e))?);
             }
             match self.connecting.as_ref().and_then(finish_connect) {
@@ -161,14 +161,16 @@ impl Postgres {
                     self.backoff = BACKOFF.0;
                     self.client = Some(client);
                 }
-                Some(Err(e)) => {
-                    self.connecting = None;
+                failed => {
+                    // A silent attempt is kept: one thread per worker, not one per request.
+                    if failed.is_some() {
+                        self.connecting = None;
+                    }
                     self.retry_at = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(BACKOFF.1);
-                    return Err(unavailable(&e));
+                    let why = failed.and_then(Result::err).unwrap_or_else(silent);
+                    return Err(unavailable(&why));
                 }
-                // Kept: a silent database holds one thread per worker, not one per request.
-                None => return Err(unavailable(&silent())),
             }
         }
         self.client
