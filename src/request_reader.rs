@@ -181,6 +181,8 @@ impl RequestReader {
             }
             Ok(Line::Complete) => return Ok(Incoming::Line),
             Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
+            // A TLS peer that closes without a close_notify, as most do: just a close.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Incoming::Closed),
             Ok(Line::TooLong) => return too_long(),
             Err(e) => e,
         };

@@ -42,6 +42,9 @@ pub enum Stream {
 pub trait Io: Read + Write + Send {
     /// Tells the peer that nothing more will be sent (a TLS `close_notify`).
     fn close_notify(&mut self);
+    /// Sends `bufs` at once, together in one record when they fit: a reply's header and a
+    /// small body arrive in one piece, as a client reading one record (OpenSSL's) expects.
+    fn send_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
 }
 
 impl<C, S> Io for StreamOwned<C, Socket>
@@ -52,6 +55,12 @@ where
     fn close_notify(&mut self) {
         self.conn.send_close_notify();
         let _ = self.conn.complete_io(&mut self.sock);
+    }
+
+    fn send_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.conn.writer().write_vectored(bufs)?;
+        self.flush()?;
+        Ok(n)
     }
 }
 
@@ -137,10 +146,7 @@ impl Write for Stream {
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write_vectored(bufs),
-            Stream::Tls { .. } => {
-                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
-                self.write(buf)
-            }
+            Stream::Tls { tls, .. } => tls.lock().send_vectored(bufs),
         }
     }
 

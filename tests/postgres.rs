@@ -346,3 +346,34 @@ fn an_unreachable_database_is_named_with_its_password_hidden() {
         assert!(err.contains("must name exactly one database"), "{err}");
     }
 }
+
+#[test]
+fn a_database_that_accepts_but_never_answers_is_refused_within_seconds() {
+    // A frozen PostgreSQL (or another service on its port): TCP connects, nothing comes back.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = mute.local_addr().unwrap().port();
+    let dir = TestDir::new(false);
+    let url = format!("postgres://minilb:s3cret@127.0.0.1:{port}/colors");
+    fs::write(
+        dir.path.join("database.json"),
+        format!("{{\"url\": \"{url}\"}}"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = refused_start(&dir);
+    assert!(started.elapsed() < Duration::from_secs(8), "{err}");
+    let shown = format!("cannot connect to database postgres://minilb:***@127.0.0.1:{port}/colors");
+    assert!(err.contains(&shown) && err.contains("no answer"), "{err}");
+}
+
+#[test]
+fn client_bench_works_on_postgres_as_it_comes() {
+    // Its default query must be one both databases take: PostgreSQL folds an unquoted `Name`.
+    let Some(pg) = Postgres::start() else { return };
+    let dir = pg_dir(&pg, OWNER, true);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_balancer(&dir, 1, &[]);
+    let addr = lb.addr.to_string();
+    let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &addr, "--requests", "20"], "");
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -7,6 +7,7 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::certs::{self, path, start_tls_balancer};
@@ -333,4 +334,77 @@ fn no_plain_leaves_only_the_tls_listener() {
     assert!(out.contains("n: 7"), "{out}");
     let only_tls = format!("listening on {tls} (TLS) (admin on https://");
     assert!(lb.log_text().contains(&only_tls), "{}", lb.log_text());
+}
+
+#[test]
+fn a_tls_server_logs_no_line_for_a_health_check_nor_a_close_without_close_notify() {
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "server", &["127.0.0.1"], false);
+    let tls_args = ["--tls-cert", &path(&c.cert), "--tls-key", &path(&c.key)].map(String::from);
+    let server = start_server(&dir, 1, 0.0, &tls_args.each_ref().map(String::as_str));
+    // Connections that close at once, as the balancer's health checks do every second.
+    let checks: Vec<String> = (0..3)
+        .map(|_| {
+            TcpStream::connect(server.addr)
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // A TLS client that closes without a close_notify, as most do (Python's, the balancer's).
+    let config = minilb::tls::client_config(Some(&c.ca)).unwrap();
+    let connector = minilb::tls::Connector::new(&config, &server.addr.to_string()).unwrap();
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    let peer = tcp.local_addr().unwrap().to_string();
+    let mut stream = connector.connect(tcp, START_TIMEOUT).unwrap();
+    stream.write_all(b"SELECT 1 AS n\n").unwrap();
+    let mut reply = [0u8; 64];
+    assert!(stream.read(&mut reply).unwrap() > 0);
+    drop(stream);
+    wait_until(START_TIMEOUT, || {
+        server
+            .log_text()
+            .contains(&format!("connection with {peer} "))
+    });
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("connection with {peer} closed")),
+        "{log}"
+    );
+    for check in checks {
+        assert!(!log.contains(&check), "a health check was logged: {log}");
+    }
+}
+
+#[test]
+fn one_read_of_an_openssl_client_gets_a_small_reply_whole() {
+    // Python's `ssl` (OpenSSL) returns one TLS record per read, as the README's example does.
+    if Command::new("python3").arg("-V").output().is_err() {
+        return eprintln!("skipped: python3 is not installed");
+    }
+    let dir = TestDir::new(false);
+    let c = certs::make(&dir.path, "lb", &["127.0.0.1"], false);
+    let _server = start_server(&dir, 1, 0.0, &[]);
+    let lb = start_tls_balancer(&dir, 1, &c, &[]);
+    let script = format!(
+        "import socket, ssl\n\
+         c = ssl.create_default_context(cafile={ca:?})\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.1', {port}), timeout=20), server_hostname='127.0.0.1')\n\
+         s.sendall(b'SELECT \"Name\" FROM COLORS LIMIT 2\\n')\n\
+         print(s.recv(4096).decode(), end='')\n",
+        ca = path(&c.ca),
+        port = lb.addrs[2].port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "OK 26 server=1 rows=2\nName: White\n\nName: Silver\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

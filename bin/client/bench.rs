@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = minilb::cli::parse_timeout)]
     duration: Option<Duration>,
     /// The query each request sends (or any request line, e.g. `file big.bin`).
-    #[arg(long, default_value = "SELECT Name FROM COLORS LIMIT 1")]
+    #[arg(long, default_value = r#"SELECT "Name" FROM COLORS LIMIT 1"#)]
     request: String,
     /// The file that the file share of --mix downloads.
     #[arg(long, default_value = "hello.txt")]

@@ -261,7 +261,7 @@ impl Watcher {
             return;
         }
         if queue.membership(id).is_some() {
-            log::info!("server {id} left the list: draining (its request in flight completes)");
+            log::info!("server {id} left the list: draining (its requests in flight complete)");
             self.draining.insert(id);
         } else {
             log::info!("server {id} left the list: removed");

@@ -19,6 +19,7 @@ use ::postgres::error::SqlState;
 use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::{FromSql, ToSql, Type};
 use ::postgres::{Client, Config, NoTls};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::types::ValueRef;
 
 use super::database::{
@@ -26,7 +27,7 @@ use super::database::{
 };
 use crate::error::{Code, Error};
 
-/// Longest wait for a connection, at start and on each reconnect.
+/// Longest wait for a connection and its start-up, at start and on each reconnect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between two reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
@@ -39,6 +40,8 @@ pub(crate) struct Postgres {
     limits: QueryLimits,
     /// None after the connection was lost, until a reconnection works.
     client: Option<Client>,
+    /// A reconnection still waiting for the database to answer.
+    connecting: Option<Attempt>,
     retry_at: Instant,
     backoff: Duration,
 }
@@ -66,8 +69,8 @@ impl Postgres {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
-        let mut client = config
-            .connect(NoTls)
+        let mut client = finish_connect(&start_connect(&config)?)
+            .unwrap_or_else(|| Err(silent()))
             .map_err(|e| format!("cannot connect to database {name}: {e}"))?;
         let fail = |e: ::postgres::Error| format!("database {name}: {}", message(&e));
         if db.writable {
@@ -101,6 +104,7 @@ impl Postgres {
             name,
             limits,
             client: Some(client),
+            connecting: None,
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
         })
@@ -147,16 +151,25 @@ impl Postgres {
             if Instant::now() < self.retry_at {
                 return Err(unavailable(&"reconnecting"));
             }
-            match self.config.connect(NoTls) {
-                Ok(client) => {
+            if self.connecting.is_none() {
+                self.connecting = Some(start_connect(&self.config).map_err(|e| unavailable(&e))?);
+            }
+            match self.connecting.as_ref().and_then(finish_connect) {
+                Some(Ok(client)) => {
                     log::info!("connected to database {} again", self.name);
+                    self.connecting = None;
                     self.backoff = BACKOFF.0;
                     self.client = Some(client);
                 }
-                Err(e) => {
+                failed => {
+                    // A silent attempt is kept: one thread per worker, not one per request.
+                    if failed.is_some() {
+                        self.connecting = None;
+                    }
                     self.retry_at = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(BACKOFF.1);
-                    return Err(unavailable(&e));
+                    let why = failed.and_then(Result::err).unwrap_or_else(silent);
+                    return Err(unavailable(&why));
                 }
             }
         }
@@ -164,6 +177,36 @@ impl Postgres {
             .as_mut()
             .ok_or_else(|| Code::Internal.msg("no database connection"))
     }
+}
+
+/// Carries a connection attempt's outcome from its thread.
+type Attempt = Receiver<Result<Client, ::postgres::Error>>;
+
+/// Starts connecting on a thread of its own: the crate's timeout covers the TCP connect only,
+/// so a database that accepts and then says nothing (frozen, or another service on its port)
+/// would hang the caller for good. The thread ends when its socket does.
+fn start_connect(config: &Config) -> Result<Attempt, String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("db-connect".into())
+        .spawn(move || drop(tx.send(config.connect(NoTls))))
+        .map_err(|e| format!("cannot start a thread to connect to the database: {e}"))?;
+    Ok(rx)
+}
+
+/// The attempt's outcome, waiting at most [`CONNECT_TIMEOUT`]; `None` while it still waits.
+fn finish_connect(attempt: &Attempt) -> Option<Result<Client, String>> {
+    match attempt.recv_timeout(CONNECT_TIMEOUT) {
+        Ok(outcome) => Some(outcome.map_err(|e| e.to_string())),
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => Some(Err("the connecting thread failed".into())),
+    }
+}
+
+fn silent() -> String {
+    let secs = CONNECT_TIMEOUT.as_secs();
+    format!("it accepted the connection but sent no answer within {secs} s")
 }
 
 /// Why a query failed.
