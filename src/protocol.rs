@@ -327,6 +327,15 @@ impl Deadline {
     }
 }
 
+/// Whether `e` is a socket timeout firing: Linux reports an expired `SO_RCVTIMEO` or
+/// `SO_SNDTIMEO` as `WouldBlock`, other systems as `TimedOut`.
+pub(crate) fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,12 +108,8 @@ impl Read for DeadlineStream {
                 }
                 // The socket timeout fired (or a signal): the loop checks the deadline again.
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                    if crate::protocol::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -246,14 +246,7 @@ pub fn accept(
             ));
         }
         // Nothing at all within the limit: the handshake's clock has run out too.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(too_slow(limit))
-        }
+        Err(e) if crate::protocol::timed_out(&e) => return Err(too_slow(limit)),
         // A close is the handshake's to report.
         _ => {}
     }
@@ -372,14 +365,7 @@ where
             }
         };
         match step {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(too_slow(limit))
-            }
+            Err(e) if crate::protocol::timed_out(&e) => return Err(too_slow(limit)),
             Err(e) => return Err(e),
             Ok(()) => {}
         }
