@@ -266,9 +266,10 @@ class Cluster:
         addr = wait_for("loadbalancer", lambda: listening_addr(log), proc=proc, log=log)
         return proc, addr
 
-    def start_haproxy(self, balance):
+    def start_haproxy(self, balance, bind_options=""):
         """HAProxy doing minilb's job: `first` with maxconn = the servers' workers, fastest listed
-        first; or `roundrobin` with no maxconn. Its config lives in the temp folder; the system
+        first; or `roundrobin` with no maxconn. `bind_options` are added to its listener (e.g.
+        `ssl crt FILE` to terminate TLS). Its config lives in the temp folder; the system
         service is never involved."""
         port = free_port()
         servers = "\n".join(
@@ -289,7 +290,7 @@ defaults
     timeout queue 60s
 
 frontend clients
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port} {bind_options}
     default_backend servers
 
 backend servers

@@ -39,44 +39,11 @@ def start_minilb(cluster, certs):
     return proc, b.wait_for("loadbalancer", tls_addr, proc=proc, log=log)
 
 
-def start_haproxy(cluster, certs):
-    """HAProxy as bench.py runs it (`first`, maxconn 1 per server), terminating TLS."""
-    port = b.free_port()
-    servers = "\n".join(f"    server s{i} {addr} maxconn 1"
-                        for i, addr in enumerate(cluster.addrs, start=1))
-    config = cluster.work / "haproxy-tls.cfg"
-    config.write_text(f"""global
-    nbthread 1
-    maxconn 5000
-
-defaults
-    mode tcp
-    maxconn 5000
-    timeout connect 5s
-    timeout client 120s
-    timeout server 120s
-    timeout queue 60s
-
-frontend clients
-    bind 127.0.0.1:{port} ssl crt {certs / "cert+key.pem"}
-    default_backend servers
-
-backend servers
-    balance first
-{servers}
-""")
-    log = cluster.work / "haproxy-tls.log"
-    proc = cluster.procs.start([b.HAPROXY, "-db", "-f", config], log, cwd=cluster.work)
-    addr = f"127.0.0.1:{port}"
-    b.wait_for("haproxy", lambda: b.accepts(addr), proc=proc, log=log)
-    return proc, addr
-
-
 def run_all(procs, work, certs):
     cluster = b.Cluster(procs, work, "tls", [0])
     targets = {"minilb": start_minilb(cluster, certs)}
     if b.HAPROXY:
-        targets["haproxy"] = start_haproxy(cluster, certs)
+        targets["haproxy"] = cluster.start_haproxy("first", f"ssl crt {certs / 'cert+key.pem'}")
     tls = ["--tls", "--ca", certs / "ca.pem"]
     workloads = {
         "persistent-1": ["--clients", 1, "--duration", b.SECONDS, "--request", QUERY],
