@@ -154,6 +154,20 @@ impl Postgres {
         );
     }
 
+    /// Freezes the cluster (SIGSTOP to the postmaster and its children), as a hung machine
+    /// would, until the guard is dropped (also when a test panics).
+    pub fn freeze(&self) -> Frozen<'_> {
+        self.signal_all("-STOP");
+        Frozen(self)
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let pids = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let pid = pids.lines().next().unwrap_or_default().trim();
+        let _ = self.run(&["kill", signal, pid]);
+        let _ = self.run(&["pkill", signal, "-P", pid]);
+    }
+
     /// Starts the server and waits (`pg_ctl -w` polls until it accepts connections, 60 s at
     /// most); false when it did not come up.
     fn pg_ctl_start(&self) -> bool {
@@ -205,6 +219,15 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A frozen cluster, thawed on drop.
+pub struct Frozen<'a>(&'a Postgres);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all("-CONT");
     }
 }
 
