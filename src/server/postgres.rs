@@ -130,6 +130,7 @@ impl Postgres {
         match outcome {
             Ok((reply, keep)) => {
                 if !keep {
+                    log::warn!("lost the connection to database {}", self.name);
                     self.session = None;
                 }
                 reply
@@ -159,6 +160,7 @@ impl Postgres {
             if self.abandoned.as_ref().is_some_and(|t| !t.is_finished()) {
                 return Err(unavailable(&"an earlier query still has no answer"));
             }
+            self.abandoned = None;
             if Instant::now() < self.retry_at {
                 return Err(unavailable(&"reconnecting"));
             }
