@@ -377,3 +377,39 @@ fn client_bench_works_on_postgres_as_it_comes() {
     let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &addr, "--requests", "20"], "");
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn a_frozen_database_costs_a_request_its_time_limit_not_the_worker() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = pg_dir(&pg, OWNER, true);
+    let mut server = start_server(&dir, 1, 0.0, &["--query-timeout", "1"]);
+    let mut wire = Wire::connect(server.addr);
+    // A stuck worker would never answer: the test must not wait 60 s for it.
+    let bound = Duration::from_secs(6);
+    wire.writer.set_read_timeout(Some(bound)).unwrap();
+    assert_eq!(wire.request("SELECT 1 AS n").text(), "n: 1\n");
+    let threads = thread_count(server.pid());
+    let frozen = pg.freeze();
+    // The time limit (1 s) and a margin; then the stuck query's thread is the only one.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = wire.try_request("SELECT 1 AS n");
+        assert!(
+            reply
+                .as_ref()
+                .is_ok_and(|r| r.header.starts_with("ERR unavailable database ")),
+            "{reply:?}"
+        );
+        assert!(started.elapsed() < bound);
+        assert!(thread_count(server.pid()) <= threads + 1);
+    }
+    drop(frozen);
+    wait_until(Duration::from_secs(10), || {
+        wire.request("SELECT 1 AS n").text() == "n: 1\n"
+    });
+    // Frozen again: a stopping server does not wait for the stuck query.
+    let _frozen = pg.freeze();
+    assert_eq!(wire.request("SELECT 1 AS n").code(), Some("unavailable"));
+    drop(wire);
+    assert_eq!(server.interrupt(Duration::from_secs(8)), Some(0));
+}

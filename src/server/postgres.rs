@@ -11,15 +11,18 @@
 //!
 //! A lost connection answers `ERR unavailable` and is opened again at a later request, no
 //! sooner than a backoff (so a database that is down costs each request one quick refusal).
+//! Each connection lives on a thread of its own, so that a database frozen mid-query costs a
+//! worker the time limit plus [`MARGIN`], not the rest of its life.
 
 use std::fmt::Write as _;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::postgres::error::SqlState;
 use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::{FromSql, ToSql, Type};
 use ::postgres::{Client, Config, NoTls};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 
 use super::database::{
@@ -31,6 +34,8 @@ use crate::error::{Code, Error};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between two reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+/// How long past the time limit (when PostgreSQL cancels the statement) a reply may take.
+const MARGIN: Duration = Duration::from_secs(1);
 
 /// One connection to a PostgreSQL database.
 pub(crate) struct Postgres {
@@ -38,8 +43,11 @@ pub(crate) struct Postgres {
     /// The URL with its password hidden, for messages.
     name: String,
     limits: QueryLimits,
-    /// None after the connection was lost, until a reconnection works.
-    client: Option<Client>,
+    /// None after the connection was lost or given up on, until a reconnection works.
+    session: Option<Session>,
+    /// The thread of a session given up on mid-query, until its query returns: while it
+    /// waits, no new connection is opened (one stuck thread per worker at most).
+    abandoned: Option<JoinHandle<()>>,
     /// A reconnection still waiting for the database to answer.
     connecting: Option<Attempt>,
     retry_at: Instant,
@@ -101,9 +109,10 @@ impl Postgres {
         }
         Ok(Postgres {
             config,
-            name,
             limits,
-            client: Some(client),
+            session: Some(Session::start(client, limits, name.clone())?),
+            name,
+            abandoned: None,
             connecting: None,
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
@@ -112,42 +121,46 @@ impl Postgres {
 
     /// Runs one statement, then clears the session; see [`super::database::Database::query`].
     pub(crate) fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
-        let (limits, name) = (self.limits, self.name.clone());
-        let client = self.connected()?;
-        let result = run(client, sql, limits).map_err(|e| e.into_error(&limits, &name));
-        let cleaned = client.batch_execute("DISCARD ALL");
-        if cleaned
-            .as_ref()
-            .is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION))
-        {
-            // Should the rollback fail, the connection is dropped: no transaction outlives it.
-            if let Err(e) = client.batch_execute("ROLLBACK; DISCARD ALL") {
-                log::error!("a statement left a transaction open; rollback failed: {e}");
-                self.client = None;
+        let wait = self.limits.timeout + MARGIN;
+        let session = self.connected()?;
+        let outcome = match session.requests.send(sql.to_string()) {
+            Ok(()) => session.replies.recv_timeout(wait),
+            Err(_) => Err(RecvTimeoutError::Disconnected),
+        };
+        match outcome {
+            Ok((reply, keep)) => {
+                if !keep {
+                    log::warn!("lost the connection to database {}", self.name);
+                    self.session = None;
+                }
+                reply
             }
-            return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
+            Err(_) => {
+                // Its thread ends when the query returns, if ever: nobody is listening then.
+                log::warn!(
+                    "database {} did not answer in time; reconnecting",
+                    self.name
+                );
+                self.abandoned = self.session.take().map(|s| s.thread);
+                Err(Code::Unavailable.msg(format!(
+                    "database {} cannot be reached: no answer within {:.1} s",
+                    self.name,
+                    wait.as_secs_f64()
+                )))
+            }
         }
-        if let Err(e) = cleaned {
-            log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
-            self.client = None;
-            return Err(Code::Unavailable.msg(format!(
-                "database {name} cannot be reached: {}",
-                message(&e)
-            )));
-        }
-        result
     }
 
     /// The connection, opened again if it was lost and the backoff has passed.
-    fn connected(&mut self) -> Result<&mut Client, Error> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            log::warn!("lost the connection to database {}", self.name);
-            self.client = None;
-        }
-        if self.client.is_none() {
+    fn connected(&mut self) -> Result<&Session, Error> {
+        if self.session.is_none() {
             let unavailable = |e: &dyn std::fmt::Display| {
                 Code::Unavailable.msg(format!("database {} cannot be reached: {e}", self.name))
             };
+            if self.abandoned.as_ref().is_some_and(|t| !t.is_finished()) {
+                return Err(unavailable(&"an earlier query still has no answer"));
+            }
+            self.abandoned = None;
             if Instant::now() < self.retry_at {
                 return Err(unavailable(&"reconnecting"));
             }
@@ -159,7 +172,8 @@ impl Postgres {
                     log::info!("connected to database {} again", self.name);
                     self.connecting = None;
                     self.backoff = BACKOFF.0;
-                    self.client = Some(client);
+                    let session = Session::start(client, self.limits, self.name.clone());
+                    self.session = Some(session.map_err(|e| unavailable(&e))?);
                 }
                 failed => {
                     // A silent attempt is kept: one thread per worker, not one per request.
@@ -173,10 +187,75 @@ impl Postgres {
                 }
             }
         }
-        self.client
-            .as_mut()
+        self.session
+            .as_ref()
             .ok_or_else(|| Code::Internal.msg("no database connection"))
     }
+}
+
+/// A connection and the thread that owns it and runs its requests.
+struct Session {
+    /// Carries each request's SQL to the thread.
+    requests: Sender<String>,
+    /// Carries each reply back, with whether the connection is still good.
+    replies: Receiver<(Result<QueryOutput, Error>, bool)>,
+    thread: JoinHandle<()>,
+}
+
+impl Session {
+    fn start(mut client: Client, limits: QueryLimits, name: String) -> Result<Session, String> {
+        let (requests, inbox) = crossbeam_channel::bounded::<String>(1);
+        let (outbox, replies) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("db-session".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for sql in inbox {
+                    let (reply, keep) = serve(&mut client, &sql, limits, &name);
+                    if outbox.send((reply, keep)).is_err() || !keep {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start a thread for the database connection: {e}"))?;
+        Ok(Session {
+            requests,
+            replies,
+            thread,
+        })
+    }
+}
+
+/// Runs one statement, then clears the session; also says whether the connection is still
+/// good.
+fn serve(
+    client: &mut Client,
+    sql: &str,
+    limits: QueryLimits,
+    name: &str,
+) -> (Result<QueryOutput, Error>, bool) {
+    let result = run(client, sql, limits).map_err(|e| e.into_error(&limits, name));
+    let cleaned = client.batch_execute("DISCARD ALL");
+    if cleaned
+        .as_ref()
+        .is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION))
+    {
+        // Should the rollback fail, the connection is dropped: no transaction outlives it.
+        let rolled_back = client.batch_execute("ROLLBACK; DISCARD ALL");
+        if let Err(e) = &rolled_back {
+            log::error!("a statement left a transaction open; rollback failed: {e}");
+        }
+        let e = Code::Forbidden.msg(
+            "the statement left a transaction open: it was rolled back and nothing it did was kept",
+        );
+        return (Err(e), rolled_back.is_ok());
+    }
+    if let Err(e) = cleaned {
+        log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
+        let e = format!("database {name} cannot be reached: {}", message(&e));
+        return (Err(Code::Unavailable.msg(e)), false);
+    }
+    (result, !client.is_closed())
 }
 
 /// Carries a connection attempt's outcome from its thread.

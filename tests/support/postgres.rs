@@ -154,6 +154,33 @@ impl Postgres {
         );
     }
 
+    /// Freezes the cluster (SIGSTOP to the postmaster and its children), as a hung machine
+    /// would, until the guard is dropped (also when a test panics).
+    pub fn freeze(&self) -> Frozen<'_> {
+        self.signal_all("-STOP");
+        Frozen(self)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the postmaster and its children, with the shell's
+    /// own `kill` (no procps needed).
+    fn signal_all(&self, signal: &str) {
+        let pids = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap_or_default();
+        let postmaster = pids.lines().next().unwrap_or_default().trim();
+        let mut all = vec![postmaster.to_string()];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // After the command name in parentheses: the state, then the parent's pid.
+            let parent = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1));
+            if parent == Some(postmaster) {
+                all.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let kill = format!("kill {signal} {}", all.join(" "));
+        let _ = Command::new("sh").args(["-c", &kill]).status();
+    }
+
     /// Starts the server and waits (`pg_ctl -w` polls until it accepts connections, 60 s at
     /// most); false when it did not come up.
     fn pg_ctl_start(&self) -> bool {
@@ -205,6 +232,15 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A frozen cluster, thawed on drop.
+pub struct Frozen<'a>(&'a Postgres);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all("-CONT");
     }
 }
 
