@@ -821,6 +821,20 @@ mod tests {
     }
 
     #[test]
+    fn waiters_hear_at_once_when_the_last_servers_last_connection_breaks() {
+        let q = Arc::new(queue(&[(1, 0.5)]));
+        let broken = q.acquire(NOW).unwrap();
+        let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
+        let started = Instant::now();
+        drop(broken.mark_down());
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
+        }
+        assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
+        assert_eq!(q.counts(), (0, 0, 0));
+    }
+
+    #[test]
     fn a_lease_dropped_by_a_panic_takes_its_server_out_of_the_pool() {
         let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
         let q2 = Arc::clone(&q);
