@@ -1,9 +1,9 @@
 //! minilb: a small load balancer, its backend servers and its client, over one line-based
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
-//! - [`protocol`]: request lines and reply headers; [`error`]: the `ERR` codes.
+//! - [`protocol`]: request lines and reply headers, and reading requests from untrusted peers
+//!   within size and time limits; [`error`]: the `ERR` codes.
 //! - `gauge`: counts of things in progress, kept right by guards.
-//! - `request_reader`: reading requests from untrusted peers, within size and time limits.
 //! - `cidr`: IP networks, for the balancer's `--allow` list.
 //! - [`server`]: the backend server (request handler, database, file store).
 //! - [`balancer`]: the load balancer (accept loop, sessions, backends, membership).
@@ -11,7 +11,7 @@
 //! - [`client`]: the client (one-shot and interactive); [`cli`]: command-line helpers.
 //! - [`servers_file`]: the list of running servers that servers write and the balancer reads;
 //!   `token`: the shared secret for servers that join over the network.
-//! - [`tls`]: TLS (rustls): certificates, handshakes, and streams that are plain or TLS.
+//! - [`tls`]: connections that are plain or TLS (rustls): certificates, handshakes, closing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -24,7 +24,6 @@ pub(crate) mod gauge;
 pub(crate) mod idle_queue;
 pub(crate) mod policy;
 pub mod protocol;
-pub(crate) mod request_reader;
 #[cfg(test)]
 mod scratch_dir;
 pub mod server;

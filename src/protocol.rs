@@ -1,12 +1,16 @@
 //! The wire protocol shared by client↔balancer and balancer↔server (see `docs/PROTOCOL.md`).
 //!
 //! A request is one UTF-8 line; a reply is `OK <length>[ key=value]...\n` and exactly
-//! `<length>` bytes of body, or `ERR <code> <message>\n` with no body.
+//! `<length>` bytes of body, or `ERR <code> <message>\n` with no body. Here: [`Request`] and
+//! [`ReplyHeader`], reading a line within a size limit, [`Deadline`] for a run of socket calls,
+//! and [`RequestReader`], which reads requests from a peer that may be hostile.
 
-use std::io::{self, BufRead, IoSlice, Write};
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error};
+use crate::tls::{self, Stream, HANDSHAKE_RECORD};
 
 /// Longest request line, not counting the `\n`.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -37,24 +41,25 @@ impl Request {
         }
         let text = std::str::from_utf8(line)
             .map_err(|_| Code::BadRequest.msg("request is not valid UTF-8"))?;
+        let bad = |why: &str| Err(Code::BadRequest.msg(why));
         if text.contains('\0') {
-            return Err(Code::BadRequest.msg("request contains a NUL byte"));
+            return bad("request contains a NUL byte");
         }
         if text.contains('\n') {
             // Only when the line did not come off the wire (the client's own arguments, say):
             // sent as it is, it would be two requests.
-            return Err(Code::BadRequest.msg("request contains a newline inside the line"));
+            return bad("request contains a newline inside the line");
         }
         if text.contains('\r') {
-            return Err(Code::BadRequest.msg("request contains a carriage return inside the line"));
+            return bad("request contains a carriage return inside the line");
         }
         if text.trim().is_empty() {
-            return Err(Code::BadRequest.msg("empty request: send `file <name>` or an SQL query"));
+            return bad("empty request: send `file <name>` or an SQL query");
         }
         if text == "file" || text.starts_with("file ") {
             let name = text["file".len()..].trim();
             if name.is_empty() {
-                return Err(Code::BadRequest.msg("missing file name: `file <name>`"));
+                return bad("missing file name: `file <name>`");
             }
             return Ok(Request::File(name.to_string()));
         }
@@ -87,12 +92,10 @@ pub enum ReplyHeader {
 impl ReplyHeader {
     /// An `OK` header with the given fields.
     pub fn ok(length: u64, fields: &[(&str, String)]) -> ReplyHeader {
+        let fields = fields.iter().map(|(k, v)| (k.to_string(), v.clone()));
         ReplyHeader::Ok {
             length,
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            fields: fields.collect(),
         }
     }
 
@@ -146,13 +149,13 @@ impl ReplyHeader {
 
     /// The value of field `key` in an `OK` header.
     pub fn field(&self, key: &str) -> Option<&str> {
-        match self {
-            ReplyHeader::Ok { fields, .. } => fields
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str()),
-            ReplyHeader::Err(_) => None,
-        }
+        let ReplyHeader::Ok { fields, .. } = self else {
+            return None;
+        };
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The header as one line, with its `\n`.
@@ -161,13 +164,9 @@ impl ReplyHeader {
             ReplyHeader::Ok { length, fields } => {
                 let mut s = format!("OK {length}");
                 for (k, v) in fields {
-                    s.push(' ');
-                    s.push_str(k);
-                    s.push('=');
-                    s.push_str(v);
+                    let _ = write!(s, " {k}={v}");
                 }
-                s.push('\n');
-                s
+                s + "\n"
             }
             ReplyHeader::Err(e) => e.header_line(),
         }
@@ -207,12 +206,11 @@ pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -
                 Line::Truncated
             });
         }
-        let room = limit + 1 - line.len();
         let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], i + 1),
             None => (available, available.len()),
         };
-        if chunk.len() > room - 1 {
+        if line.len() + chunk.len() > limit {
             return Ok(Line::TooLong);
         }
         line.extend_from_slice(chunk);
@@ -232,6 +230,8 @@ pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -
 pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
     let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
     let mut bufs = &mut bufs[..];
+    // Drops empty slices: writing nothing is then done at once, not a write of 0 bytes
+    // that would look like a closed peer.
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         match w.write_vectored(bufs) {
@@ -245,8 +245,7 @@ pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
 }
 
 /// How far a socket timeout may differ from the time left before a deadline without being
-/// reset: a call that ends quickly, the usual case, then costs no extra system call, and a
-/// deadline is kept to within this.
+/// reset: a call that ends quickly, the usual case, then costs no extra system call.
 pub const DEADLINE_SLACK: Duration = Duration::from_millis(10);
 
 /// One deadline shared by a run of blocking calls on a socket (the reads of a reply header,
@@ -269,16 +268,6 @@ impl Deadline {
         Deadline {
             per_call,
             set: per_call,
-            at: None,
-        }
-    }
-
-    /// With no per-call timeout, for a socket whose timeout is not known: the first call
-    /// sets it.
-    pub(crate) fn unknown() -> Deadline {
-        Deadline {
-            per_call: None,
-            set: Some(Duration::MAX),
             at: None,
         }
     }
@@ -327,13 +316,200 @@ impl Deadline {
     }
 }
 
-/// Whether `e` is a socket timeout firing: Linux reports an expired `SO_RCVTIMEO` or
-/// `SO_SNDTIMEO` as `WouldBlock`, other systems as `TimedOut`.
-pub(crate) fn timed_out(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+/// The time limits on a connection's requests. `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest silence before the first byte of a request (between requests).
+    pub idle: Option<Duration>,
+    /// Longest time from a request's first byte to its `\n`.
+    pub request: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Timeouts from command-line values, where 0 means no limit.
+    pub fn new(idle: Duration, request: Duration) -> Timeouts {
+        let limit = |d: Duration| (!d.is_zero()).then_some(d);
+        Timeouts {
+            idle: limit(idle),
+            request: limit(request),
+        }
+    }
+}
+
+/// What waiting for the next request came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole request line is in the buffer (without its `\n`).
+    Line,
+    /// The peer closed the connection, between requests or in the middle of one.
+    Closed,
+    /// The peer broke a limit (line too long, too slow, idle too long): send this error, then
+    /// close with [`RequestReader::close_with`]. The rest of the stream cannot be trusted.
+    Refused(Error),
+}
+
+/// Which clock the next read runs against: the idle timeout before a request's first byte,
+/// the request timeout after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Idle,
+    Line,
+}
+
+/// The peer's socket, read against the running clock's deadline.
+///
+/// A socket read timeout alone does not stop a slowloris: a client sending one byte every few
+/// seconds never trips it, and holds its thread forever. So the line gets a deadline when its
+/// first byte arrives, and before each read the socket's timeout is set to the time left
+/// (when it is more than [`DEADLINE_SLACK`] off: usually it is not, and a request costs no
+/// `setsockopt`).
+struct DeadlineStream {
+    stream: Stream,
+    timeouts: Timeouts,
+    clock: Clock,
+    deadline: Deadline,
+    /// Which clock ran out, once a read failed because of it.
+    expired: Option<Clock>,
+}
+
+impl DeadlineStream {
+    fn start(&mut self, clock: Clock) {
+        let limit = match clock {
+            Clock::Idle => self.timeouts.idle,
+            Clock::Line => self.timeouts.request,
+        };
+        self.clock = clock;
+        self.deadline.start(limit);
+        self.expired = None;
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let stream = &self.stream;
+            if let Err(e) = self.deadline.before_call(|t| stream.set_read_timeout(t)) {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    self.expired = Some(self.clock);
+                }
+                return Err(e);
+            }
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    if n > 0 && self.clock == Clock::Idle {
+                        // The first bytes of a request: from now on the whole line must
+                        // arrive within the request timeout.
+                        self.start(Clock::Line);
+                    }
+                    return Ok(n);
+                }
+                // The socket timeout fired (or a signal): the loop checks the deadline again.
+                Err(e) if tls::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The reading half of a connection that receives requests (the balancer's client side, and
+/// the server): one line at a time, at most [`MAX_REQUEST_LINE`] bytes (not counting a `\r\n`
+/// or `\n` line end), the whole line within the request timeout, and the connection closed
+/// after the idle timeout between requests.
+pub struct RequestReader {
+    reader: BufReader<DeadlineStream>,
+}
+
+impl RequestReader {
+    /// Reads requests from `stream` (the reading half; replies go out through a clone), with
+    /// a buffer of `capacity` bytes.
+    pub fn new(stream: Stream, timeouts: Timeouts, capacity: usize) -> RequestReader {
+        let stream = DeadlineStream {
+            stream,
+            timeouts,
+            clock: Clock::Idle,
+            // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
+            // cannot have, so the first read sets it.
+            deadline: Deadline {
+                per_call: None,
+                set: Some(Duration::MAX),
+                at: None,
+            },
+            expired: None,
+        };
+        RequestReader {
+            reader: BufReader::with_capacity(capacity, stream),
+        }
+    }
+
+    /// Reads the next request line into `line` (without its `\n`).
+    ///
+    /// # Errors
+    /// An I/O error from the socket (the connection is then gone).
+    pub fn next(&mut self, line: &mut Vec<u8>) -> io::Result<Incoming> {
+        // Bytes already buffered are the start of the next request (sent right behind the
+        // last one), so its line clock starts now; otherwise the connection is idle.
+        let started = !self.reader.buffer().is_empty();
+        self.reader
+            .get_mut()
+            .start(if started { Clock::Line } else { Clock::Idle });
+        let too_long = || {
+            Ok(Incoming::Refused(Code::TooLarge.msg(format!(
+                "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
+            ))))
+        };
+        // A TLS client on a plain port sends a ClientHello, not a line: say so at once, rather
+        // than wait for a `\n` that may never come.
+        let read = match self.reader.fill_buf() {
+            Ok([HANDSHAKE_RECORD, 3, ..]) => {
+                return Ok(Incoming::Refused(Code::BadRequest.msg(
+                    "this looks like a TLS handshake, but this port speaks plain text (use the TLS port)",
+                )))
+            }
+            // One byte more than the limit, for the `\r` of a `\r\n` line end, which does
+            // not count.
+            Ok(_) => read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1),
+            Err(e) => Err(e),
+        };
+        let e = match read {
+            Ok(Line::Complete)
+                if line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_REQUEST_LINE =>
+            {
+                return too_long()
+            }
+            Ok(Line::Complete) => return Ok(Incoming::Line),
+            Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
+            // A TLS peer that closes without a close_notify, as most do: just a close.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Incoming::Closed),
+            Ok(Line::TooLong) => return too_long(),
+            Err(e) => e,
+        };
+        let stream = self.reader.get_ref();
+        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        match stream.expired {
+            Some(Clock::Idle) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
+                "no request for {} s (--idle-timeout); closing the connection",
+                secs(stream.timeouts.idle)
+            )))),
+            Some(Clock::Line) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
+                "the request line did not arrive within {} s (--request-timeout); closing the connection",
+                secs(stream.timeouts.request)
+            )))),
+            None => Err(e),
+        }
+    }
+
+    /// Sends `error` as the connection's last reply through `writer`, then closes it gently
+    /// (see [`tls::linger`]).
+    ///
+    /// # Errors
+    /// The error from writing the reply.
+    pub fn close_with(mut self, writer: &mut impl Write, error: &Error) -> io::Result<()> {
+        writer.write_all(error.header_line().as_bytes())?;
+        let stream = &mut self.reader.get_mut().stream;
+        stream.close_notify();
+        tls::linger(stream.tcp());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -538,5 +714,199 @@ mod tests {
             write_both(&mut zero, b"OK 1\n", b"x").unwrap_err().kind(),
             io::ErrorKind::WriteZero
         );
+    }
+}
+
+#[cfg(test)]
+mod request_reader_tests {
+    use super::*;
+    use crate::tls::LINGER;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    /// A connected pair: (the peer's end, our reader, our writer).
+    fn pair(timeouts: Timeouts) -> (TcpStream, RequestReader, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let reader = RequestReader::new(Stream::Plain(ours.try_clone().unwrap()), timeouts, 64);
+        (peer, reader, ours)
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn zero_means_no_limit() {
+        let t = Timeouts::new(Duration::ZERO, Duration::from_secs(2));
+        assert_eq!(t.idle, None);
+        assert_eq!(t.request, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn reads_pipelined_lines_then_sees_the_close() {
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+        peer.write_all(b"one\ntwo\nthr").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let mut line = Vec::new();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line, b"one");
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line, b"two");
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Closed);
+    }
+
+    #[test]
+    fn a_request_costs_no_setsockopt_while_the_timeout_set_is_close_enough() {
+        let (mut peer, mut reader, ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+        let mut line = Vec::new();
+        peer.write_all(b"one\n").unwrap();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        // Changed behind the reader's back: it is not set again while the idle timeout it
+        // set last is still within the slack of the time left.
+        let marker = Some(Duration::from_secs(7));
+        ours.set_read_timeout(marker).unwrap();
+        peer.write_all(b"two\n").unwrap();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(ours.read_timeout().unwrap(), marker);
+    }
+
+    #[test]
+    fn an_idle_peer_is_timed_out() {
+        let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(60)));
+        let started = Instant::now();
+        match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => {
+                assert_eq!(e.code(), "timeout");
+                assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= SHORT);
+    }
+
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_line_deadline() {
+        // Each byte arrives well within any per-read timeout; only the line deadline stops it.
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..100 {
+                if peer.write_all(b"x").is_err() {
+                    return;
+                }
+                // Deliberately slow: this simulates the slowloris client.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = Instant::now();
+        match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => {
+                assert_eq!(e.code(), "timeout");
+                assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 100 bytes at 20 ms each would take 2 s: the deadline cut it well before.
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        drop(reader);
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn a_long_line_is_refused() {
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        let writer = std::thread::spawn(move || {
+            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+            let _ = peer.write_all(b"\n");
+            let mut reply = String::new();
+            let _ = peer.read_to_string(&mut reply);
+            reply
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e.code(), "too_large");
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        assert_eq!(
+            writer.join().unwrap(),
+            "ERR too_large request line is over 65536 bytes; closing the connection\n"
+        );
+    }
+
+    #[test]
+    fn the_refusal_survives_bytes_the_peer_is_still_sending() {
+        // The peer keeps sending after its line was refused. Closing with those bytes unread
+        // would be a reset, which can destroy the `ERR` line before the peer reads it (on a
+        // real network): the close must drain them and end with a clean FIN.
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        // Says when every byte is sent, so they sit unread when the refusal goes out.
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        // Says when our end is closed, so a reset would have arrived.
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let sender = std::thread::spawn(move || {
+            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+            let _ = peer.write_all(&vec![b'b'; 64 * 1024]);
+            sent_tx.send(()).unwrap();
+            let mut reply = Vec::new();
+            peer.read_to_end(&mut reply)?;
+            closed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            // A reset after the FIN leaves the reply readable, but the connection is then
+            // dead for writing too: after a clean close our write is still accepted.
+            peer.write_all(b"x")?;
+            Ok::<_, io::Error>(reply)
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        closed_tx.send(()).unwrap();
+        let reply = sender.join().unwrap().expect("a clean close, not a reset");
+        assert_eq!(reply, e.header_line().as_bytes());
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_cannot_stretch_the_close() {
+        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+        let flood = std::thread::spawn(move || {
+            let chunk = vec![b'a'; 64 * 1024];
+            // Bounded: for 2 s at most, or until the connection is closed on us.
+            let until = Instant::now() + 2 * LINGER;
+            while Instant::now() < until && peer.write_all(&chunk).is_ok() {}
+        });
+        let e = match reader.next(&mut Vec::new()).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let started = Instant::now();
+        reader.close_with(&mut ours, &e).unwrap();
+        drop(ours);
+        // It drains at most LINGER_BYTES, then lets go well before LINGER has passed.
+        assert!(started.elapsed() < LINGER / 2, "{:?}", started.elapsed());
+        flood.join().unwrap();
+    }
+
+    #[test]
+    fn the_cr_of_a_crlf_line_end_does_not_count() {
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+        let longest = vec![b'a'; MAX_REQUEST_LINE];
+        let writer = std::thread::spawn(move || {
+            for end in [&b"\r\n"[..], b"\n", b"a\r\n"] {
+                peer.write_all(&longest).unwrap();
+                peer.write_all(end).unwrap();
+            }
+            peer
+        });
+        let mut line = Vec::new();
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line.len(), MAX_REQUEST_LINE + 1);
+        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+        assert_eq!(line.len(), MAX_REQUEST_LINE);
+        match reader.next(&mut line).unwrap() {
+            Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
+            other => panic!("{other:?}"),
+        }
+        drop(writer.join().unwrap());
     }
 }

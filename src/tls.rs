@@ -1,9 +1,9 @@
-//! TLS with rustls, in one place: loading PEM certificates and keys, the configurations built
-//! from them, handshakes with a deadline, and [`Stream`], a connection that is plain TCP or
-//! TLS over TCP, read and written the same way.
+//! Connections: [`Stream`], plain TCP or TLS over TCP (rustls), read and written the same
+//! way; loading PEM certificates and keys; handshakes with a deadline; and closing a
+//! connection gently ([`linger`]).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::DerefMut;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +19,11 @@ const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The first byte of every TLS handshake record (a ClientHello starts with it).
 pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
+/// How long a connection being closed after an error keeps reading (and discarding) what its
+/// peer still sends, so the close does not reset the connection before the peer reads the reply.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// The server side's settings: its certificate and key.
 pub type Acceptor = Arc<ServerConfig>;
@@ -73,10 +78,8 @@ impl Stream {
         }
     }
 
-    /// Another handle on the same connection (a new descriptor only for plain TCP).
-    ///
-    /// # Errors
-    /// When no descriptor is left.
+    /// Another handle on the same connection (a new descriptor only for plain TCP, so an
+    /// error only when none is left).
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Plain(tcp) => Stream::Plain(tcp.try_clone()?),
@@ -87,10 +90,7 @@ impl Stream {
         })
     }
 
-    /// The peer's address.
-    ///
-    /// # Errors
-    /// When the connection is gone.
+    /// The peer's address; an error when the connection is gone.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp().peer_addr()
     }
@@ -103,18 +103,12 @@ impl Stream {
         }
     }
 
-    /// See [`TcpStream::set_read_timeout`].
-    ///
-    /// # Errors
-    /// As [`TcpStream::set_read_timeout`].
+    /// [`TcpStream::set_read_timeout`] on the socket.
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.tcp().set_read_timeout(t)
     }
 
-    /// See [`TcpStream::set_write_timeout`].
-    ///
-    /// # Errors
-    /// As [`TcpStream::set_write_timeout`].
+    /// [`TcpStream::set_write_timeout`] on the socket.
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.tcp().set_write_timeout(t)
     }
@@ -233,20 +227,21 @@ pub fn accept(
     refusal: &[u8],
 ) -> io::Result<Stream> {
     let started = Instant::now();
-    tcp.set_read_timeout((!limit.is_zero()).then_some(limit))?;
+    let timeout = (!limit.is_zero()).then_some(limit);
+    tcp.set_read_timeout(timeout)?;
     let mut first = [0u8; 1];
     match tcp.peek(&mut first) {
         Ok(1) if first[0] != HANDSHAKE_RECORD => {
-            tcp.set_write_timeout((!limit.is_zero()).then_some(limit))?;
+            tcp.set_write_timeout(timeout)?;
             tcp.write_all(refusal)?;
-            crate::request_reader::linger(&tcp);
+            linger(&tcp);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not a TLS handshake (plain text to the TLS port?)",
             ));
         }
         // Nothing at all within the limit: the handshake's clock has run out too.
-        Err(e) if crate::protocol::timed_out(&e) => return Err(too_slow(limit)),
+        Err(e) if timed_out(&e) => return Err(too_slow(limit)),
         // A close is the handshake's to report.
         _ => {}
     }
@@ -296,13 +291,10 @@ impl Connector {
     }
 }
 
-/// The error of a handshake that did not end within `limit`.
 fn too_slow(limit: Duration) -> io::Error {
     let secs = limit.as_secs_f64();
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("no TLS handshake within {secs:.1} s"),
-    )
+    let message = format!("no TLS handshake within {secs:.1} s");
+    io::Error::new(io::ErrorKind::TimedOut, message)
 }
 
 /// Says what is wrong with the peer's certificate, when that is why `e` happened.
@@ -365,7 +357,7 @@ where
             }
         };
         match step {
-            Err(e) if crate::protocol::timed_out(&e) => return Err(too_slow(limit)),
+            Err(e) if timed_out(&e) => return Err(too_slow(limit)),
             Err(e) => return Err(e),
             Ok(()) => {}
         }
@@ -375,4 +367,33 @@ where
         tcp,
         tls: Arc::new(Mutex::new(session)),
     })
+}
+
+/// Whether `e` is a socket timeout firing: Linux reports an expired `SO_RCVTIMEO` or
+/// `SO_SNDTIMEO` as `WouldBlock`, other systems as `TimedOut`.
+pub(crate) fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Closes a connection gently after its last reply: stop sending, then read and discard what
+/// the peer still sends, for at most [`LINGER`] and [`LINGER_BYTES`], so that unread bytes do
+/// not make the close a reset that could destroy the reply before the peer reads it.
+pub(crate) fn linger(mut stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
 }

@@ -174,7 +174,7 @@ fn connection(
     ));
     if write_response(&mut stream, &response).is_ok() {
         stream.close_notify();
-        crate::request_reader::linger(stream.tcp());
+        tls::linger(stream.tcp());
     }
 }
 

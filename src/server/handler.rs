@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::gauge::Held;
-use crate::protocol::{self, ReplyHeader, Request};
-use crate::request_reader::{Incoming, RequestReader, Timeouts};
+use crate::protocol::{self, Incoming, ReplyHeader, Request, RequestReader, Timeouts};
 use crate::server::Server;
 use crate::tls::{self, Stream};
 
