@@ -6,60 +6,54 @@ use std::fmt;
 use std::io;
 
 /// Longest message an `ERR` line carries; longer ones are cut so a reply stays one short line.
-pub const MAX_MESSAGE_LEN: usize = 1000;
+const MAX_MESSAGE_LEN: usize = 1000;
 
-/// Why a request failed: one variant per `ERR <code>` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    /// `bad_request`: the request line is not a valid request.
-    BadRequest,
-    /// `not_found`: the file does not exist.
-    NotFound,
-    /// `forbidden`: the request is understood but not allowed.
-    Forbidden,
-    /// `too_large`: the request or the reply is over a limit.
-    TooLarge,
-    /// `sql`: the database refused or failed the query.
-    Sql,
-    /// `timeout`: something took longer than its limit.
-    Timeout,
-    /// `busy`: every server stayed busy for too long, or too many clients.
-    Busy,
-    /// `unavailable`: no server could answer, or a server's database cannot be reached.
-    Unavailable,
-    /// `internal`: a fault on our side (an I/O error reading a file, say).
-    Internal,
+/// Defines [`Code`], [`Code::ALL`] and [`Code::as_str`] from one list of variants and their
+/// names on the wire.
+macro_rules! codes {
+    ($($(#[doc = $doc:literal])* $code:ident = $wire:literal,)*) => {
+        /// Why a request failed: one variant per `ERR <code>` on the wire.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[doc = $doc])* $code,)*
+        }
+
+        impl Code {
+            /// Every code, in the order of their variants (`ALL[code as usize] == code`).
+            pub const ALL: [Code; [$($wire),*].len()] = [$(Code::$code),*];
+
+            /// The code as written on the wire (`bad_request`, `not_found`, ...).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$code => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The request line is not a valid request.
+    BadRequest = "bad_request",
+    /// The file does not exist.
+    NotFound = "not_found",
+    /// The request is understood but not allowed.
+    Forbidden = "forbidden",
+    /// The request or the reply is over a limit.
+    TooLarge = "too_large",
+    /// The database refused or failed the query.
+    Sql = "sql",
+    /// Something took longer than its limit.
+    Timeout = "timeout",
+    /// Every server stayed busy for too long, or too many clients.
+    Busy = "busy",
+    /// No server could answer, or a server's database cannot be reached.
+    Unavailable = "unavailable",
+    /// A fault on our side (an I/O error reading a file, say).
+    Internal = "internal",
 }
 
 impl Code {
-    /// Every code, in the order of their variants (`ALL[code as usize] == code`).
-    pub const ALL: [Code; 9] = [
-        Code::BadRequest,
-        Code::NotFound,
-        Code::Forbidden,
-        Code::TooLarge,
-        Code::Sql,
-        Code::Timeout,
-        Code::Busy,
-        Code::Unavailable,
-        Code::Internal,
-    ];
-
-    /// The code as written on the wire (`bad_request`, `not_found`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BadRequest => "bad_request",
-            Code::NotFound => "not_found",
-            Code::Forbidden => "forbidden",
-            Code::TooLarge => "too_large",
-            Code::Sql => "sql",
-            Code::Timeout => "timeout",
-            Code::Busy => "busy",
-            Code::Unavailable => "unavailable",
-            Code::Internal => "internal",
-        }
-    }
-
     /// The code written `code` on the wire; `None` for one this version does not know.
     pub fn parse(code: &str) -> Option<Code> {
         Code::ALL.into_iter().find(|c| c.as_str() == code)
@@ -130,7 +124,7 @@ impl From<io::Error> for Error {
 /// bytes on a character boundary, so a message can never break the framing. Messages often
 /// echo the request, so bidirectional-text controls are folded too: a reply must not make a
 /// terminal show text in another order than it was sent.
-pub fn one_line(message: &str) -> String {
+fn one_line(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_LEN));
     for c in message.chars() {
         if out.len() + c.len_utf8() > MAX_MESSAGE_LEN {

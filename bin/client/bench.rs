@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use minilb::client::Connection;
+use minilb::client::{Connection, Target};
 use minilb::protocol::{ReplyHeader, Request};
-use serde_json::json;
+use minilb::tls::Connector;
+use serde::Serialize;
 
 /// Stack of a client thread: it keeps its buffers on the heap, and a bench may run thousands.
 const THREAD_STACK: usize = 256 * 1024;
@@ -60,15 +61,8 @@ pub struct BenchArgs {
     /// Print the numbers as one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// Load balancer address (or a server's, to measure it directly).
-    #[arg(long, default_value = "127.0.0.1:5070")]
-    lb: String,
-    /// Speak TLS (to the balancer's `--tls-port`).
-    #[arg(long)]
-    tls: bool,
-    /// CA certificate (PEM) to trust with `--tls` (default: the system's CAs).
-    #[arg(long, requires = "tls")]
-    ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    target: Target,
 }
 
 /// How many query requests a client sends for how many file requests (`--mix 3:1`).
@@ -114,30 +108,29 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     };
     let text = if json {
-        format!("{}\n", report.to_json())
+        let json = serde_json::to_string(&report).expect("a report always writes as JSON");
+        json + "\n"
     } else {
         report.to_text()
     };
     // A closed stdout (`| head`) is not worth a panic.
     let _ = io::stdout().write_all(text.as_bytes());
-    ExitCode::from(u8::from(report.error_count() > 0))
+    ExitCode::from(u8::from(report.error_count > 0))
 }
 
 /// What every client thread reads, and the counters the progress line shows.
 struct Shared {
     args: BenchArgs,
     addr: SocketAddr,
-    /// How to speak TLS to the balancer, with `--tls`.
-    tls: Option<minilb::tls::Connector>,
+    tls: Option<Connector>,
     /// The query request and the file request.
     requests: [Request; 2],
     /// Holds the client threads (and the main one) until all are ready, so the clock starts
     /// when the load does.
     ready: Barrier,
     /// When the load started, set by the main thread just before the barrier lets it go: the
-    /// one clock both the clients' `--duration` and the report's elapsed time count from (each
-    /// thread's own clock could start late on a busy machine, and the run then seemed shorter
-    /// than asked).
+    /// one clock that both `--duration` and the report count from (each thread's own clock
+    /// could start late on a busy machine, and the run then seemed shorter than asked).
     started: OnceLock<Instant>,
     /// Requests finished so far, and how many of them failed (for the progress line).
     done: AtomicU64,
@@ -145,27 +138,20 @@ struct Shared {
 }
 
 fn run(args: BenchArgs) -> Result<Report, String> {
-    let addr = args
-        .lb
+    let lb = &args.target.lb;
+    let addr = lb
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", args.lb))?
+        .map_err(|e| format!("cannot resolve {lb}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{} resolves to no address", args.lb))?;
+        .ok_or_else(|| format!("{lb} resolves to no address"))?;
     let request = |line: &str| {
         Request::parse(line.as_bytes()).map_err(|e| format!("{line:?}: {}", e.message()))
     };
-    let tls = args
-        .tls
-        .then(|| minilb::tls::client_config(args.ca.as_deref()))
-        .transpose()?
-        .map(|config| minilb::tls::Connector::new(&config, &args.lb))
-        .transpose()?;
+    let tls = args.target.connector()?;
     // A certificate that does not verify fails every connection the same way: say so once.
-    if let Some(tls) = &tls {
-        if let Err(e) = Connection::open(addr, Some(tls)) {
-            if e.kind() == io::ErrorKind::InvalidData {
-                return Err(format!("{}: {e}", args.lb));
-            }
+    if let Some(Err(e)) = tls.as_ref().map(|tls| Connection::open(addr, Some(tls))) {
+        if e.kind() == io::ErrorKind::InvalidData {
+            return Err(format!("{lb}: {e}"));
         }
     }
     let shared = Arc::new(Shared {
@@ -206,11 +192,8 @@ fn run(args: BenchArgs) -> Result<Report, String> {
         drop(stop);
         let _ = printer.join();
     }
-    let report = Report::merge(tallies, elapsed, shared.args.new_connection);
-    if report.total.ok == 0
-        && !report.total.errors.is_empty()
-        && report.total.errors.keys().all(|c| *c == "connect")
-    {
+    let report = Report::new(tallies, elapsed, shared.args.new_connection);
+    if report.ok == 0 && report.errors.keys().all(|c| *c == "connect") && report.error_count > 0 {
         // Not one connection: nothing was measured, so there is no report to give.
         let why = Connection::open(addr, shared.tls.as_ref())
             .err()
@@ -219,20 +202,20 @@ fn run(args: BenchArgs) -> Result<Report, String> {
                 |e| e.to_string(),
             );
         return Err(format!(
-            "cannot reach the load balancer at {}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
-            shared.args.lb
+            "cannot reach the load balancer at {lb}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
+            lb = shared.args.target.lb
         ));
     }
     Ok(report)
 }
 
-/// Counts of requests: one client thread's, then all of them together in the [`Report`].
+/// One client thread's counts.
 #[derive(Default)]
 struct Tally {
     /// Requests answered `OK`, and the bytes of their bodies.
     ok: u64,
     bytes: u64,
-    /// Latency of each `OK` request in nanoseconds (sorted in the report).
+    /// Latency of each `OK` request in nanoseconds.
     latencies: Vec<u64>,
     /// `OK` replies by the `server=` field of their header.
     by_server: BTreeMap<String, u64>,
@@ -245,18 +228,6 @@ impl Tally {
         *self.errors.entry(code).or_default() += 1;
         shared.done.fetch_add(1, Ordering::Relaxed);
         shared.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn add(&mut self, other: Tally) {
-        self.ok += other.ok;
-        self.bytes += other.bytes;
-        self.latencies.extend_from_slice(&other.latencies);
-        for (server, n) in other.by_server {
-            *self.by_server.entry(server).or_default() += n;
-        }
-        for (code, n) in other.errors {
-            *self.errors.entry(code).or_default() += n;
-        }
     }
 }
 
@@ -302,15 +273,21 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             std::thread::sleep(RECONNECT_PAUSE);
             continue;
         };
-        match exchange(c, request) {
-            Ok(Ok((length, server))) => {
+        // The reply's body is read and thrown away.
+        let reply = c.send(request).and_then(|reply| {
+            c.skip(reply.body_length())?;
+            Ok(reply)
+        });
+        match reply {
+            Ok(ReplyHeader::Err(e)) => tally.fail(e.code(), shared),
+            Ok(reply) => {
                 tally.ok += 1;
-                tally.bytes += length;
+                tally.bytes += reply.body_length();
                 tally.latencies.push(sent.elapsed().as_nanos() as u64);
-                *tally.by_server.entry(server).or_default() += 1;
+                let server = reply.field("server").unwrap_or("?");
+                *tally.by_server.entry(server.to_string()).or_default() += 1;
                 shared.done.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Err(code)) => tally.fail(code, shared),
             Err(e) => {
                 let broken = e.kind() == io::ErrorKind::InvalidData;
                 tally.fail(if broken { "bad_reply" } else { "io" }, shared);
@@ -322,21 +299,6 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         }
     }
     tally
-}
-
-/// Sends `request` and skips the reply's body: its length and `server=` field (`?` when it
-/// has none) on `OK`, its code on `ERR`.
-fn exchange(
-    conn: &mut Connection,
-    request: &Request,
-) -> io::Result<Result<(u64, String), &'static str>> {
-    Ok(match conn.send(request)? {
-        ReplyHeader::Err(e) => Err(e.code()),
-        reply @ ReplyHeader::Ok { length, .. } => {
-            conn.skip(length)?;
-            Ok((length, reply.field("server").unwrap_or("?").to_string()))
-        }
-    })
 }
 
 /// Redraws `N requests, R/s, E errors` on stderr until the returned sender is dropped.
@@ -387,128 +349,120 @@ fn jain_fairness(counts: &[u64]) -> f64 {
     sum * sum / (counts.len() as f64 * squares)
 }
 
-/// The numbers of one bench run.
+/// The numbers of one bench run, as `--json` prints them.
+#[derive(Serialize)]
 struct Report {
     clients: usize,
-    new_connection: bool,
+    /// `persistent` or `per-request`.
+    connection: &'static str,
     /// From the moment every client was ready to the last reply.
-    elapsed: Duration,
-    /// Every client's counts together.
-    total: Tally,
+    elapsed_s: f64,
+    requests: u64,
+    ok: u64,
+    error_count: u64,
+    /// Failed requests by code (see [`Tally::errors`]).
+    errors: BTreeMap<&'static str, u64>,
+    requests_per_s: f64,
+    /// Bytes of `OK` bodies, and megabytes (10^6 bytes) of them per second.
+    bytes: u64,
+    mb_per_s: f64,
+    latency_ms: Latency,
+    /// `OK` replies by server.
+    servers: BTreeMap<String, u64>,
     /// `OK` replies each client received, in client order.
     per_client: Vec<u64>,
+    /// Jain's index over `per_client`.
+    fairness: f64,
+}
+
+/// Latencies of `OK` requests, in milliseconds.
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
 }
 
 impl Report {
-    fn merge(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
-        let per_client = tallies.iter().map(|t| t.ok).collect();
-        let clients = tallies.len();
-        let mut total = Tally::default();
-        tallies.into_iter().for_each(|t| total.add(t));
-        total.latencies.sort_unstable();
+    fn new(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
+        let per_client: Vec<u64> = tallies.iter().map(|t| t.ok).collect();
+        let (mut latencies, mut servers, mut errors) =
+            (Vec::new(), BTreeMap::new(), BTreeMap::new());
+        let mut bytes = 0;
+        for t in &tallies {
+            bytes += t.bytes;
+            latencies.extend_from_slice(&t.latencies);
+            for (server, n) in &t.by_server {
+                *servers.entry(server.clone()).or_default() += n;
+            }
+            for (&code, n) in &t.errors {
+                *errors.entry(code).or_default() += n;
+            }
+        }
+        latencies.sort_unstable();
+        let ok = per_client.iter().sum();
+        let error_count = errors.values().sum();
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let ms = |p| percentile(&latencies, p) as f64 / 1e6;
+        let mean = latencies.iter().sum::<u64>() as f64 / latencies.len().max(1) as f64 / 1e6;
         Report {
-            clients,
-            new_connection,
-            elapsed,
-            total,
+            clients: tallies.len(),
+            connection: if new_connection {
+                "per-request"
+            } else {
+                "persistent"
+            },
+            elapsed_s: elapsed.as_secs_f64(),
+            requests: ok + error_count,
+            ok,
+            error_count,
+            errors,
+            requests_per_s: ok as f64 / secs,
+            bytes,
+            mb_per_s: bytes as f64 / 1e6 / secs,
+            latency_ms: Latency {
+                p50: ms(50.0),
+                p90: ms(90.0),
+                p99: ms(99.0),
+                max: ms(100.0),
+                mean,
+            },
+            servers,
+            fairness: jain_fairness(&per_client),
             per_client,
         }
-    }
-
-    /// Failed requests, all codes together.
-    fn error_count(&self) -> u64 {
-        self.total.errors.values().sum()
-    }
-
-    /// `OK` replies per second.
-    fn requests_per_sec(&self) -> f64 {
-        self.total.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Body megabytes (10^6 bytes) per second.
-    fn mb_per_sec(&self) -> f64 {
-        self.total.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Latency at percentile `p`, in milliseconds.
-    fn latency_ms(&self, p: f64) -> f64 {
-        percentile(&self.total.latencies, p) as f64 / 1e6
-    }
-
-    /// Jain's fairness index over each client's `OK` replies.
-    fn fairness(&self) -> f64 {
-        jain_fairness(&self.per_client)
-    }
-
-    /// The report as one JSON object, for scripts.
-    fn to_json(&self) -> serde_json::Value {
-        let mean = if self.total.latencies.is_empty() {
-            0.0
-        } else {
-            self.total.latencies.iter().sum::<u64>() as f64
-                / self.total.latencies.len() as f64
-                / 1e6
-        };
-        json!({
-            "clients": self.clients,
-            "connection": if self.new_connection { "per-request" } else { "persistent" },
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "requests": self.total.ok + self.error_count(),
-            "ok": self.total.ok,
-            "error_count": self.error_count(),
-            "errors": self.total.errors,
-            "requests_per_s": self.requests_per_sec(),
-            "bytes": self.total.bytes,
-            "mb_per_s": self.mb_per_sec(),
-            "latency_ms": {
-                "p50": self.latency_ms(50.0),
-                "p90": self.latency_ms(90.0),
-                "p99": self.latency_ms(99.0),
-                "max": self.latency_ms(100.0),
-                "mean": mean,
-            },
-            "servers": self.total.by_server,
-            "per_client": self.per_client,
-            "fairness": self.fairness(),
-        })
     }
 
     /// The report for people, with a bar chart of who answered how many.
     fn to_text(&self) -> String {
         let mut out = String::new();
-        let connection = if self.new_connection {
-            "a new connection per request"
-        } else {
-            "persistent connections"
+        let connection = match self.connection {
+            "persistent" => "persistent connections",
+            _ => "a new connection per request",
         };
         let _ = writeln!(
             out,
             "{} clients, {connection}, {:.2} s",
-            self.clients,
-            self.elapsed.as_secs_f64()
+            self.clients, self.elapsed_s
         );
         let _ = writeln!(
             out,
             "requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s",
-            self.total.ok,
-            self.error_count(),
-            self.requests_per_sec(),
-            self.mb_per_sec()
+            self.ok, self.error_count, self.requests_per_s, self.mb_per_s
         );
-        if self.total.latencies.is_empty() {
+        let l = &self.latency_ms;
+        if self.ok == 0 {
             let _ = writeln!(out, "latency    none: no request got OK");
         } else {
             let _ = writeln!(
                 out,
                 "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-                self.latency_ms(50.0),
-                self.latency_ms(90.0),
-                self.latency_ms(99.0),
-                self.latency_ms(100.0)
+                l.p50, l.p90, l.p99, l.max
             );
         }
         let errors: Vec<String> = self
-            .total
             .errors
             .iter()
             .map(|(c, n)| format!("{c} {n}"))
@@ -522,20 +476,13 @@ impl Report {
         let _ = writeln!(
             out,
             "fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)",
-            self.fairness()
+            self.fairness
         );
         let _ = writeln!(out, "answered by");
-        let most = self
-            .total
-            .by_server
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        for (server, &n) in &self.total.by_server {
+        let most = self.servers.values().copied().max().unwrap_or(0).max(1);
+        for (server, &n) in &self.servers {
             let bar = "█".repeat((n * 40).div_ceil(most) as usize);
-            let share = 100.0 * n as f64 / self.total.ok.max(1) as f64;
+            let share = 100.0 * n as f64 / self.ok.max(1) as f64;
             let _ = writeln!(out, "  server {server:>3} {bar:<40} {n} ({share:.1}%)");
         }
         out
@@ -608,20 +555,20 @@ mod tests {
         };
         let mut failing = tally(1, 2, vec![3_000_000]);
         failing.errors.insert("busy", 2);
-        let report = Report::merge(
+        let report = Report::new(
             vec![tally(3, 1, vec![2_000_000, 1_000_000, 4_000_000]), failing],
             Duration::from_secs(2),
             false,
         );
-        assert_eq!(report.total.ok, 4);
-        assert_eq!(report.error_count(), 2);
+        assert_eq!(report.ok, 4);
+        assert_eq!(report.error_count, 2);
         assert_eq!(report.per_client, vec![3, 1]);
-        assert_eq!(
-            report.total.latencies,
-            vec![1_000_000, 2_000_000, 3_000_000, 4_000_000]
-        );
-        assert_eq!(report.requests_per_sec(), 2.0);
-        let json = report.to_json();
+        // The latencies of all clients, sorted: 1, 2, 3, 4 ms.
+        assert_eq!(report.latency_ms.p50, 2.0);
+        assert_eq!(report.latency_ms.max, 4.0);
+        assert_eq!(report.latency_ms.mean, 2.5);
+        assert_eq!(report.requests_per_s, 2.0);
+        let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["servers"]["1"], 3);
         assert_eq!(json["errors"]["busy"], 2);
         assert_eq!(json["latency_ms"]["p50"], 2.0);

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::error::Error;
 use crate::protocol::{self, Line, ReplyHeader, Request, MAX_HEADER_LINE};
 use crate::server::file_store::check_file_name;
-use crate::tls::{self, Stream};
+use crate::tls::{self, Connector, Stream};
 
 /// How long the client waits for the next bytes of a reply before giving up.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Guards the temp file of the download in progress, if any: set and cleared by [`save`],
 /// taken by the Ctrl-C/SIGTERM handler to remove it.
@@ -38,6 +37,35 @@ pub fn remove_partial_download_on_signal() -> Result<(), String> {
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
 }
 
+/// Where requests go, and how: the flags of the client and of `client bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Load balancer address (or a server's, to skip the balancer).
+    #[arg(long, default_value = "127.0.0.1:5070")]
+    pub lb: String,
+    /// Speak TLS (to the balancer's `--tls-port`).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificate (PEM) that the balancer's certificate must be signed by, with `--tls`
+    /// (default: the system's CAs).
+    #[arg(long, requires = "tls")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// With `--tls`, how to speak TLS to `--lb`.
+    ///
+    /// # Errors
+    /// A message naming the CA file that cannot be read, or the host that is not a name.
+    pub fn connector(&self) -> Result<Option<Connector>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let config = tls::client_config(self.ca.as_deref())?;
+        Connector::new(&config, &self.lb).map(Some)
+    }
+}
+
 /// The client's settings: its command line (`#[command(flatten)]` in `bin/client.rs`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientConfig {
@@ -50,59 +78,15 @@ pub struct ClientConfig {
         hide_default_value = true
     )]
     pub id: u32,
-    /// Load balancer address (or a server's, to skip the balancer).
-    #[arg(long, default_value = "127.0.0.1:5070")]
-    pub lb: String,
+    /// Where requests go.
+    #[command(flatten)]
+    pub target: Target,
     /// Folder downloads are saved in.
     #[arg(long, default_value = ".")]
     pub download_dir: PathBuf,
     /// Overwrite an existing file instead of saving as `name (1).ext`.
     #[arg(long)]
     pub force: bool,
-    /// Speak TLS (to the balancer's `--tls-port`).
-    #[arg(long)]
-    pub tls: bool,
-    /// CA certificate (PEM) that the balancer's certificate must be signed by, with `--tls`
-    /// (default: the system's CAs).
-    #[arg(long, requires = "tls")]
-    pub ca: Option<PathBuf>,
-}
-
-impl ClientConfig {
-    /// With `--tls`, how to speak TLS to `--lb`.
-    ///
-    /// # Errors
-    /// A message naming the CA file that cannot be read, or the host that is not a name.
-    pub fn connector(&self) -> Result<Option<tls::Connector>, String> {
-        if !self.tls {
-            return Ok(None);
-        }
-        let config = tls::client_config(self.ca.as_deref())?;
-        tls::Connector::new(&config, &self.lb).map(Some)
-    }
-}
-
-/// What one request came to.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A query's reply, already written to the output.
-    Text {
-        /// Which server answered.
-        server: Option<String>,
-        /// Body length.
-        bytes: u64,
-    },
-    /// A file, saved.
-    Saved {
-        /// Which server answered.
-        server: Option<String>,
-        /// Where it was saved.
-        path: PathBuf,
-        /// Its size.
-        bytes: u64,
-    },
-    /// An `ERR` reply.
-    Refused(Error),
 }
 
 /// A connection to the balancer that carries any number of requests.
@@ -117,7 +101,7 @@ impl Connection {
     ///
     /// # Errors
     /// The connection error; `InvalidData` when the TLS handshake failed (saying why).
-    pub fn open(addr: impl ToSocketAddrs, tls: Option<&tls::Connector>) -> io::Result<Connection> {
+    pub fn open(addr: impl ToSocketAddrs, tls: Option<&Connector>) -> io::Result<Connection> {
         let tcp = TcpStream::connect(addr)?;
         tcp.set_nodelay(true)?;
         let stream = match tls {
@@ -141,6 +125,7 @@ impl Connection {
         let mut line = request.line().into_bytes();
         line.push(b'\n');
         self.writer.write_all(&line)?;
+        let invalid = |message| io::Error::new(io::ErrorKind::InvalidData, message);
         match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
             Line::Complete => {}
             Line::Eof | Line::Truncated => {
@@ -165,50 +150,6 @@ impl Connection {
     /// An I/O error, or `UnexpectedEof` when the body ends early.
     pub fn skip(&mut self, length: u64) -> io::Result<()> {
         check_length(io::copy(&mut self.body(length), &mut io::sink())?, length)
-    }
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
-}
-
-/// Sends `request` on `conn`; prints a query's body to `out`, saves a file to the download
-/// folder.
-///
-/// # Errors
-/// An I/O or protocol error; the connection should then be dropped. A partial download is
-/// removed.
-pub fn exchange(
-    conn: &mut Connection,
-    config: &ClientConfig,
-    request: &Request,
-    out: &mut dyn Write,
-) -> io::Result<Outcome> {
-    let reply = conn.send(request)?;
-    let (length, server) = match &reply {
-        ReplyHeader::Err(e) => return Ok(Outcome::Refused(e.clone())),
-        ReplyHeader::Ok { length, .. } => (*length, reply.field("server").map(str::to_string)),
-    };
-    match request {
-        Request::Query(_) => {
-            let copied = io::copy(&mut conn.body(length), out)?;
-            check_length(copied, length)?;
-            if length > 0 {
-                out.write_all(b"\n")?;
-            }
-            Ok(Outcome::Text {
-                server,
-                bytes: length,
-            })
-        }
-        Request::File(name) => {
-            let path = save(conn, config, name, length)?;
-            Ok(Outcome::Saved {
-                server,
-                path,
-                bytes: length,
-            })
-        }
     }
 }
 
@@ -328,26 +269,20 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
             return 1;
         }
     };
-    let tls = match config.connector() {
-        Ok(tls) => tls,
+    let done = config
+        .target
+        .connector()
+        .map_err(|e| format!("client {}: {e}", config.id))
+        .and_then(|tls| connect(config, tls.as_ref()))
+        .and_then(|mut conn| {
+            let out = &mut io::stdout().lock();
+            perform(&mut conn, config, &request, out)
+                .map_err(|e| format!("client {}: {e}", config.id))
+        });
+    match done {
+        Ok(ok) => u8::from(!ok),
         Err(e) => {
-            eprintln!("client {}: {e}", config.id);
-            return 2;
-        }
-    };
-    let mut conn = match Connection::open(&config.lb, tls.as_ref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}", cannot_reach(config, &e));
-            return 2;
-        }
-    };
-    let stdout = io::stdout();
-    match perform(&mut conn, config, &request, &mut stdout.lock()) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("client {}: {e}", config.id);
+            eprintln!("{e}");
             2
         }
     }
@@ -356,7 +291,7 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
 /// Prompts `Enter query: ` and answers requests until end of input or `quit`, on one
 /// connection (reopened if it breaks). Returns the exit code of the last request.
 pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn Write) -> u8 {
-    let tls = match config.connector() {
+    let tls = match config.target.connector() {
         Ok(tls) => tls,
         Err(e) => {
             let _ = writeln!(out, "client {}: {e}", config.id);
@@ -369,12 +304,9 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
         let _ = write!(out, "Enter query: ");
         let _ = out.flush();
         let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => {
-                let _ = writeln!(out);
-                return code;
-            }
-            Ok(_) => {}
+        if !matches!(input.read_line(&mut line), Ok(n) if n > 0) {
+            let _ = writeln!(out);
+            return code;
         }
         let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
@@ -392,10 +324,10 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
             }
         };
         if conn.is_none() {
-            match Connection::open(&config.lb, tls.as_ref()) {
+            match connect(config, tls.as_ref()) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    let _ = writeln!(out, "{}", cannot_reach(config, &e));
+                    let _ = writeln!(out, "{e}");
                     code = 2;
                     continue;
                 }
@@ -403,14 +335,10 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
         }
         let c = conn.as_mut().expect("opened above");
         code = match perform(c, config, &request, out) {
-            Ok(true) => 0,
-            Ok(false) => 1,
+            Ok(ok) => u8::from(!ok),
             Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "client {}: {e}; reconnecting for the next request",
-                    config.id
-                );
+                let id = config.id;
+                let _ = writeln!(out, "client {id}: {e}; reconnecting for the next request");
                 conn = None;
                 2
             }
@@ -418,8 +346,12 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
     }
 }
 
-/// Sends one request and prints what happened, like the original client. Returns whether
-/// the reply was `OK`.
+/// Sends one request and prints what happened, like the original client: a query's body, a
+/// file saved to the download folder, or the `ERR` line. Returns whether the reply was `OK`.
+///
+/// # Errors
+/// An I/O or protocol error; the connection should then be dropped. A partial download is
+/// removed.
 fn perform(
     conn: &mut Connection,
     config: &ClientConfig,
@@ -431,54 +363,47 @@ fn perform(
         writeln!(out, "Preparing to receive the file: {name}")?;
     }
     let started = Instant::now();
-    let outcome = exchange(conn, config, request, out)?;
-    let secs = started.elapsed().as_secs_f64();
-    let ok = match outcome {
-        Outcome::Text { server, .. } => {
-            writeln!(
-                out,
-                "Answered by server {}",
-                server.as_deref().unwrap_or("?")
-            )?;
-            true
+    let reply = conn.send(request)?;
+    let server = reply.field("server").unwrap_or("?");
+    let length = reply.body_length();
+    let outcome = match (&reply, request) {
+        (ReplyHeader::Err(e), _) => format!("ERR {}: {}", e.code(), e.message()),
+        (ReplyHeader::Ok { .. }, Request::Query(_)) => {
+            check_length(io::copy(&mut conn.body(length), out)?, length)?;
+            if length > 0 {
+                out.write_all(b"\n")?;
+            }
+            format!("Answered by server {server}")
         }
-        Outcome::Saved {
-            server,
-            path,
-            bytes,
-        } => {
-            writeln!(
-                out,
-                "File {} received successfully! ({bytes} bytes from server {})",
-                path.display(),
-                server.as_deref().unwrap_or("?")
-            )?;
-            true
-        }
-        Outcome::Refused(e) => {
-            writeln!(out, "ERR {}: {}", e.code(), e.message())?;
-            false
+        (ReplyHeader::Ok { .. }, Request::File(name)) => {
+            let path = save(conn, config, name, length)?;
+            let path = path.display();
+            format!("File {path} received successfully! ({length} bytes from server {server})")
         }
     };
+    let secs = started.elapsed().as_secs_f64();
+    writeln!(out, "{outcome}")?;
     writeln!(out, "Time taken: {secs:.3} s")?;
     out.flush()?;
-    Ok(ok)
+    Ok(matches!(reply, ReplyHeader::Ok { .. }))
 }
 
-fn cannot_reach(config: &ClientConfig, e: &io::Error) -> String {
-    // A typo in --lb is not a balancer that is down.
-    if config.lb.to_socket_addrs().is_err() {
-        return format!(
-            "client {}: --lb {}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070",
-            config.id, config.lb
-        );
-    }
-    // A failed TLS handshake is not a balancer that is down.
-    if e.kind() == io::ErrorKind::InvalidData {
-        return format!("client {}: {}: {e}", config.id, config.lb);
-    }
-    format!(
-        "client {}: cannot reach the load balancer at {}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
-        config.id, config.lb
-    )
+/// Connects to `--lb`; the error says why in words.
+fn connect(config: &ClientConfig, tls: Option<&Connector>) -> Result<Connection, String> {
+    let (id, lb) = (config.id, &config.target.lb);
+    Connection::open(lb, tls).map_err(|e| {
+        // A typo in --lb is not a balancer that is down.
+        if lb.to_socket_addrs().is_err() {
+            return format!(
+                "client {id}: --lb {lb}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070"
+            );
+        }
+        // A failed TLS handshake is not a balancer that is down.
+        if e.kind() == io::ErrorKind::InvalidData {
+            return format!("client {id}: {lb}: {e}");
+        }
+        format!(
+            "client {id}: cannot reach the load balancer at {lb}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)"
+        )
+    })
 }
