@@ -31,8 +31,6 @@ pub mod servers_file;
 pub mod tls;
 pub(crate) mod token;
 
-pub use error::Error;
-
 /// Installs the logger: `info` unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -30,8 +30,7 @@ impl Request {
     /// Parses a request line (without its `\n`; a trailing `\r` is dropped here).
     ///
     /// # Errors
-    /// [`Code::BadRequest`] for invalid UTF-8, an empty line, a NUL byte, a `\r` or `\n`
-    /// inside the line, or `file` with no name; [`Code::TooLarge`] for a line over [`MAX_REQUEST_LINE`].
+    /// [`Code::TooLarge`] for a line over [`MAX_REQUEST_LINE`], else [`Code::BadRequest`].
     pub fn parse(line: &[u8]) -> Result<Request, Error> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > MAX_REQUEST_LINE {
@@ -102,7 +101,7 @@ impl ReplyHeader {
     /// Parses a header line (without its `\n`; a trailing `\r` is dropped).
     ///
     /// # Errors
-    /// A message saying what is wrong when the line is not a valid header.
+    /// A message saying what is wrong.
     pub fn parse(line: &[u8]) -> Result<ReplyHeader, String> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = std::str::from_utf8(line).map_err(|_| "reply header is not UTF-8")?;
@@ -187,10 +186,8 @@ pub enum Line {
 }
 
 /// Reads one `\n`-terminated line into `line` (cleared first, `\n` not included), reading at
-/// most `limit + 1` bytes so a peer cannot make us buffer without bound.
-///
-/// # Errors
-/// The underlying I/O error (a timeout shows as `WouldBlock` or `TimedOut`).
+/// most `limit + 1` bytes so a peer cannot make us buffer without bound. Errors are the
+/// reader's (a timeout shows as `WouldBlock` or `TimedOut`).
 pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -> io::Result<Line> {
     line.clear();
     loop {
@@ -224,9 +221,6 @@ pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -
 
 /// Writes `a` then `b` with as few system calls as the kernel allows (one, usually), so a
 /// header and the start of its body leave in one TCP segment.
-///
-/// # Errors
-/// The underlying I/O error.
 pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
     let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
     let mut bufs = &mut bufs[..];
@@ -283,7 +277,7 @@ impl Deadline {
         self.at = limit.and_then(|d| Instant::now().checked_add(d));
     }
 
-    /// Ends the run: calls get the per-call timeout again.
+    /// Ends the run.
     pub fn end(&mut self) {
         self.at = None;
     }
@@ -420,8 +414,7 @@ pub struct RequestReader {
 }
 
 impl RequestReader {
-    /// Reads requests from `stream` (the reading half; replies go out through a clone), with
-    /// a buffer of `capacity` bytes.
+    /// Reads requests from `stream` (replies go out through a clone of it).
     pub fn new(stream: Stream, timeouts: Timeouts, capacity: usize) -> RequestReader {
         let stream = DeadlineStream {
             stream,
@@ -441,10 +434,8 @@ impl RequestReader {
         }
     }
 
-    /// Reads the next request line into `line` (without its `\n`).
-    ///
-    /// # Errors
-    /// An I/O error from the socket (the connection is then gone).
+    /// Reads the next request line into `line` (without its `\n`). An error is the socket's:
+    /// the connection is then gone.
     pub fn next(&mut self, line: &mut Vec<u8>) -> io::Result<Incoming> {
         // Bytes already buffered are the start of the next request (sent right behind the
         // last one), so its line clock starts now; otherwise the connection is idle.
@@ -500,9 +491,6 @@ impl RequestReader {
 
     /// Sends `error` as the connection's last reply through `writer`, then closes it gently
     /// (see [`tls::linger`]).
-    ///
-    /// # Errors
-    /// The error from writing the reply.
     pub fn close_with(mut self, writer: &mut impl Write, error: &Error) -> io::Result<()> {
         writer.write_all(error.header_line().as_bytes())?;
         let stream = &mut self.reader.get_mut().stream;

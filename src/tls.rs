@@ -168,10 +168,8 @@ impl Write for Socket {
     }
 }
 
-/// Reads the certificate chain in `cert` and the private key in `key` (PEM files).
-///
-/// # Errors
-/// A message naming the file that is missing, unreadable or holds no certificate or key.
+/// Reads the certificate chain in `cert` and the private key in `key_file` (PEM files); the
+/// error names the file that is missing, unreadable or holds no certificate or key.
 pub fn server_config(cert: &Path, key_file: &Path) -> Result<ServerConfig, String> {
     let certs = read_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
@@ -190,10 +188,8 @@ pub fn server_config(cert: &Path, key_file: &Path) -> Result<ServerConfig, Strin
     Ok(config)
 }
 
-/// Trusts the CAs in the PEM file `ca`, or the system's when there is none.
-///
-/// # Errors
-/// A message naming the file that is missing, unreadable or holds no certificate.
+/// Trusts the CAs in the PEM file `ca`, or the system's when there is none; the error names
+/// the file that is missing, unreadable or holds no certificate.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let path = ca.unwrap_or(Path::new(SYSTEM_CAS));
     let mut roots = RootCertStore::empty();
@@ -214,12 +210,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Does the server side of a handshake on `tcp`, all of it within `limit` (0: no limit). A
-/// peer whose first byte does not start a handshake (someone typing plain text) is sent
-/// `refusal`, in plain text, so that it learns why.
-///
-/// # Errors
-/// `TimedOut` when the peer was too slow; the TLS error, or the socket's.
+/// Does the server side of a handshake on `tcp`, all of it within `limit` (0: no limit);
+/// `TimedOut` when the peer was too slow. A peer whose first byte does not start a handshake
+/// (someone typing plain text) is sent `refusal`, in plain text, so that it learns why.
 pub fn accept(
     config: &Acceptor,
     mut tcp: TcpStream,
@@ -258,10 +251,8 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// For the server at `addr` (`host:port`), trusting what `config` trusts.
-    ///
-    /// # Errors
-    /// A message when the host is not a valid name or address.
+    /// For the server at `addr` (`host:port`), trusting what `config` trusts; an error when
+    /// the host is not a valid name or address.
     pub fn new(config: &Arc<ClientConfig>, addr: &str) -> Result<Connector, String> {
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -273,10 +264,8 @@ impl Connector {
         })
     }
 
-    /// Does the client side of a handshake on `tcp`, within `limit` (0: no limit).
-    ///
-    /// # Errors
-    /// `InvalidData` saying why when the certificate does not verify; `TimedOut`; the socket's.
+    /// Does the client side of a handshake on `tcp`, within `limit` (0: no limit);
+    /// `InvalidData` saying why when the certificate does not verify.
     pub fn connect(&self, tcp: TcpStream, limit: Duration) -> io::Result<Stream> {
         let conn = rustls::ClientConnection::new(Arc::clone(&self.config), self.name.clone())
             .map_err(io::Error::other)?;
