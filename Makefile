@@ -35,10 +35,10 @@ run-cluster-tls:
 	TLS=1 scripts/run-cluster.sh
 
 ## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
-## Mutation testing of the core (idle queue, protocol, request reader, policies, session and
+## Mutation testing of the core (idle queue, protocol with its request reader, policies, session and
 ## relay) against the whole test suite; installs cargo-mutants when missing. Slow (an hour or
 ## more on 2 cores), so not part of `test`; the report lands in mutants.out/.
-CORE_FILES = src/idle_queue.rs src/protocol.rs src/request_reader.rs 'src/policy/*.rs' src/balancer/session.rs
+CORE_FILES = src/idle_queue.rs src/protocol.rs 'src/policy/*.rs' src/balancer/session.rs
 mutants:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
 	$(CARGO) mutants $(foreach f,$(CORE_FILES),--file $(f)) --timeout 120 -- --all-targets
