@@ -13,9 +13,8 @@ use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
 use crate::policy::Facts;
-use crate::protocol::{
-    self, Deadline, Incoming, Line, ReplyHeader, Request, RequestReader, Timeouts,
-};
+use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
+use crate::protocol::{Incoming, RequestReader, Timeouts};
 use crate::tls::{self, Stream};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
