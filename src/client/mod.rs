@@ -309,11 +309,10 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
             return code;
         }
         let line = line.trim_end_matches(['\n', '\r']);
-        if line.trim().is_empty() {
-            continue;
-        }
-        if matches!(line.trim(), "quit" | "exit") {
-            return code;
+        match line.trim() {
+            "" => continue,
+            "quit" | "exit" => return code,
+            _ => {}
         }
         let request = match Request::parse(line.as_bytes()) {
             Ok(r) => r,
@@ -323,17 +322,18 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
                 continue;
             }
         };
-        if conn.is_none() {
-            match connect(config, tls.as_ref()) {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    let _ = writeln!(out, "{e}");
-                    code = 2;
-                    continue;
-                }
+        // The connection kept from the last request, or a new one.
+        let opened = conn
+            .take()
+            .map_or_else(|| connect(config, tls.as_ref()), Ok);
+        let c = match opened {
+            Ok(c) => conn.insert(c),
+            Err(e) => {
+                let _ = writeln!(out, "{e}");
+                code = 2;
+                continue;
             }
-        }
-        let c = conn.as_mut().expect("opened above");
+        };
         code = match perform(c, config, &request, out) {
             Ok(ok) => u8::from(!ok),
             Err(e) => {
