@@ -2,9 +2,9 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,21 +24,19 @@ pub const RELAY_BUFFER: usize = 256 * 1024;
 /// lock). Up or down, and how many of its workers are busy, is the idle queue's to say.
 #[derive(Debug, Default)]
 pub struct Backend {
-    /// The server's id.
     pub id: u32,
     /// `host:port` to connect to.
     pub addr: String,
-    /// Declared seconds per request.
+    /// Declared time per request.
     pub processing_time: Duration,
     /// Whether its database accepts writes (a query that may have run is then not retried).
     pub writable: bool,
     /// Requests it processes at once: the balancer keeps a connection to each worker.
     pub workers: usize,
-    /// Its connections handed out (to requests, or to a re-probe): written by the idle queue
-    /// under its lock, read by the policies and the status page.
-    pub in_flight: AtomicUsize,
     /// Whether it speaks TLS (its certificate is verified with `--backend-ca`).
     pub tls: bool,
+    /// Its connections handed out (to requests, or to a re-probe), counted by the idle queue.
+    pub in_flight: AtomicUsize,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
@@ -53,62 +51,37 @@ pub struct Backend {
     /// When the idle queue last handed it out, as a sequence number (0 = never), for round
     /// robin; written under the queue's lock.
     pub last_chosen: AtomicU64,
-    /// The request it handles (or last handled; 0 while re-probed), for the timeline's bar in
-    /// progress.
+    /// The request it handles (or last handled; 0 while re-probed), and when it took it in µs
+    /// since the balancer started: the timeline's bar in progress.
     pub current_request: AtomicU64,
-    /// When it took that request, in microseconds since the balancer started.
     pub current_taken_micros: AtomicU64,
-    /// Moving average of service time (request sent to reply header), in µs (0 = none yet).
+    /// Moving averages of service time (request sent to reply header) and of whole-request
+    /// latency, in µs (0 = none yet).
     service_micros: AtomicU64,
-    /// Moving average of whole-request latency, in µs (0 = none yet).
     latency_micros: AtomicU64,
     /// Guards the sockets of its open connections (each held by its [`BackendConn`]; gone
-    /// when that closes), for a failed health check to shut down (see
-    /// [`Backend::break_connections`]).
+    /// when that closes), for a failed health check to shut down.
     sockets: Mutex<Vec<Weak<TcpStream>>>,
 }
 
 impl Backend {
-    /// A server with these settings that has served nothing yet.
-    pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
-        Backend {
-            id,
-            addr,
-            processing_time,
-            writable,
-            workers: 1,
-            ..Backend::default()
-        }
-    }
-
     /// The server recorded by a servers-file entry.
     pub fn from_entry(entry: &ServerEntry) -> Backend {
-        let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
         Backend {
+            id: entry.id,
+            addr: entry.address(),
+            processing_time: Duration::try_from_secs_f64(entry.processing_time).unwrap_or_default(),
+            writable: entry.writable,
             workers: entry.workers,
             tls: entry.tls,
-            ..Backend::new(entry.id, entry.address(), time, entry.writable)
+            ..Backend::default()
         }
     }
 
     /// Whether `other` has the same fixed settings.
     pub fn same_settings(&self, other: &Backend) -> bool {
-        let (a, b) = (self, other);
-        (
-            a.id,
-            &a.addr,
-            a.processing_time,
-            a.writable,
-            a.workers,
-            a.tls,
-        ) == (
-            b.id,
-            &b.addr,
-            b.processing_time,
-            b.writable,
-            b.workers,
-            b.tls,
-        )
+        let settings = |b: &Backend| (b.id, b.processing_time, b.writable, b.workers, b.tls);
+        settings(self) == settings(other) && self.addr == other.addr
     }
 
     /// The measured service time, once there is one.
@@ -132,9 +105,8 @@ impl Backend {
         let Some(measured) = self.measured() else {
             return false;
         };
-        let declared = self.processing_time;
-        let diff = measured.abs_diff(declared);
-        diff > declared / 2 && diff > Duration::from_millis(5)
+        let diff = measured.abs_diff(self.processing_time);
+        diff > self.processing_time / 2 && diff > Duration::from_millis(5)
     }
 
     /// Counts a reply relayed from it: `error` is its `ERR` code, if any.
@@ -145,16 +117,13 @@ impl Backend {
         bytes: u64,
         error: Option<&Error>,
     ) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(e) = error {
-            let counter = if e.kind().is_client_error() {
-                &self.client_errors
-            } else {
-                &self.errors
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        self.requests.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        match error {
+            Some(e) if e.kind().is_client_error() => self.client_errors.fetch_add(1, Relaxed),
+            Some(_) => self.errors.fetch_add(1, Relaxed),
+            None => 0,
+        };
         fold(&self.service_micros, service);
         fold(&self.latency_micros, latency);
     }
@@ -176,47 +145,69 @@ impl Backend {
 /// another (two workers of one server replying at once) loses a sample: an average can.
 fn fold(avg: &AtomicU64, sample: Duration) {
     let sample = (sample.as_micros() as u64).max(1);
-    let old = avg.load(Ordering::Relaxed);
-    let new = if old == 0 {
-        sample
-    } else {
-        (old * 4 + sample) / 5
+    let new = match avg.load(Relaxed) {
+        0 => sample,
+        old => (old * 4 + sample) / 5,
     };
-    avg.store(new, Ordering::Relaxed);
+    avg.store(new, Relaxed);
 }
 
 /// A moving average in µs as a duration; 0 means none yet.
 fn micros(avg: &AtomicU64) -> Option<Duration> {
-    match avg.load(Ordering::Relaxed) {
-        0 => None,
-        us => Some(Duration::from_micros(us)),
+    let us = avg.load(Relaxed);
+    (us != 0).then(|| Duration::from_micros(us))
+}
+
+/// A socket whose calls of one run share one [`Deadline`]: the reads of a reply header from a
+/// server, the writes of a reply to a client (so a slow peer cannot stretch either).
+pub struct Timed {
+    pub stream: Stream,
+    pub deadline: Deadline,
+}
+
+impl Timed {
+    /// Starts a run that must end within the per-call timeout from now; returns that limit.
+    pub fn start(&mut self) -> Option<Duration> {
+        let limit = self.deadline.per_call();
+        self.deadline.start(limit);
+        limit
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_read_timeout(t))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
 /// An open, idle-or-leased connection to a backend: no bytes of an old reply are ever left on
 /// it when it goes back to the idle queue (see [`BackendConn::unusable`]).
 pub struct BackendConn {
-    /// Reads replies, through one [`RELAY_BUFFER`].
-    pub reader: BufReader<ServerStream>,
-    /// Sends requests.
+    /// Reads replies, through one [`RELAY_BUFFER`]; each read waits at most the reply timeout.
+    pub reader: BufReader<Timed>,
     pub writer: Stream,
     /// The socket again, registered with its server for [`Backend::break_connections`].
     _socket: Arc<TcpStream>,
-}
-
-/// The server's socket as replies are read from it: each read waits at most the reply
-/// timeout, and a reply header's reads share one deadline (see [`BackendConn::read_header`]).
-pub struct ServerStream {
-    stream: Stream,
-    deadline: Deadline,
-}
-
-impl Read for ServerStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_read_timeout(t))?;
-        self.stream.read(buf)
-    }
 }
 
 impl BackendConn {
@@ -238,35 +229,38 @@ impl BackendConn {
             format!("{addr} does not resolve to an address"),
         );
         for addr in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, connect_timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    let stream = match tls {
-                        None => Stream::Plain(stream),
-                        Some(tls) => tls.connect(stream, connect_timeout)?,
-                    };
-                    stream.set_read_timeout(Some(reply_timeout))?;
-                    stream.set_write_timeout(Some(reply_timeout))?;
-                    let read = ServerStream {
-                        stream: stream.try_clone()?,
-                        deadline: Deadline::new(Some(reply_timeout)),
-                    };
-                    // Once per connection, not per request: one more descriptor, and a lock
-                    // that prunes the closed ones.
-                    let socket = Arc::new(stream.tcp().try_clone()?);
-                    let mut sockets = backend.sockets.lock();
-                    sockets.retain(|s| s.strong_count() > 0);
-                    sockets.push(Arc::downgrade(&socket));
-                    drop(sockets);
-                    let reader = BufReader::with_capacity(RELAY_BUFFER, read);
-                    return Ok(BackendConn {
-                        reader,
-                        writer: stream,
-                        _socket: socket,
-                    });
+            let stream = match TcpStream::connect_timeout(&addr, connect_timeout) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
-                Err(e) => last = e,
-            }
+            };
+            stream.set_nodelay(true)?;
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => tls.connect(stream, connect_timeout)?,
+            };
+            stream.set_read_timeout(Some(reply_timeout))?;
+            stream.set_write_timeout(Some(reply_timeout))?;
+            let deadline = Deadline::new(Some(reply_timeout));
+            let read = Timed {
+                stream: stream.try_clone()?,
+                deadline,
+            };
+            // Once per connection, not per request: one more descriptor, and a lock that
+            // prunes the closed ones.
+            let socket = Arc::new(stream.tcp().try_clone()?);
+            let mut sockets = backend.sockets.lock();
+            sockets.retain(|s| s.strong_count() > 0);
+            sockets.push(Arc::downgrade(&socket));
+            drop(sockets);
+            let reader = BufReader::with_capacity(RELAY_BUFFER, read);
+            return Ok(BackendConn {
+                reader,
+                writer: stream,
+                _socket: socket,
+            });
         }
         Err(last)
     }
@@ -277,9 +271,7 @@ impl BackendConn {
     /// # Errors
     /// The I/O error; `TimedOut`, saying so, when the header was late.
     pub fn read_header(&mut self, header: &mut Vec<u8>) -> io::Result<Line> {
-        let deadline = &mut self.reader.get_mut().deadline;
-        let limit = deadline.per_call();
-        deadline.start(limit);
+        let limit = self.reader.get_mut().start();
         let read = protocol::read_line(&mut self.reader, header, MAX_HEADER_LINE);
         // The body's reads each get the reply timeout again: it must keep making progress.
         self.reader.get_mut().deadline.end();
@@ -309,19 +301,15 @@ impl BackendConn {
         if let Some(why) = self.buffered_stray() {
             return Some(why);
         }
-        let mut byte = [0u8; 1];
-        match rustix::net::recv(
-            self.writer.tcp(),
-            &mut byte,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        ) {
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(self.writer.tcp(), &mut [0u8; 1], flags) {
             Ok((0, _)) => Some(Unusable::Closed("was closed while idle".into())),
             Ok(_) => Some(Unusable::Stray("sent bytes that no request asked for")),
             Err(rustix::io::Errno::AGAIN) => None,
-            Err(e) => Some(Unusable::Closed(format!(
-                "failed while idle: {}",
-                io::Error::from(e)
-            ))),
+            Err(e) => {
+                let e = io::Error::from(e);
+                Some(Unusable::Closed(format!("failed while idle: {e}")))
+            }
         }
     }
 }
@@ -345,10 +333,27 @@ impl std::fmt::Display for Unusable {
 }
 
 #[cfg(test)]
+impl Backend {
+    /// A server with these settings that has served nothing yet.
+    pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
+        let workers = 1;
+        Backend {
+            id,
+            addr,
+            processing_time,
+            writable,
+            workers,
+            ..Backend::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     /// A connection to `s` (at a listener in this test), and the test's end of it.
