@@ -93,88 +93,37 @@ fn server_status(s: &Backend, queue: &Snapshot) -> Value {
     })
 }
 
-/// A metric family: name, type, where its value is in [`figures`] (in a server, for the
-/// per-server ones), help.
-type Family = (&'static str, &'static str, &'static str, &'static str);
+/// The families of `/metrics` reported from [`figures`], a line each: name after `minilb_`,
+/// where its value is (a field of each server, or a JSON pointer for the ones reported
+/// once), help. Names ending in `_total` are counters, the others gauges.
+const PER_SERVER: &str = "\
+server_requests_total requests Replies relayed from the server.
+server_errors_total errors Failures of the server: broken connections or replies, ERR replies not caused by the request.
+server_client_errors_total client_errors ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).
+server_bytes_total bytes Reply body bytes relayed from the server.
+server_stray_total stray Times the server sent bytes no request asked for; each closed its connection.
+server_up state 1 if the server is in the pool.
+server_in_flight in_flight The server's workers handling a request (or being re-probed).
+server_workers workers Requests the server processes at once.
+server_declared_seconds processing_time The server's declared processing time.
+server_measured_seconds measured_time Moving average of the server's measured service time.";
+const TOTALS: &str = "\
+replies_total /totals/replies Replies sent to clients.
+queue_length /queue/length Requests waiting for an idle server.
+queue_longest_wait_seconds /queue/longest_wait_seconds How long the first request in line has waited.
+clients_connected /clients Client connections open.
+requests_in_flight /in_flight Requests read and not yet answered.
+uptime_seconds /uptime_seconds Seconds since the balancer started.";
 
-/// Every per-server family of `/metrics`, with the field of `/status`'s server it reports.
-const PER_SERVER: [Family; 10] = [
-    ("minilb_server_requests_total", "counter", "requests", "Replies relayed from the server."),
-    (
-        "minilb_server_errors_total",
-        "counter",
-        "errors",
-        "Failures of the server: broken connections or replies, ERR replies not caused by the request.",
-    ),
-    (
-        "minilb_server_client_errors_total",
-        "counter",
-        "client_errors",
-        "ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).",
-    ),
-    ("minilb_server_bytes_total", "counter", "bytes", "Reply body bytes relayed from the server."),
-    (
-        "minilb_server_stray_total",
-        "counter",
-        "stray",
-        "Times the server sent bytes no request asked for; each closed its connection.",
-    ),
-    // 1 if `state` is `up`: see [`value`].
-    ("minilb_server_up", "gauge", "state", "1 if the server is in the pool."),
-    (
-        "minilb_server_in_flight",
-        "gauge",
-        "in_flight",
-        "The server's workers handling a request (or being re-probed).",
-    ),
-    ("minilb_server_workers", "gauge", "workers", "Requests the server processes at once."),
-    (
-        "minilb_server_declared_seconds",
-        "gauge",
-        "processing_time",
-        "The server's declared processing time.",
-    ),
-    (
-        "minilb_server_measured_seconds",
-        "gauge",
-        "measured_time",
-        "Moving average of the server's measured service time.",
-    ),
-];
-
-/// The families reported once, each from a JSON pointer into [`figures`].
-const GAUGES: [Family; 5] = [
-    (
-        "minilb_queue_length",
-        "gauge",
-        "/queue/length",
-        "Requests waiting for an idle server.",
-    ),
-    (
-        "minilb_queue_longest_wait_seconds",
-        "gauge",
-        "/queue/longest_wait_seconds",
-        "How long the first request in line has waited.",
-    ),
-    (
-        "minilb_clients_connected",
-        "gauge",
-        "/clients",
-        "Client connections open.",
-    ),
-    (
-        "minilb_requests_in_flight",
-        "gauge",
-        "/in_flight",
-        "Requests read and not yet answered.",
-    ),
-    (
-        "minilb_uptime_seconds",
-        "gauge",
-        "/uptime_seconds",
-        "Seconds since the balancer started.",
-    ),
-];
+/// The lines of a table of families: name, where its value is, help.
+fn families(
+    table: &'static str,
+) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    table.lines().filter_map(|line| {
+        let mut words = line.splitn(3, ' ');
+        Some((words.next()?, words.next()?, words.next()?))
+    })
+}
 
 /// A figure as a sample's value: a number, 1 for the state `up` (0 for another), NaN for none.
 fn value(figure: &Value) -> f64 {
@@ -189,80 +138,61 @@ pub fn metrics(lb: &Balancer) -> String {
     let figures = figures(lb);
     let servers = figures["servers"].as_array().map_or(&[][..], Vec::as_slice);
     let mut m = String::new();
-    for (name, kind, field, help) in PER_SERVER {
-        family(&mut m, name, kind, help);
+    for (name, field, help) in families(PER_SERVER) {
+        let name = family(&mut m, name, help);
         for s in servers {
-            sample(
-                &mut m,
-                name,
-                &format!("server=\"{}\"", s["id"]),
-                value(&s[field]),
-            );
+            let series = format!("{name}{{server=\"{}\"}}", s["id"]);
+            sample(&mut m, &series, value(&s[field]));
         }
     }
-    let name = "minilb_replies_total";
-    family(&mut m, name, "counter", "Replies sent to clients.");
-    sample(&mut m, name, "", value(&figures["totals"]["replies"]));
-    let name = "minilb_errors_total";
-    family(
+    for (name, pointer, help) in families(TOTALS) {
+        let name = family(&mut m, name, help);
+        sample(
+            &mut m,
+            &name,
+            figures.pointer(pointer).map_or(f64::NAN, value),
+        );
+    }
+    let name = family(
         &mut m,
-        name,
-        "counter",
+        "errors_total",
         "ERR replies sent to clients, by code.",
     );
     for code in Code::ALL.map(Code::as_str) {
         let n = value(&figures["totals"]["errors"][code]);
-        sample(&mut m, name, &format!("code=\"{code}\""), n);
+        sample(&mut m, &format!("{name}{{code=\"{code}\"}}"), n);
     }
-
     let name = "minilb_request_duration_seconds";
     let help = "Time from a request's arrival to the end of its reply.";
-    family(&mut m, name, "histogram", help);
+    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} histogram");
     let (buckets, sum, count) = lb.stats.latency.read();
-    for (bound, n) in buckets {
-        sample(
-            &mut m,
-            &format!("{name}_bucket"),
-            &format!("le=\"{bound}\""),
-            n as f64,
-        );
+    let bounds = buckets.iter().map(|(bound, n)| (bound.to_string(), *n));
+    for (le, n) in bounds.chain([("+Inf".to_string(), count)]) {
+        sample(&mut m, &format!("{name}_bucket{{le=\"{le}\"}}"), n as f64);
     }
-    sample(
-        &mut m,
-        &format!("{name}_bucket"),
-        "le=\"+Inf\"",
-        count as f64,
-    );
-    sample(&mut m, &format!("{name}_sum"), "", sum);
-    sample(&mut m, &format!("{name}_count"), "", count as f64);
-
-    for (name, kind, pointer, help) in GAUGES {
-        family(&mut m, name, kind, help);
-        sample(
-            &mut m,
-            name,
-            "",
-            figures.pointer(pointer).map_or(f64::NAN, value),
-        );
-    }
+    sample(&mut m, &format!("{name}_sum"), sum);
+    sample(&mut m, &format!("{name}_count"), count as f64);
     m
 }
 
-fn family(m: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// Writes a family's header; returns its full name.
+fn family(m: &mut String, name: &str, help: &str) -> String {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(
+        m,
+        "# HELP minilb_{name} {help}\n# TYPE minilb_{name} {kind}"
+    );
+    format!("minilb_{name}")
 }
 
-fn sample(m: &mut String, name: &str, labels: &str, value: f64) {
-    let value = if value.is_nan() {
-        "NaN".to_string()
-    } else {
-        value.to_string()
-    };
-    match labels {
-        "" => writeln!(m, "{name} {value}"),
-        _ => writeln!(m, "{name}{{{labels}}} {value}"),
-    }
-    .expect("writing to a String cannot fail");
+/// Writes one sample of `series` (a name and its labels).
+fn sample(m: &mut String, series: &str, value: f64) {
+    // Rust writes a NaN `NaN`, as Prometheus wants; infinities do not occur.
+    let _ = writeln!(m, "{series} {value}");
 }
 
 #[cfg(test)]
@@ -302,7 +232,9 @@ mod tests {
     #[test]
     fn every_per_server_family_reads_a_field_of_the_servers_status() {
         let status = server_status(&backend(1, 0.1, 0), &Snapshot::default());
-        for (name, _, field, _) in PER_SERVER {
+        assert_eq!(families(PER_SERVER).count(), 10);
+        assert_eq!(families(TOTALS).count(), 6);
+        for (name, field, _) in families(PER_SERVER) {
             assert!(
                 status.get(field).is_some(),
                 "{name} reads {field}, not in /status"

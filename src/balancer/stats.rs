@@ -66,14 +66,9 @@ impl Histogram {
     }
 }
 
-/// One decision, recorded on the request's path as facts (the server chosen and why, or why
-/// none) and put into words as a [`DecisionRecord`] when read.
-#[derive(Clone)]
-struct Recorded {
-    request: u64,
-    at: f64,
-    chosen: Result<(u32, Decision), String>,
-}
+/// One decision, recorded on the request's path as facts: the request, when (seconds since
+/// the start), and the server chosen and why or why none. Put into words when read.
+type Recorded = (u64, f64, Result<(u32, Decision), String>);
 
 /// One decision, as shown on the dashboard.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -176,30 +171,14 @@ impl Stats {
         let micros = taken.saturating_duration_since(self.started).as_micros() as u64;
         server.current_request.store(request, Relaxed);
         server.current_taken_micros.store(micros, Relaxed);
-        let (at, chosen) = (self.secs(taken), Ok((server.id, d)));
-        push_capped(
-            &self.decisions,
-            RECENT_DECISIONS,
-            Recorded {
-                request,
-                at,
-                chosen,
-            },
-        );
+        let decision = (request, self.secs(taken), Ok((server.id, d)));
+        push_capped(&self.decisions, RECENT_DECISIONS, decision);
     }
 
     /// Keeps the reason request `request` got no server.
     pub fn record_refusal(&self, request: u64, why: String) {
-        let (at, chosen) = (self.secs(Instant::now()), Err(why));
-        push_capped(
-            &self.decisions,
-            RECENT_DECISIONS,
-            Recorded {
-                request,
-                at,
-                chosen,
-            },
-        );
+        let decision = (request, self.secs(Instant::now()), Err(why));
+        push_capped(&self.decisions, RECENT_DECISIONS, decision);
     }
 
     /// Puts request `request` on the timeline: it arrived, `server` took it and its reply
@@ -247,24 +226,15 @@ impl Stats {
     pub fn decisions(&self, policy: &Policy) -> Vec<DecisionRecord> {
         // Copied out so that the words are made outside the lock.
         let decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
-        let mut records: Vec<DecisionRecord> = (decisions.into_iter())
-            .map(
-                |Recorded {
-                     request,
-                     at,
-                     chosen,
-                 }| {
-                    let text = match chosen {
-                        Ok((server, d)) => {
-                            format!("server {server}: {}", policy.explain(server, &d))
-                        }
-                        Err(why) => format!("no server: {why}"),
-                    };
-                    let text = format!("req {request} -> {text}");
-                    DecisionRecord { request, at, text }
-                },
-            )
-            .collect();
+        let words = |(request, at, chosen): Recorded| {
+            let text = match chosen {
+                Ok((server, d)) => format!("server {server}: {}", policy.explain(server, &d)),
+                Err(why) => format!("no server: {why}"),
+            };
+            let text = format!("req {request} -> {text}");
+            DecisionRecord { request, at, text }
+        };
+        let mut records: Vec<DecisionRecord> = decisions.into_iter().map(words).collect();
         // Kept in the order they were recorded, which may differ by a hair from the order
         // they were made.
         records.sort_by(|a, b| a.at.total_cmp(&b.at));
