@@ -2,23 +2,26 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::net::RecvFlags;
 
 use crate::error::Error;
-use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
+use crate::protocol::{self, Deadline, Line, ReplyHeader, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
 use crate::tls::{Connector, Stream};
 
 /// Bytes read from a server at a time while relaying a reply; one buffer per server connection
 /// (one per worker), not per client, so ten thousand idle clients cost no relay memory.
 pub const RELAY_BUFFER: usize = 256 * 1024;
+/// Largest reply read whole from the server before its header is passed on (see
+/// [`BackendConn::relay`]).
+const WHOLE_REPLY: u64 = 64 * 1024;
 
 /// A server: fixed settings, then live state (atomics, bumped by request threads without a
 /// lock). Up or down, and how many of its workers are busy, is the idle queue's to say.
@@ -312,6 +315,91 @@ impl BackendConn {
             }
         }
     }
+
+    /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
+    /// the server connection's own buffer: the header and the start of the body leave in one write.
+    /// The header must come whole within the reply timeout; the body, keep coming.
+    /// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
+    /// longer one that breaks off mid-body can only be cut (the client's connection then closes).
+    /// Returns the reply, its body's length and the server's service time (request sent to
+    /// reply header read).
+    pub fn relay(
+        &mut self,
+        line: &[u8],
+        header: &mut Vec<u8>,
+        client: &mut Timed,
+    ) -> Result<(ReplyHeader, u64, Duration), RelayError> {
+        let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
+        let sent = Instant::now();
+        self.writer.write_all(line).map_err(before)?;
+        match self.read_header(header).map_err(before)? {
+            Line::Complete => {}
+            Line::Eof | Line::Truncated => {
+                return Err(before(io::Error::other("connection closed")))
+            }
+            Line::TooLong => return Err(before(io::Error::other("reply header too long"))),
+        }
+        let service = sent.elapsed();
+        let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
+        let length = reply.body_length();
+        header.push(b'\n');
+        if length > self.reader.buffer().len() as u64 && length <= WHOLE_REPLY {
+            // A small reply is read whole before any of it goes out, so a server that promises
+            // more than it sends is caught while the client can still get `ERR unavailable`.
+            let mut body = Vec::with_capacity(length as usize);
+            (&mut self.reader)
+                .take(length)
+                .read_to_end(&mut body)
+                .map_err(before)?;
+            if (body.len() as u64) < length {
+                let got = body.len();
+                let e = format!("reply body ended after {got} of its {length} bytes");
+                return Err(RelayError::ServerBefore(e));
+            }
+            client.start();
+            return match protocol::write_both(client, header, &body) {
+                Ok(()) => Ok((reply, length, service)),
+                Err(e) => Err(RelayError::ClientGone(e)),
+            };
+        }
+        let at_most = |n: usize, limit: u64| n.min(usize::try_from(limit).unwrap_or(usize::MAX));
+        let buffered = self.reader.buffer();
+        let first = at_most(buffered.len(), length);
+        client.start();
+        let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
+        self.reader.consume(first);
+        let mut remaining = length - first as u64;
+        while remaining > 0 {
+            let chunk = match self.reader.fill_buf() {
+                Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
+            };
+            let n = at_most(chunk.len(), remaining);
+            if client_error.is_none() {
+                client_error = client.write_all(&chunk[..n]).err();
+            }
+            // After the client is gone, keep reading to the reply's end so the server connection
+            // is clean for the next request.
+            self.reader.consume(n);
+            remaining -= n as u64;
+        }
+        match client_error {
+            Some(e) => Err(RelayError::ClientGone(e)),
+            None => Ok((reply, length, service)),
+        }
+    }
+}
+
+/// How relaying one reply went wrong.
+pub enum RelayError {
+    /// The server failed before any byte reached the client: the request can be retried.
+    ServerBefore(String),
+    /// The server failed mid-reply: the client's reply is cut, so its connection must close.
+    ServerDuring(String),
+    /// The client went away; the server's reply was read to its end, so its connection is clean.
+    ClientGone(io::Error),
 }
 
 /// Why a server connection cannot take another request.

@@ -1,25 +1,23 @@
 //! One client's session: read a request (the client side), hand it to a server and stream the
 //! reply back (the backend side), repeat until the client leaves.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::balancer::backend::{BackendConn, Timed, Unusable};
+use crate::balancer::backend::{BackendConn, RelayError, Timed, Unusable};
 use crate::balancer::{membership, Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
-use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
+use crate::protocol::{Deadline, ReplyHeader, Request};
 use crate::request_reader::{Incoming, RequestReader, Timeouts};
 use crate::tls::{self, Stream};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
 const CLIENT_BUFFER: usize = 2 * 1024;
-/// Largest reply read whole from the server before its header is passed on (see [`relay`]).
-const WHOLE_REPLY: u64 = 64 * 1024;
 
 /// The reply to a client that speaks plain text to the TLS port.
 const PLAIN_ON_TLS: &[u8] =
@@ -99,16 +97,6 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
     }
 }
 
-/// How relaying one reply went wrong.
-enum RelayError {
-    /// The server failed before any byte reached the client: the request can be retried.
-    ServerBefore(String),
-    /// The server failed mid-reply: the client's reply is cut, so its connection must close.
-    ServerDuring(String),
-    /// The client went away; the server's reply was read to its end, so its connection is clean.
-    ClientGone(io::Error),
-}
-
 /// Answers one request: acquire a server, relay, release; on a server failure before the
 /// reply started, try another server, at most `retries` more times. A server connection
 /// that failed, or holds bytes no request asked for, is closed and its server re-probed.
@@ -157,7 +145,7 @@ fn handle(
         lb.stats.record_choice(id, taken, &backend, lease.decision);
         // A failed health check releases the request by shutting its connection down (see
         // `health`).
-        match relay(lease.item(), line, header, client) {
+        match lease.item().relay(line, header, client) {
             Ok((reply, bytes, service)) => {
                 // Before the server is released, so its next request starts after this one ended.
                 let latency = started.elapsed();
@@ -265,77 +253,4 @@ fn refuse(
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());
     reply_error(lb, &e, started, client)
-}
-
-/// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
-/// the server connection's own buffer: the header and the start of the body leave in one write.
-/// The header must come whole within the reply timeout; the body, keep coming.
-/// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
-/// longer one that breaks off mid-body can only be cut (the client's connection then closes).
-/// Returns the reply, its body's length and the server's service time (request sent to
-/// reply header read).
-fn relay(
-    conn: &mut BackendConn,
-    line: &[u8],
-    header: &mut Vec<u8>,
-    client: &mut Timed,
-) -> Result<(ReplyHeader, u64, Duration), RelayError> {
-    let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
-    let sent = Instant::now();
-    conn.writer.write_all(line).map_err(before)?;
-    match conn.read_header(header).map_err(before)? {
-        Line::Complete => {}
-        Line::Eof | Line::Truncated => return Err(before(io::Error::other("connection closed"))),
-        Line::TooLong => return Err(before(io::Error::other("reply header too long"))),
-    }
-    let service = sent.elapsed();
-    let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
-    let length = reply.body_length();
-    header.push(b'\n');
-    if length > conn.reader.buffer().len() as u64 && length <= WHOLE_REPLY {
-        // A small reply is read whole before any of it goes out, so a server that promises
-        // more than it sends is caught while the client can still get `ERR unavailable`.
-        let mut body = Vec::with_capacity(length as usize);
-        (&mut conn.reader)
-            .take(length)
-            .read_to_end(&mut body)
-            .map_err(before)?;
-        if (body.len() as u64) < length {
-            let got = body.len();
-            let e = format!("reply body ended after {got} of its {length} bytes");
-            return Err(RelayError::ServerBefore(e));
-        }
-        client.start();
-        return match protocol::write_both(client, header, &body) {
-            Ok(()) => Ok((reply, length, service)),
-            Err(e) => Err(RelayError::ClientGone(e)),
-        };
-    }
-    let at_most = |n: usize, limit: u64| n.min(usize::try_from(limit).unwrap_or(usize::MAX));
-    let buffered = conn.reader.buffer();
-    let first = at_most(buffered.len(), length);
-    client.start();
-    let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
-    conn.reader.consume(first);
-    let mut remaining = length - first as u64;
-    while remaining > 0 {
-        let chunk = match conn.reader.fill_buf() {
-            Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
-        };
-        let n = at_most(chunk.len(), remaining);
-        if client_error.is_none() {
-            client_error = client.write_all(&chunk[..n]).err();
-        }
-        // After the client is gone, keep reading to the reply's end so the server connection
-        // is clean for the next request.
-        conn.reader.consume(n);
-        remaining -= n as u64;
-    }
-    match client_error {
-        Some(e) => Err(RelayError::ClientGone(e)),
-        None => Ok((reply, length, service)),
-    }
 }
