@@ -70,11 +70,7 @@ pub const ALL: [Policy; 5] = [
                 // Randomness here needs to be cheap, not strong: fastrand's per-thread generator.
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                Some(if load(&idle[a]) <= load(&idle[b]) {
-                    a
-                } else {
-                    b
-                })
+                [a, b].into_iter().min_by_key(|&i| load(&idle[i]))
             }
         },
         reason: |d| {
@@ -131,16 +127,12 @@ impl Policy {
     pub fn explain(&self, chosen: u32, d: &Decision) -> String {
         let mut parts = Vec::new();
         if d.busy > 0 {
-            parts.push(format!("{} server{} busy", d.busy, plural(d.busy)));
+            parts.push(format!("{} busy", how_many(d.busy, "server")));
         }
         let reason = (self.reason)(d);
         parts.push(format!("server {chosen} {reason} by {}", self.name));
         if d.free > 1 {
-            parts.push(format!(
-                "{} worker{} free too",
-                d.free - 1,
-                plural(d.free - 1)
-            ));
+            parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
         }
         if let Some(place) = d.position {
             let waited = d.waited.as_millis();
@@ -150,12 +142,10 @@ impl Policy {
     }
 }
 
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
+/// `1 server`, `2 servers`.
+fn how_many(n: usize, thing: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {thing}{s}")
 }
 
 fn ordinal(n: usize) -> String {
