@@ -403,8 +403,8 @@ pub struct Snapshot {
 }
 
 /// A worker of a server handed to one request. Give it back with [`Lease::release`]; if the
-/// request broke its connection, [`Lease::mark_down`] it (dropping a lease does that too, so a
-/// connection in an unknown state is never reused).
+/// request broke its connection, drop the lease: that takes the connection out of the pool
+/// (with the server, if it was its last), so a connection in an unknown state is never reused.
 pub struct Lease<'q, T> {
     queue: &'q IdleQueue<T>,
     pub server: Arc<Backend>,
@@ -433,22 +433,11 @@ impl<T> Lease<'_, T> {
     /// [`IdleQueue::drop_connection`], so that requests wait for the server meanwhile instead
     /// of finding no server up.
     pub fn set_aside(mut self) -> (Arc<Backend>, T) {
-        let item = self
-            .item
-            .take()
-            .expect("a lease holds its item until released");
-        (Arc::clone(&self.server), item)
-    }
-
-    /// Drops the worker's connection (it broke) and hands back its item; the server leaves
-    /// the pool with its last connection.
-    pub fn mark_down(mut self) -> T {
-        let item = self
-            .item
-            .take()
-            .expect("a lease holds its item until released");
-        self.queue.drop_connection(&self.server);
-        item
+        let item = self.item.take();
+        (
+            Arc::clone(&self.server),
+            item.expect("a lease holds its item until released"),
+        )
     }
 }
 
@@ -593,7 +582,7 @@ mod tests {
         let slow = Duration::from_millis(500);
         lease.server.record_reply(slow, slow, 0, None);
         // Its connection breaks and it is reconnected: what was measured stays measured.
-        lease.mark_down();
+        drop(lease);
         assert!(q.add(Arc::clone(&liar), 1));
         assert_eq!(liar.measured(), Some(slow));
         assert_eq!(q.acquire(NOW).unwrap().server.id, 2);
@@ -652,9 +641,10 @@ mod tests {
     #[test]
     fn servers_marked_down_leave_and_waiters_hear_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
-        let held = q.acquire(NOW).unwrap();
+        let mut held = q.acquire(NOW).unwrap();
         let waiter = spawn_waiter(&q);
-        assert_eq!(held.mark_down(), 1);
+        assert_eq!(*held.item(), 1);
+        drop(held);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
         assert_eq!(q.membership(1), None);
     }
@@ -698,7 +688,7 @@ mod tests {
         assert!(q.retire(2));
         let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
         let started = Instant::now();
-        active.mark_down();
+        drop(active);
         for w in waiters {
             assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
         }
@@ -749,7 +739,7 @@ mod tests {
         let broken = q.acquire(NOW).unwrap();
         let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
         let started = Instant::now();
-        let _ = broken.mark_down();
+        drop(broken);
         for w in waiters {
             assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
         }
