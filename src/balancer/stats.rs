@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use serde_json::{json, Value};
 
 use crate::balancer::backend::Backend;
 use crate::error::{Code, Error};
@@ -69,17 +70,6 @@ impl Histogram {
 /// One decision, recorded on the request's path as facts: the request, when (seconds since
 /// the start), and the server chosen and why or why none. Put into words when read.
 type Recorded = (u64, f64, Result<(u32, Decision), String>);
-
-/// One decision, as shown on the dashboard.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DecisionRecord {
-    /// The request's number.
-    pub request: u64,
-    /// Seconds since the balancer started.
-    pub at: f64,
-    /// What was decided and why.
-    pub text: String,
-}
 
 /// One request on the timeline: times are seconds since the balancer started.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -222,23 +212,22 @@ impl Stats {
         at.saturating_duration_since(self.started).as_secs_f64()
     }
 
-    /// The most recent decisions in words, in the order they were made.
-    pub fn decisions(&self, policy: &Policy) -> Vec<DecisionRecord> {
+    /// The most recent decisions in words (`request`, `at`, `text`), in the order they were
+    /// made.
+    pub fn decisions(&self, policy: &Policy) -> Vec<Value> {
         // Copied out so that the words are made outside the lock.
-        let decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
+        let mut decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
+        // Kept in the order they were recorded, which may differ by a hair from the order
+        // they were made.
+        decisions.sort_by(|a, b| a.1.total_cmp(&b.1));
         let words = |(request, at, chosen): Recorded| {
             let text = match chosen {
                 Ok((server, d)) => format!("server {server}: {}", policy.explain(server, &d)),
                 Err(why) => format!("no server: {why}"),
             };
-            let text = format!("req {request} -> {text}");
-            DecisionRecord { request, at, text }
+            json!({"request": request, "at": at, "text": format!("req {request} -> {text}")})
         };
-        let mut records: Vec<DecisionRecord> = decisions.into_iter().map(words).collect();
-        // Kept in the order they were recorded, which may differ by a hair from the order
-        // they were made.
-        records.sort_by(|a, b| a.at.total_cmp(&b.at));
-        records
+        decisions.into_iter().map(words).collect()
     }
 }
 
@@ -269,8 +258,8 @@ mod tests {
         }
         let d = stats.decisions(by_name("power").unwrap());
         assert_eq!(d.len(), RECENT_DECISIONS);
-        assert_eq!(d[0].request, 5);
-        assert_eq!(d[0].text, "req 5 -> no server: d5");
+        assert_eq!(d[0]["request"], 5);
+        assert_eq!(d[0]["text"], "req 5 -> no server: d5");
         stats.record_reply(Duration::ZERO, Some(&Code::Busy.msg("x")));
         assert_eq!(stats.errors[Code::Busy as usize].load(Relaxed), 1);
     }
@@ -287,7 +276,7 @@ mod tests {
         let stats = Stats::default();
         stats.record_choice(7, Instant::now(), &chosen, alone);
         assert_eq!(
-            stats.decisions(power)[0].text,
+            stats.decisions(power)[0]["text"],
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
         );
         assert_eq!(chosen.current_request.load(Relaxed), 7);
@@ -303,8 +292,13 @@ mod tests {
         stats.record_choice(14, second, &chosen, Decision::default());
         stats.record_choice(13, first, &chosen, Decision::default());
         let d = stats.decisions(by_name("power").unwrap());
-        assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
-        assert!(d[0].at < d[1].at);
+        assert_eq!(
+            d.iter()
+                .map(|d| d["request"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [13, 14]
+        );
+        assert!(d[0]["at"].as_f64() < d[1]["at"].as_f64());
     }
 
     #[test]
