@@ -1,23 +1,21 @@
-//! The idle queue: which servers have a free worker right now, and who gets one next.
-//!
-//! The balancer keeps one connection per worker of each server; the queue hands them out. A
-//! server with a free worker is *idle* to the policies, which pick among such servers.
+//! The idle queue: which servers have a free worker now, and who gets one next. The balancer
+//! keeps a connection per worker of each server; a server with a free one is *idle* to the
+//! policies, which pick among those.
 //!
 //! Locking, in one place:
-//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's members, the line of
-//!   waiting requests and the workers handed to them. It is held for list operations only,
-//!   never across I/O: a connection leaves it inside a [`Lease`] and is used outside. Nothing
-//!   is allocated under it on a request's path (lists keep their capacity).
-//! - Each waiting request sleeps on its thread's own `Condvar` (on `state`). A freed worker
-//!   goes straight to the first in line, put in `handed` under the lock, and only that request
-//!   is woken: no second look, no race with newcomers, strictly first come first served, one
-//!   wake-up per hand-over.
+//! - `state` (a `parking_lot::Mutex`) guards the idle list, the members, the line of waiting
+//!   requests and the workers handed to them. It is held for list operations only, never
+//!   across I/O (a connection leaves it inside a [`Lease`]), and nothing is allocated under it
+//!   on a request's path (lists keep their capacity).
+//! - A waiting request sleeps on its thread's own `Condvar` (on `state`). A freed worker goes
+//!   straight to the first in line (put in `handed` under the lock) and only that request is
+//!   woken: no race with newcomers, strictly first come first served, one wake-up per hand-over.
 //! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
-//! - `returned` (a crossbeam channel) carries connections back from finished requests; sending
-//!   never blocks, and whoever takes the lock next hands them on or makes them idle.
+//! - `returned` (a crossbeam channel) carries connections back from finished requests without
+//!   blocking; whoever takes the lock next hands them on or makes them idle.
 //!
-//! The queue is generic over the item it hands out with each [`Backend`] (a live connection in
-//! the balancer, a number in the tests), so its ordering and blocking are tested without sockets.
+//! The queue is generic over the item it hands out with each [`Backend`] (a connection in the
+//! balancer, a number in the tests), so its ordering and blocking are tested without sockets.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -395,7 +393,7 @@ impl<T> IdleQueue<T> {
 }
 
 /// The queue at one moment (how many workers each server has busy is its `in_flight`).
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     pub members: Vec<(u32, Membership)>,
     pub waiting: usize,
