@@ -1,29 +1,24 @@
-//! The idle queue: which servers have a free worker right now, and who gets one next.
-//!
-//! The balancer keeps one connection per worker of each server; the queue hands out those
-//! connections. A server with a free worker is *idle* to the policies, which pick among such
-//! servers; it is busy only when all its workers are.
+//! The idle queue: which servers have a free worker now, and who gets one next. The balancer
+//! keeps a connection per worker of each server; a server with a free one is *idle* to the
+//! policies, which pick among those.
 //!
 //! Locking, in one place:
-//! - `state` (a `parking_lot::Mutex`) guards the idle list, the pool's membership, the line of
-//!   waiting requests and the workers handed to them. It is held for list operations only,
-//!   never across I/O: a connection leaves the lock inside a [`Lease`] and is used outside it.
-//!   Nothing is allocated under it on a request's path (lists keep their capacity), and a
-//!   decision is recorded as counts, put into words later.
-//! - Each waiting request sleeps on its thread's own `Condvar` (on `state`). A freed worker
-//!   goes straight to the first in line: it is put in `handed` under the lock and only that
-//!   request is woken, so it needs no second look and no race with newcomers for the worker:
-//!   strictly first come, first served, one wake-up per hand-over.
+//! - `state` (a `parking_lot::Mutex`) guards the idle list, the members, the line of waiting
+//!   requests and the workers handed to them. It is held for list operations only, never
+//!   across I/O (a connection leaves it inside a [`Lease`]), and nothing is allocated under it
+//!   on a request's path (lists keep their capacity).
+//! - A waiting request sleeps on its thread's own `Condvar` (on `state`). A freed worker goes
+//!   straight to the first in line (put in `handed` under the lock) and only that request is
+//!   woken: no race with newcomers, strictly first come first served, one wake-up per hand-over.
 //! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
-//! - `returned` (a crossbeam channel) carries connections back from finished requests.
-//!   Sending never blocks; whoever takes the lock next hands them on or makes them idle.
+//! - `returned` (a crossbeam channel) carries connections back from finished requests without
+//!   blocking; whoever takes the lock next hands them on or makes them idle.
 //!
-//! Each server is its one [`Backend`], shared with the policies and the status page; the queue
-//! is generic over the item it hands out with it (a live connection in the balancer, a plain
-//! number in the tests), so its ordering and blocking are tested without sockets.
+//! The queue is generic over the item it hands out with each [`Backend`] (a connection in the
+//! balancer, a number in the tests), so its ordering and blocking are tested without sockets.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +26,12 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::balancer::backend::Backend;
-use crate::policy::Policy;
+use crate::policy::{Decision, Policy};
 
 /// Why no server was handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoServer {
-    /// No server is in the pool at all (none started, or all down).
+    /// No server is in the pool (none started, or all down).
     NoneUp,
     /// Every server stayed busy until the timeout.
     TimedOut,
@@ -60,14 +55,10 @@ thread_local! {
 
 /// The idle queue; see the module docs for its locking.
 pub struct IdleQueue<T> {
-    policy: &'static dyn Policy,
-    /// Guards the idle list, membership, the line and the hand-overs.
+    pub policy: &'static Policy,
     state: Mutex<State<T>>,
-    /// Wakes [`IdleQueue::wait_for_members`] when a server joins or the queue stops.
     joined: Condvar,
-    /// Carries connections back from finished requests (sending side).
     returned_tx: Sender<(Arc<Backend>, T)>,
-    /// Carries connections back from finished requests (receiving side, drained under `state`).
     returned_rx: Receiver<(Arc<Backend>, T)>,
 }
 
@@ -81,45 +72,34 @@ struct State<T> {
     /// Requests waiting for a worker, first in line first.
     in_line: VecDeque<Waiter>,
     /// Workers handed to requests that were in line, until they wake and take them.
-    handed: Vec<Handed<T>>,
-    /// The next ticket for the line.
+    handed: Vec<(u64, Lent<T>)>,
     next_ticket: u64,
     /// Sequence number of the last hand-out (for round robin).
     last_seq: u64,
     stopped: bool,
 }
 
-/// A server in the pool.
 struct Member<T> {
     backend: Arc<Backend>,
     membership: Membership,
     /// Its connections the queue knows: free, handed out or set aside.
     conns: usize,
-    /// Its free connections.
     free: Vec<T>,
 }
 
-/// One request waiting in line.
 struct Waiter {
     ticket: u64,
     since: Instant,
-    /// Wakes this request alone; used with `state`.
     wake: Arc<Condvar>,
 }
 
-/// A worker handed to a request that was in line.
-struct Handed<T> {
-    ticket: u64,
-    server: Arc<Backend>,
-    item: T,
-    decision: Decision,
-}
+/// A worker taken from the idle list, with the facts of the choice.
+type Lent<T> = (Arc<Backend>, T, Decision);
 
 impl<T> State<T> {
     fn any_active(&self) -> bool {
-        self.members
-            .values()
-            .any(|m| m.membership == Membership::Active)
+        let mut members = self.members.values();
+        members.any(|m| m.membership == Membership::Active)
     }
 
     /// Wakes everyone in line: the pool emptied or the queue stopped, and all must hear it.
@@ -129,26 +109,26 @@ impl<T> State<T> {
         }
     }
 
-    /// Takes a free connection of `idle[i]`: the lease's parts and the facts of the choice.
-    fn take(&mut self, i: usize) -> (Arc<Backend>, T, Decision) {
+    /// Takes a free connection of `idle[i]`, noting the facts that explain the choice.
+    fn take(&mut self, i: usize) -> Lent<T> {
         let server = Arc::clone(&self.idle[i]);
         let decision = Decision {
             free: self.free,
             busy: self.members.len() - self.idle.len(),
+            declared: server.processing_time,
+            measured: server.measured(),
+            in_flight: server.in_flight.fetch_add(1, Relaxed),
+            served: server.requests.load(Relaxed),
             ..Decision::default()
         };
-        let member = self
-            .members
-            .get_mut(&server.id)
-            .expect("an idle server is a member");
-        let item = member.free.pop().expect("an idle server has a free worker");
+        let member = self.members.get_mut(&server.id).expect("idle means member");
+        let item = member.free.pop().expect("idle means a free worker");
         if member.free.is_empty() {
             self.idle.swap_remove(i);
         }
         self.free -= 1;
         self.last_seq += 1;
-        server.last_chosen.store(self.last_seq, Ordering::Relaxed);
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.last_chosen.store(self.last_seq, Relaxed);
         (server, item, decision)
     }
 
@@ -167,19 +147,14 @@ impl<T> State<T> {
             // It is the only free worker (anyone else would have been handed one already), so
             // it is the one the policy would pick.
             let i = self.idle.iter().position(|b| b.id == server.id);
-            let (server, item, decision) = self.take(i.expect("offered just now"));
-            self.handed.push(Handed {
-                ticket: waiter.ticket,
-                server,
-                item,
-                decision,
-            });
+            let lent = self.take(i.expect("offered just now"));
+            self.handed.push((waiter.ticket, lent));
             waiter.wake.notify_one();
         }
     }
 
-    /// One connection of server `id` is gone (closed, or taken out while draining); the
-    /// server leaves with its last one. Returns whether it left.
+    /// One connection of server `id` is gone (closed, or returned while draining); the server
+    /// leaves with its last one. Returns whether it left.
     fn lose(&mut self, id: u32) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
@@ -198,7 +173,7 @@ impl<T> State<T> {
 
 impl<T> IdleQueue<T> {
     /// An empty queue that hands out servers by `policy`.
-    pub fn new(policy: &'static dyn Policy) -> Self {
+    pub fn new(policy: &'static Policy) -> Self {
         let (returned_tx, returned_rx) = crossbeam_channel::unbounded();
         IdleQueue {
             policy,
@@ -216,11 +191,6 @@ impl<T> IdleQueue<T> {
             returned_tx,
             returned_rx,
         }
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> &dyn Policy {
-        self.policy
     }
 
     /// Adds a connection to one of the server's workers; the server joins the pool with its
@@ -277,21 +247,31 @@ impl<T> IdleQueue<T> {
         // This request's ticket and its place when it joined the line, once it waits.
         let mut waiting: Option<(u64, usize)> = None;
         loop {
-            if let Some((ticket, place)) = waiting {
-                if let Some(i) = s.handed.iter().position(|h| h.ticket == ticket) {
-                    let h = s.handed.swap_remove(i);
+            let lent = if let Some((ticket, place)) = waiting {
+                let i = s.handed.iter().position(|(t, _)| *t == ticket);
+                i.map(|i| {
+                    let (_, (server, item, decision)) = s.handed.swap_remove(i);
+                    let (position, waited) = (Some(place), started.elapsed());
                     let decision = Decision {
-                        position: Some(place),
-                        waited: started.elapsed(),
-                        ..h.decision
+                        position,
+                        waited,
+                        ..decision
                     };
-                    return Ok(self.lease(h.server, h.item, decision));
-                }
+                    (server, item, decision)
+                })
             } else if s.in_line.is_empty() {
-                if let Some(i) = self.policy.pick(&s.idle) {
-                    let (server, item, decision) = s.take(i);
-                    return Ok(self.lease(server, item, decision));
-                }
+                (self.policy.pick)(&s.idle).map(|i| s.take(i))
+            } else {
+                None
+            };
+            if let Some((server, item, decision)) = lent {
+                let (queue, item) = (self, Some(item));
+                return Ok(Lease {
+                    queue,
+                    server,
+                    item,
+                    decision,
+                });
             }
             let error = if s.stopped {
                 Some(NoServer::Stopped)
@@ -312,17 +292,16 @@ impl<T> IdleQueue<T> {
             if waiting.is_none() {
                 let ticket = s.next_ticket;
                 s.next_ticket += 1;
+                let since = started;
                 s.in_line.push_back(Waiter {
                     ticket,
-                    since: started,
+                    since,
                     wake: Arc::clone(&wake),
                 });
                 waiting = Some((ticket, s.in_line.len()));
             }
             match deadline {
-                Some(d) => {
-                    wake.wait_until(&mut s, d);
-                }
+                Some(d) => _ = wake.wait_until(&mut s, d),
                 None => wake.wait(&mut s),
             }
         }
@@ -370,26 +349,15 @@ impl<T> IdleQueue<T> {
         self.lock().members.get(&id).map_or(0, |m| m.conns)
     }
 
-    /// How many workers are free, how many servers are in the pool, how many requests wait.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let s = self.lock();
-        (s.free, s.members.len(), s.in_line.len())
-    }
-
-    /// The queue as it is now.
+    /// The queue now, for status pages: every member, the requests in line, the longest wait.
     pub fn snapshot(&self) -> Snapshot {
         let s = self.lock();
+        let members = s.members.iter().map(|(id, m)| (*id, m.membership));
+        let since = s.in_line.front().map(|w| w.since);
         Snapshot {
-            members: s
-                .members
-                .iter()
-                .map(|(id, m)| (*id, m.membership))
-                .collect(),
+            members: members.collect(),
             waiting: s.in_line.len(),
-            longest_wait: s
-                .in_line
-                .front()
-                .map_or(Duration::ZERO, |w| w.since.elapsed()),
+            longest_wait: since.map_or(Duration::ZERO, |since| since.elapsed()),
         }
     }
 
@@ -397,25 +365,14 @@ impl<T> IdleQueue<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         let mut s = self.state.lock();
         for (server, item) in self.returned_rx.try_iter() {
-            server.in_flight.fetch_sub(1, Ordering::Relaxed);
+            server.in_flight.fetch_sub(1, Relaxed);
             match s.members.get(&server.id).map(|m| m.membership) {
                 Some(Membership::Active) => s.offer(&server, item),
-                Some(Membership::Draining) => {
-                    s.lose(server.id);
-                }
+                Some(Membership::Draining) => _ = s.lose(server.id),
                 None => {}
             }
         }
         s
-    }
-
-    fn lease(&self, server: Arc<Backend>, item: T, decision: Decision) -> Lease<'_, T> {
-        Lease {
-            queue: self,
-            server,
-            item: Some(item),
-            decision,
-        }
     }
 
     /// Returns a connection to the idle list (after [`Lease::set_aside`]).
@@ -430,64 +387,31 @@ impl<T> IdleQueue<T> {
     /// server leaves the pool with its last connection. Returns whether it left.
     pub fn drop_connection(&self, server: &Backend) -> bool {
         let mut s = self.lock();
-        server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        server.in_flight.fetch_sub(1, Relaxed);
         s.lose(server.id)
     }
 }
 
-/// A worker of a server handed to one request. Give it back with [`Lease::release`]; if the
-/// request broke its connection, [`Lease::mark_down`] it (dropping a lease does that too, so a
-/// connection in an unknown state is never reused).
-pub struct Lease<'q, T> {
-    queue: &'q IdleQueue<T>,
-    server: Arc<Backend>,
-    item: Option<T>,
-    /// How the choice was made, for the log and the dashboard.
-    decision: Decision,
-}
-
-/// What the queue saw when it handed out a worker: counts only, so that recording it costs
-/// nothing under the lock.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Decision {
-    /// Free workers at that moment, the chosen one included.
-    pub free: usize,
-    /// Servers in the pool with every worker busy.
-    pub busy: usize,
-    /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
-    pub position: Option<usize>,
-    /// How long the request waited in line.
-    pub waited: Duration,
-}
-
-/// The queue at one moment, for status pages (how many workers each server has busy is its
-/// [`Backend::in_flight`]).
-#[derive(Debug, Clone, Default)]
+/// The queue at one moment (how many workers each server has busy is its `in_flight`).
+#[derive(Default)]
 pub struct Snapshot {
-    /// Every server in the pool.
     pub members: Vec<(u32, Membership)>,
-    /// Requests waiting in line.
     pub waiting: usize,
-    /// How long the first in line has waited.
     pub longest_wait: Duration,
 }
 
+/// A worker of a server handed to one request. Give it back with [`Lease::release`]; if the
+/// request broke its connection, drop the lease: that takes the connection out of the pool
+/// (with the server, if it was its last), so a connection in an unknown state is never reused.
+pub struct Lease<'q, T> {
+    queue: &'q IdleQueue<T>,
+    pub server: Arc<Backend>,
+    item: Option<T>,
+    /// How the choice was made, for the log and the dashboard.
+    pub decision: Decision,
+}
+
 impl<T> Lease<'_, T> {
-    /// The server's id.
-    pub fn id(&self) -> u32 {
-        self.server.id
-    }
-
-    /// The server.
-    pub fn server(&self) -> &Arc<Backend> {
-        &self.server
-    }
-
-    /// What the queue saw when it handed the worker out.
-    pub fn decision(&self) -> &Decision {
-        &self.decision
-    }
-
     /// The leased item (the worker's connection).
     pub fn item(&mut self) -> &mut T {
         self.item
@@ -507,31 +431,11 @@ impl<T> Lease<'_, T> {
     /// [`IdleQueue::drop_connection`], so that requests wait for the server meanwhile instead
     /// of finding no server up.
     pub fn set_aside(mut self) -> (Arc<Backend>, T) {
-        let item = self
-            .item
-            .take()
-            .expect("a lease holds its item until released");
-        (Arc::clone(&self.server), item)
-    }
-
-    /// Drops the worker's connection (it broke) and hands back its item; the server leaves
-    /// the pool with its last connection.
-    pub fn mark_down(mut self) -> T {
-        let item = self
-            .item
-            .take()
-            .expect("a lease holds its item until released");
-        self.queue.drop_connection(&self.server);
-        item
-    }
-}
-
-impl<T> std::fmt::Debug for Lease<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("server", &self.server.id)
-            .field("decision", &self.decision)
-            .finish()
+        let item = self.item.take();
+        (
+            Arc::clone(&self.server),
+            item.expect("a lease holds its item until released"),
+        )
     }
 }
 
@@ -547,7 +451,7 @@ impl<T> Drop for Lease<'_, T> {
 mod tests {
     use super::*;
     use crate::policy::{backend, by_name};
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     fn queue(servers: &[(u32, f64)]) -> IdleQueue<u32> {
         let q = IdleQueue::new(by_name("power").unwrap());
@@ -574,6 +478,12 @@ mod tests {
         q
     }
 
+    /// How many workers are free, how many servers are in the pool, how many requests wait.
+    fn counts(q: &IdleQueue<u32>) -> (usize, usize, usize) {
+        let s = q.lock();
+        (s.free, s.members.len(), s.in_line.len())
+    }
+
     const NOW: Duration = Duration::from_millis(0);
     /// How long a test waiter waits for a server: far longer than any hand-over takes, short
     /// enough that a missed wake-up fails the test instead of hanging the suite.
@@ -590,12 +500,12 @@ mod tests {
 
     /// A thread that asks for a server and reports which it got; returns once it is in line.
     fn spawn_waiter(q: &Arc<IdleQueue<u32>>) -> std::thread::JoinHandle<Result<u32, NoServer>> {
-        let waiting = q.counts().2;
+        let waiting = counts(q).2;
         let thread = {
             let q = Arc::clone(q);
-            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.id()))
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.server.id))
         };
-        wait_for("the waiter to join the line", || q.counts().2 > waiting);
+        wait_for("the waiter to join the line", || counts(q).2 > waiting);
         thread
     }
 
@@ -605,10 +515,10 @@ mod tests {
         let a = q.acquire(NOW).unwrap();
         let b = q.acquire(NOW).unwrap();
         let c = q.acquire(NOW).unwrap();
-        assert_eq!((a.id(), b.id(), c.id()), (2, 3, 1));
-        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        assert_eq!((a.server.id, b.server.id, c.server.id), (2, 3, 1));
+        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
         b.release();
-        assert_eq!(q.acquire(NOW).unwrap().id(), 3);
+        assert_eq!(q.acquire(NOW).unwrap().server.id, 3);
     }
 
     #[test]
@@ -617,7 +527,7 @@ mod tests {
         let mut order = Vec::new();
         for _ in 0..6 {
             let lease = q.acquire(NOW).unwrap();
-            order.push(lease.id());
+            order.push(lease.server.id);
             lease.release();
         }
         // Every fast server in turn; the slow one never while a fast one is idle.
@@ -631,16 +541,16 @@ mod tests {
     fn a_lease_says_how_it_was_chosen() {
         let q = Arc::new(queue(&[(1, 0.5), (2, 1.0)]));
         let first = q.acquire(NOW).unwrap();
-        let d = first.decision();
+        let d = first.decision;
         assert_eq!((d.free, d.busy, d.position), (2, 0, None));
         let second = q.acquire(NOW).unwrap();
-        let d = second.decision();
+        let d = second.decision;
         assert_eq!((d.free, d.busy), (1, 1));
         let waiter = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| *l.decision()))
+            std::thread::spawn(move || q.acquire(PATIENCE).map(|l| l.decision))
         };
-        wait_for("the waiter to join the line", || q.counts().2 == 1);
+        wait_for("the waiter to join the line", || counts(&q).2 == 1);
         assert_eq!(q.snapshot().waiting, 1);
         first.release();
         let decision = waiter.join().unwrap().unwrap();
@@ -653,11 +563,11 @@ mod tests {
         let q = queue(&[(1, 0.5)]);
         let lease = q.acquire(NOW).unwrap();
         let took = Duration::from_millis(80);
-        lease.server().record_reply(took, took, 0, None);
+        lease.server.record_reply(took, took, 0, None);
         lease.release();
         let lease = q.acquire(NOW).unwrap();
-        assert_eq!(lease.server().measured(), Some(took));
-        assert_eq!(lease.server().last_chosen.load(Ordering::Relaxed), 2);
+        assert_eq!(lease.server.measured(), Some(took));
+        assert_eq!(lease.server.last_chosen.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -666,21 +576,21 @@ mod tests {
         let (liar, honest) = (backend(1, 0.01, 0), backend(2, 0.1, 0));
         assert!(q.add(Arc::clone(&liar), 1) && q.add(Arc::clone(&honest), 2));
         let lease = q.acquire(NOW).unwrap();
-        assert_eq!(lease.id(), 1);
+        assert_eq!(lease.server.id, 1);
         let slow = Duration::from_millis(500);
-        lease.server().record_reply(slow, slow, 0, None);
+        lease.server.record_reply(slow, slow, 0, None);
         // Its connection breaks and it is reconnected: what was measured stays measured.
-        lease.mark_down();
+        drop(lease);
         assert!(q.add(Arc::clone(&liar), 1));
         assert_eq!(liar.measured(), Some(slow));
-        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+        assert_eq!(q.acquire(NOW).unwrap().server.id, 2);
     }
 
     #[test]
     fn duplicate_ids_are_refused() {
         let q = queue(&[(1, 0.5)]);
         assert!(!q.add(backend(1, 0.1, 0), 99));
-        assert_eq!(q.counts(), (1, 1, 0));
+        assert_eq!(counts(&q), (1, 1, 0));
     }
 
     #[test]
@@ -688,7 +598,7 @@ mod tests {
         let q = queue(&[]);
         let started = Instant::now();
         assert_eq!(
-            q.acquire(Duration::from_secs(10)).unwrap_err(),
+            q.acquire(Duration::from_secs(10)).err().unwrap(),
             NoServer::NoneUp
         );
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -717,7 +627,7 @@ mod tests {
                 lease.release();
             }));
             // Each joins the line before the next starts.
-            wait_for("the waiter to join the line", || q.counts().2 == n + 1);
+            wait_for("the waiter to join the line", || counts(&q).2 == n + 1);
         }
         held.release();
         for t in threads {
@@ -729,9 +639,10 @@ mod tests {
     #[test]
     fn servers_marked_down_leave_and_waiters_hear_it() {
         let q = Arc::new(queue(&[(1, 0.5)]));
-        let held = q.acquire(NOW).unwrap();
+        let mut held = q.acquire(NOW).unwrap();
         let waiter = spawn_waiter(&q);
-        assert_eq!(held.mark_down(), 1);
+        assert_eq!(*held.item(), 1);
+        drop(held);
         assert_eq!(waiter.join().unwrap(), Err(NoServer::NoneUp));
         assert_eq!(q.membership(1), None);
     }
@@ -764,7 +675,7 @@ mod tests {
         busy.release();
         assert_eq!(q.membership(1), None);
         assert!(q.retire(2));
-        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::NoneUp);
+        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::NoneUp);
     }
 
     #[test]
@@ -775,13 +686,13 @@ mod tests {
         assert!(q.retire(2));
         let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
         let started = Instant::now();
-        active.mark_down();
+        drop(active);
         for w in waiters {
             assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
         }
         assert!(started.elapsed() < Duration::from_secs(10));
         draining.release();
-        assert_eq!(q.counts(), (0, 0, 0));
+        assert_eq!(counts(&q), (0, 0, 0));
     }
 
     #[test]
@@ -817,7 +728,7 @@ mod tests {
         }
         assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
         busy.release();
-        assert_eq!(q.counts(), (0, 0, 0));
+        assert_eq!(counts(&q), (0, 0, 0));
     }
 
     #[test]
@@ -826,12 +737,12 @@ mod tests {
         let broken = q.acquire(NOW).unwrap();
         let waiters = [spawn_waiter(&q), spawn_waiter(&q)];
         let started = Instant::now();
-        let _ = broken.mark_down();
+        drop(broken);
         for w in waiters {
             assert_eq!(w.join().unwrap(), Err(NoServer::NoneUp));
         }
         assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
-        assert_eq!(q.counts(), (0, 0, 0));
+        assert_eq!(counts(&q), (0, 0, 0));
     }
 
     #[test]
@@ -846,8 +757,8 @@ mod tests {
         assert!(panicked.is_err());
         // Its connection is in an unknown state: never handed out again, never stuck busy.
         assert_eq!(q.membership(1), None);
-        assert_eq!(q.counts(), (1, 1, 0));
-        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+        assert_eq!(counts(&q), (1, 1, 0));
+        assert_eq!(q.acquire(NOW).unwrap().server.id, 2);
     }
 
     #[test]
@@ -856,10 +767,10 @@ mod tests {
         let held = q.acquire(NOW).unwrap();
         let impatient = {
             let q = Arc::clone(&q);
-            std::thread::spawn(move || q.acquire(Duration::from_millis(50)).map(|l| l.id()))
+            std::thread::spawn(move || q.acquire(Duration::from_millis(50)).map(|l| l.server.id))
         };
         wait_for("the impatient waiter to join the line", || {
-            q.counts().2 == 1
+            counts(&q).2 == 1
         });
         let patient = spawn_waiter(&q);
         assert_eq!(impatient.join().unwrap(), Err(NoServer::TimedOut));
@@ -892,13 +803,13 @@ mod tests {
     fn hands_out_workers_by_power_never_more_than_a_server_has() {
         let q = queue_with_workers(&[(1, 0.2, 2), (2, 0.1, 3)]);
         let leases: Vec<_> = (0..5).map(|_| q.acquire(NOW).unwrap()).collect();
-        let ids: Vec<u32> = leases.iter().map(Lease::id).collect();
+        let ids: Vec<u32> = leases.iter().map(|l| l.server.id).collect();
         // The faster server's three workers first, then the slower one's two; then none.
         assert_eq!(ids, [2, 2, 2, 1, 1]);
-        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
-        let in_flight = |l: &Lease<'_, u32>| l.server().in_flight.load(Ordering::Relaxed);
+        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
+        let in_flight = |l: &Lease<'_, u32>| l.server.in_flight.load(Ordering::Relaxed);
         assert_eq!((in_flight(&leases[0]), in_flight(&leases[4])), (3, 2));
-        let d = leases[4].decision();
+        let d = leases[4].decision;
         assert_eq!(
             (d.free, d.busy),
             (1, 1),
@@ -906,10 +817,10 @@ mod tests {
         );
         let mut leases = leases.into_iter();
         leases.next().unwrap().release();
-        assert_eq!(q.acquire(NOW).unwrap().id(), 2);
+        assert_eq!(q.acquire(NOW).unwrap().server.id, 2);
         // (That lease dropped: its connection is gone, server 2 keeps its other two.)
         assert_eq!(q.connections(2), 2);
-        assert_eq!(q.counts(), (0, 2, 0));
+        assert_eq!(counts(&q), (0, 2, 0));
     }
 
     #[test]
@@ -920,12 +831,12 @@ mod tests {
         let [first, second] = held;
         first.release();
         // Handed over under the lock: not idle for a moment, so a newcomer cannot take it.
-        assert_eq!(q.counts().0, 0);
-        assert_eq!(q.acquire(NOW).unwrap_err(), NoServer::TimedOut);
+        assert_eq!(counts(&q).0, 0);
+        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
         assert_eq!(waiter.join().unwrap(), Ok(1));
         second.release();
         assert_eq!(
-            q.counts(),
+            counts(&q),
             (1, 1, 0),
             "the waiter's lease dropped: one connection left"
         );
@@ -950,7 +861,7 @@ mod tests {
                 lease.release();
             }));
             go.push(go_tx);
-            wait_for("the waiter to join the line", || q.counts().2 == n + 1);
+            wait_for("the waiter to join the line", || counts(&q).2 == n + 1);
         }
         let next = || got_rx.recv_timeout(PATIENCE).unwrap();
         // Workers of either server, freed in any order, go to the waiters in their order.
@@ -969,7 +880,7 @@ mod tests {
             }
             t.join().unwrap();
         }
-        assert_eq!(q.counts(), (3, 2, 0));
+        assert_eq!(counts(&q), (3, 2, 0));
     }
 
     #[test]
@@ -1005,15 +916,15 @@ mod tests {
                             continue;
                         };
                         let item = *lease.item() as usize;
-                        let id = lease.id() as usize;
+                        let id = lease.server.id as usize;
                         assert_eq!(item / 100, id);
                         assert!(
                             !in_use[item].swap(true, Ordering::SeqCst),
                             "connection {item} handed to two requests"
                         );
-                        let workers = lease.server().workers;
+                        let workers = lease.server.workers;
                         assert!(busy[id].fetch_add(1, Ordering::SeqCst) < workers);
-                        assert!(lease.server().in_flight.load(Ordering::Relaxed) <= workers);
+                        assert!(lease.server.in_flight.load(Ordering::Relaxed) <= workers);
                         std::hint::spin_loop();
                         busy[id].fetch_sub(1, Ordering::SeqCst);
                         in_use[item].store(false, Ordering::SeqCst);
@@ -1029,7 +940,7 @@ mod tests {
         assert!(served.load(Ordering::Relaxed) >= THREADS / 2 * ROUNDS);
         assert!(started.elapsed() < Duration::from_secs(60));
         // Every worker is back, idle, none counted in flight.
-        assert_eq!(q.counts(), (10, 4, 0));
+        assert_eq!(counts(&q), (10, 4, 0));
         let s = q.lock();
         assert!(s
             .members

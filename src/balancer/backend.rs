@@ -2,43 +2,44 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::net::RecvFlags;
 
 use crate::error::Error;
-use crate::protocol::{self, Deadline, Line, MAX_HEADER_LINE};
+use crate::protocol::{self, Deadline, Line, ReplyHeader, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
 use crate::tls::{Connector, Stream};
 
 /// Bytes read from a server at a time while relaying a reply; one buffer per server connection
 /// (one per worker), not per client, so ten thousand idle clients cost no relay memory.
 pub const RELAY_BUFFER: usize = 256 * 1024;
+/// Largest reply read whole from the server before its header is passed on (see
+/// [`BackendConn::relay`]).
+const WHOLE_REPLY: u64 = 64 * 1024;
 
 /// A server: fixed settings, then live state (atomics, bumped by request threads without a
 /// lock). Up or down, and how many of its workers are busy, is the idle queue's to say.
 #[derive(Debug, Default)]
 pub struct Backend {
-    /// The server's id.
     pub id: u32,
     /// `host:port` to connect to.
     pub addr: String,
-    /// Declared seconds per request.
+    /// Declared time per request.
     pub processing_time: Duration,
     /// Whether its database accepts writes (a query that may have run is then not retried).
     pub writable: bool,
     /// Requests it processes at once: the balancer keeps a connection to each worker.
     pub workers: usize,
-    /// Its connections handed out (to requests, or to a re-probe): written by the idle queue
-    /// under its lock, read by the policies and the status page.
-    pub in_flight: AtomicUsize,
     /// Whether it speaks TLS (its certificate is verified with `--backend-ca`).
     pub tls: bool,
+    /// Its connections handed out (to requests, or to a re-probe), counted by the idle queue.
+    pub in_flight: AtomicUsize,
     /// Replies relayed from it (`OK` and `ERR`).
     pub requests: AtomicU64,
     /// Its failures: broken connections and replies, and `ERR` replies that are not the
@@ -53,62 +54,37 @@ pub struct Backend {
     /// When the idle queue last handed it out, as a sequence number (0 = never), for round
     /// robin; written under the queue's lock.
     pub last_chosen: AtomicU64,
-    /// The request it handles (or last handled; 0 while re-probed), for the timeline's bar in
-    /// progress.
+    /// The request it handles (or last handled; 0 while re-probed), and when it took it in µs
+    /// since the balancer started: the timeline's bar in progress.
     pub current_request: AtomicU64,
-    /// When it took that request, in microseconds since the balancer started.
     pub current_taken_micros: AtomicU64,
-    /// Moving average of service time (request sent to reply header), in µs (0 = none yet).
+    /// Moving averages of service time (request sent to reply header) and of whole-request
+    /// latency, in µs (0 = none yet).
     service_micros: AtomicU64,
-    /// Moving average of whole-request latency, in µs (0 = none yet).
     latency_micros: AtomicU64,
     /// Guards the sockets of its open connections (each held by its [`BackendConn`]; gone
-    /// when that closes), for a failed health check to shut down (see
-    /// [`Backend::break_connections`]).
+    /// when that closes), for a failed health check to shut down.
     sockets: Mutex<Vec<Weak<TcpStream>>>,
 }
 
 impl Backend {
-    /// A server with these settings that has served nothing yet.
-    pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
-        Backend {
-            id,
-            addr,
-            processing_time,
-            writable,
-            workers: 1,
-            ..Backend::default()
-        }
-    }
-
     /// The server recorded by a servers-file entry.
     pub fn from_entry(entry: &ServerEntry) -> Backend {
-        let time = Duration::try_from_secs_f64(entry.processing_time).unwrap_or(Duration::ZERO);
         Backend {
+            id: entry.id,
+            addr: entry.address(),
+            processing_time: Duration::try_from_secs_f64(entry.processing_time).unwrap_or_default(),
+            writable: entry.writable,
             workers: entry.workers,
             tls: entry.tls,
-            ..Backend::new(entry.id, entry.address(), time, entry.writable)
+            ..Backend::default()
         }
     }
 
     /// Whether `other` has the same fixed settings.
     pub fn same_settings(&self, other: &Backend) -> bool {
-        let (a, b) = (self, other);
-        (
-            a.id,
-            &a.addr,
-            a.processing_time,
-            a.writable,
-            a.workers,
-            a.tls,
-        ) == (
-            b.id,
-            &b.addr,
-            b.processing_time,
-            b.writable,
-            b.workers,
-            b.tls,
-        )
+        let settings = |b: &Backend| (b.id, b.processing_time, b.writable, b.workers, b.tls);
+        settings(self) == settings(other) && self.addr == other.addr
     }
 
     /// The measured service time, once there is one.
@@ -132,9 +108,8 @@ impl Backend {
         let Some(measured) = self.measured() else {
             return false;
         };
-        let declared = self.processing_time;
-        let diff = measured.abs_diff(declared);
-        diff > declared / 2 && diff > Duration::from_millis(5)
+        let diff = measured.abs_diff(self.processing_time);
+        diff > self.processing_time / 2 && diff > Duration::from_millis(5)
     }
 
     /// Counts a reply relayed from it: `error` is its `ERR` code, if any.
@@ -145,16 +120,13 @@ impl Backend {
         bytes: u64,
         error: Option<&Error>,
     ) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(e) = error {
-            let counter = if e.kind().is_client_error() {
-                &self.client_errors
-            } else {
-                &self.errors
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        self.requests.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        match error {
+            Some(e) if e.kind().is_client_error() => self.client_errors.fetch_add(1, Relaxed),
+            Some(_) => self.errors.fetch_add(1, Relaxed),
+            None => 0,
+        };
         fold(&self.service_micros, service);
         fold(&self.latency_micros, latency);
     }
@@ -176,47 +148,69 @@ impl Backend {
 /// another (two workers of one server replying at once) loses a sample: an average can.
 fn fold(avg: &AtomicU64, sample: Duration) {
     let sample = (sample.as_micros() as u64).max(1);
-    let old = avg.load(Ordering::Relaxed);
-    let new = if old == 0 {
-        sample
-    } else {
-        (old * 4 + sample) / 5
+    let new = match avg.load(Relaxed) {
+        0 => sample,
+        old => (old * 4 + sample) / 5,
     };
-    avg.store(new, Ordering::Relaxed);
+    avg.store(new, Relaxed);
 }
 
 /// A moving average in µs as a duration; 0 means none yet.
 fn micros(avg: &AtomicU64) -> Option<Duration> {
-    match avg.load(Ordering::Relaxed) {
-        0 => None,
-        us => Some(Duration::from_micros(us)),
+    let us = avg.load(Relaxed);
+    (us != 0).then(|| Duration::from_micros(us))
+}
+
+/// A socket whose calls of one run share one [`Deadline`]: the reads of a reply header from a
+/// server, the writes of a reply to a client (so a slow peer cannot stretch either).
+pub struct Timed {
+    pub stream: Stream,
+    pub deadline: Deadline,
+}
+
+impl Timed {
+    /// Starts a run that must end within the per-call timeout from now; returns that limit.
+    pub fn start(&mut self) -> Option<Duration> {
+        let limit = self.deadline.per_call();
+        self.deadline.start(limit);
+        limit
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_read_timeout(t))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let stream = &self.stream;
+        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
 /// An open, idle-or-leased connection to a backend: no bytes of an old reply are ever left on
 /// it when it goes back to the idle queue (see [`BackendConn::unusable`]).
 pub struct BackendConn {
-    /// Reads replies, through one [`RELAY_BUFFER`].
-    pub reader: BufReader<ServerStream>,
-    /// Sends requests.
+    /// Reads replies, through one [`RELAY_BUFFER`]; each read waits at most the reply timeout.
+    pub reader: BufReader<Timed>,
     pub writer: Stream,
     /// The socket again, registered with its server for [`Backend::break_connections`].
     _socket: Arc<TcpStream>,
-}
-
-/// The server's socket as replies are read from it: each read waits at most the reply
-/// timeout, and a reply header's reads share one deadline (see [`BackendConn::read_header`]).
-pub struct ServerStream {
-    stream: Stream,
-    deadline: Deadline,
-}
-
-impl Read for ServerStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_read_timeout(t))?;
-        self.stream.read(buf)
-    }
 }
 
 impl BackendConn {
@@ -238,35 +232,38 @@ impl BackendConn {
             format!("{addr} does not resolve to an address"),
         );
         for addr in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, connect_timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    let stream = match tls {
-                        None => Stream::Plain(stream),
-                        Some(tls) => tls.connect(stream, connect_timeout)?,
-                    };
-                    stream.set_read_timeout(Some(reply_timeout))?;
-                    stream.set_write_timeout(Some(reply_timeout))?;
-                    let read = ServerStream {
-                        stream: stream.try_clone()?,
-                        deadline: Deadline::new(Some(reply_timeout)),
-                    };
-                    // Once per connection, not per request: one more descriptor, and a lock
-                    // that prunes the closed ones.
-                    let socket = Arc::new(stream.tcp().try_clone()?);
-                    let mut sockets = backend.sockets.lock();
-                    sockets.retain(|s| s.strong_count() > 0);
-                    sockets.push(Arc::downgrade(&socket));
-                    drop(sockets);
-                    let reader = BufReader::with_capacity(RELAY_BUFFER, read);
-                    return Ok(BackendConn {
-                        reader,
-                        writer: stream,
-                        _socket: socket,
-                    });
+            let stream = match TcpStream::connect_timeout(&addr, connect_timeout) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = e;
+                    continue;
                 }
-                Err(e) => last = e,
-            }
+            };
+            stream.set_nodelay(true)?;
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => tls.connect(stream, connect_timeout)?,
+            };
+            stream.set_read_timeout(Some(reply_timeout))?;
+            stream.set_write_timeout(Some(reply_timeout))?;
+            let deadline = Deadline::new(Some(reply_timeout));
+            let read = Timed {
+                stream: stream.try_clone()?,
+                deadline,
+            };
+            // Once per connection, not per request: one more descriptor, and a lock that
+            // prunes the closed ones.
+            let socket = Arc::new(stream.tcp().try_clone()?);
+            let mut sockets = backend.sockets.lock();
+            sockets.retain(|s| s.strong_count() > 0);
+            sockets.push(Arc::downgrade(&socket));
+            drop(sockets);
+            let reader = BufReader::with_capacity(RELAY_BUFFER, read);
+            return Ok(BackendConn {
+                reader,
+                writer: stream,
+                _socket: socket,
+            });
         }
         Err(last)
     }
@@ -277,9 +274,7 @@ impl BackendConn {
     /// # Errors
     /// The I/O error; `TimedOut`, saying so, when the header was late.
     pub fn read_header(&mut self, header: &mut Vec<u8>) -> io::Result<Line> {
-        let deadline = &mut self.reader.get_mut().deadline;
-        let limit = deadline.per_call();
-        deadline.start(limit);
+        let limit = self.reader.get_mut().start();
         let read = protocol::read_line(&mut self.reader, header, MAX_HEADER_LINE);
         // The body's reads each get the reply timeout again: it must keep making progress.
         self.reader.get_mut().deadline.end();
@@ -309,21 +304,102 @@ impl BackendConn {
         if let Some(why) = self.buffered_stray() {
             return Some(why);
         }
-        let mut byte = [0u8; 1];
-        match rustix::net::recv(
-            self.writer.tcp(),
-            &mut byte,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        ) {
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(self.writer.tcp(), &mut [0u8; 1], flags) {
             Ok((0, _)) => Some(Unusable::Closed("was closed while idle".into())),
             Ok(_) => Some(Unusable::Stray("sent bytes that no request asked for")),
             Err(rustix::io::Errno::AGAIN) => None,
-            Err(e) => Some(Unusable::Closed(format!(
-                "failed while idle: {}",
-                io::Error::from(e)
-            ))),
+            Err(e) => {
+                let e = io::Error::from(e);
+                Some(Unusable::Closed(format!("failed while idle: {e}")))
+            }
         }
     }
+
+    /// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
+    /// the server connection's own buffer: the header and the start of the body leave in one write.
+    /// The header must come whole within the reply timeout; the body, keep coming.
+    /// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
+    /// longer one that breaks off mid-body can only be cut (the client's connection then closes).
+    /// Returns the reply, its body's length and the server's service time (request sent to
+    /// reply header read).
+    pub fn relay(
+        &mut self,
+        line: &[u8],
+        header: &mut Vec<u8>,
+        client: &mut Timed,
+    ) -> Result<(ReplyHeader, u64, Duration), RelayError> {
+        let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
+        let sent = Instant::now();
+        self.writer.write_all(line).map_err(before)?;
+        match self.read_header(header).map_err(before)? {
+            Line::Complete => {}
+            Line::Eof | Line::Truncated => {
+                return Err(before(io::Error::other("connection closed")))
+            }
+            Line::TooLong => return Err(before(io::Error::other("reply header too long"))),
+        }
+        let service = sent.elapsed();
+        let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
+        let length = reply.body_length();
+        header.push(b'\n');
+        if length > self.reader.buffer().len() as u64 && length <= WHOLE_REPLY {
+            // A small reply is read whole before any of it goes out, so a server that promises
+            // more than it sends is caught while the client can still get `ERR unavailable`.
+            let mut body = Vec::with_capacity(length as usize);
+            (&mut self.reader)
+                .take(length)
+                .read_to_end(&mut body)
+                .map_err(before)?;
+            if (body.len() as u64) < length {
+                let got = body.len();
+                let e = format!("reply body ended after {got} of its {length} bytes");
+                return Err(RelayError::ServerBefore(e));
+            }
+            client.start();
+            return match protocol::write_both(client, header, &body) {
+                Ok(()) => Ok((reply, length, service)),
+                Err(e) => Err(RelayError::ClientGone(e)),
+            };
+        }
+        let at_most = |n: usize, limit: u64| n.min(usize::try_from(limit).unwrap_or(usize::MAX));
+        let buffered = self.reader.buffer();
+        let first = at_most(buffered.len(), length);
+        client.start();
+        let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
+        self.reader.consume(first);
+        let mut remaining = length - first as u64;
+        while remaining > 0 {
+            let chunk = match self.reader.fill_buf() {
+                Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
+            };
+            let n = at_most(chunk.len(), remaining);
+            if client_error.is_none() {
+                client_error = client.write_all(&chunk[..n]).err();
+            }
+            // After the client is gone, keep reading to the reply's end so the server connection
+            // is clean for the next request.
+            self.reader.consume(n);
+            remaining -= n as u64;
+        }
+        match client_error {
+            Some(e) => Err(RelayError::ClientGone(e)),
+            None => Ok((reply, length, service)),
+        }
+    }
+}
+
+/// How relaying one reply went wrong.
+pub enum RelayError {
+    /// The server failed before any byte reached the client: the request can be retried.
+    ServerBefore(String),
+    /// The server failed mid-reply: the client's reply is cut, so its connection must close.
+    ServerDuring(String),
+    /// The client went away; the server's reply was read to its end, so its connection is clean.
+    ClientGone(io::Error),
 }
 
 /// Why a server connection cannot take another request.
@@ -345,10 +421,27 @@ impl std::fmt::Display for Unusable {
 }
 
 #[cfg(test)]
+impl Backend {
+    /// A server with these settings that has served nothing yet.
+    pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
+        let workers = 1;
+        Backend {
+            id,
+            addr,
+            processing_time,
+            writable,
+            workers,
+            ..Backend::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     /// A connection to `s` (at a listener in this test), and the test's end of it.

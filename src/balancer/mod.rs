@@ -9,14 +9,14 @@
 //! queue is `crate::idle_queue`.
 
 pub mod admin;
-pub mod backend;
+pub(crate) mod backend;
 mod health;
 pub mod http;
 pub mod listener;
 pub mod membership;
-pub mod report;
-pub mod session;
-pub mod stats;
+pub(crate) mod report;
+pub(crate) mod session;
+pub(crate) mod stats;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -233,7 +233,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
             .collect::<Vec<_>>()
             .join(" and "),
         if acceptor.is_some() { "https" } else { "http" },
-        lb.queue.policy().name(),
+        lb.queue.policy.name,
         listed.len(),
         lb.config.servers_file.display()
     );

@@ -1,64 +1,26 @@
 //! One client's session: read a request (the client side), hand it to a server and stream the
 //! reply back (the backend side), repeat until the client leaves.
 
-use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::balancer::backend::{BackendConn, Unusable};
-use crate::balancer::{membership, stats, Balancer};
+use crate::balancer::backend::{BackendConn, RelayError, Timed, Unusable};
+use crate::balancer::{membership, Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
-use crate::policy::Facts;
-use crate::protocol::{self, Deadline, Line, ReplyHeader, Request};
-use crate::protocol::{Incoming, RequestReader, Timeouts};
+use crate::protocol::{Deadline, Incoming, ReplyHeader, Request, RequestReader, Timeouts};
 use crate::tls::{self, Stream};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
 const CLIENT_BUFFER: usize = 2 * 1024;
-/// Largest reply read whole from the server before its header is passed on (see [`relay`]).
-const WHOLE_REPLY: u64 = 64 * 1024;
 
 /// The reply to a client that speaks plain text to the TLS port.
 const PLAIN_ON_TLS: &[u8] =
     b"ERR bad_request this port speaks TLS: connect with `client --tls`, or use the plain port\n";
-
-/// The client's socket as replies are written to it. All the writes of one reply share one
-/// deadline, the request timeout: a client that reads slowly or not at all frees its server
-/// within that time, however the writes split up.
-struct Client {
-    stream: Stream,
-    deadline: Deadline,
-}
-
-impl Client {
-    /// Starts the deadline of a reply about to be written.
-    fn start_reply(&mut self) {
-        let limit = self.deadline.per_call();
-        self.deadline.start(limit);
-    }
-}
-
-impl Write for Client {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Serves one client until it disconnects, breaks the protocol, or the balancer stops; on the
 /// TLS listener (`tls` given), after a handshake that must end within the request timeout.
@@ -83,8 +45,8 @@ pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&tls::Acc
 }
 
 fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
-    // A client that stops reading must not hold a server: a reply not written within the
-    // request timeout fails, and the relay drains the server's reply.
+    // A client that stops reading must not hold a server: all the writes of one reply share
+    // one deadline, the request timeout, and the relay then drains the server's reply.
     let limits = Timeouts::new(lb.config.idle_timeout, lb.config.request_timeout);
     stream.set_write_timeout(limits.request)?;
     let from = stream.peer_addr().ok();
@@ -98,12 +60,9 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
         }
     };
     let mut reader = RequestReader::new(reading, limits, CLIENT_BUFFER);
-    let mut client = Client {
-        stream,
-        deadline: Deadline::new(limits.request),
-    };
-    let mut line = Vec::new();
-    let mut header = Vec::new();
+    let deadline = Deadline::new(limits.request);
+    let mut client = Timed { stream, deadline };
+    let (mut line, mut header) = (Vec::new(), Vec::new());
     loop {
         match reader.next(&mut line)? {
             Incoming::Line => {}
@@ -114,7 +73,7 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
             }
         }
         let _in_flight = Held::new(&lb.in_flight);
-        let id = lb.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = lb.next_request.fetch_add(1, Relaxed);
         match Request::parse(&line) {
             Ok(request) => {
                 log::info!("req {id} from {peer}: {}", request.line());
@@ -125,28 +84,16 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
                 reply_error(lb, &e, Instant::now(), &mut client)?;
             }
         }
-        if lb.stopping.load(Ordering::SeqCst) {
+        if lb.stopping.load(SeqCst) {
             return Ok(());
         }
         // Keep per-client memory small between requests.
-        if line.capacity() > CLIENT_BUFFER {
-            line = Vec::new();
-        }
-        if header.capacity() > CLIENT_BUFFER {
-            header = Vec::new();
+        for buffer in [&mut line, &mut header] {
+            if buffer.capacity() > CLIENT_BUFFER {
+                *buffer = Vec::new();
+            }
         }
     }
-}
-
-/// How relaying one reply went wrong.
-enum RelayError {
-    /// The server failed before any byte reached the client: the request can be retried.
-    ServerBefore(String),
-    /// The server failed in the middle of a reply: the client's reply is cut, so its
-    /// connection must close.
-    ServerDuring(String),
-    /// The client went away; the server's reply was read to its end, so its connection is clean.
-    ClientGone(io::Error),
 }
 
 /// Answers one request: acquire a server, relay, release; on a server failure before the
@@ -163,7 +110,7 @@ fn handle(
     request: &Request,
     line: &mut Vec<u8>,
     header: &mut Vec<u8>,
-    client: &mut Client,
+    client: &mut Timed,
 ) -> io::Result<()> {
     let started = Instant::now();
     let attempts = lb.config.retries + 1;
@@ -180,7 +127,8 @@ fn handle(
             Err(why) => return refuse(lb, id, why, started, client),
         };
         let taken = Instant::now();
-        let server = lease.id();
+        let backend = Arc::clone(&lease.server);
+        let server = backend.id;
         // Bytes that came while the connection was idle would be read as this request's
         // reply, and a closed connection would lose a write: look first (one system call).
         if let Some(why) = lease.item().unusable() {
@@ -189,26 +137,15 @@ fn handle(
             continue;
         }
         attempt += 1;
-        // The decision is recorded as facts, with the figures the policy's reason quotes as
-        // they are now (later requests change them); words are made only when read.
-        let backend = Arc::clone(lease.server());
-        let facts = Facts::of(&backend);
         if log::log_enabled!(log::Level::Info) {
-            let why = stats::explain(lb.queue.policy(), server, &facts, lease.decision());
+            let why = lb.queue.policy.explain(server, &lease.decision);
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        let decision = *lease.decision();
-        lb.stats.record_choice(id, taken, server, facts, decision);
-        lb.stats.record_taken(&backend, id, taken);
+        lb.stats.record_choice(id, taken, &backend, lease.decision);
         // A failed health check releases the request by shutting its connection down (see
         // `health`).
-        let relayed = relay(lease.item(), line, header, client);
-        match relayed {
-            Ok(Relayed {
-                reply,
-                bytes,
-                service,
-            }) => {
+        match lease.item().relay(line, header, client) {
+            Ok((reply, bytes, service)) => {
                 // Before the server is released, so its next request starts after this one ended.
                 let latency = started.elapsed();
                 let error = match &reply {
@@ -217,9 +154,9 @@ fn handle(
                 };
                 backend.record_reply(service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
-                let ended = started + latency;
+                let times = (started, taken, started + latency);
                 lb.stats
-                    .record_span(id, from, server, started, taken, ended, error.is_none());
+                    .record_span(id, from, server, times, error.is_none());
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
                     error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),
@@ -234,13 +171,13 @@ fn handle(
                 return Err(e);
             }
             Err(RelayError::ServerDuring(why)) => {
-                backend.errors.fetch_add(1, Ordering::Relaxed);
+                backend.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed mid-reply ({why}); closing the client's connection; re-probing the server");
                 membership::reprobe(lb, lease);
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
-                backend.errors.fetch_add(1, Ordering::Relaxed);
+                backend.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed ({why}); re-probing it");
                 let may_have_run = matches!(request, Request::Query(_)) && backend.writable;
                 membership::reprobe(lb, lease);
@@ -251,9 +188,9 @@ fn handle(
                     return reply_error(lb, &e, started, client);
                 }
                 if attempt < attempts {
+                    let next = attempt + 1;
                     log::info!(
-                        "req {id}: retrying on another server (attempt {} of {attempts})",
-                        attempt + 1
+                        "req {id}: retrying on another server (attempt {next} of {attempts})"
                     );
                 }
             }
@@ -266,9 +203,8 @@ fn handle(
 }
 
 /// Returns a server to the idle list after a reply, unless bytes beyond that reply were read
-/// with it (see [`replace_connection`]). Bytes that come later, and a close, are found by the
-/// peek before the connection's next request (in [`handle`]): it looks later, so it sees all
-/// that a peek here would, and one peek per request is enough.
+/// with it. Bytes that come later, and a close, are found by the peek before the connection's
+/// next request (in [`handle`]): it looks later, so it sees all that a peek here would.
 fn give_back(lb: &Arc<Balancer>, id: u64, mut lease: Lease<'_, BackendConn>) {
     match lease.item().buffered_stray() {
         None => lease.release(),
@@ -279,33 +215,30 @@ fn give_back(lb: &Arc<Balancer>, id: u64, mut lease: Lease<'_, BackendConn>) {
 /// Closes a server connection that cannot take another request and re-probes its server;
 /// stray bytes are counted, since they mean the server's replies are out of step.
 fn replace_connection(lb: &Arc<Balancer>, id: u64, lease: Lease<'_, BackendConn>, why: &Unusable) {
-    let server = lease.id();
-    match why {
-        Unusable::Stray(_) => {
-            let stray = &lease.server().stray;
-            let times = stray.fetch_add(1, Ordering::Relaxed) + 1;
-            log::warn!("req {id}: server {server} is out of step: {why} (stray bytes #{times}); closing that connection, so that no later request reads them, and re-probing the server");
-        }
-        Unusable::Closed(_) => {
-            log::warn!("req {id}: server {server}: {why}; re-probing it");
-        }
+    let server = lease.server.id;
+    if let Unusable::Stray(_) = why {
+        let times = lease.server.stray.fetch_add(1, Relaxed) + 1;
+        log::warn!("req {id}: server {server} is out of step: {why} (stray bytes #{times}); closing that connection, so that no later request reads them, and re-probing the server");
+    } else {
+        log::warn!("req {id}: server {server}: {why}; re-probing it");
     }
     membership::reprobe(lb, lease);
 }
 
 /// Sends an `ERR` reply made by the balancer itself, and counts it.
-fn reply_error(lb: &Balancer, e: &Error, started: Instant, client: &mut Client) -> io::Result<()> {
+fn reply_error(lb: &Balancer, e: &Error, started: Instant, client: &mut Timed) -> io::Result<()> {
     lb.stats.record_reply(started.elapsed(), Some(e));
-    client.start_reply();
+    client.start();
     client.write_all(e.header_line().as_bytes())
 }
 
+/// Tells the client why no server was handed out, and keeps it among the decisions.
 fn refuse(
     lb: &Balancer,
     id: u64,
     why: NoServer,
     started: Instant,
-    client: &mut Client,
+    client: &mut Timed,
 ) -> io::Result<()> {
     let e = match why {
         NoServer::NoneUp => Code::Unavailable
@@ -319,99 +252,4 @@ fn refuse(
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());
     reply_error(lb, &e, started, client)
-}
-
-/// A reply relayed in full.
-struct Relayed {
-    reply: ReplyHeader,
-    /// Body bytes.
-    bytes: u64,
-    /// From sending the request to reading the reply header: the server's service time.
-    service: Duration,
-}
-
-/// Sends `line` (with its `\n`) to the server and streams its reply to the client, through
-/// the server connection's own buffer: the header and the start of the body leave in one write.
-/// The header must come whole within the reply timeout; the body, keep coming.
-/// A reply of at most [`WHOLE_REPLY`] bytes is checked complete before any of it is sent; a
-/// longer one that breaks off mid-body can only be cut (the client's connection then closes).
-fn relay(
-    conn: &mut BackendConn,
-    line: &[u8],
-    header: &mut Vec<u8>,
-    client: &mut Client,
-) -> Result<Relayed, RelayError> {
-    let before = |e: io::Error| RelayError::ServerBefore(e.to_string());
-    let sent = Instant::now();
-    conn.writer.write_all(line).map_err(before)?;
-    match conn.read_header(header).map_err(before)? {
-        Line::Complete => {}
-        Line::Eof | Line::Truncated => {
-            return Err(RelayError::ServerBefore("connection closed".into()))
-        }
-        Line::TooLong => return Err(RelayError::ServerBefore("reply header too long".into())),
-    }
-    let service = sent.elapsed();
-    let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
-    let length = reply.body_length();
-    header.push(b'\n');
-    if length > conn.reader.buffer().len() as u64 && length <= WHOLE_REPLY {
-        // A small reply is read whole before any of it goes out, so a server that promises
-        // more than it sends is caught while the client can still get `ERR unavailable`.
-        let mut body = Vec::with_capacity(length as usize);
-        (&mut conn.reader)
-            .take(length)
-            .read_to_end(&mut body)
-            .map_err(before)?;
-        if (body.len() as u64) < length {
-            return Err(RelayError::ServerBefore(format!(
-                "reply body ended after {} of its {length} bytes",
-                body.len()
-            )));
-        }
-        client.start_reply();
-        return match protocol::write_both(client, header, &body) {
-            Ok(()) => Ok(Relayed {
-                reply,
-                bytes: length,
-                service,
-            }),
-            Err(e) => Err(RelayError::ClientGone(e)),
-        };
-    }
-
-    let buffered = conn.reader.buffer();
-    let first = buffered
-        .len()
-        .min(usize::try_from(length).unwrap_or(usize::MAX));
-    client.start_reply();
-    let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
-    conn.reader.consume(first);
-    let mut remaining = length - first as u64;
-    while remaining > 0 {
-        let chunk = match conn.reader.fill_buf() {
-            Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
-        };
-        let n = chunk
-            .len()
-            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        if client_error.is_none() {
-            client_error = client.write_all(&chunk[..n]).err();
-        }
-        // After the client is gone, keep reading to the reply's end so the server connection
-        // is clean for the next request.
-        conn.reader.consume(n);
-        remaining -= n as u64;
-    }
-    match client_error {
-        Some(e) => Err(RelayError::ClientGone(e)),
-        None => Ok(Relayed {
-            reply,
-            bytes: length,
-            service,
-        }),
-    }
 }

@@ -1,23 +1,23 @@
 //! What the balancer records: counters, the listed servers, recent decisions (put into words
-//! here, when read) and the timeline. [`super::report`] shows them on `/status` and `/metrics`.
+//! when read) and the timeline.
 //!
 //! Counters are atomics, bumped by request threads without a lock. Three short locks: `servers`
-//! guards the listed servers (changed only when servers come and go),
-//! `decisions` guards the list of recent decisions, and `timeline` the ring of recent requests
-//! (one push each per request; nothing is formatted under them).
+//! guards the listed servers (changed only when servers come and go), `decisions` the recent
+//! decisions and `timeline` the recent requests (one push each per request; nothing is
+//! formatted under them).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use serde_json::{json, Value};
 
 use crate::balancer::backend::Backend;
 use crate::error::{Code, Error};
-use crate::idle_queue::Decision;
-use crate::policy::{Facts, Policy};
+use crate::policy::{Decision, Policy};
 
 /// Upper bounds, in seconds, of the request-latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -48,60 +48,32 @@ impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            self.buckets[i].fetch_add(1, Relaxed);
         }
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
     }
 
     /// Cumulative counts per bucket bound, then the sum in seconds and the count.
     pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
         let mut running = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&bound, n)| {
-                running += n.load(Ordering::Relaxed);
-                (bound, running)
-            })
-            .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, sum, self.count.load(Ordering::Relaxed))
+        let buckets = LATENCY_BUCKETS.iter().zip(&self.buckets);
+        let buckets = buckets.map(|(&bound, n)| {
+            running += n.load(Relaxed);
+            (bound, running)
+        });
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        (buckets.collect(), sum, self.count.load(Relaxed))
     }
 }
 
-/// One decision as recorded on the request's path: facts only, put into words when read.
-#[derive(Clone)]
-enum Recorded {
-    /// A server was chosen.
-    Chosen {
-        request: u64,
-        at: f64,
-        chosen: u32,
-        /// The figures the policy's reason quotes, as they were when it was made.
-        facts: Facts,
-        decision: Decision,
-    },
-    /// No server could be given.
-    Refused { request: u64, at: f64, why: String },
-}
-
-/// One decision, as shown on the dashboard.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DecisionRecord {
-    /// The request's number.
-    pub request: u64,
-    /// Seconds since the balancer started.
-    pub at: f64,
-    /// What was decided and why.
-    pub text: String,
-}
+/// One decision, recorded on the request's path as facts: the request, when (seconds since
+/// the start), and the server chosen and why or why none. Put into words when read.
+type Recorded = (u64, f64, Result<(u32, Decision), String>);
 
 /// One request on the timeline: times are seconds since the balancer started.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Span {
-    /// The request's number.
     pub request: u64,
     /// The client's address and port (one connection = one client).
     pub client: Option<SocketAddr>,
@@ -121,7 +93,7 @@ pub struct Span {
 pub struct Stats {
     /// When the balancer started.
     pub started: Instant,
-    /// Guards the listed servers, by id.
+    /// The listed servers, by id.
     servers: Mutex<BTreeMap<u32, Arc<Backend>>>,
     /// Replies sent to clients.
     pub replies: AtomicU64,
@@ -129,9 +101,9 @@ pub struct Stats {
     pub errors: [AtomicU64; Code::ALL.len()],
     /// Latency of every request, as the client sees it (less its network).
     pub latency: Histogram,
-    /// Guards the most recent decisions, newest last.
+    /// The most recent decisions, at most [`RECENT_DECISIONS`], newest last.
     decisions: Mutex<VecDeque<Recorded>>,
-    /// Guards the most recent requests for the timeline, oldest first, at most [`TIMELINE_CAP`].
+    /// The most recent requests, at most [`TIMELINE_CAP`], oldest first.
     timeline: Mutex<VecDeque<Span>>,
 }
 
@@ -139,7 +111,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             started: Instant::now(),
-            servers: Mutex::new(BTreeMap::new()),
+            servers: Mutex::default(),
             replies: AtomicU64::new(0),
             errors: Default::default(),
             latency: Histogram::default(),
@@ -147,6 +119,15 @@ impl Default for Stats {
             timeline: Mutex::new(VecDeque::with_capacity(TIMELINE_CAP)),
         }
     }
+}
+
+/// Appends `item`, dropping the oldest once `ring` holds `cap`.
+fn push_capped<T>(ring: &Mutex<VecDeque<T>>, cap: usize, item: T) {
+    let mut ring = ring.lock();
+    if ring.len() == cap {
+        ring.pop_front();
+    }
+    ring.push_back(item);
 }
 
 impl Stats {
@@ -167,74 +148,52 @@ impl Stats {
 
     /// Counts a reply sent to a client: `error` is its `ERR` code, if any.
     pub fn record_reply(&self, latency: Duration, error: Option<&Error>) {
-        self.replies.fetch_add(1, Ordering::Relaxed);
+        self.replies.fetch_add(1, Relaxed);
         self.latency.observe(latency);
         if let Some(e) = error {
-            self.errors[e.kind() as usize].fetch_add(1, Ordering::Relaxed);
+            self.errors[e.kind() as usize].fetch_add(1, Relaxed);
         }
     }
 
-    /// Keeps the decision made for request `request` at `made`.
-    pub fn record_choice(
-        &self,
-        request: u64,
-        made: Instant,
-        chosen: u32,
-        facts: Facts,
-        decision: Decision,
-    ) {
-        let at = self.secs(made);
-        self.keep(Recorded::Chosen {
-            request,
-            at,
-            chosen,
-            facts,
-            decision,
-        });
+    /// Keeps the decision that gave `server` request `request` at `taken`, and notes it on
+    /// the server for the timeline's bar in progress.
+    pub fn record_choice(&self, request: u64, taken: Instant, server: &Backend, d: Decision) {
+        let micros = taken.saturating_duration_since(self.started).as_micros() as u64;
+        server.current_request.store(request, Relaxed);
+        server.current_taken_micros.store(micros, Relaxed);
+        let decision = (request, self.secs(taken), Ok((server.id, d)));
+        push_capped(&self.decisions, RECENT_DECISIONS, decision);
     }
 
     /// Keeps the reason request `request` got no server.
     pub fn record_refusal(&self, request: u64, why: String) {
-        let at = self.started.elapsed().as_secs_f64();
-        self.keep(Recorded::Refused { request, at, why });
+        let decision = (request, self.secs(Instant::now()), Err(why));
+        push_capped(&self.decisions, RECENT_DECISIONS, decision);
     }
 
-    /// Notes that `server` took request `request` at `taken`, for the timeline's bar in progress.
-    pub fn record_taken(&self, server: &Backend, request: u64, taken: Instant) {
-        let micros = taken.saturating_duration_since(self.started).as_micros() as u64;
-        server.current_request.store(request, Ordering::Relaxed);
-        server.current_taken_micros.store(micros, Ordering::Relaxed);
-    }
-
-    /// Puts request `request` on the timeline: it arrived at `arrived`, `server` took it at
-    /// `taken`, and its reply ended at `ended`.
-    #[allow(clippy::too_many_arguments)]
+    /// Puts request `request` on the timeline: it arrived, `server` took it and its reply
+    /// ended at the three `times`.
     pub fn record_span(
         &self,
         request: u64,
         client: Option<SocketAddr>,
         server: u32,
-        arrived: Instant,
-        taken: Instant,
-        ended: Instant,
+        (arrived, taken, ended): (Instant, Instant, Instant),
         ok: bool,
     ) {
         // Whole milliseconds keep `/status` short and are finer than the page can draw.
         let ms = |at: Instant| (self.secs(at) * 1000.0).round() / 1000.0;
+        let (arrived, taken, ended) = (ms(arrived), ms(taken), ms(ended));
         let span = Span {
             request,
             client,
             server,
-            arrived: ms(arrived),
-            taken: ms(taken),
-            ended: ms(ended),
+            arrived,
+            taken,
+            ended,
             ok,
         };
-        let mut timeline = self.timeline.lock();
-        if timeline.len() == TIMELINE_CAP {
-            timeline.pop_front();
-        }
-        timeline.push_back(span);
+        push_capped(&self.timeline, TIMELINE_CAP, span);
     }
 
     /// The requests whose reply ended within the last [`TIMELINE_WINDOW`], oldest first.
@@ -253,96 +212,29 @@ impl Stats {
         at.saturating_duration_since(self.started).as_secs_f64()
     }
 
-    fn keep(&self, record: Recorded) {
-        let mut decisions = self.decisions.lock();
-        if decisions.len() == RECENT_DECISIONS {
-            decisions.pop_front();
-        }
-        decisions.push_back(record);
-    }
-
-    /// The most recent decisions in words, in the order they were made.
-    pub fn decisions(&self, policy: &dyn Policy) -> Vec<DecisionRecord> {
+    /// The most recent decisions in words (`request`, `at`, `text`), in the order they were
+    /// made.
+    pub fn decisions(&self, policy: &Policy) -> Vec<Value> {
         // Copied out so that the words are made outside the lock.
-        let decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
-        let mut records: Vec<DecisionRecord> = decisions
-            .iter()
-            .map(|d| match d {
-                Recorded::Chosen {
-                    request,
-                    at,
-                    chosen,
-                    facts,
-                    decision,
-                } => DecisionRecord {
-                    request: *request,
-                    at: *at,
-                    text: format!(
-                        "req {request} -> server {chosen}: {}",
-                        explain(policy, *chosen, facts, decision)
-                    ),
-                },
-                Recorded::Refused { request, at, why } => DecisionRecord {
-                    request: *request,
-                    at: *at,
-                    text: format!("req {request} -> no server: {why}"),
-                },
-            })
-            .collect();
+        let mut decisions: Vec<Recorded> = self.decisions.lock().iter().cloned().collect();
         // Kept in the order they were recorded, which may differ by a hair from the order
         // they were made.
-        records.sort_by(|a, b| a.at.total_cmp(&b.at));
-        records
+        decisions.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let words = |(request, at, chosen): Recorded| {
+            let text = match chosen {
+                Ok((server, d)) => format!("server {server}: {}", policy.explain(server, &d)),
+                Err(why) => format!("no server: {why}"),
+            };
+            json!({"request": request, "at": at, "text": format!("req {request} -> {text}")})
+        };
+        decisions.into_iter().map(words).collect()
     }
-}
-
-/// Why `chosen` was picked, in words: how many servers were busy, the policy's reason (from
-/// the figures recorded when the choice was made), how many workers were free besides, the wait. Called
-/// outside any lock. E.g. `1 server busy, server 2 fastest idle (20 ms) by power, queued 2nd,
-/// waited 15 ms`.
-pub fn explain(policy: &dyn Policy, chosen: u32, facts: &Facts, d: &Decision) -> String {
-    let mut parts = Vec::new();
-    if d.busy > 0 {
-        parts.push(format!("{} busy", how_many(d.busy, "server")));
-    }
-    let reason = policy.reason(facts);
-    parts.push(format!("server {chosen} {reason} by {}", policy.name()));
-    if d.free > 1 {
-        parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
-    }
-    if let Some(place) = d.position {
-        parts.push(format!(
-            "queued {}, waited {} ms",
-            ordinal(place),
-            d.waited.as_millis()
-        ));
-    }
-    parts.join(", ")
-}
-
-/// `1 server`, `2 servers`.
-fn how_many(n: usize, thing: &str) -> String {
-    match n {
-        1 => format!("1 {thing}"),
-        _ => format!("{n} {thing}s"),
-    }
-}
-
-fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (1, 11) | (2, 12) | (3, 13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::backend;
+    use crate::policy::{backend, by_name};
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -364,61 +256,49 @@ mod tests {
         for i in 0..(RECENT_DECISIONS as u64 + 5) {
             stats.record_refusal(i, format!("d{i}"));
         }
-        let d = stats.decisions(&crate::policy::power::Power);
+        let d = stats.decisions(by_name("power").unwrap());
         assert_eq!(d.len(), RECENT_DECISIONS);
-        assert_eq!(d[0].request, 5);
-        assert_eq!(d[0].text, "req 5 -> no server: d5");
+        assert_eq!(d[0]["request"], 5);
+        assert_eq!(d[0]["text"], "req 5 -> no server: d5");
         stats.record_reply(Duration::ZERO, Some(&Code::Busy.msg("x")));
-        assert_eq!(stats.errors[Code::Busy as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(stats.errors[Code::Busy as usize].load(Relaxed), 1);
     }
 
     #[test]
     fn decisions_read_like_sentences() {
-        use crate::policy::power::Power;
+        let power = by_name("power").unwrap();
         let chosen = backend(2, 0.02, 0);
-        let d = Decision {
-            free: 2,
-            busy: 2,
-            position: Some(2),
-            waited: Duration::from_millis(15),
-        };
-        assert_eq!(
-            explain(&Power, 2, &Facts::of(&chosen), &d),
-            "2 servers busy, server 2 fastest idle (20 ms) by power, 1 worker free too, queued 2nd, waited 15 ms"
-        );
         let alone = Decision {
             free: 1,
+            declared: chosen.processing_time,
             ..Decision::default()
         };
-        assert_eq!(
-            explain(&Power, 2, &Facts::of(&chosen), &alone),
-            "server 2 fastest idle (20 ms) by power"
-        );
-        assert_eq!(
-            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
-            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
-        );
         let stats = Stats::default();
-        stats.record_choice(7, Instant::now(), 2, Facts::of(&chosen), alone);
+        stats.record_choice(7, Instant::now(), &chosen, alone);
         assert_eq!(
-            stats.decisions(&Power)[0].text,
+            stats.decisions(power)[0]["text"],
             "req 7 -> server 2: server 2 fastest idle (20 ms) by power"
         );
+        assert_eq!(chosen.current_request.load(Relaxed), 7);
     }
 
     #[test]
     fn decisions_are_listed_in_the_order_they_were_made() {
-        use crate::policy::power::Power;
         let stats = Stats::default();
         let first = Instant::now();
         let second = first + Duration::from_millis(1);
         let chosen = backend(1, 0.02, 0);
         // Request 14's decision is recorded before request 13's, made earlier.
-        stats.record_choice(14, second, 1, Facts::of(&chosen), Decision::default());
-        stats.record_choice(13, first, 1, Facts::of(&chosen), Decision::default());
-        let d = stats.decisions(&Power);
-        assert_eq!(d.iter().map(|d| d.request).collect::<Vec<_>>(), [13, 14]);
-        assert!(d[0].at < d[1].at);
+        stats.record_choice(14, second, &chosen, Decision::default());
+        stats.record_choice(13, first, &chosen, Decision::default());
+        let d = stats.decisions(by_name("power").unwrap());
+        assert_eq!(
+            d.iter()
+                .map(|d| d["request"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [13, 14]
+        );
+        assert!(d[0]["at"].as_f64() < d[1]["at"].as_f64());
     }
 
     #[test]
@@ -426,7 +306,7 @@ mod tests {
         let stats = Stats::default();
         let t0 = stats.started;
         let at = |s: u64| t0 + Duration::from_millis(s);
-        stats.record_span(1, None, 2, at(0), at(10), at(30), true);
+        stats.record_span(1, None, 2, (at(0), at(10), at(30)), true);
         let spans = stats.timeline();
         assert_eq!(spans.len(), 1);
         assert_eq!(
@@ -439,7 +319,7 @@ mod tests {
             (2, 0.0, 0.01, 0.03)
         );
         for i in 0..TIMELINE_CAP as u64 + 10 {
-            stats.record_span(i + 2, None, 1, at(0), at(0), at(1), true);
+            stats.record_span(i + 2, None, 1, (at(0), at(0), at(1)), true);
         }
         let spans = stats.timeline();
         assert_eq!(spans.len(), TIMELINE_CAP);
@@ -450,8 +330,8 @@ mod tests {
             ..Stats::default()
         };
         let t0 = old.started;
-        old.record_span(1, None, 1, t0, t0, t0 + Duration::from_secs(1), true);
-        old.record_span(2, None, 1, t0, t0, Instant::now(), true);
+        old.record_span(1, None, 1, (t0, t0, t0 + Duration::from_secs(1)), true);
+        old.record_span(2, None, 1, (t0, t0, Instant::now()), true);
         let spans = old.timeline();
         assert_eq!(spans.iter().map(|s| s.request).collect::<Vec<_>>(), [2]);
     }

@@ -1,0 +1,329 @@
+//! Balancing policies: which idle server a request gets, and why, in words. One table ([`ALL`])
+//! of name, rule and reason:
+//!
+//! - `power`: the fastest idle server by declared processing time (the original project's rule,
+//!   and the default).
+//! - `measured`: the same, ranked by the service time the balancer measured, so a server whose
+//!   declaration is wrong is ranked by what it really does; until measured, as declared.
+//! - `round-robin`: the idle server chosen longest ago, ignoring power.
+//! - `least-connections`: the idle server with the fewest requests in flight, then served (with
+//!   one worker each, every idle server has none in flight: served is what tells them apart).
+//! - `two-choices`: two idle servers at random, the less loaded of the two (the "power of two
+//!   choices": it spreads load almost as well as looking at every server).
+//!
+//! A server takes as many requests at a time as it has workers, so every policy chooses among
+//! *idle* servers only, those with a free worker; ties go to the one chosen longest ago.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balancer::backend::Backend;
+
+/// A balancing policy. Policies keep no state: one instance of each serves every balancer.
+pub struct Policy {
+    /// The name given to `--policy`.
+    pub name: &'static str,
+    /// Index of the idle server to use; `None` only when `idle` is empty. Called under the idle
+    /// queue's lock: it reads the servers' live state and decides, nothing more.
+    pub pick: fn(&[Arc<Backend>]) -> Option<usize>,
+    /// Why the server was picked, from the figures in the decision; called outside any lock.
+    reason: fn(&Decision) -> String,
+}
+
+/// Every policy, in the order `--policy` lists them.
+pub const ALL: [Policy; 5] = [
+    Policy {
+        name: "power",
+        pick: |idle| min_by(idle, |b| (b.processing_time, b.last_chosen.load(Relaxed))),
+        reason: |d| format!("fastest idle ({})", short_time(d.declared)),
+    },
+    Policy {
+        name: "measured",
+        pick: |idle| min_by(idle, |b| (b.expected_time(), b.last_chosen.load(Relaxed))),
+        reason: |d| match d.measured {
+            Some(m) => format!("fastest idle as measured ({})", short_time(m)),
+            None => format!(
+                "fastest idle, not measured yet ({} declared)",
+                short_time(d.declared)
+            ),
+        },
+    },
+    Policy {
+        name: "round-robin",
+        pick: |idle| min_by(idle, |b| (b.last_chosen.load(Relaxed), b.id)),
+        reason: |_| "its turn (idle the longest since chosen)".into(),
+    },
+    Policy {
+        name: "least-connections",
+        pick: |idle| min_by(idle, load),
+        reason: |d| {
+            let (before, served) = (d.in_flight, d.served);
+            format!("fewest in flight ({before}), then fewest requests served ({served})")
+        },
+    },
+    Policy {
+        name: "two-choices",
+        pick: |idle| match idle.len() {
+            0 | 1 => min_by(idle, load),
+            n => {
+                // Randomness here needs to be cheap, not strong: fastrand's per-thread generator.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                [a, b].into_iter().min_by_key(|&i| load(&idle[i]))
+            }
+        },
+        reason: |d| {
+            let (before, served) = (d.in_flight, d.served);
+            format!("less loaded of two at random ({before} in flight, {served} served)")
+        },
+    },
+];
+
+/// Index of the server with the smallest `key`.
+fn min_by<K: Ord>(idle: &[Arc<Backend>], key: impl Fn(&Backend) -> K) -> Option<usize> {
+    (0..idle.len()).min_by_key(|&i| key(&idle[i]))
+}
+
+/// A server's load: requests in flight, then served, then when last chosen.
+fn load(b: &Backend) -> (usize, u64, u64) {
+    let r = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
+    (b.in_flight.load(Relaxed), r(&b.requests), r(&b.last_chosen))
+}
+
+/// Every policy name `--policy` accepts.
+pub fn names() -> [&'static str; 5] {
+    ALL.map(|p| p.name)
+}
+
+/// The policy called `name`.
+pub fn by_name(name: &str) -> Option<&'static Policy> {
+    ALL.iter().find(|p| p.name == name)
+}
+
+/// The facts of one choice, read by the idle queue as it hands the server out (later requests
+/// change them) and put into words only when read: nothing is formatted on a request's path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Decision {
+    /// Free workers at that moment, the chosen one included.
+    pub free: usize,
+    /// Servers in the pool with every worker busy.
+    pub busy: usize,
+    /// Place in line when the request started waiting (1 = first); `None` if it did not wait.
+    pub position: Option<usize>,
+    /// How long the request waited in line.
+    pub waited: Duration,
+    /// The chosen server's declared processing time, and its measured one if any.
+    pub declared: Duration,
+    pub measured: Option<Duration>,
+    /// Requests in flight on it besides this one, and requests it had served.
+    pub in_flight: usize,
+    pub served: u64,
+}
+
+impl Policy {
+    /// Why `chosen` was picked, in words, e.g. `1 server busy, server 2 fastest idle (20 ms)
+    /// by power, queued 2nd, waited 15 ms`.
+    pub fn explain(&self, chosen: u32, d: &Decision) -> String {
+        let mut parts = Vec::new();
+        if d.busy > 0 {
+            parts.push(format!("{} busy", how_many(d.busy, "server")));
+        }
+        let reason = (self.reason)(d);
+        parts.push(format!("server {chosen} {reason} by {}", self.name));
+        if d.free > 1 {
+            parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
+        }
+        if let Some(place) = d.position {
+            let waited = d.waited.as_millis();
+            parts.push(format!("queued {}, waited {waited} ms", ordinal(place)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// `1 server`, `2 servers`.
+fn how_many(n: usize, thing: &str) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {thing}{s}")
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Seconds, short: `0.05 s`, `12 ms`.
+fn short_time(d: Duration) -> String {
+    if d >= Duration::from_secs(1) || d.is_zero() {
+        format!("{} s", d.as_secs_f64())
+    } else if d >= Duration::from_millis(10) {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// A hand-built server of `secs` per request, last chosen at `last_chosen`.
+#[cfg(test)]
+pub(crate) fn backend(id: u32, secs: f64, last_chosen: u64) -> Arc<Backend> {
+    let addr = format!("127.0.0.1:{}", 5000 + id);
+    let b = Backend::new(id, addr, Duration::from_secs_f64(secs), false);
+    b.last_chosen.store(last_chosen, Relaxed);
+    Arc::new(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(name: &str, idle: &[Arc<Backend>]) -> Option<usize> {
+        (by_name(name).unwrap().pick)(idle)
+    }
+
+    #[test]
+    fn every_name_builds_its_policy() {
+        for name in names() {
+            assert_eq!(by_name(name).unwrap().name, name);
+        }
+        assert!(by_name("random").is_none());
+    }
+
+    #[test]
+    fn short_times() {
+        assert_eq!(short_time(Duration::from_millis(500)), "500 ms");
+        assert_eq!(short_time(Duration::from_secs(2)), "2 s");
+        assert_eq!(short_time(Duration::from_micros(1500)), "1.50 ms");
+        assert_eq!(short_time(Duration::ZERO), "0 s");
+    }
+
+    #[test]
+    fn power_picks_the_fastest() {
+        let idle = [backend(1, 2.0, 0), backend(2, 0.5, 9), backend(3, 1.0, 0)];
+        assert_eq!(pick("power", &idle), Some(1));
+        assert_eq!(pick("power", &[]), None);
+    }
+
+    #[test]
+    fn power_rotates_among_equals() {
+        let idle = [
+            backend(1, 0.5, 7),
+            backend(2, 0.5, 3),
+            backend(3, 0.5, 5),
+            backend(4, 1.0, 0),
+        ];
+        assert_eq!(pick("power", &idle), Some(1));
+    }
+
+    #[test]
+    fn power_ignores_measurements() {
+        let fast = backend(1, 0.1, 0);
+        let nine = Duration::from_secs(9);
+        fast.record_reply(nine, nine, 0, None);
+        assert_eq!(pick("power", &[backend(2, 0.2, 0), fast]), Some(1));
+    }
+
+    #[test]
+    fn measured_ranks_by_measurement_over_declaration() {
+        let liar = backend(1, 0.1, 0);
+        let slow = Duration::from_millis(900);
+        liar.record_reply(slow, slow, 0, None);
+        let honest = backend(2, 0.5, 0);
+        assert_eq!(pick("measured", &[liar, honest]), Some(1));
+    }
+
+    #[test]
+    fn measured_counts_unmeasured_servers_as_declared_and_equals_rotate() {
+        let idle = [backend(1, 0.5, 4), backend(2, 0.5, 2), backend(3, 1.0, 0)];
+        assert_eq!(pick("measured", &idle), Some(1));
+    }
+
+    #[test]
+    fn round_robin_ignores_power() {
+        let idle = [backend(1, 0.1, 5), backend(2, 9.0, 2)];
+        assert_eq!(pick("round-robin", &idle), Some(1));
+    }
+
+    #[test]
+    fn round_robin_takes_never_chosen_first_by_id() {
+        let idle = [backend(3, 0.1, 0), backend(2, 9.0, 0)];
+        assert_eq!(pick("round-robin", &idle), Some(1));
+    }
+
+    #[test]
+    fn least_connections_picks_the_fewest_in_flight_then_the_least_served() {
+        let (busy, quiet) = (backend(1, 0.1, 0), backend(2, 0.1, 0));
+        busy.in_flight.store(2, Relaxed);
+        quiet.in_flight.store(1, Relaxed);
+        quiet.requests.store(99, Relaxed);
+        assert_eq!(pick("least-connections", &[busy, quiet]), Some(1));
+    }
+
+    #[test]
+    fn least_connections_picks_the_least_served_whatever_its_power() {
+        let busy_fast = backend(1, 0.1, 1);
+        busy_fast.requests.store(10, Relaxed);
+        let quiet_slow = backend(2, 2.0, 2);
+        quiet_slow.requests.store(3, Relaxed);
+        assert_eq!(pick("least-connections", &[busy_fast, quiet_slow]), Some(1));
+    }
+
+    #[test]
+    fn two_choices_never_picks_the_most_loaded_of_many() {
+        let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
+        for (i, b) in idle.iter().enumerate() {
+            b.requests.store(i as u64 * 10, Relaxed);
+        }
+        for _ in 0..200 {
+            let i = pick("two-choices", &idle).unwrap();
+            assert_ne!(idle[i].id, 3, "the most loaded one always loses its pair");
+        }
+    }
+
+    #[test]
+    fn two_choices_picks_both_of_two_equals() {
+        let idle = [backend(1, 0.1, 0), backend(2, 0.1, 0)];
+        let picked: std::collections::HashSet<usize> = (0..100)
+            .map(|_| pick("two-choices", &idle).unwrap())
+            .collect();
+        assert_eq!(picked.len(), 2);
+        assert_eq!(pick("two-choices", &[backend(5, 1.0, 0)]), Some(0));
+        assert_eq!(pick("two-choices", &[]), None);
+    }
+
+    #[test]
+    fn decisions_read_like_sentences() {
+        let power = by_name("power").unwrap();
+        let d = Decision {
+            free: 2,
+            busy: 2,
+            position: Some(2),
+            waited: Duration::from_millis(15),
+            declared: Duration::from_millis(20),
+            ..Decision::default()
+        };
+        assert_eq!(
+            power.explain(2, &d),
+            "2 servers busy, server 2 fastest idle (20 ms) by power, 1 worker free too, queued 2nd, waited 15 ms"
+        );
+        let alone = Decision {
+            free: 1,
+            declared: Duration::from_millis(20),
+            ..Decision::default()
+        };
+        assert_eq!(
+            power.explain(2, &alone),
+            "server 2 fastest idle (20 ms) by power"
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+        );
+    }
+}
