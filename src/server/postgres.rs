@@ -251,14 +251,10 @@ fn serve(
     (result, !client.is_closed())
 }
 
-/// Why a query failed.
+/// Why a query failed: PostgreSQL's error, or ours.
 enum Failure {
     Pg(::postgres::Error),
-    TooLarge,
-    /// A column of a type with no text form here.
-    Unshowable(String),
-    /// No statement at all.
-    Empty,
+    Ours(Error),
 }
 
 impl From<::postgres::Error> for Failure {
@@ -270,9 +266,7 @@ impl From<::postgres::Error> for Failure {
 impl Failure {
     fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
         let e = match self {
-            Failure::TooLarge => return limits.too_large(),
-            Failure::Unshowable(column) => return Code::Sql.msg(column),
-            Failure::Empty => return Code::Sql.msg("the query holds no SQL statement"),
+            Failure::Ours(e) => return e,
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
@@ -294,12 +288,10 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
     let statement = client.prepare(sql)?;
     let columns = statement.columns();
     if let Some(c) = columns.iter().find(|c| !shown(c.type_())) {
-        return Err(Failure::Unshowable(format!(
-            "column {} is of type {}, which this server does not show: cast it to text ({}::text)",
-            c.name(),
-            c.type_(),
-            c.name()
-        )));
+        let (name, kind) = (c.name(), c.type_());
+        return Err(Failure::Ours(Code::Sql.msg(format!(
+            "column {name} is of type {kind}, which this server does not show: cast it to text ({name}::text)"
+        ))));
     }
     let mut rows = client.query_raw(&statement, std::iter::empty::<i32>())?;
     let mut body = String::new();
@@ -345,7 +337,7 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
                 // The rest is read and dropped, so the statement ends (or times out) before
                 // the next one: a cancel request could land on the next one instead.
                 while let Ok(Some(_)) = rows.next() {}
-                return Err(Failure::TooLarge);
+                return Err(Failure::Ours(limits.too_large()));
             }
         }
         count += 1;
@@ -357,7 +349,9 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
     // Only an empty one (a comment, say) ends with no command tag at all.
     let changes = columns.is_empty().then(|| rows.rows_affected());
     if changes == Some(None) {
-        return Err(Failure::Empty);
+        return Err(Failure::Ours(
+            Code::Sql.msg("the query holds no SQL statement"),
+        ));
     }
     Ok(QueryOutput {
         body: body.into_bytes(),
@@ -418,22 +412,15 @@ fn numeric_text(raw: &[u8]) -> Option<String> {
         s.push('0');
     }
     for p in (0..=weight).rev() {
-        let d = digit(p)?;
-        let _ = if p == weight {
-            write!(s, "{d}")
-        } else {
-            write!(s, "{d:04}")
-        };
+        let width = if p == weight { 1 } else { 4 };
+        let _ = write!(s, "{:0width$}", digit(p)?);
     }
+    let scale = usize::from(scale);
     if scale > 0 {
-        let mut fraction = String::new();
-        let mut p = -1;
-        while fraction.len() < usize::from(scale) {
-            let _ = write!(fraction, "{:04}", digit(p)?);
-            p -= 1;
-        }
+        let groups = (1..=(scale as i64 + 3) / 4).map(|p| Some(format!("{:04}", digit(-p)?)));
+        let fraction = groups.collect::<Option<String>>()?;
         s.push('.');
-        s.push_str(&fraction[..usize::from(scale)]);
+        s.push_str(&fraction[..scale]);
     }
     Some(s)
 }

@@ -122,8 +122,9 @@ impl Sqlite {
         }))
     }
 
-    fn run(&mut self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let mut stmt = self.conn.prepare(sql)?;
+    fn run(&self, sql: &str) -> Result<QueryOutput, Error> {
+        let fail = |e| self.map_error(e);
+        let mut stmt = self.conn.prepare(sql).map_err(fail)?;
         let writes = !stmt.readonly();
         // `changes()` is left as the last INSERT, UPDATE or DELETE set it, maybe another
         // client's: a statement that changed no row (`CREATE TABLE`, say) reports 0.
@@ -131,14 +132,15 @@ impl Sqlite {
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let mut body = String::new();
         let mut rows = 0;
-        let mut query = stmt.query([])?;
-        while let Some(row) = query.next()? {
+        let mut query = stmt.query([]).map_err(fail)?;
+        while let Some(row) = query.next().map_err(fail)? {
             if rows > 0 {
                 body.push('\n');
             }
             for (i, name) in names.iter().enumerate() {
-                if !push_value(&mut body, name, row.get_ref(i)?, self.limits.max_reply) {
-                    return Err(QueryError::TooLarge);
+                let value = row.get_ref(i).map_err(fail)?;
+                if !push_value(&mut body, name, value, self.limits.max_reply) {
+                    return Err(self.limits.too_large());
                 }
             }
             rows += 1;
@@ -155,16 +157,12 @@ impl Sqlite {
         })
     }
 
-    fn map_error(&self, e: QueryError) -> Error {
+    fn map_error(&self, e: rusqlite::Error) -> Error {
         // A refused function shows as a plain SQLite error, a refused statement as
         // `SQLITE_AUTH`: the authorizer's own record says which, and why.
         if let Some(why) = self.refusal.lock().take() {
             return Code::Forbidden.msg(why);
         }
-        let e = match e {
-            QueryError::TooLarge => return self.limits.too_large(),
-            QueryError::Sql(e) => e,
-        };
         match (e.sqlite_error_code(), e) {
             (Some(ErrorCode::AuthorizationForStatementDenied), _) => {
                 Code::Forbidden.msg("the query uses a feature this server does not allow")
@@ -201,18 +199,7 @@ impl Database for Sqlite {
             self.rolling_back.store(false, Ordering::Relaxed);
             return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
         }
-        result.map_err(|e| self.map_error(e))
-    }
-}
-
-enum QueryError {
-    Sql(rusqlite::Error),
-    TooLarge,
-}
-
-impl From<rusqlite::Error> for QueryError {
-    fn from(e: rusqlite::Error) -> Self {
-        QueryError::Sql(e)
+        result
     }
 }
 
