@@ -113,29 +113,29 @@ impl Postgres {
 
 impl Database for Postgres {
     fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
-        let unavailable = |why: String| {
-            Code::Unavailable.msg(format!("database {} cannot be reached: {why}", self.name))
-        };
+        let name = &self.name;
         if self.owed {
-            if self.replies.try_recv().is_err() {
-                return Err(unavailable("an earlier query still has no answer".into()));
-            }
+            let Ok(_late) = self.replies.try_recv() else {
+                return Err(unavailable(name, "an earlier query still has no answer"));
+            };
             self.owed = false;
         }
         // The thread takes it at once unless it is connecting.
+        let (connect, wait) = (CONNECT_TIMEOUT.as_secs(), self.wait.as_secs_f64());
         if self
             .requests
-            .send_timeout(sql.to_string(), CONNECT_TIMEOUT)
+            .send_timeout(sql.into(), CONNECT_TIMEOUT)
             .is_err()
         {
-            let secs = CONNECT_TIMEOUT.as_secs();
-            return Err(unavailable(format!("not connected again within {secs} s")));
+            return Err(unavailable(
+                name,
+                format!("not connected within {connect} s"),
+            ));
         }
         self.replies.recv_timeout(self.wait).unwrap_or_else(|_| {
-            log::warn!("database {} did not answer in time", self.name);
+            log::warn!("database {name} did not answer in time");
             self.owed = true;
-            let secs = self.wait.as_secs_f64();
-            Err(unavailable(format!("no answer within {secs:.1} s")))
+            Err(unavailable(name, format!("no answer within {wait:.1} s")))
         })
     }
 }
@@ -202,13 +202,13 @@ fn session(
         client = loop {
             let why = match config.connect(NoTls) {
                 Ok(client) => break client,
-                Err(e) => format!("database {name} cannot be reached: {e}"),
+                Err(e) => unavailable(name, e),
             };
             let retry = Instant::now() + backoff;
             backoff = (backoff * 2).min(BACKOFF.1);
             loop {
                 match inbox.recv_deadline(retry) {
-                    Ok(_) if outbox.send(Err(Code::Unavailable.msg(&why))).is_ok() => {}
+                    Ok(_) if outbox.send(Err(why.clone())).is_ok() => {}
                     Err(RecvTimeoutError::Timeout) => break,
                     _ => return,
                 }
@@ -245,8 +245,7 @@ fn serve(
     }
     if let Err(e) = cleaned {
         log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
-        let e = format!("database {name} cannot be reached: {}", message(&e));
-        return (Err(Code::Unavailable.msg(e)), false);
+        return (Err(unavailable(name, message(&e))), false);
     }
     (result, !client.is_closed())
 }
@@ -275,9 +274,7 @@ impl Failure {
             Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE)
             | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
-            None if lost => {
-                Code::Unavailable.msg(format!("database {name} cannot be reached: {e}"))
-            }
+            None if lost => unavailable(name, e),
             _ => Code::Sql.msg(message(&e)),
         }
     }
@@ -423,6 +420,11 @@ fn numeric_text(raw: &[u8]) -> Option<String> {
         s.push_str(&fraction[..scale]);
     }
     Some(s)
+}
+
+/// The reply while the database cannot be reached, saying why.
+fn unavailable(name: &str, why: impl std::fmt::Display) -> Error {
+    Code::Unavailable.msg(format!("database {name} cannot be reached: {why}"))
 }
 
 /// PostgreSQL's own message for a database error, else the client's, on one line.
