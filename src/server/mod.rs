@@ -168,13 +168,13 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         request_timeout: config.request_timeout,
         tls: acceptor,
     });
-    log::info!(
-        "Server {} is starting (processing time {} s, {} worker(s))...",
+    let (id, secs, workers) = (
         config.id,
         config.processing_time.as_secs_f64(),
-        config.workers
+        config.workers,
     );
-    println!("server {} listening on {addr}", config.id);
+    log::info!("Server {id} is starting (processing time {secs} s, {workers} worker(s))...");
+    println!("server {id} listening on {addr}");
 
     let accepting = Arc::clone(&server);
     let accept = std::thread::Builder::new()
@@ -183,10 +183,7 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let _ = shutdown.recv();
-    log::info!(
-        "Server {} stopping: leaving the pool, finishing requests in flight",
-        config.id
-    );
+    log::info!("Server {id} stopping: leaving the pool, finishing requests in flight");
     if let Err(e) = registration.update(&entry, false) {
         log::warn!("{e}");
     }
@@ -208,6 +205,6 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
         let _ = accept.join();
     }
-    log::info!("Server {} stopped", config.id);
+    log::info!("Server {id} stopped");
     Ok(())
 }

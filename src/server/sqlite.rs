@@ -4,21 +4,12 @@
 //! Everything is enforced by SQLite, never by looking at the SQL text: read-only mode (the file
 //! is opened `SQLITE_OPEN_READ_ONLY`), the time limit (a progress handler), the largest string
 //! or blob a query may build (`SQLITE_LIMIT_LENGTH`, so memory stays bounded), and what the
-//! authorizer ([`check`]) refuses while each statement is prepared:
-//!
-//! - `ATTACH`, `DETACH` and `VACUUM` (which attaches its target: `VACUUM INTO '/any/path'`
-//!   would write a file even on a read-only database): a request sees the shared database
-//!   only; `load_extension()`: extension loading stays off;
-//! - pragmas that set a value or act (`PRAGMA journal_mode = DELETE`, `PRAGMA optimize`);
-//!   the schema pragmas and settings read without a value are allowed.
-//!
-//! A worker's connection is shared by every client it serves, so nothing may outlive a
-//! request on it: the authorizer refuses transaction control (an open `BEGIN` would hold the
-//! next clients' writes uncommitted and lock out the other servers' writers), anything in the
-//! `temp` schema, and `last_insert_rowid()`, `changes()`, `total_changes()` (they report an
-//! earlier request's write). A transaction still open after a statement (which the authorizer
-//! should have made impossible) is rolled back and answered `ERR`, so an `OK` for a write
-//! always means the write is committed.
+//! authorizer ([`check`]) refuses while each statement is prepared, each refusal saying why:
+//! what reaches beyond the shared database (`ATTACH`, `VACUUM INTO`, extensions, pragmas that
+//! set or act), and what would outlive the request on the worker's connection, which its next
+//! clients share (transaction control, the `temp` schema, functions that report earlier
+//! writes). A transaction still open after a statement (which the authorizer should have made
+//! impossible) is rolled back and answered `ERR`, so an `OK` for a write means it is committed.
 
 use std::fs;
 use std::io;
