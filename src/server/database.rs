@@ -85,13 +85,9 @@ impl DatabaseConfig {
 pub(crate) fn hide_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         // The `key=value` form.
-        let words = url.split(' ');
-        let hidden = words.map(|w| {
-            if w.starts_with("password=") {
-                "password=***"
-            } else {
-                w
-            }
+        let hidden = url.split(' ').map(|w| match w.split_once('=') {
+            Some(("password", _)) => "password=***",
+            _ => w,
         });
         return hidden.collect::<Vec<_>>().join(" ");
     };

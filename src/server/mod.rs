@@ -143,14 +143,12 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let declared = config.declared_time.unwrap_or(config.processing_time);
     let entry = ServerEntry {
         id: config.id,
         host: config.host.clone(),
         port: addr.port(),
-        processing_time: config
-            .declared_time
-            .unwrap_or(config.processing_time)
-            .as_secs_f64(),
+        processing_time: declared.as_secs_f64(),
         writable: db_config.writable,
         workers: config.workers,
         tls: acceptor.is_some(),
