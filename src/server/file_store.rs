@@ -8,19 +8,16 @@ use std::path::{Path, PathBuf};
 use crate::error::{Code, Error};
 
 /// Longest file name served, in bytes (the usual file-system limit).
-pub const MAX_NAME_LEN: usize = 255;
+const MAX_NAME_LEN: usize = 255;
 
 /// The files folder.
 #[derive(Debug, Clone)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     root: PathBuf,
 }
 
 impl FileStore {
-    /// Opens the folder.
-    ///
-    /// # Errors
-    /// A message when the folder does not exist or is not a folder.
+    /// Opens the folder; a message when it does not exist or is not a folder.
     pub fn new(root: &Path) -> Result<FileStore, String> {
         let root = root.canonicalize().map_err(|e| {
             format!(
@@ -41,27 +38,20 @@ impl FileStore {
     /// folder, [`Code::NotFound`] when there is no such regular file.
     pub fn open(&self, name: &str) -> Result<(File, u64), Error> {
         check_file_name(name)?;
-        let path = self.root.join(name);
         let not_found = || Code::NotFound.msg(format!("no such file: {name}"));
-        let real = match path.canonicalize() {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(Code::Internal.msg(format!("cannot open {name}: {e}"))),
+        let fail = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => not_found(),
+            _ => Code::Internal.msg(format!("cannot open {name}: {e}")),
         };
+        let real = self.root.join(name).canonicalize().map_err(fail)?;
         if !real.starts_with(&self.root) {
             return Err(Code::Forbidden.msg(format!("{name} leads outside the files folder")));
         }
         // Looked at before opening too: opening a FIFO or a device can block, or never end.
-        match fs::metadata(&real) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => return Err(not_found()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(Code::Internal.msg(format!("cannot open {name}: {e}"))),
+        if !fs::metadata(&real).map_err(fail)?.is_file() {
+            return Err(not_found());
         }
-        let file = File::open(&real).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => not_found(),
-            _ => Code::Internal.msg(format!("cannot open {name}: {e}")),
-        })?;
+        let file = File::open(&real).map_err(fail)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(not_found());
@@ -75,7 +65,7 @@ impl FileStore {
 ///
 /// # Errors
 /// [`Code::Forbidden`] saying what is wrong with the name.
-pub fn check_file_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_file_name(name: &str) -> Result<(), Error> {
     let bad = |why: &str| Err(Code::Forbidden.msg(format!("{why}: ask for a plain file name")));
     if name.len() > MAX_NAME_LEN {
         return bad("file name is over 255 bytes");

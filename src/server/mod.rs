@@ -2,16 +2,16 @@
 //! `--workers` requests at a time (one by default), each taking at least `processing_time` (the
 //! server's simulated power).
 //!
-//! Parts: [`handler`] (one connection), [`database`] (the shared database: an SQLite file, or
-//! PostgreSQL in [`postgres`]) and its [`authorizer`] (what SQL may do), [`file_store`] (the
-//! files folder), [`registration`] (the servers file, or joining a balancer over the network).
+//! Parts: [`handler`] (the connections and workers), [`database`] (what both database engines
+//! share: [`sqlite`] and [`postgres`]), [`file_store`] (the files folder), [`registration`] (the
+//! servers file, or joining a balancer over the network).
 
-pub mod authorizer;
-pub mod database;
-pub mod file_store;
-pub mod handler;
+mod database;
+pub(crate) mod file_store;
+mod handler;
 mod postgres;
-pub mod registration;
+mod registration;
+mod sqlite;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use crate::cli::parse_seconds;
 use crate::gauge;
@@ -27,7 +27,10 @@ use crate::servers_file::{ServerEntry, MAX_WORKERS};
 use crate::{tls, token};
 use database::{Database, DatabaseConfig, QueryLimits};
 use file_store::FileStore;
+use handler::Server;
+use postgres::Postgres;
 use registration::Registration;
+use sqlite::Sqlite;
 
 /// After Ctrl-C, how long before the server says what it is still waiting for (balancers
 /// notice it left within a fifth of a second).
@@ -92,65 +95,6 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
 }
 
-/// The server's workers, each a database connection of its own: taking one is what makes a
-/// request run, so at most N run at once.
-pub struct Workers {
-    /// Carries idle workers back (bounded by the number of workers).
-    back: Sender<Database>,
-    /// Hands an idle worker to a request; waits while all are busy.
-    idle: Receiver<Database>,
-}
-
-/// A worker taken by one request; back to the idle ones when dropped, even by a panic.
-pub struct Worker<'a>(Option<Database>, &'a Sender<Database>);
-
-impl Workers {
-    /// Waits for an idle worker.
-    pub fn take(&self) -> Worker<'_> {
-        // `Workers` holds both ends, so the channel never disconnects.
-        Worker(self.idle.recv().ok(), &self.back)
-    }
-}
-
-impl Worker<'_> {
-    /// Its database connection.
-    pub fn db(&mut self) -> &mut Database {
-        self.0
-            .as_mut()
-            .expect("a worker holds its connection until dropped")
-    }
-}
-
-impl Drop for Worker<'_> {
-    fn drop(&mut self) {
-        if let Some(db) = self.0.take() {
-            let _ = self.1.send(db);
-        }
-    }
-}
-
-/// A running server's shared state.
-pub struct Server {
-    /// The server's id, sent in every `OK` header as `server=<id>`.
-    pub id: u32,
-    /// Time each request takes at least.
-    pub processing_time: Duration,
-    /// Its workers, each with its own database connection.
-    pub workers: Workers,
-    /// The files folder.
-    pub files: FileStore,
-    /// Open connections (the balancer's and direct clients').
-    pub connections: AtomicUsize,
-    /// Requests read and not yet fully answered.
-    pub in_flight: AtomicUsize,
-    /// Set after the grace period: the accept loop ends at its next wake-up.
-    pub stopping: AtomicBool,
-    /// How long a request line may take to arrive, from its first byte (0: no limit).
-    pub request_timeout: Duration,
-    /// With `--tls-cert`: each connection starts with a TLS handshake.
-    pub tls: Option<tls::Acceptor>,
-}
-
 /// Runs a server until a message arrives on `shutdown`, then finishes the request in hand,
 /// removes itself from the servers file and returns.
 ///
@@ -181,7 +125,14 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     let db_config = DatabaseConfig::load(&config.db)?;
     let (back, idle) = crossbeam_channel::bounded(config.workers);
     for _ in 0..config.workers {
-        let _ = back.send(Database::open(&db_config, config.limits)?);
+        let db: Box<dyn Database> = match (&db_config.path, &db_config.url) {
+            (Some(path), _) => Box::new(Sqlite::open(path, &db_config, config.limits)?),
+            (None, url) => {
+                let url = url.as_deref().unwrap_or_default();
+                Box::new(Postgres::open(url, &db_config, config.limits)?)
+            }
+        };
+        let _ = back.send(db);
     }
     log::info!("Connected to database {} successfully", db_config.name());
     let files = FileStore::new(&config.files)?;
@@ -192,23 +143,22 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let declared = config.declared_time.unwrap_or(config.processing_time);
     let entry = ServerEntry {
         id: config.id,
         host: config.host.clone(),
         port: addr.port(),
-        processing_time: config
-            .declared_time
-            .unwrap_or(config.processing_time)
-            .as_secs_f64(),
+        processing_time: declared.as_secs_f64(),
         writable: db_config.writable,
         workers: config.workers,
         tls: acceptor.is_some(),
     };
-    registration.register(&entry)?;
+    registration.update(&entry, true)?;
     let server = Arc::new(Server {
         id: config.id,
         processing_time: config.processing_time,
-        workers: Workers { back, idle },
+        back,
+        idle,
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
@@ -216,26 +166,23 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         request_timeout: config.request_timeout,
         tls: acceptor,
     });
-    log::info!(
-        "Server {} is starting (processing time {} s, {} worker(s))...",
+    let (id, secs, workers) = (
         config.id,
         config.processing_time.as_secs_f64(),
-        config.workers
+        config.workers,
     );
-    println!("server {} listening on {addr}", config.id);
+    log::info!("Server {id} is starting (processing time {secs} s, {workers} worker(s))...");
+    println!("server {id} listening on {addr}");
 
     let accepting = Arc::clone(&server);
     let accept = std::thread::Builder::new()
         .name("accept".into())
-        .spawn(move || accept_loop(&accepting, &listener))
+        .spawn(move || handler::accept_loop(&accepting, &listener))
         .map_err(|e| e.to_string())?;
 
     let _ = shutdown.recv();
-    log::info!(
-        "Server {} stopping: leaving the pool, finishing requests in flight",
-        config.id
-    );
-    if let Err(e) = registration.deregister(&entry) {
+    log::info!("Server {id} stopping: leaving the pool, finishing requests in flight");
+    if let Err(e) = registration.update(&entry, false) {
         log::warn!("{e}");
     }
     // Keep answering until every balancer has let go (a balancer that is itself stopping
@@ -256,31 +203,6 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
         let _ = accept.join();
     }
-    log::info!("Server {} stopped", config.id);
+    log::info!("Server {id} stopped");
     Ok(())
-}
-
-fn accept_loop(server: &Arc<Server>, listener: &TcpListener) {
-    for stream in listener.incoming() {
-        if server.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match stream {
-            Ok(stream) => {
-                let server = Arc::clone(server);
-                let spawned = std::thread::Builder::new()
-                    .name("connection".into())
-                    .stack_size(256 * 1024)
-                    .spawn(move || handler::serve_connection(&server, stream));
-                if let Err(e) = spawned {
-                    log::error!("cannot start a thread for a connection: {e}");
-                }
-            }
-            Err(e) => {
-                log::warn!("accept failed: {e}");
-                // Out of file descriptors, say: back off instead of spinning.
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
 }

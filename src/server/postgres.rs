@@ -9,13 +9,13 @@
 //! temp tables, prepared statements, advisory locks, cursors); it fails inside a transaction,
 //! which is how a `BEGIN` left open shows: it is rolled back and answered `ERR`.
 //!
-//! A lost connection answers `ERR unavailable` and is opened again at a later request, no
-//! sooner than a backoff (so a database that is down costs each request one quick refusal).
-//! Each connection lives on a thread of its own, so that a database frozen mid-query costs a
-//! worker the time limit plus [`MARGIN`], not the rest of its life.
+//! Each worker's connection lives on a session thread of its own, so that a database frozen
+//! mid-query costs a request the time limit plus [`MARGIN`], not the worker the rest of its
+//! life: the worker stops waiting, and refuses requests at once until the late reply comes.
+//! A lost connection is opened again by the session thread, which refuses requests at once
+//! between attempts (so a database that is down costs each request one quick refusal).
 
 use std::fmt::Write as _;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::postgres::error::SqlState;
@@ -25,33 +25,33 @@ use ::postgres::{Client, Config, NoTls};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 
-use super::database::{
-    create_table, push_value, read_seed, DatabaseConfig, QueryLimits, QueryOutput,
-};
+use super::database::{create_table, hide_password, push_value, read_seed, Database};
+use super::database::{DatabaseConfig, QueryLimits, QueryOutput};
 use crate::error::{Code, Error};
 
-/// Longest wait for a connection and its start-up, at start and on each reconnect.
+/// Longest wait for a connection and its start-up, and for the session thread to take a
+/// request while it connects.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between two reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 /// How long past the time limit (when PostgreSQL cancels the statement) a reply may take.
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// One connection to a PostgreSQL database.
+type Reply = Result<QueryOutput, Error>;
+
+/// A worker's end of its session thread.
 pub(crate) struct Postgres {
-    config: Config,
     /// The URL with its password hidden, for messages.
     name: String,
-    limits: QueryLimits,
-    /// None after the connection was lost or given up on, until a reconnection works.
-    session: Option<Session>,
-    /// The thread of a session given up on mid-query, until its query returns: while it
-    /// waits, no new connection is opened (one stuck thread per worker at most).
-    abandoned: Option<JoinHandle<()>>,
-    /// A reconnection still waiting for the database to answer.
-    connecting: Option<Attempt>,
-    retry_at: Instant,
-    backoff: Duration,
+    /// The time limit plus [`MARGIN`].
+    wait: Duration,
+    /// Carries each request's SQL to the session thread (rendezvous: taken only when the
+    /// thread is ready for it).
+    requests: Sender<String>,
+    /// Carries each reply back.
+    replies: Receiver<Reply>,
+    /// A reply given up on has not come yet: the session thread is still on its query.
+    owed: bool,
 }
 
 impl Postgres {
@@ -77,152 +77,145 @@ impl Postgres {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
-        let mut client = finish_connect(&start_connect(&config)?)
-            .unwrap_or_else(|| Err(silent()))
-            .map_err(|e| format!("cannot connect to database {name}: {e}"))?;
-        let fail = |e: ::postgres::Error| format!("database {name}: {}", message(&e));
+        // The crate's timeout covers the TCP connect only: a database that accepts and then
+        // says nothing (frozen, or another service on its port) would hang the start for good.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let attempt = config.clone();
+        spawn("db-connect", move || drop(tx.send(attempt.connect(NoTls))))?;
+        let mut client = match rx.recv_timeout(CONNECT_TIMEOUT) {
+            Ok(connected) => connected.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "it accepted the connection but sent no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+        .map_err(|e| format!("cannot connect to database {name}: {e}"))?;
         if db.writable {
             seed(&mut client, &db.seed).map_err(|e| format!("database {name}: {e}"))?;
         } else {
-            let row = client
-                .query_one(
-                    "SELECT to_regclass('colors') IS NOT NULL, current_user::text",
-                    &[],
-                )
-                .map_err(fail)?;
-            let (exists, user): (bool, String) = (row.get(0), row.get(1));
-            if !exists {
-                return Err(format!("database {name} has no COLORS table, and a read-only server cannot create it: start a writable server on it first, or create and fill the table yourself"));
-            }
-            let can_write: bool = client
-                .query_one(
-                    "SELECT coalesce(has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
-                     OR has_schema_privilege(current_schema(), 'CREATE') \
-                     OR has_database_privilege(current_database(), 'CREATE'), false)",
-                    &[],
-                )
-                .map_err(fail)?
-                .get(0);
-            if can_write {
-                return Err(format!("database {name}: role {user} can write, but database.json says \"writable\": false; connect as a role with SELECT only (see the README), or set \"writable\": true"));
-            }
+            check_read_only(&mut client, &name)?;
         }
-        Ok(Postgres {
-            config,
-            limits,
-            session: Some(Session::start(client, limits, name.clone())?),
-            name,
-            abandoned: None,
-            connecting: None,
-            retry_at: Instant::now(),
-            backoff: BACKOFF.0,
-        })
-    }
-
-    /// Runs one statement, then clears the session; see [`super::database::Database::query`].
-    pub(crate) fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
-        let wait = self.limits.timeout + MARGIN;
-        let session = self.connected()?;
-        let outcome = match session.requests.send(sql.to_string()) {
-            Ok(()) => session.replies.recv_timeout(wait),
-            Err(_) => Err(RecvTimeoutError::Disconnected),
-        };
-        match outcome {
-            Ok((reply, keep)) => {
-                if !keep {
-                    log::warn!("lost the connection to database {}", self.name);
-                    self.session = None;
-                }
-                reply
-            }
-            Err(_) => {
-                // Its thread ends when the query returns, if ever: nobody is listening then.
-                log::warn!(
-                    "database {} did not answer in time; reconnecting",
-                    self.name
-                );
-                self.abandoned = self.session.take().map(|s| s.thread);
-                Err(Code::Unavailable.msg(format!(
-                    "database {} cannot be reached: no answer within {:.1} s",
-                    self.name,
-                    wait.as_secs_f64()
-                )))
-            }
-        }
-    }
-
-    /// The connection, opened again if it was lost and the backoff has passed.
-    fn connected(&mut self) -> Result<&Session, Error> {
-        if self.session.is_none() {
-            let unavailable = |e: &dyn std::fmt::Display| {
-                Code::Unavailable.msg(format!("database {} cannot be reached: {e}", self.name))
-            };
-            if self.abandoned.as_ref().is_some_and(|t| !t.is_finished()) {
-                return Err(unavailable(&"an earlier query still has no answer"));
-            }
-            self.abandoned = None;
-            if Instant::now() < self.retry_at {
-                return Err(unavailable(&"reconnecting"));
-            }
-            if self.connecting.is_none() {
-                self.connecting = Some(start_connect(&self.config).map_err(|e| unavailable(&e))?);
-            }
-            match self.connecting.as_ref().and_then(finish_connect) {
-                Some(Ok(client)) => {
-                    log::info!("connected to database {} again", self.name);
-                    self.connecting = None;
-                    self.backoff = BACKOFF.0;
-                    let session = Session::start(client, self.limits, self.name.clone());
-                    self.session = Some(session.map_err(|e| unavailable(&e))?);
-                }
-                failed => {
-                    // A silent attempt is kept: one thread per worker, not one per request.
-                    if failed.is_some() {
-                        self.connecting = None;
-                    }
-                    self.retry_at = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(BACKOFF.1);
-                    let why = failed.and_then(Result::err).unwrap_or_else(silent);
-                    return Err(unavailable(&why));
-                }
-            }
-        }
-        self.session
-            .as_ref()
-            .ok_or_else(|| Code::Internal.msg("no database connection"))
-    }
-}
-
-/// A connection and the thread that owns it and runs its requests.
-struct Session {
-    /// Carries each request's SQL to the thread.
-    requests: Sender<String>,
-    /// Carries each reply back, with whether the connection is still good.
-    replies: Receiver<(Result<QueryOutput, Error>, bool)>,
-    thread: JoinHandle<()>,
-}
-
-impl Session {
-    fn start(mut client: Client, limits: QueryLimits, name: String) -> Result<Session, String> {
-        let (requests, inbox) = crossbeam_channel::bounded::<String>(1);
+        let (requests, inbox) = crossbeam_channel::bounded(0);
         let (outbox, replies) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("db-session".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for sql in inbox {
-                    let (reply, keep) = serve(&mut client, &sql, limits, &name);
-                    if outbox.send((reply, keep)).is_err() || !keep {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start a thread for the database connection: {e}"))?;
-        Ok(Session {
+        let thread_name = name.clone();
+        spawn("db-session", move || {
+            session(&config, client, &inbox, &outbox, limits, &thread_name);
+        })?;
+        Ok(Postgres {
+            name,
+            wait: limits.timeout + MARGIN,
             requests,
             replies,
-            thread,
+            owed: false,
         })
+    }
+}
+
+impl Database for Postgres {
+    fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
+        let name = &self.name;
+        if self.owed {
+            let Ok(_late) = self.replies.try_recv() else {
+                return Err(unavailable(name, "an earlier query still has no answer"));
+            };
+            self.owed = false;
+        }
+        // The thread takes it at once unless it is connecting.
+        let (connect, wait) = (CONNECT_TIMEOUT.as_secs(), self.wait.as_secs_f64());
+        if self
+            .requests
+            .send_timeout(sql.into(), CONNECT_TIMEOUT)
+            .is_err()
+        {
+            return Err(unavailable(
+                name,
+                format!("not connected within {connect} s"),
+            ));
+        }
+        self.replies.recv_timeout(self.wait).unwrap_or_else(|_| {
+            log::warn!("database {name} did not answer in time");
+            self.owed = true;
+            Err(unavailable(name, format!("no answer within {wait:.1} s")))
+        })
+    }
+}
+
+fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    let thread = std::thread::Builder::new().name(name.into());
+    match thread.stack_size(256 * 1024).spawn(run) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot start a thread for the database: {e}")),
+    }
+}
+
+/// Refuses to start read-only on a role that can write, or with no table to read.
+fn check_read_only(client: &mut Client, name: &str) -> Result<(), String> {
+    let fail = |e: ::postgres::Error| format!("database {name}: {}", message(&e));
+    let row = client
+        .query_one(
+            "SELECT to_regclass('colors') IS NOT NULL, current_user::text",
+            &[],
+        )
+        .map_err(fail)?;
+    let (exists, user): (bool, String) = (row.get(0), row.get(1));
+    if !exists {
+        return Err(format!("database {name} has no COLORS table, and a read-only server cannot create it: start a writable server on it first, or create and fill the table yourself"));
+    }
+    let can_write: bool = client
+        .query_one(
+            "SELECT coalesce(has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
+             OR has_schema_privilege(current_schema(), 'CREATE') \
+             OR has_database_privilege(current_database(), 'CREATE'), false)",
+            &[],
+        )
+        .map_err(fail)?
+        .get(0);
+    if can_write {
+        return Err(format!("database {name}: role {user} can write, but database.json says \"writable\": false; connect as a role with SELECT only (see the README), or set \"writable\": true"));
+    }
+    Ok(())
+}
+
+/// The session thread: runs each request on the connection; when it is lost, connects again,
+/// refusing requests at once between attempts. Ends when the worker is gone.
+fn session(
+    config: &Config,
+    mut client: Client,
+    inbox: &Receiver<String>,
+    outbox: &Sender<Reply>,
+    limits: QueryLimits,
+    name: &str,
+) {
+    let mut backoff = BACKOFF.0;
+    loop {
+        loop {
+            let Ok(sql) = inbox.recv() else { return };
+            let (reply, keep) = serve(&mut client, &sql, limits, name);
+            if outbox.send(reply).is_err() {
+                return;
+            }
+            if !keep {
+                break;
+            }
+        }
+        log::warn!("lost the connection to database {name}");
+        client = loop {
+            let why = match config.connect(NoTls) {
+                Ok(client) => break client,
+                Err(e) => unavailable(name, e),
+            };
+            let retry = Instant::now() + backoff;
+            backoff = (backoff * 2).min(BACKOFF.1);
+            loop {
+                match inbox.recv_deadline(retry) {
+                    Ok(_) if outbox.send(Err(why.clone())).is_ok() => {}
+                    Err(RecvTimeoutError::Timeout) => break,
+                    _ => return,
+                }
+            }
+        };
+        log::info!("connected to database {name} again");
+        backoff = BACKOFF.0;
     }
 }
 
@@ -252,50 +245,15 @@ fn serve(
     }
     if let Err(e) = cleaned {
         log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
-        let e = format!("database {name} cannot be reached: {}", message(&e));
-        return (Err(Code::Unavailable.msg(e)), false);
+        return (Err(unavailable(name, message(&e))), false);
     }
     (result, !client.is_closed())
 }
 
-/// Carries a connection attempt's outcome from its thread.
-type Attempt = Receiver<Result<Client, ::postgres::Error>>;
-
-/// Starts connecting on a thread of its own: the crate's timeout covers the TCP connect only,
-/// so a database that accepts and then says nothing (frozen, or another service on its port)
-/// would hang the caller for good. The thread ends when its socket does.
-fn start_connect(config: &Config) -> Result<Attempt, String> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let config = config.clone();
-    std::thread::Builder::new()
-        .name("db-connect".into())
-        .spawn(move || drop(tx.send(config.connect(NoTls))))
-        .map_err(|e| format!("cannot start a thread to connect to the database: {e}"))?;
-    Ok(rx)
-}
-
-/// The attempt's outcome, waiting at most [`CONNECT_TIMEOUT`]; `None` while it still waits.
-fn finish_connect(attempt: &Attempt) -> Option<Result<Client, String>> {
-    match attempt.recv_timeout(CONNECT_TIMEOUT) {
-        Ok(outcome) => Some(outcome.map_err(|e| e.to_string())),
-        Err(RecvTimeoutError::Timeout) => None,
-        Err(RecvTimeoutError::Disconnected) => Some(Err("the connecting thread failed".into())),
-    }
-}
-
-fn silent() -> String {
-    let secs = CONNECT_TIMEOUT.as_secs();
-    format!("it accepted the connection but sent no answer within {secs} s")
-}
-
-/// Why a query failed.
+/// Why a query failed: PostgreSQL's error, or ours.
 enum Failure {
     Pg(::postgres::Error),
-    TooLarge,
-    /// A column of a type with no text form here.
-    Unshowable(String),
-    /// No statement at all.
-    Empty,
+    Ours(Error),
 }
 
 impl From<::postgres::Error> for Failure {
@@ -307,9 +265,7 @@ impl From<::postgres::Error> for Failure {
 impl Failure {
     fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
         let e = match self {
-            Failure::TooLarge => return limits.too_large(),
-            Failure::Unshowable(column) => return Code::Sql.msg(column),
-            Failure::Empty => return Code::Sql.msg("the query holds no SQL statement"),
+            Failure::Ours(e) => return e,
             Failure::Pg(e) => e,
         };
         let lost = e.is_closed()
@@ -318,9 +274,7 @@ impl Failure {
             Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE)
             | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
-            None if lost => {
-                Code::Unavailable.msg(format!("database {name} cannot be reached: {e}"))
-            }
+            None if lost => unavailable(name, e),
             _ => Code::Sql.msg(message(&e)),
         }
     }
@@ -331,12 +285,10 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
     let statement = client.prepare(sql)?;
     let columns = statement.columns();
     if let Some(c) = columns.iter().find(|c| !shown(c.type_())) {
-        return Err(Failure::Unshowable(format!(
-            "column {} is of type {}, which this server does not show: cast it to text ({}::text)",
-            c.name(),
-            c.type_(),
-            c.name()
-        )));
+        let (name, kind) = (c.name(), c.type_());
+        return Err(Failure::Ours(Code::Sql.msg(format!(
+            "column {name} is of type {kind}, which this server does not show: cast it to text ({name}::text)"
+        ))));
     }
     let mut rows = client.query_raw(&statement, std::iter::empty::<i32>())?;
     let mut body = String::new();
@@ -382,7 +334,7 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
                 // The rest is read and dropped, so the statement ends (or times out) before
                 // the next one: a cancel request could land on the next one instead.
                 while let Ok(Some(_)) = rows.next() {}
-                return Err(Failure::TooLarge);
+                return Err(Failure::Ours(limits.too_large()));
             }
         }
         count += 1;
@@ -394,7 +346,9 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutpu
     // Only an empty one (a comment, say) ends with no command tag at all.
     let changes = columns.is_empty().then(|| rows.rows_affected());
     if changes == Some(None) {
-        return Err(Failure::Empty);
+        return Err(Failure::Ours(
+            Code::Sql.msg("the query holds no SQL statement"),
+        ));
     }
     Ok(QueryOutput {
         body: body.into_bytes(),
@@ -455,53 +409,28 @@ fn numeric_text(raw: &[u8]) -> Option<String> {
         s.push('0');
     }
     for p in (0..=weight).rev() {
-        let d = digit(p)?;
-        let _ = if p == weight {
-            write!(s, "{d}")
-        } else {
-            write!(s, "{d:04}")
-        };
+        let width = if p == weight { 1 } else { 4 };
+        let _ = write!(s, "{:0width$}", digit(p)?);
     }
+    let scale = usize::from(scale);
     if scale > 0 {
-        let mut fraction = String::new();
-        let mut p = -1;
-        while fraction.len() < usize::from(scale) {
-            let _ = write!(fraction, "{:04}", digit(p)?);
-            p -= 1;
-        }
+        let groups = (1..=(scale as i64 + 3) / 4).map(|p| Some(format!("{:04}", digit(-p)?)));
+        let fraction = groups.collect::<Option<String>>()?;
         s.push('.');
-        s.push_str(&fraction[..usize::from(scale)]);
+        s.push_str(&fraction[..scale]);
     }
     Some(s)
+}
+
+/// The reply while the database cannot be reached, saying why.
+fn unavailable(name: &str, why: impl std::fmt::Display) -> Error {
+    Code::Unavailable.msg(format!("database {name} cannot be reached: {why}"))
 }
 
 /// PostgreSQL's own message for a database error, else the client's, on one line.
 fn message(e: &::postgres::Error) -> String {
     e.as_db_error()
         .map_or_else(|| e.to_string(), |db| db.message().to_string())
-}
-
-/// `url` with its password replaced by `***`, for messages and logs.
-pub(crate) fn hide_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // The `key=value` form.
-        let words = url.split(' ');
-        let hidden = words.map(|w| {
-            if w.starts_with("password=") {
-                "password=***"
-            } else {
-                w
-            }
-        });
-        return hidden.collect::<Vec<_>>().join(" ");
-    };
-    match rest.split_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// Creates and fills `COLORS` when missing, under a lock so that servers starting together
@@ -563,21 +492,5 @@ mod tests {
         // Cut short: no panic, no text.
         assert_eq!(numeric(&[2, 1, 0, 0, 1]), None);
         assert_eq!(numeric_text(&[0, 1]), None);
-    }
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            hide_password("postgres://minilb:s3cret@db:5432/colors"),
-            "postgres://minilb:***@db:5432/colors"
-        );
-        assert_eq!(
-            hide_password("postgres://minilb@db/colors"),
-            "postgres://minilb@db/colors"
-        );
-        assert_eq!(
-            hide_password("host=db user=x password=y"),
-            "host=db user=x password=***"
-        );
     }
 }

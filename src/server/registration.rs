@@ -13,66 +13,41 @@ use crate::tls::{Connector, Stream};
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where this server is registered.
-#[derive(Debug, Clone)]
-pub enum Registration {
+pub(crate) enum Registration {
     /// In a servers file shared with the balancer.
     File(PathBuf),
-    /// With a balancer's admin listener at `admin` (`host:port`), presenting `token`.
+    /// With a balancer's admin listener at `admin` (`host:port`), presenting `token`; with
+    /// `tls` (`--ca`), over HTTPS, verifying the balancer's certificate.
     Join {
-        /// The admin listener's address.
         admin: String,
-        /// The shared secret, if any.
         token: Option<String>,
-        /// With `--ca`: speak HTTPS, verifying the balancer's certificate.
         tls: Option<Connector>,
     },
 }
 
 impl Registration {
-    /// Records `entry`.
-    ///
-    /// # Errors
-    /// A message saying what failed and what to do.
-    pub fn register(&self, entry: &ServerEntry) -> Result<(), String> {
+    /// Records `entry` (`joining`) or removes it; a message saying what failed.
+    pub fn update(&self, entry: &ServerEntry, joining: bool) -> Result<(), String> {
+        let (verb, preposition) = match joining {
+            true => ("record this server in", "join"),
+            false => ("remove this server from", "leave"),
+        };
         match self {
-            Registration::File(path) => servers_file::register(path, entry)
-                .map_err(|e| format!("cannot record this server in {}: {e}", path.display())),
-            Registration::Join { admin, token, tls } => {
-                let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-                http(
-                    admin,
-                    tls.as_ref(),
-                    "POST",
-                    "/servers",
-                    token.as_deref(),
-                    &body,
-                )
-                .map_err(|e| format!("cannot join the balancer at {admin}: {e}"))
+            Registration::File(path) => match joining {
+                true => servers_file::register(path, entry),
+                false => servers_file::deregister(path, entry.id, entry.port),
             }
-        }
-    }
-
-    /// Removes `entry`.
-    ///
-    /// # Errors
-    /// A message saying what failed.
-    pub fn deregister(&self, entry: &ServerEntry) -> Result<(), String> {
-        match self {
-            Registration::File(path) => servers_file::deregister(path, entry.id, entry.port)
-                .map_err(|e| format!("cannot remove this server from {}: {e}", path.display())),
+            .map_err(|e| format!("cannot {verb} {}: {e}", path.display())),
             Registration::Join { admin, token, tls } => {
-                // The entry says which process leaves, should a newer one have the same id.
-                let path = format!("/servers/{}", entry.id);
+                // On leaving, the entry says which process leaves, should a newer one have
+                // the same id.
+                let (method, path) = match joining {
+                    true => ("POST", "/servers".to_string()),
+                    false => ("DELETE", format!("/servers/{}", entry.id)),
+                };
                 let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
-                http(
-                    admin,
-                    tls.as_ref(),
-                    "DELETE",
-                    &path,
-                    token.as_deref(),
-                    &body,
-                )
-                .map_err(|e| format!("cannot leave the balancer at {admin}: {e}"))
+                http(admin, tls.as_ref(), method, &path, token.as_deref(), &body)
+                    .map_err(|e| format!("cannot {preposition} the balancer at {admin}: {e}"))
             }
         }
     }
@@ -98,21 +73,16 @@ fn http(
         None => Stream::Plain(tcp),
         Some(tls) => tls.connect(tcp, HTTP_TIMEOUT).map_err(|e| e.to_string())?,
     };
-    stream
-        .set_read_timeout(Some(HTTP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
     let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     stream
-        .take(64 * 1024)
-        .read_to_end(&mut answer)
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .and_then(|()| (&mut stream).take(64 * 1024).read_to_end(&mut answer))
         .map_err(|e| e.to_string())?;
     let answer = String::from_utf8_lossy(&answer);
     let status = answer
