@@ -1,8 +1,9 @@
 //! The balancer's state reported two ways: JSON for `GET /status` (and the dashboard), and
-//! the Prometheus text format for `GET /metrics`, which reports the same figures, read once.
+//! the Prometheus text format for `GET /metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -12,24 +13,52 @@ use crate::balancer::Balancer;
 use crate::error::Code;
 use crate::idle_queue::{Membership, Snapshot};
 
+/// A server's state as shown to people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In the pool, idle or busy.
+    Up,
+    /// Finishing its requests in flight, then leaving.
+    Draining,
+    /// Listed, not in the pool (being reconnected).
+    Down,
+}
+
+/// One listed server as the status page sees it: its live state and where the queue has it.
+struct Row<'a> {
+    server: &'a Backend,
+    state: State,
+    /// Its workers handling a request (or being re-probed); none while it is out of the pool.
+    in_flight: usize,
+}
+
+/// Every listed server with its state as `queue` saw it.
+fn rows<'a>(queue: &Snapshot, servers: &'a [Arc<Backend>]) -> Vec<Row<'a>> {
+    let row = |server: &'a Arc<Backend>| {
+        let state = match queue.members.iter().find(|(id, _)| *id == server.id) {
+            Some((_, Membership::Active)) => State::Up,
+            Some((_, Membership::Draining)) => State::Draining,
+            None => State::Down,
+        };
+        let in_flight = match state {
+            State::Down => 0,
+            _ => server.in_flight.load(Relaxed),
+        };
+        Row {
+            server,
+            state,
+            in_flight,
+        }
+    };
+    servers.iter().map(row).collect()
+}
+
 /// `GET /status`: every server, the queue, clients, totals, uptime, the policy, the recent
 /// decisions and the timeline.
 pub fn status(lb: &Balancer) -> Value {
-    let mut status = figures(lb);
-    status["decisions"] = json!(lb.stats.decisions(lb.queue.policy));
-    status["timeline"] = json!({
-        "window_seconds": TIMELINE_WINDOW.as_secs_f64(),
-        "cap": TIMELINE_CAP,
-        "requests": lb.stats.timeline(),
-    });
-    status
-}
-
-/// The figures `/status` and `/metrics` share.
-fn figures(lb: &Balancer) -> Value {
     let queue = lb.queue.snapshot();
-    let servers = lb.stats.servers();
-    let servers: Vec<Value> = servers.iter().map(|s| server_status(s, &queue)).collect();
+    let listed = lb.stats.servers();
+    let servers: Vec<Value> = rows(&queue, &listed).iter().map(server_status).collect();
     let mut errors = serde_json::Map::new();
     let (mut client_errors, mut server_errors) = (0, 0);
     for (code, n) in Code::ALL.into_iter().zip(&lb.stats.errors) {
@@ -57,14 +86,18 @@ fn figures(lb: &Balancer) -> Value {
             "server_errors": server_errors,
         },
         "servers": servers,
+        "decisions": lb.stats.decisions(lb.queue.policy),
+        "timeline": {
+            "window_seconds": TIMELINE_WINDOW.as_secs_f64(),
+            "cap": TIMELINE_CAP,
+            "requests": lb.stats.timeline(),
+        },
     })
 }
 
 /// One listed server: its settings, its live state, and where the queue has it.
-fn server_status(s: &Backend, queue: &Snapshot) -> Value {
-    let member = queue.members.iter().find(|(id, _)| *id == s.id);
-    // Its workers handling a request (or being re-probed); none while it is out of the pool.
-    let in_flight = member.map_or(0, |_| s.in_flight.load(Relaxed));
+fn server_status(row: &Row) -> Value {
+    let (s, in_flight) = (row.server, row.in_flight);
     let current = s.current_request.load(Relaxed);
     json!({
         "id": s.id,
@@ -72,10 +105,10 @@ fn server_status(s: &Backend, queue: &Snapshot) -> Value {
         "processing_time": s.processing_time.as_secs_f64(),
         "measured_time": s.measured().map(|m| m.as_secs_f64()),
         "declaration_off": s.declaration_off(),
-        "state": match member {
-            Some((_, Membership::Active)) => "up",
-            Some((_, Membership::Draining)) => "draining",
-            None => "down",
+        "state": match row.state {
+            State::Up => "up",
+            State::Draining => "draining",
+            State::Down => "down",
         },
         "workers": s.workers,
         "in_flight": in_flight,
@@ -93,74 +126,115 @@ fn server_status(s: &Backend, queue: &Snapshot) -> Value {
     })
 }
 
-/// The families of `/metrics` reported from [`figures`], a line each: name after `minilb_`,
-/// where its value is (a field of each server, or a JSON pointer for the ones reported
-/// once), help. Names ending in `_total` are counters, the others gauges.
-const PER_SERVER: &str = "\
-server_requests_total requests Replies relayed from the server.
-server_errors_total errors Failures of the server: broken connections or replies, ERR replies not caused by the request.
-server_client_errors_total client_errors ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).
-server_bytes_total bytes Reply body bytes relayed from the server.
-server_stray_total stray Times the server sent bytes no request asked for; each closed its connection.
-server_up state 1 if the server is in the pool.
-server_in_flight in_flight The server's workers handling a request (or being re-probed).
-server_workers workers Requests the server processes at once.
-server_declared_seconds processing_time The server's declared processing time.
-server_measured_seconds measured_time Moving average of the server's measured service time.";
-const TOTALS: &str = "\
-replies_total /totals/replies Replies sent to clients.
-queue_length /queue/length Requests waiting for an idle server.
-queue_longest_wait_seconds /queue/longest_wait_seconds How long the first request in line has waited.
-clients_connected /clients Client connections open.
-requests_in_flight /in_flight Requests read and not yet answered.
-uptime_seconds /uptime_seconds Seconds since the balancer started.";
+/// A per-server family of `/metrics`: name after `minilb_` (those ending in `_total` are
+/// counters, the others gauges), help, and how a row gives its value.
+type Family = (&'static str, &'static str, fn(&Row) -> f64);
 
-/// The lines of a table of families: name, where its value is, help.
-fn families(
-    table: &'static str,
-) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
-    table.lines().filter_map(|line| {
-        let mut words = line.splitn(3, ' ');
-        Some((words.next()?, words.next()?, words.next()?))
-    })
-}
+/// Every per-server family of `/metrics`.
+const PER_SERVER: [Family; 10] = [
+    ("server_requests_total", "Replies relayed from the server.", |r| {
+        count(&r.server.requests)
+    }),
+    (
+        "server_errors_total",
+        "Failures of the server: broken connections or replies, ERR replies not caused by the request.",
+        |r| count(&r.server.errors),
+    ),
+    (
+        "server_client_errors_total",
+        "ERR replies from the server caused by the request (bad_request, not_found, forbidden, too_large, sql).",
+        |r| count(&r.server.client_errors),
+    ),
+    ("server_bytes_total", "Reply body bytes relayed from the server.", |r| {
+        count(&r.server.bytes)
+    }),
+    (
+        "server_stray_total",
+        "Times the server sent bytes no request asked for; each closed its connection.",
+        |r| count(&r.server.stray),
+    ),
+    ("server_up", "1 if the server is in the pool.", |r| {
+        f64::from(u8::from(r.state == State::Up))
+    }),
+    (
+        "server_in_flight",
+        "The server's workers handling a request (or being re-probed).",
+        |r| r.in_flight as f64,
+    ),
+    ("server_workers", "Requests the server processes at once.", |r| {
+        r.server.workers as f64
+    }),
+    ("server_declared_seconds", "The server's declared processing time.", |r| {
+        r.server.processing_time.as_secs_f64()
+    }),
+    (
+        "server_measured_seconds",
+        "Moving average of the server's measured service time.",
+        |r| r.server.measured().map_or(f64::NAN, |d| d.as_secs_f64()),
+    ),
+];
 
-/// A figure as a sample's value: a number, 1 for the state `up` (0 for another), NaN for none.
-fn value(figure: &Value) -> f64 {
-    match figure {
-        Value::String(state) => f64::from(u8::from(state == "up")),
-        figure => figure.as_f64().unwrap_or(f64::NAN),
-    }
+fn count(n: &AtomicU64) -> f64 {
+    n.load(Relaxed) as f64
 }
 
 /// `GET /metrics`: the same figures in the Prometheus text format (version 0.0.4).
 pub fn metrics(lb: &Balancer) -> String {
-    let figures = figures(lb);
-    let servers = figures["servers"].as_array().map_or(&[][..], Vec::as_slice);
+    let queue = lb.queue.snapshot();
+    let listed = lb.stats.servers();
+    let rows = rows(&queue, &listed);
     let mut m = String::new();
-    for (name, field, help) in families(PER_SERVER) {
+    for (name, help, value) in PER_SERVER {
         let name = family(&mut m, name, help);
-        for s in servers {
-            let series = format!("{name}{{server=\"{}\"}}", s["id"]);
-            sample(&mut m, &series, value(&s[field]));
+        for row in &rows {
+            let series = format!("{name}{{server=\"{}\"}}", row.server.id);
+            sample(&mut m, &series, value(row));
         }
     }
-    for (name, pointer, help) in families(TOTALS) {
+    let once = [
+        (
+            "replies_total",
+            "Replies sent to clients.",
+            count(&lb.stats.replies),
+        ),
+        (
+            "queue_length",
+            "Requests waiting for an idle server.",
+            queue.waiting as f64,
+        ),
+        (
+            "queue_longest_wait_seconds",
+            "How long the first request in line has waited.",
+            queue.longest_wait.as_secs_f64(),
+        ),
+        (
+            "clients_connected",
+            "Client connections open.",
+            lb.clients.load(Relaxed) as f64,
+        ),
+        (
+            "requests_in_flight",
+            "Requests read and not yet answered.",
+            lb.in_flight.load(Relaxed) as f64,
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since the balancer started.",
+            lb.stats.started.elapsed().as_secs_f64(),
+        ),
+    ];
+    for (name, help, value) in once {
         let name = family(&mut m, name, help);
-        sample(
-            &mut m,
-            &name,
-            figures.pointer(pointer).map_or(f64::NAN, value),
-        );
+        sample(&mut m, &name, value);
     }
     let name = family(
         &mut m,
         "errors_total",
         "ERR replies sent to clients, by code.",
     );
-    for code in Code::ALL.map(Code::as_str) {
-        let n = value(&figures["totals"]["errors"][code]);
-        sample(&mut m, &format!("{name}{{code=\"{code}\"}}"), n);
+    for (code, n) in Code::ALL.into_iter().zip(&lb.stats.errors) {
+        let series = format!("{name}{{code=\"{}\"}}", code.as_str());
+        sample(&mut m, &series, count(n));
     }
     let name = "minilb_request_duration_seconds";
     let help = "Time from a request's arrival to the end of its reply.";
@@ -210,8 +284,7 @@ mod tests {
         assert!(q.add(Arc::clone(&servers[0]), 1) && q.add(Arc::clone(&servers[1]), 2));
         let lease = q.acquire(Duration::ZERO).unwrap();
         let seen = |q: &IdleQueue<u32>| {
-            let snapshot = q.snapshot();
-            (servers.iter().map(|s| server_status(s, &snapshot)))
+            (rows(&q.snapshot(), &servers).iter().map(server_status))
                 .map(|v| {
                     (
                         v["state"].as_str().unwrap().to_string(),
@@ -227,20 +300,5 @@ mod tests {
         assert_eq!(seen(&q)[0], at("draining", 1));
         lease.release();
         assert_eq!(seen(&q), [down.clone(), up, down]);
-    }
-
-    #[test]
-    fn every_per_server_family_reads_a_field_of_the_servers_status() {
-        let status = server_status(&backend(1, 0.1, 0), &Snapshot::default());
-        assert_eq!(families(PER_SERVER).count(), 10);
-        assert_eq!(families(TOTALS).count(), 6);
-        for (name, field, _) in families(PER_SERVER) {
-            assert!(
-                status.get(field).is_some(),
-                "{name} reads {field}, not in /status"
-            );
-        }
-        assert_eq!(value(&status["state"]), 0.0);
-        assert!(value(&status["measured_time"]).is_nan());
     }
 }
