@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::http::{self, Request, Response};
-use crate::balancer::{report, Balancer};
+use crate::balancer::report;
+use crate::balancer::shared::Balancer;
 use crate::servers_file::{self, ServerEntry};
 use crate::tls::Acceptor;
 
