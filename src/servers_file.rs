@@ -1,13 +1,9 @@
-//! The servers file (`data/servers.json`): the list of running servers that the balancer
-//! reads. Servers add themselves on start and remove themselves on a clean exit.
-//!
-//! Updates take an exclusive lock on `<file>.lock`, write a temp file and rename it over the
-//! servers file, so servers starting together never lose each other's entries and a reader
-//! never sees a half-written file.
-//!
-//! Every field of an entry is range-checked as it is read ([`ServerEntry`]'s `Deserialize`),
-//! so the servers file and joins over the network, which both read entries here, can hand the
-//! balancer nothing it cannot use.
+//! The servers file (`data/servers.json`): the running servers, which add themselves on start
+//! and remove themselves on a clean exit, and which the balancer reads. Updates lock
+//! `<file>.lock`, write a temp file and rename it over the servers file, so servers starting
+//! together never lose each other's entries and a reader never sees a half-written file.
+//! Every field of an entry is range-checked as it is read, so the servers file and joins over
+//! the network can hand the balancer nothing it cannot use.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -91,25 +87,30 @@ impl ServerEntry {
     }
 }
 
+/// Reads a `T` and keeps it if `ok` says so; otherwise the error is `why`.
+fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    ok: impl Fn(&T) -> bool,
+    why: impl Fn() -> String,
+) -> Result<T, D::Error> {
+    let value = T::deserialize(d)?;
+    ok(&value)
+        .then_some(value)
+        .ok_or_else(|| D::Error::custom(why()))
+}
+
 fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let host = String::deserialize(d)?;
-    if host.is_empty()
-        || host.len() > MAX_HOST
-        || host.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        // The host itself is not echoed: it may be long or full of control characters.
-        return Err(D::Error::custom(format!(
-            "host must be 1 to {MAX_HOST} characters, with no spaces or control characters"
-        )));
-    }
-    Ok(host)
+    let ok = |h: &String| {
+        (1..=MAX_HOST).contains(&h.len()) && !h.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    // The host itself is not echoed: it may be long or full of control characters.
+    checked(d, ok, || {
+        format!("host must be 1 to {MAX_HOST} characters, with no spaces or control characters")
+    })
 }
 
 fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    match u16::deserialize(d)? {
-        0 => Err(D::Error::custom("port must be from 1 to 65535")),
-        port => Ok(port),
-    }
+    checked(d, |p| *p != 0, || "port must be from 1 to 65535".into())
 }
 
 fn one() -> usize {
@@ -117,23 +118,14 @@ fn one() -> usize {
 }
 
 fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match usize::deserialize(d)? {
-        n @ 1..=MAX_WORKERS => Ok(n),
-        _ => Err(D::Error::custom(format!(
-            "workers must be from 1 to {MAX_WORKERS}"
-        ))),
-    }
+    let why = || format!("workers must be from 1 to {MAX_WORKERS}");
+    checked(d, |n| (1..=MAX_WORKERS).contains(n), why)
 }
 
+/// Checked here so that no later sum of durations (a timeout plus this) can overflow.
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let secs = f64::deserialize(d)?;
-    // Checked here so that no later sum of durations (a timeout plus this) can overflow.
-    if !(0.0..=MAX_SECONDS).contains(&secs) {
-        return Err(D::Error::custom(format!(
-            "processing_time must be a number of seconds from 0 to {MAX_SECONDS}"
-        )));
-    }
-    Ok(secs)
+    let why = || format!("processing_time must be a number of seconds from 0 to {MAX_SECONDS}");
+    checked(d, |s| (0.0..=MAX_SECONDS).contains(s), why)
 }
 
 /// Reads the servers file. A missing file is an empty list (no server has started yet).
@@ -231,20 +223,19 @@ fn update(
     let mut list = read(path)?;
     change(&mut list)?;
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-    let result = write_file(&tmp, &list).and_then(|()| fs::rename(&tmp, path));
+    let write = || {
+        let mut f = File::create(&tmp)?;
+        let text = serde_json::to_string_pretty(&list).map_err(io::Error::other)?;
+        f.write_all(format!("{text}\n").as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    let result = write();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
     // `lock` is released when dropped.
-}
-
-fn write_file(path: &Path, list: &[ServerEntry]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    let mut text = serde_json::to_string_pretty(list).map_err(io::Error::other)?;
-    text.push('\n');
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 /// `path` with `suffix` added to its file name.

@@ -11,7 +11,7 @@
 //! Changes need `Authorization: Bearer <token>` when the balancer has `--token-file`; without
 //! one, only loopback peers may make them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until the balancer stops (and a connection wakes the listener).
 /// Speaks HTTPS with `tls`.
-pub fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
+pub(crate) fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let timeout = lb.config.request_timeout;
     let deadline = if timeout.is_zero() {
         DEFAULT_DEADLINE
@@ -42,39 +42,30 @@ pub fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     };
     let handler_lb = Arc::clone(lb);
     http::serve(listener, deadline, &lb.stopping, tls, move |request| {
-        handle(&handler_lb, request)
+        handle(&handler_lb, &request)
     });
 }
 
-fn handle(lb: &Balancer, mut request: Request) -> Response {
-    let remote = Some(request.remote);
-    let method = request.method.clone();
-    let path = request.path.clone();
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/") => {
-            return Response {
-                code: 200,
-                content_type: "text/html; charset=utf-8",
-                body: DASHBOARD.into(),
-            }
-        }
+fn handle(lb: &Balancer, request: &Request) -> Response {
+    let text = |content_type, body| Response {
+        code: 200,
+        content_type,
+        body,
+    };
+    let (method, path) = (request.method.as_str(), request.path.as_str());
+    let (code, body) = match (method, path) {
+        ("GET", "/") => return text("text/html; charset=utf-8", DASHBOARD.into()),
         ("GET", "/metrics") => {
-            return Response {
-                code: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: report::metrics(lb),
-            }
+            return text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                report::metrics(lb),
+            )
         }
-        _ => {}
-    }
-    let (code, body) = match (method.as_str(), path.as_str()) {
         ("GET", "/status") => (200, report::status(lb)),
         ("GET", "/servers") => (200, serde_json::json!(list(lb))),
-        ("POST", "/servers") => {
-            authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))
-        }
-        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, &request, remote, "leave")
-            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], &mut request)),
+        ("POST", "/servers") => authorize(lb, request, "join").unwrap_or_else(|| join(lb, request)),
+        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, request, "leave")
+            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], request)),
         _ => (
             404,
             serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
@@ -84,13 +75,8 @@ fn handle(lb: &Balancer, mut request: Request) -> Response {
 }
 
 /// `None` when the request may change the pool; otherwise the refusal, logged.
-fn authorize(
-    lb: &Balancer,
-    request: &Request,
-    remote: Option<SocketAddr>,
-    action: &str,
-) -> Option<Answer> {
-    let who = remote.map_or_else(|| "?".to_string(), |a| a.to_string());
+fn authorize(lb: &Balancer, request: &Request, action: &str) -> Option<Answer> {
+    let who = request.remote;
     match &lb.config.token {
         Some(token) => {
             let expected = format!("Bearer {token}");
@@ -104,7 +90,7 @@ fn authorize(
                 serde_json::json!({"error": "wrong or missing token: send Authorization: Bearer <token from --token-file>"}),
             ))
         }
-        None if remote.is_some_and(|a| a.ip().is_loopback()) => None,
+        None if who.ip().is_loopback() => None,
         None => {
             log::warn!("refused a {action} request from {who}: not loopback and no --token-file");
             Some((
@@ -120,12 +106,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn join(lb: &Balancer, request: &mut Request) -> Answer {
-    let Ok(body) = read_body(request) else {
+fn join(lb: &Balancer, request: &Request) -> Answer {
+    let Ok(body) = std::str::from_utf8(&request.body) else {
         return bad("the body is not UTF-8 text");
     };
     // Every field is range-checked as it is read, as for the servers file.
-    let entry: ServerEntry = match serde_json::from_str(&body) {
+    let entry: ServerEntry = match serde_json::from_str(body) {
         Ok(e) => e,
         Err(e) => {
             return bad(&format!(
@@ -192,17 +178,17 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
 
 /// Removes a joined server. With a JSON body naming its host and port, only a server at that
 /// address is removed, so an old process that exits late cannot remove its replacement.
-fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
+fn leave(lb: &Balancer, id: &str, request: &Request) -> Answer {
     let Ok(id) = id.parse::<u32>() else {
         return bad("the server id must be a number");
     };
-    let Ok(body) = read_body(request) else {
+    let Ok(body) = std::str::from_utf8(&request.body) else {
         return bad("the body is not UTF-8 text");
     };
     let at: Option<ServerEntry> = if body.trim().is_empty() {
         None
     } else {
-        match serde_json::from_str(&body) {
+        match serde_json::from_str(body) {
             Ok(entry) => Some(entry),
             Err(e) => return bad(&format!("the body is not a server entry: {e}")),
         }
@@ -226,11 +212,6 @@ fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
             (200, serde_json::json!(entry))
         }
     }
-}
-
-/// The body, read whole (and capped) by [`http`]; an error when it is not UTF-8.
-fn read_body(request: &mut Request) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(std::mem::take(&mut request.body))
 }
 
 fn list(lb: &Balancer) -> Vec<ServerEntry> {
