@@ -81,10 +81,21 @@ impl ServerEntry {
 
     /// Whether a server accepts connections at this entry's address now.
     fn answers(&self) -> bool {
-        self.socket_addrs()
-            .iter()
-            .any(|a| TcpStream::connect_timeout(a, ANSWER_TIMEOUT).is_ok())
+        connect(&self.address(), ANSWER_TIMEOUT).is_ok()
     }
+}
+
+/// A TCP connection to `addr` (`host:port`), to the first of its addresses that takes one
+/// within `timeout`; or the last error.
+pub(crate) fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address does not resolve");
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Reads a `T` and keeps it if `ok` says so; otherwise the error is `why`.

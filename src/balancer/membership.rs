@@ -21,8 +21,7 @@
 //! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,18 +321,13 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
                 .filter(|added| *added)
                 .count();
             if joins && added > 0 {
-                log::info!(
-                    "Connected to server {} at {} (processing time {} s, {} worker(s)){}",
-                    backend.id,
-                    backend.addr,
-                    backend.processing_time.as_secs_f64(),
-                    backend.workers,
-                    if failures > 0 {
-                        format!(" after {failures} failed attempt(s)")
-                    } else {
-                        String::new()
-                    }
-                );
+                let (id, addr, workers) = (backend.id, &backend.addr, backend.workers);
+                let secs = backend.processing_time.as_secs_f64();
+                let after = match failures {
+                    0 => String::new(),
+                    n => format!(" after {n} failed attempt(s)"),
+                };
+                log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
             }
             true
         }
@@ -445,25 +439,16 @@ fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<V
 
 /// Reads the whole reply to [`PROBE`]: the server is alive and speaks the protocol.
 fn read_probe_reply(conn: &mut BackendConn) -> io::Result<()> {
+    let cut = |why: &str| io::Error::new(io::ErrorKind::UnexpectedEof, why.to_string());
     let mut header = Vec::new();
     if conn.read_header(&mut header)? != Line::Complete {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed the connection instead of answering",
-        ));
+        return Err(cut("closed the connection instead of answering"));
     }
     let reply =
         ReplyHeader::parse(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let length = reply.body_length();
-    let read = io::copy(
-        &mut io::Read::take(&mut conn.reader, length),
-        &mut io::sink(),
-    )?;
-    if read < length {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "reply cut short",
-        ));
+    if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
+        return Err(cut("reply cut short"));
     }
     Ok(())
 }
@@ -496,7 +481,9 @@ pub(crate) fn check_health(lb: &Balancer, stop: &Receiver<()>) {
                 let checks: Vec<_> = (batch.iter())
                     .map(|b| {
                         let thread = std::thread::Builder::new().stack_size(64 * 1024);
-                        thread.spawn_scoped(s, move || reachable(&b.addr, timeout))
+                        thread.spawn_scoped(s, move || {
+                            servers_file::connect(&b.addr, timeout).map(drop)
+                        })
                     })
                     .collect();
                 // A check that could not run (no thread left) is no news.
@@ -519,18 +506,6 @@ pub(crate) fn check_health(lb: &Balancer, stop: &Receiver<()>) {
             }
         }
     }
-}
-
-/// Whether a TCP connection to `addr` opens within `timeout` (closed at once).
-fn reachable(addr: &str, timeout: Duration) -> io::Result<()> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address does not resolve");
-    for a in addr.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Takes a server that failed its checks out of the pool and releases the requests waiting
