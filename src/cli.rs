@@ -33,7 +33,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Parses a number of seconds for a timeout that has no "off": more than 0.
 ///
 /// # Errors
-/// A message saying what a valid value looks like.
+/// As [`parse_seconds`], and for 0.
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     match parse_seconds(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be more than 0 seconds")),

@@ -68,23 +68,21 @@ pub(crate) fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option
             Ok((stream, _)) => admit(lb, stream),
             Err(e) if out_of_descriptors(&e) => {
                 drop(spare.take());
-                match listener.accept() {
-                    // accept() fails at once on a full table, client or not: this one may come
-                    // long after descriptors freed up, so it is turned away only if still short.
+                let waiting = listener.accept();
+                spare = File::open("/dev/null").ok();
+                // accept() fails at once on a full table, client or not: this one may come
+                // long after descriptors freed up, so it is turned away only if still short.
+                match waiting {
+                    Ok((stream, _)) if spare.is_some() => admit(lb, stream),
                     Ok((stream, _)) => {
-                        spare = File::open("/dev/null").ok();
-                        if spare.is_some() {
-                            admit(lb, stream);
-                        } else {
-                            log::warn!("out of file descriptors ({e}): turned a client away");
-                            turn_away(
-                                stream,
-                                &Code::Busy.msg("the load balancer is overloaded; try again later"),
-                            );
-                        }
+                        log::warn!("out of file descriptors ({e}): turned a client away");
+                        let busy =
+                            Code::Busy.msg("the load balancer is overloaded; try again later");
+                        turn_away(stream, &busy);
                     }
                     Err(_) => std::thread::sleep(ACCEPT_PAUSE),
                 }
+                // Turning a client away freed a descriptor.
                 if spare.is_none() {
                     spare = File::open("/dev/null").ok();
                 }
