@@ -66,10 +66,7 @@ fn handle(lb: &Balancer, request: &Request) -> Response {
         ("POST", "/servers") => authorize(lb, request, "join").unwrap_or_else(|| join(lb, request)),
         ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, request, "leave")
             .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], request)),
-        _ => (
-            404,
-            serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
-        ),
+        _ => fail(404, format!("no such endpoint: {method} {path}")),
     };
     Response::json(code, &body)
 }
@@ -85,18 +82,15 @@ fn authorize(lb: &Balancer, request: &Request, action: &str) -> Option<Answer> {
                 return None;
             }
             log::warn!("refused a {action} request from {who}: wrong or missing token");
-            Some((
+            Some(fail(
                 401,
-                serde_json::json!({"error": "wrong or missing token: send Authorization: Bearer <token from --token-file>"}),
+                "wrong or missing token: send Authorization: Bearer <token from --token-file>",
             ))
         }
         None if who.ip().is_loopback() => None,
         None => {
             log::warn!("refused a {action} request from {who}: not loopback and no --token-file");
-            Some((
-                403,
-                serde_json::json!({"error": "registrations from other machines need a shared secret: start the balancer and the server with --token-file"}),
-            ))
+            Some(fail(403, "registrations from other machines need a shared secret: start the balancer and the server with --token-file"))
         }
     }
 }
@@ -108,13 +102,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn join(lb: &Balancer, request: &Request) -> Answer {
     let Ok(body) = std::str::from_utf8(&request.body) else {
-        return bad("the body is not UTF-8 text");
+        return fail(400, "the body is not UTF-8 text");
     };
     // Every field is range-checked as it is read, as for the servers file.
     let entry: ServerEntry = match serde_json::from_str(body) {
         Ok(e) => e,
         Err(e) => {
-            return bad(&format!(
+            return fail(400, format!(
                 "expected {{\"id\": 1, \"host\": \"127.0.0.2\", \"port\": 5071, \"processing_time\": 0.5}}: {e}"
             ))
         }
@@ -135,35 +129,21 @@ fn join(lb: &Balancer, request: &Request) -> Answer {
         .find(|other| other.id == entry.id || other.same_address(&entry));
     let pool = in_file.len() + joined.len() - usize::from(joined.contains_key(&entry.id));
     let max = lb.config.max_servers;
-    let refusal = if let Some(other) = clash {
-        let why = format!(
-            "server {} at {} is already in the pool",
-            other.id,
-            other.address()
-        );
-        Some((409, why))
-    } else if pool >= max {
-        let why = format!(
-            "the pool is full: {pool} servers, the most --max-servers {max} allows; remove one, or restart the balancer with a larger --max-servers"
-        );
-        Some((503, why))
-    } else {
-        None
+    let refuse = |code, why: String| {
+        let (id, at) = (entry.id, entry.address());
+        log::warn!("refused to join server {id} at {at}: {why}");
+        fail(code, why)
     };
-    if let Some((code, why)) = refusal {
-        log::warn!(
-            "refused to join server {} at {}: {why}",
-            entry.id,
-            entry.address()
-        );
-        return (code, serde_json::json!({"error": why}));
+    if let Some(other) = clash {
+        let (id, at) = (other.id, other.address());
+        return refuse(409, format!("server {id} at {at} is already in the pool"));
+    }
+    if pool >= max {
+        return refuse(503, format!("the pool is full: {pool} servers, the most --max-servers {max} allows; remove one, or restart the balancer with a larger --max-servers"));
     }
     let mut now = lb.joined.lock();
     if *now != joined {
-        return (
-            409,
-            serde_json::json!({"error": "another server joined or left meanwhile: try again"}),
-        );
+        return fail(409, "another server joined or left meanwhile: try again");
     }
     log::info!(
         "server {} at {} joined over the network (processing time {} s)",
@@ -180,31 +160,28 @@ fn join(lb: &Balancer, request: &Request) -> Answer {
 /// address is removed, so an old process that exits late cannot remove its replacement.
 fn leave(lb: &Balancer, id: &str, request: &Request) -> Answer {
     let Ok(id) = id.parse::<u32>() else {
-        return bad("the server id must be a number");
+        return fail(400, "the server id must be a number");
     };
     let Ok(body) = std::str::from_utf8(&request.body) else {
-        return bad("the body is not UTF-8 text");
+        return fail(400, "the body is not UTF-8 text");
     };
     let at: Option<ServerEntry> = if body.trim().is_empty() {
         None
     } else {
         match serde_json::from_str(body) {
             Ok(entry) => Some(entry),
-            Err(e) => return bad(&format!("the body is not a server entry: {e}")),
+            Err(e) => return fail(400, format!("the body is not a server entry: {e}")),
         }
     };
     let mut joined = lb.joined.lock();
     match joined.get(&id) {
-        None => (
-            404,
-            serde_json::json!({"error": format!("server {id} did not join over the network")}),
-        ),
-        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => (
+        None => fail(404, format!("server {id} did not join over the network")),
+        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => fail(
             409,
-            serde_json::json!({"error": format!(
+            format!(
                 "server {id} is now registered at {}; left it in the pool",
                 entry.address()
-            )}),
+            ),
         ),
         Some(_) => {
             let entry = joined.remove(&id).expect("present: just looked");
@@ -220,8 +197,9 @@ fn list(lb: &Balancer) -> Vec<ServerEntry> {
     list
 }
 
-fn bad(message: &str) -> Answer {
-    (400, serde_json::json!({"error": message}))
+/// An error answer: `{"error": why}`.
+fn fail(code: u16, why: impl std::fmt::Display) -> Answer {
+    (code, serde_json::json!({"error": why.to_string()}))
 }
 
 #[cfg(test)]
