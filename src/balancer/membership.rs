@@ -1,24 +1,21 @@
-//! Who is in the pool. A watcher thread looks a few times a second at the servers file and at
-//! the servers joined over the network (the admin listener): a server that appears joins, one
-//! that disappears drains and leaves. A listed server not in the pool (new, or its connection
-//! broke) is reconnected: the watcher sends an attempt to one of [`RECONNECTORS`] threads,
-//! which connects, checks that the server answers and sends the outcome back; after a failure
-//! the next attempt waits longer (capped exponential backoff). So every listed server is tried
-//! again and again by a fixed number of threads. At most `--max-servers` servers are listed.
-//! The balancer keeps one connection per worker of a server; one that broke, or sent what no
-//! request asked for, is re-probed on a new connection ([`reprobe`]) while its server stays in
-//! the pool; if that fails the connection is dropped, and a server with fewer connections than
-//! workers is topped up like one being reconnected. A server is down when its last connection
-//! is gone.
+//! Who is in the pool. A watcher thread reads the servers file and the servers joined over the
+//! network a few times a second: a server that appears joins, one that disappears drains and
+//! leaves. A listed server not in the pool (new, or its connection broke) is reconnected by one
+//! of [`RECONNECTORS`] threads, which connects, checks that it answers and sends the outcome
+//! back; a failure makes the next attempt wait longer (capped exponential backoff). So a fixed
+//! number of threads retry every listed server (at most `--max-servers`). Each worker of a
+//! server has its own connection; one that broke, or sent what no request asked for, is
+//! re-probed on a new connection ([`reprobe`]), and dropped if that fails; a server with fewer
+//! connections than workers is topped up like one being reconnected, and is down when its last
+//! connection is gone.
 //!
-//! Active health checks ([`check_health`], as HAProxy's `check`): every `--check-interval` a
-//! TCP connect to each server in the pool, which costs it no worker. After `--check-fall`
-//! misses in a row the server is down: it leaves the pool, and the requests waiting on its
-//! replies are released at once (`Backend::break_connections`), so a read is retried elsewhere
-//! within seconds of a link going dead, whatever `--server-timeout` says.
+//! Health checks ([`check_health`], as HAProxy's `check`): every `--check-interval` a TCP
+//! connect to each server in the pool, which costs it no worker. After `--check-fall` misses in
+//! a row it is down: out of the pool, and the requests waiting on its replies are released at
+//! once to be retried elsewhere, whatever `--server-timeout` says.
 //!
-//! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its requests
-//! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
+//! A server is **up** (in the pool, idle or busy), **draining** (finishing its requests in
+//! flight, then leaving) or **down** (listed, not in the pool, being reconnected).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
