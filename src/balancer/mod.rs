@@ -19,6 +19,7 @@ pub mod shared;
 pub(crate) mod stats;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::idle_queue::IdleQueue;
+use crate::servers_file::ServerEntry;
 use crate::{gauge, policy, servers_file, tls, token};
 use shared::Balancer;
 pub use shared::BalancerConfig;
@@ -56,7 +58,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     // clap allows only known names; this is for callers of the library.
     let policy = policy::by_name(&config.policy)
         .ok_or_else(|| format!("unknown policy {:?}", config.policy))?;
-    check_servers_file(&config.servers_file)?;
+    let listed = listed_at_start(&config.servers_file)?;
     let acceptor = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
         _ => None,
@@ -85,12 +87,6 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         joined: Default::default(),
         stats: stats::Stats::default(),
     });
-    let listed = servers_file::read(&lb.config.servers_file).map_err(|e| {
-        format!(
-            "cannot read servers file {}: {e}",
-            lb.config.servers_file.display()
-        )
-    })?;
     log::info!(
         "Load balancer listening on {} (admin on {}://{admin_addr}), policy {}; {} server(s) in {}",
         [(&plain, ""), (&secure, " (TLS)")]
@@ -239,25 +235,23 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }
 
-/// A servers file that is missing reads as no servers; one whose folder is missing means the
+/// The servers listed at start. A missing servers file lists none; a missing folder means the
 /// balancer was started from the wrong folder (or given a typo), which would otherwise go
 /// unnoticed until every client gets `ERR unavailable`.
-fn check_servers_file(path: &std::path::Path) -> Result<(), String> {
+fn listed_at_start(path: &Path) -> Result<Vec<ServerEntry>, String> {
     const HINT: &str = "run from the project folder, or pass --servers-file";
-    if path.exists() {
-        return Ok(());
-    }
-    match path.parent() {
-        Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => {
-            log::warn!(
-                "servers file {} does not exist ({HINT}); servers that start create it",
-                path.display()
-            );
-            Ok(())
+    let shown = path.display();
+    if !path.exists() {
+        match path.parent() {
+            Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => log::warn!(
+                "servers file {shown} does not exist ({HINT}); servers that start create it"
+            ),
+            _ => {
+                return Err(format!(
+                    "servers file {shown}: its folder does not exist ({HINT})"
+                ))
+            }
         }
-        _ => Err(format!(
-            "servers file {}: its folder does not exist ({HINT})",
-            path.display()
-        )),
     }
+    servers_file::read(path).map_err(|e| format!("cannot read servers file {shown}: {e}"))
 }
