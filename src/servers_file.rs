@@ -78,11 +78,6 @@ impl ServerEntry {
             .map(Iterator::collect)
             .unwrap_or_default()
     }
-
-    /// Whether a server accepts connections at this entry's address now.
-    fn answers(&self) -> bool {
-        connect(&self.address(), ANSWER_TIMEOUT).is_ok()
-    }
 }
 
 /// A TCP connection to `addr` (`host:port`), to the first of its addresses that takes one
@@ -182,20 +177,13 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
             .iter()
             .find(|e| e.id == entry.id && e.address() != entry.address());
         if let Some(old) = old {
-            if old.answers() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "server {} is already running at {}: stop it first, or start this one with another id",
-                        old.id,
-                        old.address()
-                    ),
-                ));
+            let (id, at) = (old.id, old.address());
+            if connect(&at, ANSWER_TIMEOUT).is_ok() {
+                let why = format!("server {id} is already running at {at}: stop it first, or start this one with another id");
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, why));
             }
             log::warn!(
-                "server {} was recorded at {}, where nothing answers now: taking its place",
-                old.id,
-                old.address()
+                "server {id} was recorded at {at}, where nothing answers now: taking its place"
             );
         }
         list.retain(|e| e.id != entry.id);
