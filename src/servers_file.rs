@@ -17,9 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::cli::MAX_SECONDS;
 
 /// Longest host name accepted (a DNS name is at most 253 characters).
-pub const MAX_HOST: usize = 255;
+pub(crate) const MAX_HOST: usize = 255;
 /// Most workers a server may have: the balancer keeps a connection open to each.
-pub const MAX_WORKERS: usize = 64;
+pub(crate) const MAX_WORKERS: usize = 64;
 /// How long [`register`] waits for a server recorded under the same id to accept a connection.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -60,7 +60,7 @@ impl ServerEntry {
 
     /// Whether `other` names the same place, however spelled (`localhost`, `127.1` and
     /// `127.0.0.1` are one address). Resolves host names, so it may wait for DNS.
-    pub fn same_address(&self, other: &ServerEntry) -> bool {
+    pub(crate) fn same_address(&self, other: &ServerEntry) -> bool {
         if self.port != other.port {
             return false;
         }
@@ -140,7 +140,7 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 /// An I/O error, or `InvalidData` naming the file when it is not a JSON list of valid servers.
 /// An empty or blank file is `InvalidData` too: it is what an editor or `>` leaves mid-write,
 /// not a list, and taking it for "no servers" would drain every server at once.
-pub fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
+pub(crate) fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -198,7 +198,7 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
 ///
 /// # Errors
 /// An I/O error from locking, reading or writing the file.
-pub fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
+pub(crate) fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
     update(path, |list| {
         list.retain(|e| !(e.id == id && e.port == port));
         Ok(())

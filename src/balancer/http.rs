@@ -17,7 +17,7 @@ use crate::protocol::{self, Line};
 use crate::tls::{self, Acceptor, Stream};
 
 /// Most admin connections served at once; more are answered `503` and closed.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// Most bytes in a request's head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most bytes in a request's body.
@@ -64,7 +64,7 @@ pub struct Response {
 
 impl Response {
     /// A JSON answer.
-    pub fn json(code: u16, body: &serde_json::Value) -> Response {
+    pub(crate) fn json(code: u16, body: &serde_json::Value) -> Response {
         Response {
             code,
             content_type: "application/json",
@@ -83,7 +83,7 @@ const PLAIN_ON_HTTPS: &[u8] =
 
 /// Serves `listener` (HTTPS with `tls`) until `stop` is set and a connection wakes the loop.
 /// `handle` answers each request that arrives whole, handshake included, within `deadline`.
-pub fn serve(
+pub(crate) fn serve(
     listener: TcpListener,
     deadline: Duration,
     stop: &AtomicBool,
