@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balancer::backend::{BackendConn, Unusable};
-use crate::balancer::shared::Balancer;
-use crate::balancer::{membership, stats};
+use crate::balancer::{membership, shared::Balancer, stats};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
