@@ -1,8 +1,6 @@
-//! IP networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`, or a bare address), and the
-//! balancer's allow list built from its `--allow` flags. The `ipnet` crate does the bit work;
-//! this module gives a bad `--allow` a message that says what is wrong.
+//! The balancer's `--allow` list: IP networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`, or a
+//! bare address). `ipnet` does the bit work; this gives a bad `--allow` a clear message.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -34,35 +32,20 @@ pub fn parse_network(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Which client addresses the balancer serves: every address when the list is empty (the
-/// default), otherwise only those in one of its networks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    networks: Vec<IpNet>,
+/// Whether the `--allow` list lets a client at `ip` in: every address when it is empty. An
+/// IPv4 address seen as IPv4-mapped IPv6 (`::ffff:10.1.2.3`, dual-stack) matches IPv4 networks.
+pub fn permits(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    networks.is_empty() || networks.iter().any(|n| n.contains(&ip))
 }
 
-impl AllowList {
-    /// A list allowing exactly these networks (every address if `networks` is empty).
-    pub fn new(networks: Vec<IpNet>) -> AllowList {
-        AllowList { networks }
+/// The `--allow` list for the log.
+pub fn describe(networks: &[IpNet]) -> String {
+    if networks.is_empty() {
+        return "every address".into();
     }
-
-    /// Whether a client at `ip` may connect. An IPv4 address that reaches us as an IPv4-mapped
-    /// IPv6 address (`::ffff:10.1.2.3`, on a dual-stack socket) matches IPv4 networks.
-    pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&ip))
-    }
-}
-
-impl fmt::Display for AllowList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.networks.is_empty() {
-            return f.write_str("every address");
-        }
-        let names: Vec<String> = self.networks.iter().map(IpNet::to_string).collect();
-        f.write_str(&names.join(", "))
-    }
+    let names: Vec<String> = networks.iter().map(IpNet::to_string).collect();
+    names.join(", ")
 }
 
 #[cfg(test)]
@@ -80,7 +63,7 @@ mod tests {
 
     impl Admits for IpNet {
         fn admits(&self, ip: IpAddr) -> bool {
-            AllowList::new(vec![*self]).permits(ip)
+            permits(&[*self], ip)
         }
     }
 
@@ -159,14 +142,13 @@ mod tests {
 
     #[test]
     fn an_empty_allow_list_permits_everyone() {
-        let all = AllowList::default();
-        assert!(all.permits(ip("203.0.113.9")));
-        assert!(all.permits(ip("::1")));
-        assert_eq!(all.to_string(), "every address");
-        let some = AllowList::new(vec![cidr("10.0.0.0/8"), cidr("::1")]);
-        assert!(some.permits(ip("10.9.8.7")));
-        assert!(some.permits(ip("::1")));
-        assert!(!some.permits(ip("127.0.0.1")));
-        assert_eq!(some.to_string(), "10.0.0.0/8, ::1/128");
+        assert!(permits(&[], ip("203.0.113.9")));
+        assert!(permits(&[], ip("::1")));
+        assert_eq!(describe(&[]), "every address");
+        let some = [cidr("10.0.0.0/8"), cidr("::1")];
+        assert!(permits(&some, ip("10.9.8.7")));
+        assert!(permits(&some, ip("::1")));
+        assert!(!permits(&some, ip("127.0.0.1")));
+        assert_eq!(describe(&some), "10.0.0.0/8, ::1/128");
     }
 }

@@ -18,7 +18,7 @@ pub fn exit(program: &str, result: Result<(), String>) -> ExitCode {
 ///
 /// # Errors
 /// A message saying what a valid value looks like.
-pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
@@ -33,7 +33,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Parses a number of seconds for a timeout that has no "off": more than 0.
 ///
 /// # Errors
-/// A message saying what a valid value looks like.
+/// As [`parse_seconds`], and for 0.
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     match parse_seconds(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be more than 0 seconds")),
@@ -42,7 +42,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// Longest duration accepted on a command line: a day is more than any timeout here needs.
-pub const MAX_SECONDS: f64 = 86_400.0;
+pub(crate) const MAX_SECONDS: f64 = 86_400.0;
 
 #[cfg(test)]
 mod tests {

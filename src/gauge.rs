@@ -1,16 +1,15 @@
-//! Counts of things in progress (clients connected, requests in flight), kept right by guards:
-//! the count goes down when the guard drops, on every path out, panics included. A thread can
-//! wait for a count to reach zero ([`wait_for_zero`]) without polling.
+//! Counts of things in progress (clients, requests in flight), kept right by guards that count
+//! down on every path out, panics included; [`wait_for_zero`] waits for zero without polling.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-/// Guards nothing but the hand-over between a guard that brings a count to zero and the
-/// threads waiting for that (so no wake-up is lost between their check and their wait).
+/// Guards only the hand-over between a guard that brings a count to zero and the threads
+/// waiting for that, so no wake-up is lost between their check and their wait.
 static ZERO_LOCK: Mutex<()> = Mutex::new(());
-/// Wakes the threads in [`wait_for_zero`] when some count reaches zero; used with `ZERO_LOCK`.
+/// Wakes the threads in [`wait_for_zero`] when some count reaches zero.
 static ZERO: Condvar = Condvar::new();
 
 /// One unit of a count, held for as long as the guard lives.

@@ -1,13 +1,9 @@
-//! The servers file (`data/servers.json`): the list of running servers that the balancer
-//! reads. Servers add themselves on start and remove themselves on a clean exit.
-//!
-//! Updates take an exclusive lock on `<file>.lock`, write a temp file and rename it over the
-//! servers file, so servers starting together never lose each other's entries and a reader
-//! never sees a half-written file.
-//!
-//! Every field of an entry is range-checked as it is read ([`ServerEntry`]'s `Deserialize`),
-//! so the servers file and joins over the network, which both read entries here, can hand the
-//! balancer nothing it cannot use.
+//! The servers file (`data/servers.json`): the running servers, which add themselves on start
+//! and remove themselves on a clean exit, and which the balancer reads. Updates lock
+//! `<file>.lock`, write a temp file and rename it over the servers file, so servers starting
+//! together never lose each other's entries and a reader never sees a half-written file.
+//! Every field of an entry is range-checked as it is read, so the servers file and joins over
+//! the network can hand the balancer nothing it cannot use.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,9 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::cli::MAX_SECONDS;
 
 /// Longest host name accepted (a DNS name is at most 253 characters).
-pub const MAX_HOST: usize = 255;
+pub(crate) const MAX_HOST: usize = 255;
 /// Most workers a server may have: the balancer keeps a connection open to each.
-pub const MAX_WORKERS: usize = 64;
+pub(crate) const MAX_WORKERS: usize = 64;
 /// How long [`register`] waits for a server recorded under the same id to accept a connection.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -64,7 +60,7 @@ impl ServerEntry {
 
     /// Whether `other` names the same place, however spelled (`localhost`, `127.1` and
     /// `127.0.0.1` are one address). Resolves host names, so it may wait for DNS.
-    pub fn same_address(&self, other: &ServerEntry) -> bool {
+    pub(crate) fn same_address(&self, other: &ServerEntry) -> bool {
         if self.port != other.port {
             return false;
         }
@@ -82,34 +78,45 @@ impl ServerEntry {
             .map(Iterator::collect)
             .unwrap_or_default()
     }
+}
 
-    /// Whether a server accepts connections at this entry's address now.
-    fn answers(&self) -> bool {
-        self.socket_addrs()
-            .iter()
-            .any(|a| TcpStream::connect_timeout(a, ANSWER_TIMEOUT).is_ok())
+/// A TCP connection to `addr` (`host:port`), to the first of its addresses that takes one
+/// within `timeout`; or the last error.
+pub(crate) fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address does not resolve");
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
     }
+    Err(last)
+}
+
+/// Reads a `T` and keeps it if `ok` says so; otherwise the error is `why`.
+fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    ok: impl Fn(&T) -> bool,
+    why: impl Fn() -> String,
+) -> Result<T, D::Error> {
+    let value = T::deserialize(d)?;
+    ok(&value)
+        .then_some(value)
+        .ok_or_else(|| D::Error::custom(why()))
 }
 
 fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let host = String::deserialize(d)?;
-    if host.is_empty()
-        || host.len() > MAX_HOST
-        || host.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        // The host itself is not echoed: it may be long or full of control characters.
-        return Err(D::Error::custom(format!(
-            "host must be 1 to {MAX_HOST} characters, with no spaces or control characters"
-        )));
-    }
-    Ok(host)
+    let ok = |h: &String| {
+        (1..=MAX_HOST).contains(&h.len()) && !h.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    // The host itself is not echoed: it may be long or full of control characters.
+    checked(d, ok, || {
+        format!("host must be 1 to {MAX_HOST} characters, with no spaces or control characters")
+    })
 }
 
 fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    match u16::deserialize(d)? {
-        0 => Err(D::Error::custom("port must be from 1 to 65535")),
-        port => Ok(port),
-    }
+    checked(d, |p| *p != 0, || "port must be from 1 to 65535".into())
 }
 
 fn one() -> usize {
@@ -117,23 +124,14 @@ fn one() -> usize {
 }
 
 fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    match usize::deserialize(d)? {
-        n @ 1..=MAX_WORKERS => Ok(n),
-        _ => Err(D::Error::custom(format!(
-            "workers must be from 1 to {MAX_WORKERS}"
-        ))),
-    }
+    let why = || format!("workers must be from 1 to {MAX_WORKERS}");
+    checked(d, |n| (1..=MAX_WORKERS).contains(n), why)
 }
 
+/// Checked here so that no later sum of durations (a timeout plus this) can overflow.
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let secs = f64::deserialize(d)?;
-    // Checked here so that no later sum of durations (a timeout plus this) can overflow.
-    if !(0.0..=MAX_SECONDS).contains(&secs) {
-        return Err(D::Error::custom(format!(
-            "processing_time must be a number of seconds from 0 to {MAX_SECONDS}"
-        )));
-    }
-    Ok(secs)
+    let why = || format!("processing_time must be a number of seconds from 0 to {MAX_SECONDS}");
+    checked(d, |s| (0.0..=MAX_SECONDS).contains(s), why)
 }
 
 /// Reads the servers file. A missing file is an empty list (no server has started yet).
@@ -142,7 +140,7 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 /// An I/O error, or `InvalidData` naming the file when it is not a JSON list of valid servers.
 /// An empty or blank file is `InvalidData` too: it is what an editor or `>` leaves mid-write,
 /// not a list, and taking it for "no servers" would drain every server at once.
-pub fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
+pub(crate) fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -179,20 +177,13 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
             .iter()
             .find(|e| e.id == entry.id && e.address() != entry.address());
         if let Some(old) = old {
-            if old.answers() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "server {} is already running at {}: stop it first, or start this one with another id",
-                        old.id,
-                        old.address()
-                    ),
-                ));
+            let (id, at) = (old.id, old.address());
+            if connect(&at, ANSWER_TIMEOUT).is_ok() {
+                let why = format!("server {id} is already running at {at}: stop it first, or start this one with another id");
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, why));
             }
             log::warn!(
-                "server {} was recorded at {}, where nothing answers now: taking its place",
-                old.id,
-                old.address()
+                "server {id} was recorded at {at}, where nothing answers now: taking its place"
             );
         }
         list.retain(|e| e.id != entry.id);
@@ -207,7 +198,7 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
 ///
 /// # Errors
 /// An I/O error from locking, reading or writing the file.
-pub fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
+pub(crate) fn deregister(path: &Path, id: u32, port: u16) -> io::Result<()> {
     update(path, |list| {
         list.retain(|e| !(e.id == id && e.port == port));
         Ok(())
@@ -231,20 +222,19 @@ fn update(
     let mut list = read(path)?;
     change(&mut list)?;
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-    let result = write_file(&tmp, &list).and_then(|()| fs::rename(&tmp, path));
+    let write = || {
+        let mut f = File::create(&tmp)?;
+        let text = serde_json::to_string_pretty(&list).map_err(io::Error::other)?;
+        f.write_all(format!("{text}\n").as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    let result = write();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
     // `lock` is released when dropped.
-}
-
-fn write_file(path: &Path, list: &[ServerEntry]) -> io::Result<()> {
-    let mut f = File::create(path)?;
-    let mut text = serde_json::to_string_pretty(list).map_err(io::Error::other)?;
-    text.push('\n');
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 /// `path` with `suffix` added to its file name.

@@ -11,12 +11,13 @@
 //! Changes need `Authorization: Bearer <token>` when the balancer has `--token-file`; without
 //! one, only loopback peers may make them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::http::{self, Request, Response};
-use crate::balancer::{report, Balancer};
+use crate::balancer::report;
+use crate::balancer::shared::Balancer;
 use crate::servers_file::{self, ServerEntry};
 use crate::tls::Acceptor;
 
@@ -32,7 +33,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until the balancer stops (and a connection wakes the listener).
 /// Speaks HTTPS with `tls`.
-pub fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
+pub(crate) fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let timeout = lb.config.request_timeout;
     let deadline = if timeout.is_zero() {
         DEFAULT_DEADLINE
@@ -41,55 +42,38 @@ pub fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     };
     let handler_lb = Arc::clone(lb);
     http::serve(listener, deadline, &lb.stopping, tls, move |request| {
-        handle(&handler_lb, request)
+        handle(&handler_lb, &request)
     });
 }
 
-fn handle(lb: &Balancer, mut request: Request) -> Response {
-    let remote = Some(request.remote);
-    let method = request.method.clone();
-    let path = request.path.clone();
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/") => {
-            return Response {
-                code: 200,
-                content_type: "text/html; charset=utf-8",
-                body: DASHBOARD.into(),
-            }
-        }
+fn handle(lb: &Balancer, request: &Request) -> Response {
+    let text = |content_type, body| Response {
+        code: 200,
+        content_type,
+        body,
+    };
+    let (method, path) = (request.method.as_str(), request.path.as_str());
+    let (code, body) = match (method, path) {
+        ("GET", "/") => return text("text/html; charset=utf-8", DASHBOARD.into()),
         ("GET", "/metrics") => {
-            return Response {
-                code: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: report::metrics(lb),
-            }
+            return text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                report::metrics(lb),
+            )
         }
-        _ => {}
-    }
-    let (code, body) = match (method.as_str(), path.as_str()) {
         ("GET", "/status") => (200, report::status(lb)),
         ("GET", "/servers") => (200, serde_json::json!(list(lb))),
-        ("POST", "/servers") => {
-            authorize(lb, &request, remote, "join").unwrap_or_else(|| join(lb, &mut request))
-        }
-        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, &request, remote, "leave")
-            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], &mut request)),
-        _ => (
-            404,
-            serde_json::json!({"error": format!("no such endpoint: {method} {path}")}),
-        ),
+        ("POST", "/servers") => authorize(lb, request, "join").unwrap_or_else(|| join(lb, request)),
+        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, request, "leave")
+            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], request)),
+        _ => fail(404, format!("no such endpoint: {method} {path}")),
     };
     Response::json(code, &body)
 }
 
 /// `None` when the request may change the pool; otherwise the refusal, logged.
-fn authorize(
-    lb: &Balancer,
-    request: &Request,
-    remote: Option<SocketAddr>,
-    action: &str,
-) -> Option<Answer> {
-    let who = remote.map_or_else(|| "?".to_string(), |a| a.to_string());
+fn authorize(lb: &Balancer, request: &Request, action: &str) -> Option<Answer> {
+    let who = request.remote;
     match &lb.config.token {
         Some(token) => {
             let expected = format!("Bearer {token}");
@@ -98,18 +82,15 @@ fn authorize(
                 return None;
             }
             log::warn!("refused a {action} request from {who}: wrong or missing token");
-            Some((
+            Some(fail(
                 401,
-                serde_json::json!({"error": "wrong or missing token: send Authorization: Bearer <token from --token-file>"}),
+                "wrong or missing token: send Authorization: Bearer <token from --token-file>",
             ))
         }
-        None if remote.is_some_and(|a| a.ip().is_loopback()) => None,
+        None if who.ip().is_loopback() => None,
         None => {
             log::warn!("refused a {action} request from {who}: not loopback and no --token-file");
-            Some((
-                403,
-                serde_json::json!({"error": "registrations from other machines need a shared secret: start the balancer and the server with --token-file"}),
-            ))
+            Some(fail(403, "registrations from other machines need a shared secret: start the balancer and the server with --token-file"))
         }
     }
 }
@@ -119,15 +100,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn join(lb: &Balancer, request: &mut Request) -> Answer {
-    let Ok(body) = read_body(request) else {
-        return bad("the body is not UTF-8 text");
+fn join(lb: &Balancer, request: &Request) -> Answer {
+    let Ok(body) = std::str::from_utf8(&request.body) else {
+        return fail(400, "the body is not UTF-8 text");
     };
     // Every field is range-checked as it is read, as for the servers file.
-    let entry: ServerEntry = match serde_json::from_str(&body) {
+    let entry: ServerEntry = match serde_json::from_str(body) {
         Ok(e) => e,
         Err(e) => {
-            return bad(&format!(
+            return fail(400, format!(
                 "expected {{\"id\": 1, \"host\": \"127.0.0.2\", \"port\": 5071, \"processing_time\": 0.5}}: {e}"
             ))
         }
@@ -148,35 +129,21 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
         .find(|other| other.id == entry.id || other.same_address(&entry));
     let pool = in_file.len() + joined.len() - usize::from(joined.contains_key(&entry.id));
     let max = lb.config.max_servers;
-    let refusal = if let Some(other) = clash {
-        let why = format!(
-            "server {} at {} is already in the pool",
-            other.id,
-            other.address()
-        );
-        Some((409, why))
-    } else if pool >= max {
-        let why = format!(
-            "the pool is full: {pool} servers, the most --max-servers {max} allows; remove one, or restart the balancer with a larger --max-servers"
-        );
-        Some((503, why))
-    } else {
-        None
+    let refuse = |code, why: String| {
+        let (id, at) = (entry.id, entry.address());
+        log::warn!("refused to join server {id} at {at}: {why}");
+        fail(code, why)
     };
-    if let Some((code, why)) = refusal {
-        log::warn!(
-            "refused to join server {} at {}: {why}",
-            entry.id,
-            entry.address()
-        );
-        return (code, serde_json::json!({"error": why}));
+    if let Some(other) = clash {
+        let (id, at) = (other.id, other.address());
+        return refuse(409, format!("server {id} at {at} is already in the pool"));
+    }
+    if pool >= max {
+        return refuse(503, format!("the pool is full: {pool} servers, the most --max-servers {max} allows; remove one, or restart the balancer with a larger --max-servers"));
     }
     let mut now = lb.joined.lock();
     if *now != joined {
-        return (
-            409,
-            serde_json::json!({"error": "another server joined or left meanwhile: try again"}),
-        );
+        return fail(409, "another server joined or left meanwhile: try again");
     }
     log::info!(
         "server {} at {} joined over the network (processing time {} s)",
@@ -191,33 +158,30 @@ fn join(lb: &Balancer, request: &mut Request) -> Answer {
 
 /// Removes a joined server. With a JSON body naming its host and port, only a server at that
 /// address is removed, so an old process that exits late cannot remove its replacement.
-fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
+fn leave(lb: &Balancer, id: &str, request: &Request) -> Answer {
     let Ok(id) = id.parse::<u32>() else {
-        return bad("the server id must be a number");
+        return fail(400, "the server id must be a number");
     };
-    let Ok(body) = read_body(request) else {
-        return bad("the body is not UTF-8 text");
+    let Ok(body) = std::str::from_utf8(&request.body) else {
+        return fail(400, "the body is not UTF-8 text");
     };
     let at: Option<ServerEntry> = if body.trim().is_empty() {
         None
     } else {
-        match serde_json::from_str(&body) {
+        match serde_json::from_str(body) {
             Ok(entry) => Some(entry),
-            Err(e) => return bad(&format!("the body is not a server entry: {e}")),
+            Err(e) => return fail(400, format!("the body is not a server entry: {e}")),
         }
     };
     let mut joined = lb.joined.lock();
     match joined.get(&id) {
-        None => (
-            404,
-            serde_json::json!({"error": format!("server {id} did not join over the network")}),
-        ),
-        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => (
+        None => fail(404, format!("server {id} did not join over the network")),
+        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => fail(
             409,
-            serde_json::json!({"error": format!(
+            format!(
                 "server {id} is now registered at {}; left it in the pool",
                 entry.address()
-            )}),
+            ),
         ),
         Some(_) => {
             let entry = joined.remove(&id).expect("present: just looked");
@@ -227,19 +191,15 @@ fn leave(lb: &Balancer, id: &str, request: &mut Request) -> Answer {
     }
 }
 
-/// The body, read whole (and capped) by [`http`]; an error when it is not UTF-8.
-fn read_body(request: &mut Request) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(std::mem::take(&mut request.body))
-}
-
 fn list(lb: &Balancer) -> Vec<ServerEntry> {
     let mut list: Vec<ServerEntry> = lb.joined.lock().values().cloned().collect();
     list.sort_by_key(|e| e.id);
     list
 }
 
-fn bad(message: &str) -> Answer {
-    (400, serde_json::json!({"error": message}))
+/// An error answer: `{"error": why}`.
+fn fail(code: u16, why: impl std::fmt::Display) -> Answer {
+    (code, serde_json::json!({"error": why.to_string()}))
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
-//! A small HTTP/1.1 server for the admin listener, written out so that every limit is in sight:
-//! at most [`MAX_CONNECTIONS`] connections at once, each on its own small-stack thread; the
-//! whole request, head and body, must arrive before a deadline; the head is at most
-//! [`MAX_HEAD`] bytes and the body at most [`MAX_BODY`]; one request per connection
-//! (`Connection: close`). A failed accept (out of descriptors, say) pauses the loop; nothing a
-//! peer does ends it.
-//!
-//! It replaces tiny_http, with which one peer that never sent its body froze every admin
-//! request, and running out of descriptors killed the accept thread for good.
+//! A small HTTP/1.1 server for the admin listener, with every limit in sight: at most
+//! [`MAX_CONNECTIONS`] connections, each on a small-stack thread; the whole request must arrive
+//! before a deadline; a head of at most [`MAX_HEAD`] bytes and a body of at most [`MAX_BODY`];
+//! one request per connection. A failed accept (out of descriptors, say) pauses the loop;
+//! nothing a peer does ends it. Not tiny_http: with it one peer that never sent its body froze
+//! every admin request, running out of descriptors ended its accept thread, and it cannot
+//! speak TLS over our `tls::Stream`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,12 +17,12 @@ use crate::protocol::{self, Line};
 use crate::tls::{self, Acceptor, Stream};
 
 /// Most admin connections served at once; more are answered `503` and closed.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// Most bytes in a request's head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most bytes in a request's body.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Stack of a connection thread: the handlers keep their data on the heap.
+/// Stack of a connection thread (the handlers keep their data on the heap).
 const STACK: usize = 256 * 1024;
 /// How long the accept loop rests after a failed accept, so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -66,7 +64,7 @@ pub struct Response {
 
 impl Response {
     /// A JSON answer.
-    pub fn json(code: u16, body: &serde_json::Value) -> Response {
+    pub(crate) fn json(code: u16, body: &serde_json::Value) -> Response {
         Response {
             code,
             content_type: "application/json",
@@ -84,9 +82,8 @@ const PLAIN_ON_HTTPS: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\nthis admin listener speaks HTTPS\n";
 
 /// Serves `listener` (HTTPS with `tls`) until `stop` is set and a connection wakes the loop.
-/// Each request must arrive whole, handshake included, within `deadline` of its connection;
-/// `handle` answers it.
-pub fn serve(
+/// `handle` answers each request that arrives whole, handshake included, within `deadline`.
+pub(crate) fn serve(
     listener: TcpListener,
     deadline: Duration,
     stop: &AtomicBool,
@@ -154,9 +151,7 @@ fn connection(
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             // Never 0, which would be no limit.
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
+            let left = (deadline - Instant::now()).max(Duration::from_millis(1));
             match tls::accept(config, stream, left, PLAIN_ON_HTTPS) {
                 Ok(stream) => stream,
                 Err(e) => return log::info!("admin listener: {peer}: TLS handshake failed: {e}"),
@@ -168,9 +163,7 @@ fn connection(
         Err(refusal) => refusal,
     };
     let _ = stream.set_write_timeout(Some(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1)),
+        (deadline - Instant::now()).max(Duration::from_secs(1)),
     ));
     if write_response(&mut stream, &response).is_ok() {
         stream.close_notify();
@@ -225,9 +218,8 @@ fn read_request(stream: &mut Stream, deadline: Instant) -> Result<Request, Respo
     Ok(request)
 }
 
-/// Reads a request's head (at most [`MAX_HEAD`] bytes) from `reader`: the request without its
-/// body, and the length of the body to read next (at most [`MAX_BODY`]); or the answer that
-/// refuses it.
+/// Reads a request's head (at most [`MAX_HEAD`] bytes): the request without its body and the
+/// body's length (at most [`MAX_BODY`]), or the answer that refuses it.
 ///
 /// # Errors
 /// The error from reading.
@@ -239,26 +231,26 @@ pub fn read_head(
     let mut budget = MAX_HEAD;
     loop {
         let mut line = Vec::new();
-        match protocol::read_line(reader, &mut line, budget)? {
-            Line::Complete => {}
-            Line::TooLong => return Ok(Err(Response::error(431, "the request head is too large"))),
-            Line::Eof | Line::Truncated => {
-                return Ok(Err(Response::error(400, "incomplete request")))
-            }
+        let refusal = match protocol::read_line(reader, &mut line, budget)? {
+            Line::Complete => None,
+            Line::TooLong => Some((431, "the request head is too large")),
+            Line::Eof | Line::Truncated => Some((400, "incomplete request")),
+        };
+        if let Some((code, why)) = refusal {
+            return Ok(Err(Response::error(code, why)));
         }
         budget = budget.saturating_sub(line.len() + 1);
         if line.last() == Some(&b'\r') {
             line.pop();
         }
         if line.is_empty() {
-            break;
+            return Ok(parse_head(&lines, remote));
         }
         match String::from_utf8(line) {
             Ok(line) => lines.push(line),
             Err(_) => return Ok(Err(Response::error(400, "the head is not UTF-8"))),
         }
     }
-    Ok(parse_head(&lines, remote))
 }
 
 fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), Response> {

@@ -1,11 +1,10 @@
-//! The balancer's accept loop: one thread per client, up to `--max-clients`, for clients whose
-//! address is in the `--allow` list. A thread whose client left waits a moment for the next
-//! one, so that a new connection per request does not start and end a thread each time.
+//! The accept loop: one thread per client, up to `--max-clients`, for clients in the `--allow`
+//! list. A thread whose client left waits a moment for the next one, so that a connection per
+//! request does not start and end a thread each time.
 //!
-//! Running out of file descriptors is planned for: the loop keeps one spare, and when accept()
-//! fails for want of descriptors it closes the spare, accepts the waiting client, tells it
-//! `ERR busy` and closes it (HAProxy and nginx do the same), instead of leaving it in the
-//! backlog with no answer and the loop spinning on the same error.
+//! Running out of descriptors is planned for (as HAProxy and nginx do): the loop keeps a spare,
+//! and when accept() fails for want of one it closes the spare, accepts the waiting client and
+//! tells it `ERR busy`, rather than leave it in the backlog and spin on the same error.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -16,19 +15,20 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::balancer::{session, Balancer};
+use crate::balancer::session;
+use crate::balancer::shared::Balancer;
+use crate::cidr;
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::tls::Acceptor;
 
-/// Stack of a client thread. A session keeps its buffers on the heap, so a small stack is
-/// enough, and ten thousand clients fit in little memory.
-pub const CLIENT_STACK: usize = 128 * 1024;
+/// Stack of a client thread: a session keeps its buffers on the heap, so 10,000 clients fit.
+const CLIENT_STACK: usize = 128 * 1024;
 
 /// How long writing a refusal to a turned-away client may block the accept loop.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long the loop rests after an accept that failed for another reason, so it never spins.
+/// How long the loop rests after a failed accept, so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Most client threads waiting for a next client (per listener), and how long each waits.
@@ -37,58 +37,52 @@ const PARK_TIME: Duration = Duration::from_secs(5);
 
 /// The client threads waiting for a next client.
 struct Parked {
-    /// Carries an admitted client to a waiting thread; with no capacity, `try_send` succeeds
-    /// only when a thread waits. Dropped when the loop ends, which ends the waits.
+    /// Carries an admitted client to a waiting thread (no capacity: `try_send` succeeds only
+    /// when one waits). Dropped when the loop ends, which ends the waits.
     hand: Sender<TcpStream>,
-    /// Where waiting threads receive it, for at most [`PARK_TIME`].
     take: Receiver<TcpStream>,
     /// Threads waiting, at most [`MAX_PARKED`].
     waiting: Arc<AtomicUsize>,
 }
 
-/// Accepts clients until the balancer stops; then admits the clients already waiting in the
-/// backlog (they connected before Ctrl-C and get their replies) and closes the listener.
-/// With `tls`, each client's thread starts with a TLS handshake.
-pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
+/// Accepts clients (with `tls`: TLS clients) until the balancer stops; then admits those
+/// already in the backlog (they connected before Ctrl-C and get their replies).
+pub(crate) fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let (hand, take) = crossbeam_channel::bounded(0);
+    let waiting = Arc::default();
     let parked = Parked {
         hand,
         take,
-        waiting: Arc::default(),
+        waiting,
     };
     let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref(), &parked);
     // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
     let on = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    log::info!(
-        "Accepting clients on {on} from {} (--allow)",
-        lb.config.allow
-    );
+    let from = cidr::describe(&lb.config.networks);
+    log::info!("Accepting clients on {on} from {from} (--allow)");
     let mut spare = File::open("/dev/null").ok();
     while !lb.stopping.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => admit(lb, stream),
             Err(e) if out_of_descriptors(&e) => {
                 drop(spare.take());
-                match listener.accept() {
-                    // accept() fails at once when the table is full, even with no client
-                    // waiting; so this one may have come long after descriptors freed up.
-                    // It is turned away only if they are still short.
+                let waiting = listener.accept();
+                spare = File::open("/dev/null").ok();
+                // accept() fails at once on a full table, client or not: this one may come
+                // long after descriptors freed up, so it is turned away only if still short.
+                match waiting {
+                    Ok((stream, _)) if spare.is_some() => admit(lb, stream),
                     Ok((stream, _)) => {
-                        spare = File::open("/dev/null").ok();
-                        if spare.is_some() {
-                            admit(lb, stream);
-                        } else {
-                            log::warn!("out of file descriptors ({e}): turned a client away");
-                            turn_away(
-                                stream,
-                                &Code::Busy.msg("the load balancer is overloaded; try again later"),
-                            );
-                        }
+                        log::warn!("out of file descriptors ({e}): turned a client away");
+                        let busy =
+                            Code::Busy.msg("the load balancer is overloaded; try again later");
+                        turn_away(stream, &busy);
                     }
                     Err(_) => std::thread::sleep(ACCEPT_PAUSE),
                 }
+                // Turning a client away freed a descriptor.
                 if spare.is_none() {
                     spare = File::open("/dev/null").ok();
                 }
@@ -114,19 +108,19 @@ pub fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Accept
     }
 }
 
-/// Whether accept() failed because this process or the system has no descriptor left.
+/// Whether accept() failed for want of a descriptor (in this process or the system).
 fn out_of_descriptors(e: &io::Error) -> bool {
     use rustix::io::Errno;
     matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
-/// Starts a session thread for a client, or turns it away (`ERR forbidden` when its address
-/// is not allowed, `ERR busy` when there are too many clients) with no thread spawned for it.
+/// Starts (or wakes) a session thread for a client, or turns it away with no thread:
+/// `ERR forbidden` when its address is not allowed, `ERR busy` when there are too many.
 fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: &Parked) {
     let _ = stream.set_nodelay(true);
     // A client whose address cannot be read has already gone; with an allow list it is refused.
     let peer = stream.peer_addr().ok();
-    if !peer.is_some_and(|p| lb.config.allow.permits(p.ip())) {
+    if !peer.is_some_and(|p| cidr::permits(&lb.config.networks, p.ip())) {
         let who = peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
         log::warn!("refused {who}: not in the --allow list");
         turn_away(
@@ -136,7 +130,7 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
         return;
     }
     let max = lb.config.max_clients;
-    // Counted here, in the accept thread, so that no burst of connections slips past the limit.
+    // Counted here, in the accept thread, so that no burst slips past the limit.
     if lb.clients.fetch_add(1, Ordering::SeqCst) >= max {
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::warn!("refused a client: {max} clients already connected (--max-clients)");
@@ -179,8 +173,8 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
     }
 }
 
-/// Sends a refusal and closes, from the accept thread: a fresh connection's send buffer is
-/// empty, so the short write does not block, and the timeout makes sure of it.
+/// Sends a refusal and closes: a fresh connection's send buffer is empty, so the short write
+/// does not block the accept loop, and the timeout makes sure of it.
 fn turn_away(mut stream: TcpStream, e: &Error) {
     let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
     let _ = stream.write_all(e.header_line().as_bytes());

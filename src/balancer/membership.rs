@@ -1,30 +1,32 @@
-//! Who is in the pool. A watcher thread looks a few times a second at the servers file and at
-//! the servers joined over the network (the admin listener): a server that appears joins, one
-//! that disappears drains and leaves. A server that is listed but not in the pool (new, or its
-//! connection broke) is reconnected: the watcher sends an attempt down a channel to one of
-//! [`RECONNECTORS`] threads, which connects, checks that the server answers and sends the
-//! outcome back; after a failure the watcher waits longer (capped exponential backoff) before
-//! the next attempt. So every listed server is tried again and again, however many there are,
-//! by a fixed number of threads. At most `--max-servers` servers are listed at once. The
-//! balancer keeps one connection per worker of a server; a connection that broke, or sent what
-//! no request asked for, is re-probed on a new connection ([`reprobe`]) while its server stays
-//! in the pool; if that probe fails the connection is dropped, and a server in the pool with
-//! fewer connections than workers is topped up like a server being reconnected. A server is
-//! down when its last connection is gone.
+//! Who is in the pool. A watcher thread reads the servers file and the servers joined over the
+//! network a few times a second: a server that appears joins, one that disappears drains and
+//! leaves. A listed server not in the pool (new, or its connection broke) is reconnected by one
+//! of [`RECONNECTORS`] threads, which connects, checks that it answers and sends the outcome
+//! back; a failure makes the next attempt wait longer (capped exponential backoff). So a fixed
+//! number of threads retry every listed server (at most `--max-servers`). Each worker of a
+//! server has its own connection; one that broke, or sent what no request asked for, is
+//! re-probed on a new connection ([`reprobe`]), and dropped if that fails; a server with fewer
+//! connections than workers is topped up like one being reconnected, and is down when its last
+//! connection is gone.
 //!
-//! A server's states: **up** (in the pool, idle or busy), **draining** (finishing its requests
-//! in flight, then leaving), **down** (listed, not in the pool, being reconnected).
+//! Health checks ([`check_health`], as HAProxy's `check`): every `--check-interval` a TCP
+//! connect to each server in the pool, which costs it no worker. After `--check-fall` misses in
+//! a row it is down: out of the pool, and the requests waiting on its replies are released at
+//! once to be retried elsewhere, whatever `--server-timeout` says.
+//!
+//! A server is **up** (in the pool, idle or busy), **draining** (finishing its requests in
+//! flight, then leaving) or **down** (listed, not in the pool, being reconnected).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::balancer::backend::{Backend, BackendConn};
-use crate::balancer::Balancer;
+use crate::balancer::shared::Balancer;
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, Membership};
 use crate::protocol::{Line, ReplyHeader};
@@ -32,18 +34,19 @@ use crate::servers_file::{self, ServerEntry};
 use crate::tls::Connector;
 
 /// How often the servers file is read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// First wait before reconnecting to a server that went down; it doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait between reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Reconnector threads: most servers being (re)connected at once.
-pub const RECONNECTORS: usize = 16;
+const RECONNECTORS: usize = 16;
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The request that checks a (re)connected server really answers: a hung process still
 /// completes TCP handshakes, so a connection alone proves nothing.
 const PROBE: &[u8] = b"SELECT 1\n";
+/// Servers health-checked at once: a round with dead servers takes a connect timeout per batch.
+const BATCH: usize = 16;
 
 /// A listed server, as the watcher last saw it.
 struct Known {
@@ -52,9 +55,8 @@ struct Known {
     cancelled: Arc<AtomicBool>,
     /// Whether an attempt to connect it is queued or being made.
     attempting: bool,
-    /// Attempts that failed in a row.
+    /// Attempts that failed in a row, and when the next may start (after its backoff).
     failures: u32,
-    /// When the next attempt may start (after the backoff of the last failure).
     next_try: Instant,
     /// Whether it was in the pool at the last look (to log a fall once).
     was_up: bool,
@@ -71,57 +73,38 @@ impl Drop for Known {
     }
 }
 
-/// One attempt to connect a server, carried to a reconnector thread.
-struct Attempt {
-    backend: Arc<Backend>,
-    cancelled: Arc<AtomicBool>,
-    /// Attempts that failed before this one.
-    failures: u32,
-}
-
-/// What an attempt found, carried back to the watcher.
-struct Outcome {
-    backend: Arc<Backend>,
-    reached: bool,
-}
+/// One attempt for a reconnector: the server, its `cancelled` flag, the failures before.
+type Attempt = (Arc<Backend>, Arc<AtomicBool>, u32);
 
 /// Keeps the idle queue's membership in line with the servers file and the joined servers.
-pub struct Watcher {
+pub(crate) struct Watcher {
     lb: Arc<Balancer>,
     known: HashMap<u32, Known>,
-    /// The servers file as last read well, kept when a later read fails.
+    /// The servers file as last read well, kept when a later read fails, and that failure.
     last_file: Vec<ServerEntry>,
     last_error: Option<String>,
     /// How many listed servers `--max-servers` left out at the last look (to warn once).
     left_out: usize,
     /// Carries attempts to the reconnector threads; they stop when it is dropped.
     attempts: Sender<Attempt>,
-    /// Carries the outcomes of attempts back.
-    outcomes: Receiver<Outcome>,
+    /// Carries back each attempt's server and whether it was reached.
+    outcomes: Receiver<(Arc<Backend>, bool)>,
     /// Servers draining, to say once when each has left.
     draining: HashSet<u32>,
 }
 
 impl Watcher {
     /// A watcher for `lb`, with its reconnector threads started.
-    ///
-    /// # Errors
-    /// A message when a thread cannot be started.
-    pub fn new(lb: Arc<Balancer>) -> Result<Self, String> {
+    pub(crate) fn new(lb: Arc<Balancer>) -> Result<Self, String> {
         let (attempts, to_do) = crossbeam_channel::unbounded::<Attempt>();
         let (done, outcomes) = crossbeam_channel::unbounded();
         for i in 0..RECONNECTORS {
             let (to_do, done) = (to_do.clone(), done.clone());
             spawn_prober(&lb, format!("reconnect-{i}"), move |lb| {
                 // Ends when the watcher, and with it the sending side, is gone.
-                for attempt in to_do {
-                    let Attempt {
-                        backend,
-                        cancelled,
-                        failures,
-                    } = attempt;
+                for (backend, cancelled, failures) in to_do {
                     let reached = reconnect(lb, &backend, &cancelled, failures);
-                    let _ = done.send(Outcome { backend, reached });
+                    let _ = done.send((backend, reached));
                 }
             })
             .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
@@ -138,9 +121,9 @@ impl Watcher {
         })
     }
 
-    /// Polls every [`POLL_INTERVAL`] until `stop` is closed (or carries a message); its
-    /// reconnector threads end once their attempt in hand is done.
-    pub fn run(mut self, stop: &Receiver<()>) {
+    /// Polls every [`POLL_INTERVAL`] until `stop` is closed; its reconnector threads end once
+    /// their attempt in hand is done.
+    pub(crate) fn run(mut self, stop: &Receiver<()>) {
         // Carries a tick every POLL_INTERVAL: time for the next look.
         let ticks = crossbeam_channel::tick(POLL_INTERVAL);
         loop {
@@ -153,19 +136,16 @@ impl Watcher {
     }
 
     /// One look: join new servers, drain removed ones, start reconnecting lost ones.
-    pub fn poll(&mut self) {
-        for outcome in self.outcomes.try_iter() {
-            let id = outcome.backend.id;
+    fn poll(&mut self) {
+        for (backend, reached) in self.outcomes.try_iter() {
             // An outcome for a server that has left the list, or is listed anew, is stale.
-            let Some(known) = self
-                .known
-                .get_mut(&id)
-                .filter(|k| Arc::ptr_eq(&k.backend, &outcome.backend))
+            let Some(known) =
+                (self.known.get_mut(&backend.id)).filter(|k| Arc::ptr_eq(&k.backend, &backend))
             else {
                 continue;
             };
             known.attempting = false;
-            if outcome.reached {
+            if reached {
                 known.failures = 0;
             } else {
                 known.failures = known.failures.saturating_add(1);
@@ -174,9 +154,7 @@ impl Watcher {
         }
         let listed = self.listed();
         let lb = Arc::clone(&self.lb);
-        let queue = &lb.queue;
-        // Servers gone from the list, or listed again with other settings: drain them.
-        let stats = &lb.stats;
+        let (queue, stats) = (&lb.queue, &lb.stats);
         self.draining.retain(|id| {
             let left = queue.membership(*id).is_none();
             if left {
@@ -184,23 +162,19 @@ impl Watcher {
             }
             !left
         });
+        // Servers gone from the list (twice), or listed again with other settings: drain them.
         let mut gone = Vec::new();
         self.known.retain(|id, known| {
             match listed.get(id) {
-                Some(b) if b.same_settings(&known.backend) => {
-                    known.missing = false;
-                    return true;
+                Some(b) if b.same_settings(&known.backend) => known.missing = false,
+                None if !known.missing => known.missing = true,
+                _ => {
+                    stats.forget(*id);
+                    gone.push(*id);
+                    return false;
                 }
-                None if !known.missing => {
-                    known.missing = true;
-                    return true;
-                }
-                // Gone a second time, or listed anew with other settings.
-                _ => {}
             }
-            stats.forget(*id);
-            gone.push(*id);
-            false
+            true
         });
         for id in gone {
             self.retire(id);
@@ -211,7 +185,7 @@ impl Watcher {
                 stats.list(Arc::clone(&backend));
                 Known {
                     backend,
-                    cancelled: Arc::new(AtomicBool::new(false)),
+                    cancelled: Arc::default(),
                     attempting: false,
                     failures: 0,
                     next_try: Instant::now(),
@@ -235,14 +209,12 @@ impl Watcher {
                 None => {}
             }
             if !known.attempting && Instant::now() >= known.next_try {
-                let attempt = Attempt {
-                    backend: Arc::clone(&known.backend),
-                    cancelled: Arc::clone(&known.cancelled),
-                    failures: known.failures,
-                };
-                // One attempt per server at a time, so the channel holds at most one per
-                // listed server.
-                known.attempting = self.attempts.send(attempt).is_ok();
+                let attempt = (Arc::clone(&known.backend), Arc::clone(&known.cancelled));
+                // One attempt per server at a time: the channel holds at most one per server.
+                known.attempting = self
+                    .attempts
+                    .send((attempt.0, attempt.1, known.failures))
+                    .is_ok();
             }
         }
         // A reconnector may have added its server just as the server left the list.
@@ -254,7 +226,7 @@ impl Watcher {
     }
 
     /// Takes server `id` out of rotation, saying so once: removed at once if idle, else
-    /// draining until its request in flight completes (then `poll` says it was removed).
+    /// draining until its requests in flight complete (then `poll` says it was removed).
     fn retire(&mut self, id: u32) {
         let queue = &self.lb.queue;
         if !queue.retire(id) {
@@ -287,18 +259,14 @@ impl Watcher {
                 }
             }
         }
-        let mut entries = self.last_file.clone();
-        entries.extend(self.lb.joined.lock().values().cloned());
+        let joined = self.lb.joined.lock().values().cloned().collect::<Vec<_>>();
         let mut listed = Vec::new();
         let (mut ids, mut addresses) = (HashSet::new(), HashSet::new());
-        for entry in entries {
-            let backend = Backend::from_entry(&entry);
+        for entry in self.last_file.iter().chain(&joined) {
+            let backend = Backend::from_entry(entry);
             if !ids.insert(backend.id) || !addresses.insert(backend.addr.clone()) {
-                log::debug!(
-                    "ignoring a second entry for server {} at {}",
-                    backend.id,
-                    backend.addr
-                );
+                let (id, addr) = (backend.id, &backend.addr);
+                log::debug!("ignoring a second entry for server {id} at {addr}");
                 continue;
             }
             listed.push(backend);
@@ -330,8 +298,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// One attempt to bring a server back: connect each of its workers that has no connection,
-/// check that the server answers on each, add them to the pool. `failures` counts the attempts
-/// that failed before, for the log. Returns whether the server answered.
+/// check that it answers on each, add them to the pool. Returns whether the server answered.
 fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, failures: u32) -> bool {
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
@@ -351,18 +318,13 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
                 .filter(|added| *added)
                 .count();
             if joins && added > 0 {
-                log::info!(
-                    "Connected to server {} at {} (processing time {} s, {} worker(s)){}",
-                    backend.id,
-                    backend.addr,
-                    backend.processing_time.as_secs_f64(),
-                    backend.workers,
-                    if failures > 0 {
-                        format!(" after {failures} failed attempt(s)")
-                    } else {
-                        String::new()
-                    }
-                );
+                let (id, addr, workers) = (backend.id, &backend.addr, backend.workers);
+                let secs = backend.processing_time.as_secs_f64();
+                let after = match failures {
+                    0 => String::new(),
+                    n => format!(" after {n} failed attempt(s)"),
+                };
+                log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
             }
             true
         }
@@ -384,12 +346,12 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
     }
 }
 
-/// Closes a worker's connection that can no longer be trusted (it broke, or the server's
-/// replies are out of step with the requests) and probes the server on a new one, in the
-/// background. Meanwhile the worker stays counted, busy, so requests wait for it rather than
-/// find no server up; if the probe fails the connection is dropped (the server is down with
-/// its last). At most one thread per connection (this takes its lease).
-pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
+/// Closes a worker's connection that can no longer be trusted (it broke, or its replies are
+/// out of step with the requests) and probes the server on a new one, in the background.
+/// Meanwhile the worker stays counted, busy, so requests wait for it rather than find no
+/// server up; if the probe fails the connection is dropped (the server is down with its last).
+/// At most one thread per connection (this takes its lease).
+pub(crate) fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let (backend, old) = lease.set_aside();
     drop(old);
     // Busy with no client's request: the dashboard must not show the ended one in progress.
@@ -423,8 +385,7 @@ pub fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     }
 }
 
-/// Starts a thread that talks to servers (a reconnector, a re-probe), counted in
-/// `lb.probing` until it ends, so that shutting down can wait for it.
+/// Starts a thread that talks to servers, counted in `lb.probing` so shutting down can wait.
 fn spawn_prober(
     lb: &Arc<Balancer>,
     name: String,
@@ -475,27 +436,92 @@ fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<V
 
 /// Reads the whole reply to [`PROBE`]: the server is alive and speaks the protocol.
 fn read_probe_reply(conn: &mut BackendConn) -> io::Result<()> {
+    let cut = |why: &str| io::Error::new(io::ErrorKind::UnexpectedEof, why.to_string());
     let mut header = Vec::new();
     if conn.read_header(&mut header)? != Line::Complete {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed the connection instead of answering",
-        ));
+        return Err(cut("closed the connection instead of answering"));
     }
     let reply =
         ReplyHeader::parse(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let length = reply.body_length();
-    let read = io::copy(
-        &mut io::Read::take(&mut conn.reader, length),
-        &mut io::sink(),
-    )?;
-    if read < length {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "reply cut short",
-        ));
+    if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
+        return Err(cut("reply cut short"));
     }
     Ok(())
+}
+
+/// Health-checks the servers in the pool every `--check-interval` until `stop` is closed.
+pub(crate) fn check_health(lb: &Balancer, stop: &Receiver<()>) {
+    // Carries a tick every check interval: time for the next round.
+    let ticks = crossbeam_channel::tick(lb.config.check_interval);
+    // Checks missed in a row, by server id, for the servers in the pool.
+    let mut misses: HashMap<u32, u32> = HashMap::new();
+    loop {
+        crossbeam_channel::select! {
+            recv(ticks) -> _ => {}
+            recv(stop) -> _ => return,
+        }
+        let active: HashSet<u32> = (lb.queue.snapshot().members.into_iter())
+            .filter(|(_, m)| *m == Membership::Active)
+            .map(|(id, _)| id)
+            .collect();
+        let servers: Vec<Arc<Backend>> = (lb.stats.servers().into_iter())
+            .filter(|b| active.contains(&b.id))
+            .collect();
+        misses.retain(|id, _| active.contains(id));
+        for batch in servers.chunks(BATCH) {
+            if stop.try_recv() != Err(TryRecvError::Empty) {
+                return;
+            }
+            let timeout = lb.config.check_interval;
+            let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+                let checks: Vec<_> = (batch.iter())
+                    .map(|b| {
+                        let thread = std::thread::Builder::new().stack_size(64 * 1024);
+                        thread.spawn_scoped(s, move || {
+                            servers_file::connect(&b.addr, timeout).map(drop)
+                        })
+                    })
+                    .collect();
+                // A check that could not run (no thread left) is no news.
+                (checks.into_iter())
+                    .map(|c| c.ok().and_then(|c| c.join().ok()).unwrap_or(Ok(())))
+                    .collect()
+            });
+            for (backend, result) in batch.iter().zip(results) {
+                let missed = misses.entry(backend.id).or_default();
+                match result {
+                    Ok(()) => *missed = 0,
+                    Err(e) => {
+                        *missed += 1;
+                        log::debug!("server {}: health check {missed} missed: {e}", backend.id);
+                        if *missed == lb.config.check_fall {
+                            take_down(lb, backend, &e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes a server that failed its checks out of the pool and releases the requests waiting
+/// on it: each session sees its connection broken and retries as for any broken connection.
+fn take_down(lb: &Balancer, backend: &Backend, why: &io::Error) {
+    log::warn!(
+        "server {} is down: {} health checks in a row failed (last: {why}); taking it out of the pool",
+        backend.id,
+        lb.config.check_fall
+    );
+    lb.queue.retire(backend.id);
+    // `retire` closed its idle connections: those left carry requests (or a re-probe).
+    let released = backend.break_connections();
+    if released > 0 {
+        log::warn!(
+            "server {}: {released} request(s) waiting on its reply released, to be retried",
+            backend.id
+        );
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::balancer::backend::Backend;
+use crate::balancer::shared::Balancer;
 use crate::balancer::stats::{TIMELINE_CAP, TIMELINE_WINDOW};
-use crate::balancer::Balancer;
 use crate::error::Code;
 use crate::idle_queue::{Membership, Snapshot};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::balancer::backend::{BackendConn, RelayError, Timed, Unusable};
-use crate::balancer::{membership, Balancer};
+use crate::balancer::{membership, shared::Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
