@@ -1,5 +1,6 @@
-//! Balancing policies: which idle server a request gets, and why, in words. One table ([`ALL`])
-//! of name, rule and reason:
+//! Balancing policies: which idle server a request gets, and why, in words. One file per
+//! policy, each filling the same small table of operations ([`Policy`]: name, rule, reason, as
+//! HAProxy's `lb_*.c` fill `struct lb_ops`), chosen in one place ([`ALL`]):
 //!
 //! - `power`: the fastest idle server by declared processing time (the original project's rule,
 //!   and the default).
@@ -19,8 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balancer::backend::Backend;
+use least_connections::LEAST_CONNECTIONS;
+use measured::MEASURED;
+use power::POWER;
+use round_robin::ROUND_ROBIN;
+use two_choices::TWO_CHOICES;
 
-/// A balancing policy. Policies keep no state: one instance of each serves every balancer.
+mod least_connections;
+mod measured;
+mod power;
+mod round_robin;
+mod two_choices;
+
+/// A balancing policy's operations. Policies keep no state: one of each serves every balancer.
 pub struct Policy {
     /// The name given to `--policy`.
     pub name: &'static str,
@@ -31,54 +43,8 @@ pub struct Policy {
     reason: fn(&Decision) -> String,
 }
 
-/// Every policy, in the order `--policy` lists them.
-pub const ALL: [Policy; 5] = [
-    Policy {
-        name: "power",
-        pick: |idle| min_by(idle, |b| (b.processing_time, b.last_chosen.load(Relaxed))),
-        reason: |d| format!("fastest idle ({})", short_time(d.declared)),
-    },
-    Policy {
-        name: "measured",
-        pick: |idle| min_by(idle, |b| (b.expected_time(), b.last_chosen.load(Relaxed))),
-        reason: |d| match d.measured {
-            Some(m) => format!("fastest idle as measured ({})", short_time(m)),
-            None => format!(
-                "fastest idle, not measured yet ({} declared)",
-                short_time(d.declared)
-            ),
-        },
-    },
-    Policy {
-        name: "round-robin",
-        pick: |idle| min_by(idle, |b| (b.last_chosen.load(Relaxed), b.id)),
-        reason: |_| "its turn (idle the longest since chosen)".into(),
-    },
-    Policy {
-        name: "least-connections",
-        pick: |idle| min_by(idle, load),
-        reason: |d| {
-            let (before, served) = (d.in_flight, d.served);
-            format!("fewest in flight ({before}), then fewest requests served ({served})")
-        },
-    },
-    Policy {
-        name: "two-choices",
-        pick: |idle| match idle.len() {
-            0 | 1 => min_by(idle, load),
-            n => {
-                // Randomness here needs to be cheap, not strong: fastrand's per-thread generator.
-                let a = fastrand::usize(..n);
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                [a, b].into_iter().min_by_key(|&i| load(&idle[i]))
-            }
-        },
-        reason: |d| {
-            let (before, served) = (d.in_flight, d.served);
-            format!("less loaded of two at random ({before} in flight, {served} served)")
-        },
-    },
-];
+/// Every policy, in the order `--policy` lists them: the one place a policy is chosen.
+pub const ALL: [Policy; 5] = [POWER, MEASURED, ROUND_ROBIN, LEAST_CONNECTIONS, TWO_CHOICES];
 
 /// Index of the server with the smallest `key`.
 fn min_by<K: Ord>(idle: &[Arc<Backend>], key: impl Fn(&Backend) -> K) -> Option<usize> {
@@ -183,10 +149,6 @@ pub(crate) fn backend(id: u32, secs: f64, last_chosen: u64) -> Arc<Backend> {
 mod tests {
     use super::*;
 
-    fn pick(name: &str, idle: &[Arc<Backend>]) -> Option<usize> {
-        (by_name(name).unwrap().pick)(idle)
-    }
-
     #[test]
     fn every_name_builds_its_policy() {
         for name in names() {
@@ -201,100 +163,6 @@ mod tests {
         assert_eq!(short_time(Duration::from_secs(2)), "2 s");
         assert_eq!(short_time(Duration::from_micros(1500)), "1.50 ms");
         assert_eq!(short_time(Duration::ZERO), "0 s");
-    }
-
-    #[test]
-    fn power_picks_the_fastest() {
-        let idle = [backend(1, 2.0, 0), backend(2, 0.5, 9), backend(3, 1.0, 0)];
-        assert_eq!(pick("power", &idle), Some(1));
-        assert_eq!(pick("power", &[]), None);
-    }
-
-    #[test]
-    fn power_rotates_among_equals() {
-        let idle = [
-            backend(1, 0.5, 7),
-            backend(2, 0.5, 3),
-            backend(3, 0.5, 5),
-            backend(4, 1.0, 0),
-        ];
-        assert_eq!(pick("power", &idle), Some(1));
-    }
-
-    #[test]
-    fn power_ignores_measurements() {
-        let fast = backend(1, 0.1, 0);
-        let nine = Duration::from_secs(9);
-        fast.record_reply(nine, nine, 0, None);
-        assert_eq!(pick("power", &[backend(2, 0.2, 0), fast]), Some(1));
-    }
-
-    #[test]
-    fn measured_ranks_by_measurement_over_declaration() {
-        let liar = backend(1, 0.1, 0);
-        let slow = Duration::from_millis(900);
-        liar.record_reply(slow, slow, 0, None);
-        let honest = backend(2, 0.5, 0);
-        assert_eq!(pick("measured", &[liar, honest]), Some(1));
-    }
-
-    #[test]
-    fn measured_counts_unmeasured_servers_as_declared_and_equals_rotate() {
-        let idle = [backend(1, 0.5, 4), backend(2, 0.5, 2), backend(3, 1.0, 0)];
-        assert_eq!(pick("measured", &idle), Some(1));
-    }
-
-    #[test]
-    fn round_robin_ignores_power() {
-        let idle = [backend(1, 0.1, 5), backend(2, 9.0, 2)];
-        assert_eq!(pick("round-robin", &idle), Some(1));
-    }
-
-    #[test]
-    fn round_robin_takes_never_chosen_first_by_id() {
-        let idle = [backend(3, 0.1, 0), backend(2, 9.0, 0)];
-        assert_eq!(pick("round-robin", &idle), Some(1));
-    }
-
-    #[test]
-    fn least_connections_picks_the_fewest_in_flight_then_the_least_served() {
-        let (busy, quiet) = (backend(1, 0.1, 0), backend(2, 0.1, 0));
-        busy.in_flight.store(2, Relaxed);
-        quiet.in_flight.store(1, Relaxed);
-        quiet.requests.store(99, Relaxed);
-        assert_eq!(pick("least-connections", &[busy, quiet]), Some(1));
-    }
-
-    #[test]
-    fn least_connections_picks_the_least_served_whatever_its_power() {
-        let busy_fast = backend(1, 0.1, 1);
-        busy_fast.requests.store(10, Relaxed);
-        let quiet_slow = backend(2, 2.0, 2);
-        quiet_slow.requests.store(3, Relaxed);
-        assert_eq!(pick("least-connections", &[busy_fast, quiet_slow]), Some(1));
-    }
-
-    #[test]
-    fn two_choices_never_picks_the_most_loaded_of_many() {
-        let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
-        for (i, b) in idle.iter().enumerate() {
-            b.requests.store(i as u64 * 10, Relaxed);
-        }
-        for _ in 0..200 {
-            let i = pick("two-choices", &idle).unwrap();
-            assert_ne!(idle[i].id, 3, "the most loaded one always loses its pair");
-        }
-    }
-
-    #[test]
-    fn two_choices_picks_both_of_two_equals() {
-        let idle = [backend(1, 0.1, 0), backend(2, 0.1, 0)];
-        let picked: std::collections::HashSet<usize> = (0..100)
-            .map(|_| pick("two-choices", &idle).unwrap())
-            .collect();
-        assert_eq!(picked.len(), 2);
-        assert_eq!(pick("two-choices", &[backend(5, 1.0, 0)]), Some(0));
-        assert_eq!(pick("two-choices", &[]), None);
     }
 
     #[test]
