@@ -38,7 +38,7 @@ run-cluster-tls:
 ## Mutation testing of the core (idle queue, protocol with its request reader, policies, session and
 ## relay) against the whole test suite; installs cargo-mutants when missing. Slow (an hour or
 ## more on 2 cores), so not part of `test`; the report lands in mutants.out/.
-CORE_FILES = src/idle_queue.rs src/protocol.rs 'src/policy/*.rs' src/balancer/session.rs
+CORE_FILES = src/idle_queue.rs src/protocol.rs 'src/policy/*.rs' src/balancer/session.rs src/balancer/backend.rs
 mutants:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
 	$(CARGO) mutants $(foreach f,$(CORE_FILES),--file $(f)) --timeout 120 -- --all-targets

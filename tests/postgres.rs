@@ -413,3 +413,45 @@ fn a_frozen_database_costs_a_request_its_time_limit_not_the_worker() {
     drop(wire);
     assert_eq!(server.interrupt(Duration::from_secs(8)), Some(0));
 }
+
+#[test]
+fn a_database_frozen_while_reconnecting_costs_each_request_two_seconds() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = pg_dir(&pg, OWNER, true);
+    let mut server = start_server(&dir, 1, 0.0, &["--query-timeout", "1"]);
+    let mut wire = Wire::connect(server.addr);
+    wire.writer
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    assert_eq!(wire.request("SELECT 1 AS n").text(), "n: 1\n");
+    // The connection is lost, and the database that comes back takes connections but never
+    // answers: the reconnection hangs.
+    pg.stop();
+    pg.restart();
+    let frozen = pg.freeze();
+    let threads = thread_count(server.pid());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = wire.try_request("SELECT 1 AS n");
+        let header = reply.as_ref().map(|r| r.header.clone());
+        assert!(
+            header
+                .as_ref()
+                .is_ok_and(|h| h.starts_with("ERR unavailable database ")),
+            "{header:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "{header:?}");
+        assert!(thread_count(server.pid()) <= threads + 1);
+    }
+    drop(frozen);
+    wait_until(Duration::from_secs(15), || {
+        wire.request("SELECT 1 AS n").text() == "n: 1\n"
+    });
+    // Frozen again mid-reconnection: a stopping server does not wait for it.
+    pg.stop();
+    pg.restart();
+    let _frozen = pg.freeze();
+    assert_eq!(wire.request("SELECT 1 AS n").code(), Some("unavailable"));
+    drop(wire);
+    assert_eq!(server.interrupt(Duration::from_secs(8)), Some(0));
+}

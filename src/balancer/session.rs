@@ -143,7 +143,7 @@ fn handle(
         }
         lb.stats.record_choice(id, taken, &backend, lease.decision);
         // A failed health check releases the request by shutting its connection down (see
-        // `health`).
+        // `membership::check_health`).
         match lease.item().relay(line, header, client) {
             Ok((reply, bytes, service)) => {
                 // Before the server is released, so its next request starts after this one ended.

@@ -206,7 +206,17 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
         .has_headers(false)
         .from_reader(text.as_bytes());
     let rows = reader.records().map(|row| {
-        let row = row.map_err(|e| e.to_string())?;
+        let row = row.map_err(|e| match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                pos,
+                expected_len,
+                len,
+            } => {
+                let line = pos.as_ref().map_or(0, csv::Position::line);
+                format!("seed row {line} has {len} fields, the header has {expected_len}")
+            }
+            _ => e.to_string(),
+        })?;
         Ok(row.iter().map(String::from).collect())
     });
     rows.collect()
@@ -238,6 +248,8 @@ mod tests {
             ]
         );
         assert!(parse_csv("a,\"b\n").is_err());
+        let short = parse_csv("Name,HEX,RGB\nWhite,#FFF,x\nBlack,#000\n").unwrap_err();
+        assert_eq!(short, "seed row 3 has 2 fields, the header has 3");
     }
 
     #[test]
