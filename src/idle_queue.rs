@@ -543,6 +543,8 @@ mod tests {
         let first = q.acquire(NOW).unwrap();
         let d = first.decision;
         assert_eq!((d.free, d.busy, d.position), (2, 0, None));
+        let half = Duration::from_millis(500);
+        assert_eq!((d.declared, d.measured, d.in_flight, d.served), (half, None, 0, 0));
         let second = q.acquire(NOW).unwrap();
         let d = second.decision;
         assert_eq!((d.free, d.busy), (1, 1));
@@ -552,10 +554,15 @@ mod tests {
         };
         wait_for("the waiter to join the line", || counts(&q).2 == 1);
         assert_eq!(q.snapshot().waiting, 1);
+        let took = Duration::from_millis(300);
+        first.server.record_reply(took, took, 0, None);
         first.release();
         let decision = waiter.join().unwrap().unwrap();
         assert_eq!(decision.position, Some(1));
         assert_eq!((decision.free, decision.busy), (1, 1));
+        // The figures as they were when it was handed out: one reply served, measured.
+        assert_eq!((decision.declared, decision.served), (half, 1));
+        assert_eq!(decision.measured, Some(took));
     }
 
     #[test]
@@ -912,8 +919,12 @@ mod tests {
                         Duration::from_micros(50)
                     };
                     for _ in 0..ROUNDS {
-                        let Ok(mut lease) = q.acquire(patience) else {
-                            continue;
+                        // A patient thread always gets a worker: its timeout is a lost worker
+                        // or a missed wake-up, and fails at once rather than 2000 times over.
+                        let mut lease = match q.acquire(patience) {
+                            Ok(lease) => lease,
+                            Err(_) if t % 2 == 1 => continue,
+                            Err(e) => panic!("a patient waiter got no worker: {e:?}"),
                         };
                         let item = *lease.item() as usize;
                         let id = lease.server.id as usize;
