@@ -437,31 +437,19 @@ impl Report {
 
     /// The report for people, with a bar chart of who answered how many.
     fn to_text(&self) -> String {
-        let mut out = String::new();
         let connection = match self.connection {
             "persistent" => "persistent connections",
             _ => "a new connection per request",
         };
-        let _ = writeln!(
-            out,
-            "{} clients, {connection}, {:.2} s",
-            self.clients, self.elapsed_s
-        );
-        let _ = writeln!(
-            out,
-            "requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s",
-            self.ok, self.error_count, self.requests_per_s, self.mb_per_s
-        );
         let l = &self.latency_ms;
-        if self.ok == 0 {
-            let _ = writeln!(out, "latency    none: no request got OK");
+        let latency = if self.ok == 0 {
+            "none: no request got OK".to_string()
         } else {
-            let _ = writeln!(
-                out,
-                "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            format!(
+                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
                 l.p50, l.p90, l.p99, l.max
-            );
-        }
+            )
+        };
         let errors: Vec<String> = self
             .errors
             .iter()
@@ -472,13 +460,21 @@ impl Report {
         } else {
             errors.join(", ")
         };
-        let _ = writeln!(out, "errors     {errors}");
-        let _ = writeln!(
-            out,
-            "fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)",
+        let mut out = format!(
+            "{} clients, {connection}, {:.2} s\n\
+             requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\
+             latency    {latency}\n\
+             errors     {errors}\n\
+             fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)\n\
+             answered by\n",
+            self.clients,
+            self.elapsed_s,
+            self.ok,
+            self.error_count,
+            self.requests_per_s,
+            self.mb_per_s,
             self.fairness
         );
-        let _ = writeln!(out, "answered by");
         let most = self.servers.values().copied().max().unwrap_or(0).max(1);
         for (server, &n) in &self.servers {
             let bar = "█".repeat((n * 40).div_ceil(most) as usize);

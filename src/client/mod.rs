@@ -122,9 +122,8 @@ impl Connection {
     /// # Errors
     /// An I/O error, or `InvalidData` when the reply breaks the protocol.
     pub fn send(&mut self, request: &Request) -> io::Result<ReplyHeader> {
-        let mut line = request.line().into_bytes();
-        line.push(b'\n');
-        self.writer.write_all(&line)?;
+        self.writer
+            .write_all(format!("{}\n", request.line()).as_bytes())?;
         let invalid = |message| io::Error::new(io::ErrorKind::InvalidData, message);
         match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
             Line::Complete => {}
@@ -236,18 +235,14 @@ fn place(tmp: &Path, dir: &Path, name: &str, force: bool) -> io::Result<PathBuf>
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    for n in 0..10_000 {
-        let path = if n == 0 {
-            target.clone()
-        } else {
-            dir.join(format!("{stem} ({n}){ext}"))
-        };
+    let numbered = (1..10_000).map(|n| dir.join(format!("{stem} ({n}){ext}")));
+    for path in std::iter::once(target).chain(numbered) {
         match fs::hard_link(tmp, &path) {
             Ok(()) => {
                 fs::remove_file(tmp)?;
                 return Ok(path);
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
