@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use minilb::client::{Connection, Target};
+use minilb::client::{self, Connection, Target};
 use minilb::protocol::{ReplyHeader, Request};
 use minilb::tls::Connector;
 use serde::Serialize;
@@ -195,16 +195,11 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     let report = Report::new(tallies, elapsed, shared.args.new_connection);
     if report.ok == 0 && report.errors.keys().all(|c| *c == "connect") && report.error_count > 0 {
         // Not one connection: nothing was measured, so there is no report to give.
-        let why = Connection::open(addr, shared.tls.as_ref())
-            .err()
-            .map_or_else(
-                || "it refused every connection".to_string(),
-                |e| e.to_string(),
-            );
-        return Err(format!(
-            "cannot reach the load balancer at {lb}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
-            lb = shared.args.target.lb
-        ));
+        let why = match Connection::open(addr, shared.tls.as_ref()) {
+            Ok(_) => "it refused every connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(client::unreachable(&shared.args.target.lb, why));
     }
     Ok(report)
 }

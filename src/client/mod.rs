@@ -377,8 +377,7 @@ fn perform(
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    writeln!(out, "{outcome}")?;
-    writeln!(out, "Time taken: {secs:.3} s")?;
+    writeln!(out, "{outcome}\nTime taken: {secs:.3} s")?;
     out.flush()?;
     Ok(matches!(reply, ReplyHeader::Ok { .. }))
 }
@@ -397,8 +396,11 @@ fn connect(config: &ClientConfig, tls: Option<&Connector>) -> Result<Connection,
         if e.kind() == io::ErrorKind::InvalidData {
             return format!("client {id}: {lb}: {e}");
         }
-        format!(
-            "client {id}: cannot reach the load balancer at {lb}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)"
-        )
+        format!("client {id}: {}", unreachable(lb, e))
     })
+}
+
+/// Says that nothing answers at `lb` (`--lb`), and what to do about it.
+pub fn unreachable(lb: &str, why: impl std::fmt::Display) -> String {
+    format!("cannot reach the load balancer at {lb}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)")
 }
