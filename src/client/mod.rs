@@ -185,8 +185,7 @@ fn save(
         // must not redirect the download elsewhere.
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let copied = io::copy(&mut conn.body(length), &mut file)?;
-        check_length(copied, length)?;
+        check_length(io::copy(&mut conn.body(length), &mut file)?, length)?;
         file.sync_all()?;
         place(&tmp, dir, name, config.force)
     })();
@@ -200,10 +199,8 @@ fn save(
 /// Removes the temp files (`.<name>.part.<pid>`) that clients killed mid-download (by SIGKILL,
 /// or a crash) left in `dir`: those whose process no longer runs.
 fn remove_stale_parts(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
+    // An unreadable folder has nothing to remove.
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let file_name = entry.file_name();
         let pid = file_name
             .to_str()
