@@ -151,10 +151,7 @@ impl ReplyHeader {
         let ReplyHeader::Ok { fields, .. } = self else {
             return None;
         };
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        Some(&fields.iter().find(|(k, _)| k == key)?.1)
     }
 
     /// The header as one line, with its `\n`.

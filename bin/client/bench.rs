@@ -240,11 +240,7 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         }
         conn.ok()
     };
-    let mut conn = if args.connect_first {
-        connect(&mut tally)
-    } else {
-        None
-    };
+    let mut conn = args.connect_first.then(|| connect(&mut tally)).flatten();
     shared.ready.wait();
     let limit = args.requests.map_or(u64::MAX, |total| {
         quota(total, u64::from(args.clients), index)
