@@ -158,10 +158,8 @@ fn connection(
             }
         }
     };
-    let response = match read_request(&mut stream, deadline) {
-        Ok(request) => handle(request),
-        Err(refusal) => refusal,
-    };
+    // The handler's answer, or the one that refuses the request.
+    let response = read_request(&mut stream, deadline).map_or_else(|refusal| refusal, handle);
     let _ = stream.set_write_timeout(Some(
         (deadline - Instant::now()).max(Duration::from_secs(1)),
     ));
