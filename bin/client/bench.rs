@@ -439,16 +439,14 @@ impl Report {
                 l.p50, l.p90, l.p99, l.max
             )
         };
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect();
-        let errors = if errors.is_empty() {
-            "none".to_string()
-        } else {
-            errors.join(", ")
-        };
+        let mut errors = String::new();
+        for (code, n) in &self.errors {
+            let sep = if errors.is_empty() { "" } else { ", " };
+            let _ = write!(errors, "{sep}{code} {n}");
+        }
+        if errors.is_empty() {
+            errors = "none".into();
+        }
         let mut out = format!(
             "{} clients, {connection}, {:.2} s\n\
              requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\
