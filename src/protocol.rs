@@ -151,10 +151,7 @@ impl ReplyHeader {
         let ReplyHeader::Ok { fields, .. } = self else {
             return None;
         };
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        Some(&fields.iter().find(|(k, _)| k == key)?.1)
     }
 
     /// The header as one line, with its `\n`.
@@ -190,33 +187,16 @@ pub enum Line {
 /// reader's (a timeout shows as `WouldBlock` or `TimedOut`).
 pub fn read_line<R: BufRead>(reader: &mut R, line: &mut Vec<u8>, limit: usize) -> io::Result<Line> {
     line.clear();
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(if line.is_empty() {
-                Line::Eof
-            } else {
-                Line::Truncated
-            });
-        }
-        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (&available[..i], i + 1),
-            None => (available, available.len()),
-        };
-        if line.len() + chunk.len() > limit {
-            return Ok(Line::TooLong);
-        }
-        line.extend_from_slice(chunk);
-        let found = done > chunk.len();
-        reader.consume(done);
-        if found {
-            return Ok(Line::Complete);
-        }
-    }
+    reader.take(limit as u64 + 1).read_until(b'\n', line)?;
+    Ok(if line.pop_if(|b| *b == b'\n').is_some() {
+        Line::Complete
+    } else if line.len() > limit {
+        Line::TooLong
+    } else if line.is_empty() {
+        Line::Eof
+    } else {
+        Line::Truncated
+    })
 }
 
 /// Writes `a` then `b` with as few system calls as the kernel allows (one, usually), so a
@@ -423,9 +403,8 @@ impl RequestReader {
             // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
             // cannot have, so the first read sets it.
             deadline: Deadline {
-                per_call: None,
                 set: Some(Duration::MAX),
-                at: None,
+                ..Deadline::new(None)
             },
             expired: None,
         };

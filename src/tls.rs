@@ -345,10 +345,8 @@ where
                 Err(e) => Err(e),
             }
         };
-        match step {
-            Err(e) if timed_out(&e) => return Err(too_slow(limit)),
-            Err(e) => return Err(e),
-            Ok(()) => {}
+        if let Err(e) = step {
+            return Err(if timed_out(&e) { too_slow(limit) } else { e });
         }
     }
     let session: Box<dyn Io> = Box::new(StreamOwned::new(conn, sock));

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use minilb::client::{Connection, Target};
+use minilb::client::{self, Connection, Target};
 use minilb::protocol::{ReplyHeader, Request};
 use minilb::tls::Connector;
 use serde::Serialize;
@@ -195,16 +195,11 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     let report = Report::new(tallies, elapsed, shared.args.new_connection);
     if report.ok == 0 && report.errors.keys().all(|c| *c == "connect") && report.error_count > 0 {
         // Not one connection: nothing was measured, so there is no report to give.
-        let why = Connection::open(addr, shared.tls.as_ref())
-            .err()
-            .map_or_else(
-                || "it refused every connection".to_string(),
-                |e| e.to_string(),
-            );
-        return Err(format!(
-            "cannot reach the load balancer at {lb}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)",
-            lb = shared.args.target.lb
-        ));
+        let why = match Connection::open(addr, shared.tls.as_ref()) {
+            Ok(_) => "it refused every connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(client::unreachable(&shared.args.target.lb, why));
     }
     Ok(report)
 }
@@ -212,10 +207,9 @@ fn run(args: BenchArgs) -> Result<Report, String> {
 /// One client thread's counts.
 #[derive(Default)]
 struct Tally {
-    /// Requests answered `OK`, and the bytes of their bodies.
-    ok: u64,
+    /// Bytes of `OK` bodies.
     bytes: u64,
-    /// Latency of each `OK` request in nanoseconds.
+    /// Latency of each `OK` request in nanoseconds (one per `OK` request).
     latencies: Vec<u64>,
     /// `OK` replies by the `server=` field of their header.
     by_server: BTreeMap<String, u64>,
@@ -246,11 +240,7 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         }
         conn.ok()
     };
-    let mut conn = if args.connect_first {
-        connect(&mut tally)
-    } else {
-        None
-    };
+    let mut conn = args.connect_first.then(|| connect(&mut tally)).flatten();
     shared.ready.wait();
     let limit = args.requests.map_or(u64::MAX, |total| {
         quota(total, u64::from(args.clients), index)
@@ -281,7 +271,6 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
         match reply {
             Ok(ReplyHeader::Err(e)) => tally.fail(e.code(), shared),
             Ok(reply) => {
-                tally.ok += 1;
                 tally.bytes += reply.body_length();
                 tally.latencies.push(sent.elapsed().as_nanos() as u64);
                 let server = reply.field("server").unwrap_or("?");
@@ -387,7 +376,7 @@ struct Latency {
 
 impl Report {
     fn new(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
-        let per_client: Vec<u64> = tallies.iter().map(|t| t.ok).collect();
+        let per_client: Vec<u64> = tallies.iter().map(|t| t.latencies.len() as u64).collect();
         let (mut latencies, mut servers, mut errors) =
             (Vec::new(), BTreeMap::new(), BTreeMap::new());
         let mut bytes = 0;
@@ -437,48 +426,42 @@ impl Report {
 
     /// The report for people, with a bar chart of who answered how many.
     fn to_text(&self) -> String {
-        let mut out = String::new();
         let connection = match self.connection {
             "persistent" => "persistent connections",
             _ => "a new connection per request",
         };
-        let _ = writeln!(
-            out,
-            "{} clients, {connection}, {:.2} s",
-            self.clients, self.elapsed_s
-        );
-        let _ = writeln!(
-            out,
-            "requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s",
-            self.ok, self.error_count, self.requests_per_s, self.mb_per_s
-        );
         let l = &self.latency_ms;
-        if self.ok == 0 {
-            let _ = writeln!(out, "latency    none: no request got OK");
+        let latency = if self.ok == 0 {
+            "none: no request got OK".to_string()
         } else {
-            let _ = writeln!(
-                out,
-                "latency    p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            format!(
+                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
                 l.p50, l.p90, l.p99, l.max
-            );
-        }
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect();
-        let errors = if errors.is_empty() {
-            "none".to_string()
-        } else {
-            errors.join(", ")
+            )
         };
-        let _ = writeln!(out, "errors     {errors}");
-        let _ = writeln!(
-            out,
-            "fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)",
+        let mut errors = String::new();
+        for (code, n) in &self.errors {
+            let sep = if errors.is_empty() { "" } else { ", " };
+            let _ = write!(errors, "{sep}{code} {n}");
+        }
+        if errors.is_empty() {
+            errors = "none".into();
+        }
+        let mut out = format!(
+            "{} clients, {connection}, {:.2} s\n\
+             requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\
+             latency    {latency}\n\
+             errors     {errors}\n\
+             fairness   {:.3} (Jain's index over the clients' OK replies; 1 = perfectly even)\n\
+             answered by\n",
+            self.clients,
+            self.elapsed_s,
+            self.ok,
+            self.error_count,
+            self.requests_per_s,
+            self.mb_per_s,
             self.fairness
         );
-        let _ = writeln!(out, "answered by");
         let most = self.servers.values().copied().max().unwrap_or(0).max(1);
         for (server, &n) in &self.servers {
             let bar = "█".repeat((n * 40).div_ceil(most) as usize);
@@ -547,7 +530,6 @@ mod tests {
     #[test]
     fn reports_merge_and_print() {
         let tally = |ok: u64, server: u32, lat: Vec<u64>| Tally {
-            ok,
             bytes: ok * 10,
             latencies: lat,
             by_server: BTreeMap::from([(server.to_string(), ok)]),

@@ -158,10 +158,8 @@ fn connection(
             }
         }
     };
-    let response = match read_request(&mut stream, deadline) {
-        Ok(request) => handle(request),
-        Err(refusal) => refusal,
-    };
+    // The handler's answer, or the one that refuses the request.
+    let response = read_request(&mut stream, deadline).map_or_else(|refusal| refusal, handle);
     let _ = stream.set_write_timeout(Some(
         (deadline - Instant::now()).max(Duration::from_secs(1)),
     ));
@@ -227,28 +225,24 @@ pub fn read_head(
     reader: &mut impl BufRead,
     remote: SocketAddr,
 ) -> io::Result<Result<(Request, usize), Response>> {
+    let refuse = |code, why| Ok(Err(Response::error(code, why)));
     let mut lines = Vec::new();
     let mut budget = MAX_HEAD;
     loop {
         let mut line = Vec::new();
-        let refusal = match protocol::read_line(reader, &mut line, budget)? {
-            Line::Complete => None,
-            Line::TooLong => Some((431, "the request head is too large")),
-            Line::Eof | Line::Truncated => Some((400, "incomplete request")),
-        };
-        if let Some((code, why)) = refusal {
-            return Ok(Err(Response::error(code, why)));
+        match protocol::read_line(reader, &mut line, budget)? {
+            Line::Complete => {}
+            Line::TooLong => return refuse(431, "the request head is too large"),
+            Line::Eof | Line::Truncated => return refuse(400, "incomplete request"),
         }
         budget = budget.saturating_sub(line.len() + 1);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
+        line.pop_if(|b| *b == b'\r');
         if line.is_empty() {
             return Ok(parse_head(&lines, remote));
         }
         match String::from_utf8(line) {
             Ok(line) => lines.push(line),
-            Err(_) => return Ok(Err(Response::error(400, "the head is not UTF-8"))),
+            Err(_) => return refuse(400, "the head is not UTF-8"),
         }
     }
 }
@@ -283,12 +277,10 @@ fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), 
     if request.header("Transfer-Encoding").is_some() {
         return Err(Response::error(411, "send the body with a Content-Length"));
     }
-    let length = match request.header("Content-Length") {
-        None => 0,
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| Response::error(400, "bad Content-Length"))?,
-    };
+    let length: usize = request
+        .header("Content-Length")
+        .map_or(Ok(0), str::parse)
+        .map_err(|_| Response::error(400, "bad Content-Length"))?;
     if length > MAX_BODY {
         return Err(Response::error(413, "the body is over 64 KiB"));
     }

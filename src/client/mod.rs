@@ -122,9 +122,8 @@ impl Connection {
     /// # Errors
     /// An I/O error, or `InvalidData` when the reply breaks the protocol.
     pub fn send(&mut self, request: &Request) -> io::Result<ReplyHeader> {
-        let mut line = request.line().into_bytes();
-        line.push(b'\n');
-        self.writer.write_all(&line)?;
+        self.writer
+            .write_all(format!("{}\n", request.line()).as_bytes())?;
         let invalid = |message| io::Error::new(io::ErrorKind::InvalidData, message);
         match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
             Line::Complete => {}
@@ -186,8 +185,7 @@ fn save(
         // must not redirect the download elsewhere.
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let copied = io::copy(&mut conn.body(length), &mut file)?;
-        check_length(copied, length)?;
+        check_length(io::copy(&mut conn.body(length), &mut file)?, length)?;
         file.sync_all()?;
         place(&tmp, dir, name, config.force)
     })();
@@ -201,10 +199,8 @@ fn save(
 /// Removes the temp files (`.<name>.part.<pid>`) that clients killed mid-download (by SIGKILL,
 /// or a crash) left in `dir`: those whose process no longer runs.
 fn remove_stale_parts(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
+    // An unreadable folder has nothing to remove.
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let file_name = entry.file_name();
         let pid = file_name
             .to_str()
@@ -236,18 +232,14 @@ fn place(tmp: &Path, dir: &Path, name: &str, force: bool) -> io::Result<PathBuf>
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    for n in 0..10_000 {
-        let path = if n == 0 {
-            target.clone()
-        } else {
-            dir.join(format!("{stem} ({n}){ext}"))
-        };
+    let numbered = (1..10_000).map(|n| dir.join(format!("{stem} ({n}){ext}")));
+    for path in std::iter::once(target).chain(numbered) {
         match fs::hard_link(tmp, &path) {
             Ok(()) => {
                 fs::remove_file(tmp)?;
                 return Ok(path);
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
@@ -382,8 +374,7 @@ fn perform(
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    writeln!(out, "{outcome}")?;
-    writeln!(out, "Time taken: {secs:.3} s")?;
+    writeln!(out, "{outcome}\nTime taken: {secs:.3} s")?;
     out.flush()?;
     Ok(matches!(reply, ReplyHeader::Ok { .. }))
 }
@@ -402,8 +393,11 @@ fn connect(config: &ClientConfig, tls: Option<&Connector>) -> Result<Connection,
         if e.kind() == io::ErrorKind::InvalidData {
             return format!("client {id}: {lb}: {e}");
         }
-        format!(
-            "client {id}: cannot reach the load balancer at {lb}: {e} (is it running? start it with `loadbalancer`, or pass --lb host:port)"
-        )
+        format!("client {id}: {}", unreachable(lb, e))
     })
+}
+
+/// Says that nothing answers at `lb` (`--lb`), and what to do about it.
+pub fn unreachable(lb: &str, why: impl std::fmt::Display) -> String {
+    format!("cannot reach the load balancer at {lb}: {why} (is it running? start it with `loadbalancer`, or pass --lb host:port)")
 }
