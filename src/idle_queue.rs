@@ -544,7 +544,10 @@ mod tests {
         let d = first.decision;
         assert_eq!((d.free, d.busy, d.position), (2, 0, None));
         let half = Duration::from_millis(500);
-        assert_eq!((d.declared, d.measured, d.in_flight, d.served), (half, None, 0, 0));
+        assert_eq!(
+            (d.declared, d.measured, d.in_flight, d.served),
+            (half, None, 0, 0)
+        );
         let second = q.acquire(NOW).unwrap();
         let d = second.decision;
         assert_eq!((d.free, d.busy), (1, 1));
