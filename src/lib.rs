@@ -2,7 +2,7 @@
 //! TCP protocol. Blocking `std::net` sockets, one OS thread per client.
 //!
 //! - [`protocol`]: request lines and reply headers, and reading requests from untrusted peers
-//!   within size and time limits; [`error`]: the `ERR` codes.
+//!   within size and time limits; `error`: the `ERR` codes.
 //! - `gauge`: counts of things in progress, kept right by guards.
 //! - `cidr`: IP networks, for the balancer's `--allow` list.
 //! - [`server`]: the backend server (request handler, database, file store).
@@ -19,7 +19,7 @@ pub mod balancer;
 pub(crate) mod cidr;
 pub mod cli;
 pub mod client;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod gauge;
 pub(crate) mod idle_queue;
 pub(crate) mod policy;
