@@ -32,13 +32,17 @@ mod tests {
 
     #[test]
     fn never_picks_the_most_loaded_of_many() {
-        let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
-        for (i, b) in idle.iter().enumerate() {
-            b.requests.store(i as u64 * 10, Relaxed);
-        }
-        for _ in 0..200 {
-            let i = pick(&idle).unwrap();
-            assert_ne!(idle[i].id, 3, "the most loaded one always loses its pair");
+        // Wherever the most loaded one sits: its pair is always another server.
+        for heaviest in 0..4 {
+            let idle: Vec<_> = (0..4).map(|i| backend(i, 0.1, 0)).collect();
+            for (i, b) in idle.iter().enumerate() {
+                let load = if i == heaviest { 100 } else { i as u64 };
+                b.requests.store(load, Relaxed);
+            }
+            for _ in 0..200 {
+                let i = pick(&idle).unwrap();
+                assert_ne!(i, heaviest, "the most loaded one always loses its pair");
+            }
         }
     }
 
