@@ -125,6 +125,12 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         println!("loadbalancer listening for TLS on {addr}");
     }
 
+    // Ctrl-C during the start-up wait: stop before the listeners start, so the clients in the
+    // backlog are each answered once and let go, as after any Ctrl-C.
+    let interrupted = shutdown.try_recv().is_ok();
+    if interrupted {
+        begin_stopping(&lb);
+    }
     let mut listeners = Vec::new();
     for (listening, tls) in [(plain, None), (secure, acceptor.clone())] {
         let Some((listener, addr)) = listening else {
@@ -140,14 +146,22 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     let admin = spawn("admin", move || admin::serve(&admin_lb, admin, acceptor))?;
     listeners.push((admin, admin_addr));
 
-    let _ = shutdown.recv();
-    log::info!("Shutting down: no new clients; answering the clients connected");
-    lb.stopping.store(true, Ordering::SeqCst);
+    if !interrupted {
+        let _ = shutdown.recv();
+        begin_stopping(&lb);
+    }
     drop(stop_watcher);
     let _ = watcher.join();
     let _ = health.join();
     shut_down(&lb, listeners);
     Ok(())
+}
+
+/// From here on, a request is its connection's last. The flag is set before the line is
+/// logged, so a client that sees the line and then asks is told apart from one asking before.
+fn begin_stopping(lb: &Balancer) {
+    lb.stopping.store(true, Ordering::SeqCst);
+    log::info!("Shutting down: no new clients; answering the clients connected");
 }
 
 /// Stops the listeners (the client ones take in the clients already in their backlog first),
@@ -161,8 +175,8 @@ fn shut_down(lb: &Balancer, listeners: Vec<(JoinHandle<()>, SocketAddr)>) {
             let _ = thread.join();
         }
     }
-    // A session ends after the request in hand once `stopping` is set; idle clients are
-    // waited for, so one that sends a request now still gets its reply.
+    // A session ends after a request read once `stopping` was set; idle clients are waited
+    // for, so one that sends a request now still gets its reply.
     let deadline = Instant::now() + lb.config.grace;
     if !gauge::wait_for_zero(&lb.clients, deadline) {
         log::warn!(

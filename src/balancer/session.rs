@@ -72,6 +72,9 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
                 return reader.close_with(&mut client.stream, &e);
             }
         }
+        // A request that comes after Ctrl-C is the client's last. Read when the request comes,
+        // not after its reply: a client answered just before Ctrl-C may ask once more.
+        let last = lb.stopping.load(SeqCst);
         let _in_flight = Held::new(&lb.in_flight);
         let id = lb.next_request.fetch_add(1, Relaxed);
         match Request::parse(&line) {
@@ -84,7 +87,7 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
                 reply_error(lb, &e, Instant::now(), &mut client)?;
             }
         }
-        if lb.stopping.load(SeqCst) {
+        if last {
             return Ok(());
         }
         // Keep per-client memory small between requests.

@@ -110,7 +110,7 @@ pub struct Balancer {
     pub config: BalancerConfig,
     /// Idle servers and the requests waiting for one.
     pub queue: IdleQueue<BackendConn>,
-    /// Set once Ctrl-C arrives: no new clients, no new requests after the one in hand.
+    /// Set once Ctrl-C arrives: no new clients, and a request read after it is its client's last.
     pub stopping: AtomicBool,
     /// Clients connected now.
     pub clients: AtomicUsize,
