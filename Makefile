@@ -34,15 +34,20 @@ run-hosts:
 run-cluster-tls:
 	TLS=1 scripts/run-cluster.sh
 
-## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
 ## Mutation testing of the core (idle queue, protocol with its request reader, policies, session and
-## relay) against the whole test suite; installs cargo-mutants when missing. Slow (an hour or
-## more on 2 cores), so not part of `test`; the report lands in mutants.out/.
+## relay); installs cargo-mutants when missing. Two passes: every mutant against the unit tests
+## (seconds each), then the ones they miss against the whole suite (`--iterate`). Slow (hours on
+## 2 cores), so not part of `test`; the table is printed at the end, the report is in mutants.out/.
 CORE_FILES = src/idle_queue.rs src/protocol.rs 'src/policy/*.rs' src/balancer/session.rs src/balancer/backend.rs
+MUTATE = $(foreach f,$(CORE_FILES),--file $(f))
 mutants:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
-	$(CARGO) mutants $(foreach f,$(CORE_FILES),--file $(f)) --timeout 120 -- --all-targets
+	rm -rf mutants.out mutants.out.old
+	-$(CARGO) mutants $(MUTATE) --cargo-arg=--lib --timeout 60
+	-$(CARGO) mutants $(MUTATE) --iterate --timeout 300 -- --all-targets
+	scripts/mutants-score.sh mutants.out
 
+## The parsers' fuzz targets, three minutes each (needs `cargo install cargo-fuzz`; not part of `test`).
 fuzz:
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run request_line -- -max_total_time=180
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run reply_header -- -max_total_time=180

@@ -179,55 +179,69 @@ fn slow_and_idle_clients_are_cut_off() {
         &["--request-timeout", "1"],
         &["--request-timeout", "1", "--idle-timeout", "2"],
     );
+    // Each kind of slow client on its own connection, all at once: the timeouts are per
+    // connection, and the suite need not wait them out one after another.
+    std::thread::scope(|scope| {
+        for addr in [lb.addr, server.addr] {
+            // Half a line, then nothing.
+            scope.spawn(move || {
+                let mut wire = Wire::connect(addr);
+                let started = Instant::now();
+                wire.send_raw(b"SELECT 1 AS st");
+                assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
+                assert!(started.elapsed() >= Duration::from_secs(1));
+                wire.expect_closed();
+            });
+            // A byte every 200 ms: each read is quick, but the line is cut off at its
+            // deadline, long before the 50 bytes are sent.
+            scope.spawn(move || {
+                let mut wire = Wire::connect(addr);
+                let (sent, thread) = trickle(&wire);
+                assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
+                let when = sent.load(Ordering::SeqCst);
+                assert!(when < 50, "cut off only after all {when} bytes");
+                wire.expect_closed();
+                thread.join().unwrap();
+            });
+        }
 
-    for addr in [lb.addr, server.addr] {
-        // Half a line, then nothing.
-        let mut wire = Wire::connect(addr);
-        let started = Instant::now();
-        wire.send_raw(b"SELECT 1 AS st");
-        assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
-        assert!(started.elapsed() >= Duration::from_secs(1));
-        wire.expect_closed();
+        // Twenty at once: all cut off, while the bystander carries on.
+        scope.spawn(|| {
+            let mut wires: Vec<Wire> = (0..20).map(|_| Wire::connect(lb.addr)).collect();
+            for wire in &mut wires {
+                wire.send_raw(b"file hello");
+            }
+            for wire in &mut wires {
+                assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
+                wire.expect_closed();
+            }
+        });
 
-        // A byte every 200 ms: each read is quick, but the line is cut off at its deadline,
-        // long before the 50 bytes are sent.
-        let mut wire = Wire::connect(addr);
-        let (sent, thread) = trickle(&wire);
-        assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
-        let when = sent.load(Ordering::SeqCst);
-        assert!(when < 50, "cut off only after all {when} bytes");
-        wire.expect_closed();
-        thread.join().unwrap();
-    }
+        // Idle after a request: the balancer closes the connection after the idle timeout.
+        scope.spawn(|| {
+            let mut wire = Wire::connect(lb.addr);
+            assert_eq!(wire.request("SELECT 1 AS one").text(), "one: 1\n");
+            let idle_since = Instant::now();
+            assert_eq!(
+                wire.read_reply().header,
+                "ERR timeout no request for 2 s (--idle-timeout); closing the connection"
+            );
+            assert!(idle_since.elapsed() >= Duration::from_secs(2));
+            wire.expect_closed();
+        });
 
-    // Twenty at once: all cut off, while the bystander carries on.
-    let mut wires: Vec<Wire> = (0..20).map(|_| Wire::connect(lb.addr)).collect();
-    for wire in &mut wires {
-        wire.send_raw(b"file hello");
-    }
-    for wire in &mut wires {
-        assert_eq!(wire.read_reply().header, LINE_TIMEOUT);
-        wire.expect_closed();
-    }
-
-    // Idle after a request: the balancer closes the connection after the idle timeout.
-    let mut wire = Wire::connect(lb.addr);
-    assert_eq!(wire.request("SELECT 1 AS one").text(), "one: 1\n");
-    let idle_since = Instant::now();
-    assert_eq!(
-        wire.read_reply().header,
-        "ERR timeout no request for 2 s (--idle-timeout); closing the connection"
-    );
-    assert!(idle_since.elapsed() >= Duration::from_secs(2));
-    wire.expect_closed();
-
-    // Idle from the start.
-    let mut wire = Wire::connect(lb.addr);
-    assert_eq!(
-        wire.read_reply().header,
-        "ERR timeout no request for 2 s (--idle-timeout); closing the connection"
-    );
-    wire.expect_closed();
+        // Idle from the start.
+        scope.spawn(|| {
+            let mut wire = Wire::connect(lb.addr);
+            let connected = Instant::now();
+            assert_eq!(
+                wire.read_reply().header,
+                "ERR timeout no request for 2 s (--idle-timeout); closing the connection"
+            );
+            assert!(connected.elapsed() >= Duration::from_secs(2));
+            wire.expect_closed();
+        });
+    });
 
     bystander.finish();
     assert!(

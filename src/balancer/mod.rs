@@ -169,9 +169,11 @@ fn begin_stopping(lb: &Balancer) {
 /// the threads probing servers to end.
 fn shut_down(lb: &Balancer, listeners: Vec<(JoinHandle<()>, SocketAddr)>) {
     for (thread, addr) in listeners {
-        // Wake the loop, blocked in accept(), so it sees `stopping`. Without a descriptor to
-        // connect with, it cannot be woken: leave it, rather than wait for it for ever.
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+        // Wake the loop, blocked in accept(), so it sees `stopping` (one that saw it at once
+        // has ended). Without a descriptor to connect with, it cannot be woken: leave it,
+        // rather than wait for it for ever.
+        if thread.is_finished() || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        {
             let _ = thread.join();
         }
     }
