@@ -796,8 +796,19 @@ mod tests {
             let q = Arc::clone(&q);
             std::thread::spawn(move || assert!(q.add(backend(2, 1.0, 0), 2)))
         };
-        assert_eq!(q.wait_for_members(2, Duration::from_secs(30)), 2);
+        let started = Instant::now();
+        assert_eq!(q.wait_for_members(2, PATIENCE), 2);
+        assert!(started.elapsed() < PATIENCE, "still waiting after the join");
         joiner.join().unwrap();
+        // Stopping ends the wait too (Ctrl-C during start-up).
+        let stopper = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.stop())
+        };
+        let started = Instant::now();
+        assert_eq!(q.wait_for_members(3, PATIENCE), 2);
+        assert!(started.elapsed() < PATIENCE, "still waiting after the stop");
+        stopper.join().unwrap();
     }
 
     #[test]
