@@ -562,6 +562,7 @@ mod tests {
         first.release();
         let decision = waiter.join().unwrap().unwrap();
         assert_eq!(decision.position, Some(1));
+        assert!(decision.waited > Duration::ZERO, "{decision:?}");
         assert_eq!((decision.free, decision.busy), (1, 1));
         // The figures as they were when it was handed out: one reply served, measured.
         assert_eq!((decision.declared, decision.served), (half, 1));
@@ -678,13 +679,23 @@ mod tests {
 
     #[test]
     fn retire_drains_a_busy_server() {
-        let q = queue(&[(1, 0.5), (2, 1.0)]);
+        // Server 1 has two workers, one busy: retiring it closes the free one now and the busy
+        // one when its request ends, while server 2 stays in service.
+        let q = queue_with_workers(&[(1, 0.5, 2), (2, 1.0, 1)]);
         let busy = q.acquire(NOW).unwrap();
+        assert_eq!(busy.server.id, 1);
+        assert_eq!(counts(&q), (2, 2, 0));
         assert!(q.retire(1));
         assert_eq!(q.membership(1), Some(Membership::Draining));
+        assert_eq!(counts(&q), (1, 2, 0));
+        let other = q.acquire(NOW).unwrap();
+        assert_eq!(other.server.id, 2);
+        other.release();
         busy.release();
         assert_eq!(q.membership(1), None);
+        assert_eq!(counts(&q), (1, 1, 0));
         assert!(q.retire(2));
+        assert_eq!(counts(&q), (0, 0, 0));
         assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::NoneUp);
     }
 
