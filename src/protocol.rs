@@ -503,6 +503,10 @@ mod tests {
             Request::parse(b"filename").unwrap(),
             Request::Query("filename".into())
         );
+        // The line a request is logged and forwarded as.
+        for line in ["file colors.csv", "SELECT 1 AS n"] {
+            assert_eq!(Request::parse(line.as_bytes()).unwrap().line(), line);
+        }
     }
 
     #[test]
@@ -580,6 +584,9 @@ mod tests {
         assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::Complete);
         let mut r = BufReader::with_capacity(3, &b"abcdefg\n"[..]);
         assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::TooLong);
+        // A peer that stops at exactly the limit, with no `\n`, sent a cut line, not a long one.
+        let mut r = BufReader::with_capacity(3, &b"abcdef"[..]);
+        assert_eq!(read_line(&mut r, &mut line, 6).unwrap(), Line::Truncated);
     }
 
     #[test]

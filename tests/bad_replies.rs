@@ -121,6 +121,31 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
     assert!(!log.contains("server 9 is down"), "{log}");
 }
 
+#[test]
+fn a_reply_header_may_be_8_kib_and_one_byte_more_is_a_broken_reply() {
+    // An `ERR` header (with its code and message) of exactly `len` bytes before the `\n`.
+    let header = |len: usize| {
+        let mut line = b"ERR not_found ".to_vec();
+        line.resize(len, b'x');
+        line.push(b'\n');
+        line
+    };
+    let fake = FakeServer::start(9, move |line| match line {
+        "longest" => Act::Send(header(8 * 1024)),
+        "too long" => Act::Send(header(8 * 1024 + 1)),
+        _ => Act::Answer,
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "0"]);
+    let mut client = Wire::connect(lb.addr);
+    let reply = client.request("longest");
+    assert_eq!(format!("{}\n", reply.header).as_bytes(), header(8 * 1024));
+    assert_eq!(
+        client.request("too long").header,
+        "ERR unavailable no server could answer after 1 attempts; try again"
+    );
+}
+
 /// A fake balancer: for each reply, accepts a connection, reads one request, sends the reply
 /// and hangs up. Returns the requests it got, once all replies are sent.
 fn fake_balancer(replies: Vec<&'static [u8]>) -> (SocketAddr, JoinHandle<Vec<String>>) {
