@@ -622,6 +622,26 @@ mod tests {
         let e = d.before_call(|_| panic!("no call")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert_eq!(sets.len(), 2);
+
+        // A socket with no per-call limit (a timeout of 0 means none) still gets the run's
+        // deadline, and no limit again after the run; none is set twice.
+        let mut d = Deadline::new(None);
+        let mut sets = Vec::new();
+        let mut call = |d: &mut Deadline| {
+            d.before_call(|t| {
+                sets.push(t);
+                Ok(())
+            })
+            .unwrap()
+        };
+        d.start(Some(Duration::from_millis(200)));
+        call(&mut d);
+        d.end();
+        call(&mut d);
+        call(&mut d);
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        assert!(sets[0].is_some_and(|t| t <= Duration::from_millis(200)));
+        assert_eq!(sets[1], None);
     }
 
     #[test]
