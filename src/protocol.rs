@@ -764,7 +764,9 @@ mod request_reader_tests {
 
     #[test]
     fn an_idle_peer_is_timed_out() {
-        let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(60)));
+        // A request timeout long enough to tell apart, short enough that taking the wrong
+        // clock fails the test in seconds.
+        let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(5)));
         let started = Instant::now();
         match reader.next(&mut Vec::new()).unwrap() {
             Incoming::Refused(e) => {
@@ -902,5 +904,30 @@ mod request_reader_tests {
             other => panic!("{other:?}"),
         }
         drop(writer.join().unwrap());
+        // One byte over with a bare `\n` is too long as well.
+        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+        peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat())
+            .unwrap();
+        match reader.next(&mut line).unwrap() {
+            Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_peer_that_resets_is_gone_at_once_not_at_its_timeout() {
+        let (peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(30), SHORT));
+        // Closing with a zero linger sends a reset instead of a FIN.
+        rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        let started = Instant::now();
+        let outcome = reader.next(&mut Vec::new());
+        assert!(
+            outcome
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
