@@ -90,12 +90,8 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
         if last {
             return Ok(());
         }
-        // Keep per-client memory small between requests.
-        for buffer in [&mut line, &mut header] {
-            if buffer.capacity() > CLIENT_BUFFER {
-                *buffer = Vec::new();
-            }
-        }
+        keep_small(&mut line);
+        keep_small(&mut header);
     }
 }
 
@@ -255,4 +251,30 @@ fn refuse(
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());
     reply_error(lb, &e, started, client)
+}
+
+/// Lets go of a buffer that a large request or reply header grew, so that an idle client holds
+/// little memory; one of the usual size is kept, to be reused without an allocation.
+fn keep_small(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > CLIENT_BUFFER {
+        *buffer = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grown_by_a_large_request_is_let_go_and_a_usual_one_kept() {
+        // A long query (1.5 KiB) and the limit itself are reused; a 64 KiB line is not kept.
+        for usual in [1536, CLIENT_BUFFER] {
+            let mut buffer = Vec::with_capacity(usual);
+            keep_small(&mut buffer);
+            assert!(buffer.capacity() >= usual, "{usual}-byte buffer let go");
+        }
+        let mut grown = Vec::with_capacity(64 * 1024);
+        keep_small(&mut grown);
+        assert_eq!(grown.capacity(), 0);
+    }
 }
