@@ -509,14 +509,27 @@ mod tests {
         thread
     }
 
+    /// Why `acquire` with no time to wait handed out nothing, asked on another thread: a
+    /// regression that makes it wait for ever fails the test instead of hanging the suite.
+    fn refused_at_once(q: &Arc<IdleQueue<u32>>) -> NoServer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = Arc::clone(q);
+        std::thread::spawn(move || _ = tx.send(q.acquire(NOW).err()));
+        match rx.recv_timeout(PATIENCE) {
+            Ok(Some(why)) => why,
+            Ok(None) => panic!("a server was handed out"),
+            Err(_) => panic!("acquire with no time to wait did not return"),
+        }
+    }
+
     #[test]
     fn hands_out_fastest_first() {
-        let q = queue(&[(1, 2.0), (2, 0.5), (3, 1.0)]);
+        let q = Arc::new(queue(&[(1, 2.0), (2, 0.5), (3, 1.0)]));
         let a = q.acquire(NOW).unwrap();
         let b = q.acquire(NOW).unwrap();
         let c = q.acquire(NOW).unwrap();
         assert_eq!((a.server.id, b.server.id, c.server.id), (2, 3, 1));
-        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
+        assert_eq!(refused_at_once(&q), NoServer::TimedOut);
         b.release();
         assert_eq!(q.acquire(NOW).unwrap().server.id, 3);
     }
@@ -833,12 +846,12 @@ mod tests {
 
     #[test]
     fn hands_out_workers_by_power_never_more_than_a_server_has() {
-        let q = queue_with_workers(&[(1, 0.2, 2), (2, 0.1, 3)]);
+        let q = Arc::new(queue_with_workers(&[(1, 0.2, 2), (2, 0.1, 3)]));
         let leases: Vec<_> = (0..5).map(|_| q.acquire(NOW).unwrap()).collect();
         let ids: Vec<u32> = leases.iter().map(|l| l.server.id).collect();
         // The faster server's three workers first, then the slower one's two; then none.
         assert_eq!(ids, [2, 2, 2, 1, 1]);
-        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
+        assert_eq!(refused_at_once(&q), NoServer::TimedOut);
         let in_flight = |l: &Lease<'_, u32>| l.server.in_flight.load(Ordering::Relaxed);
         assert_eq!((in_flight(&leases[0]), in_flight(&leases[4])), (3, 2));
         let d = leases[4].decision;
@@ -864,7 +877,7 @@ mod tests {
         first.release();
         // Handed over under the lock: not idle for a moment, so a newcomer cannot take it.
         assert_eq!(counts(&q).0, 0);
-        assert_eq!(q.acquire(NOW).err().unwrap(), NoServer::TimedOut);
+        assert_eq!(refused_at_once(&q), NoServer::TimedOut);
         assert_eq!(waiter.join().unwrap(), Ok(1));
         second.release();
         assert_eq!(
