@@ -727,6 +727,25 @@ mod request_reader_tests {
 
     const SHORT: Duration = Duration::from_millis(300);
 
+    /// Runs a test on its own thread and fails it after 20 s: a regression that leaves a read
+    /// with no deadline (one that would wait for ever) fails the suite instead of hanging it.
+    fn bounded(test: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            test();
+            _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => thread.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(thread.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("still running after 20 s: a read waits with no deadline")
+            }
+        }
+    }
+
     #[test]
     fn zero_means_no_limit() {
         let t = Timeouts::new(Duration::ZERO, Duration::from_secs(2));
@@ -736,198 +755,216 @@ mod request_reader_tests {
 
     #[test]
     fn reads_pipelined_lines_then_sees_the_close() {
-        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
-        peer.write_all(b"one\ntwo\nthr").unwrap();
-        peer.shutdown(Shutdown::Write).unwrap();
-        let mut line = Vec::new();
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        assert_eq!(line, b"one");
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        assert_eq!(line, b"two");
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Closed);
+        bounded(|| {
+            let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+            peer.write_all(b"one\ntwo\nthr").unwrap();
+            peer.shutdown(Shutdown::Write).unwrap();
+            let mut line = Vec::new();
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            assert_eq!(line, b"one");
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            assert_eq!(line, b"two");
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Closed);
+        });
     }
 
     #[test]
     fn a_request_costs_no_setsockopt_while_the_timeout_set_is_close_enough() {
-        let (mut peer, mut reader, ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
-        let mut line = Vec::new();
-        peer.write_all(b"one\n").unwrap();
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        // Changed behind the reader's back: it is not set again while the idle timeout it
-        // set last is still within the slack of the time left.
-        let marker = Some(Duration::from_secs(7));
-        ours.set_read_timeout(marker).unwrap();
-        peer.write_all(b"two\n").unwrap();
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        assert_eq!(ours.read_timeout().unwrap(), marker);
+        bounded(|| {
+            let (mut peer, mut reader, ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+            let mut line = Vec::new();
+            peer.write_all(b"one\n").unwrap();
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            // Changed behind the reader's back: it is not set again while the idle timeout it
+            // set last is still within the slack of the time left.
+            let marker = Some(Duration::from_secs(7));
+            ours.set_read_timeout(marker).unwrap();
+            peer.write_all(b"two\n").unwrap();
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            assert_eq!(ours.read_timeout().unwrap(), marker);
+        });
     }
 
     #[test]
     fn an_idle_peer_is_timed_out() {
-        // A request timeout long enough to tell apart, short enough that taking the wrong
-        // clock fails the test in seconds.
-        let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(5)));
-        let started = Instant::now();
-        match reader.next(&mut Vec::new()).unwrap() {
-            Incoming::Refused(e) => {
-                assert_eq!(e.code(), "timeout");
-                assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
+        bounded(|| {
+            // A request timeout long enough to tell apart, short enough that taking the wrong
+            // clock fails the test in seconds.
+            let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(5)));
+            let started = Instant::now();
+            match reader.next(&mut Vec::new()).unwrap() {
+                Incoming::Refused(e) => {
+                    assert_eq!(e.code(), "timeout");
+                    assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
-        }
-        assert!(started.elapsed() >= SHORT);
+            assert!(started.elapsed() >= SHORT);
+        });
     }
 
     #[test]
     fn a_trickling_peer_is_cut_off_at_the_line_deadline() {
-        // Each byte arrives well within any per-read timeout; only the line deadline stops it.
-        let (mut peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
-        let trickle = std::thread::spawn(move || {
-            for _ in 0..100 {
-                if peer.write_all(b"x").is_err() {
-                    return;
+        bounded(|| {
+            // Each byte arrives well within any per-read timeout; only the line deadline stops it.
+            let (mut peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(60), SHORT));
+            let trickle = std::thread::spawn(move || {
+                for _ in 0..100 {
+                    if peer.write_all(b"x").is_err() {
+                        return;
+                    }
+                    // Deliberately slow: this simulates the slowloris client.
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                // Deliberately slow: this simulates the slowloris client.
-                std::thread::sleep(Duration::from_millis(20));
+            });
+            let started = Instant::now();
+            match reader.next(&mut Vec::new()).unwrap() {
+                Incoming::Refused(e) => {
+                    assert_eq!(e.code(), "timeout");
+                    assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
+                }
+                other => panic!("{other:?}"),
             }
+            // 100 bytes at 20 ms each would take 2 s: the deadline cut it well before.
+            assert!(started.elapsed() < Duration::from_millis(1500));
+            drop(reader);
+            trickle.join().unwrap();
         });
-        let started = Instant::now();
-        match reader.next(&mut Vec::new()).unwrap() {
-            Incoming::Refused(e) => {
-                assert_eq!(e.code(), "timeout");
-                assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
-            }
-            other => panic!("{other:?}"),
-        }
-        // 100 bytes at 20 ms each would take 2 s: the deadline cut it well before.
-        assert!(started.elapsed() < Duration::from_millis(1500));
-        drop(reader);
-        trickle.join().unwrap();
     }
 
     #[test]
     fn a_long_line_is_refused() {
-        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
-        let writer = std::thread::spawn(move || {
-            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
-            let _ = peer.write_all(b"\n");
-            let mut reply = String::new();
-            let _ = peer.read_to_string(&mut reply);
-            reply
+        bounded(|| {
+            let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+            let writer = std::thread::spawn(move || {
+                let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+                let _ = peer.write_all(b"\n");
+                let mut reply = String::new();
+                let _ = peer.read_to_string(&mut reply);
+                reply
+            });
+            let e = match reader.next(&mut Vec::new()).unwrap() {
+                Incoming::Refused(e) => e,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(e.code(), "too_large");
+            reader.close_with(&mut ours, &e).unwrap();
+            drop(ours);
+            assert_eq!(
+                writer.join().unwrap(),
+                "ERR too_large request line is over 65536 bytes; closing the connection\n"
+            );
         });
-        let e = match reader.next(&mut Vec::new()).unwrap() {
-            Incoming::Refused(e) => e,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(e.code(), "too_large");
-        reader.close_with(&mut ours, &e).unwrap();
-        drop(ours);
-        assert_eq!(
-            writer.join().unwrap(),
-            "ERR too_large request line is over 65536 bytes; closing the connection\n"
-        );
     }
 
     #[test]
     fn the_refusal_survives_bytes_the_peer_is_still_sending() {
-        // The peer keeps sending after its line was refused. Closing with those bytes unread
-        // would be a reset, which can destroy the `ERR` line before the peer reads it (on a
-        // real network): the close must drain them and end with a clean FIN.
-        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
-        // Says when every byte is sent, so they sit unread when the refusal goes out.
-        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
-        // Says when our end is closed, so a reset would have arrived.
-        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
-        let sender = std::thread::spawn(move || {
-            let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
-            let _ = peer.write_all(&vec![b'b'; 64 * 1024]);
-            sent_tx.send(()).unwrap();
-            let mut reply = Vec::new();
-            peer.read_to_end(&mut reply)?;
-            closed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            // A reset after the FIN leaves the reply readable, but the connection is then
-            // dead for writing too: after a clean close our write is still accepted.
-            peer.write_all(b"x")?;
-            Ok::<_, io::Error>(reply)
+        bounded(|| {
+            // The peer keeps sending after its line was refused. Closing with those bytes unread
+            // would be a reset, which can destroy the `ERR` line before the peer reads it (on a
+            // real network): the close must drain them and end with a clean FIN.
+            let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+            // Says when every byte is sent, so they sit unread when the refusal goes out.
+            let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+            // Says when our end is closed, so a reset would have arrived.
+            let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+            let sender = std::thread::spawn(move || {
+                let _ = peer.write_all(&vec![b'a'; MAX_REQUEST_LINE + 10]);
+                let _ = peer.write_all(&vec![b'b'; 64 * 1024]);
+                sent_tx.send(()).unwrap();
+                let mut reply = Vec::new();
+                peer.read_to_end(&mut reply)?;
+                closed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                // A reset after the FIN leaves the reply readable, but the connection is then
+                // dead for writing too: after a clean close our write is still accepted.
+                peer.write_all(b"x")?;
+                Ok::<_, io::Error>(reply)
+            });
+            let e = match reader.next(&mut Vec::new()).unwrap() {
+                Incoming::Refused(e) => e,
+                other => panic!("{other:?}"),
+            };
+            sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            reader.close_with(&mut ours, &e).unwrap();
+            drop(ours);
+            closed_tx.send(()).unwrap();
+            let reply = sender.join().unwrap().expect("a clean close, not a reset");
+            assert_eq!(reply, e.header_line().as_bytes());
         });
-        let e = match reader.next(&mut Vec::new()).unwrap() {
-            Incoming::Refused(e) => e,
-            other => panic!("{other:?}"),
-        };
-        sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        reader.close_with(&mut ours, &e).unwrap();
-        drop(ours);
-        closed_tx.send(()).unwrap();
-        let reply = sender.join().unwrap().expect("a clean close, not a reset");
-        assert_eq!(reply, e.header_line().as_bytes());
     }
 
     #[test]
     fn a_peer_that_keeps_sending_cannot_stretch_the_close() {
-        let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
-        let flood = std::thread::spawn(move || {
-            let chunk = vec![b'a'; 64 * 1024];
-            // Bounded: for 2 s at most, or until the connection is closed on us.
-            let until = Instant::now() + 2 * LINGER;
-            while Instant::now() < until && peer.write_all(&chunk).is_ok() {}
+        bounded(|| {
+            let (mut peer, mut reader, mut ours) = pair(Timeouts::new(SHORT, SHORT));
+            let flood = std::thread::spawn(move || {
+                let chunk = vec![b'a'; 64 * 1024];
+                // Bounded: for 2 s at most, or until the connection is closed on us.
+                let until = Instant::now() + 2 * LINGER;
+                while Instant::now() < until && peer.write_all(&chunk).is_ok() {}
+            });
+            let e = match reader.next(&mut Vec::new()).unwrap() {
+                Incoming::Refused(e) => e,
+                other => panic!("{other:?}"),
+            };
+            let started = Instant::now();
+            reader.close_with(&mut ours, &e).unwrap();
+            drop(ours);
+            // It drains at most LINGER_BYTES, then lets go well before LINGER has passed.
+            assert!(started.elapsed() < LINGER / 2, "{:?}", started.elapsed());
+            flood.join().unwrap();
         });
-        let e = match reader.next(&mut Vec::new()).unwrap() {
-            Incoming::Refused(e) => e,
-            other => panic!("{other:?}"),
-        };
-        let started = Instant::now();
-        reader.close_with(&mut ours, &e).unwrap();
-        drop(ours);
-        // It drains at most LINGER_BYTES, then lets go well before LINGER has passed.
-        assert!(started.elapsed() < LINGER / 2, "{:?}", started.elapsed());
-        flood.join().unwrap();
     }
 
     #[test]
     fn the_cr_of_a_crlf_line_end_does_not_count() {
-        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
-        let longest = vec![b'a'; MAX_REQUEST_LINE];
-        let writer = std::thread::spawn(move || {
-            for end in [&b"\r\n"[..], b"\n", b"a\r\n"] {
-                peer.write_all(&longest).unwrap();
-                peer.write_all(end).unwrap();
+        bounded(|| {
+            let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+            let longest = vec![b'a'; MAX_REQUEST_LINE];
+            let writer = std::thread::spawn(move || {
+                for end in [&b"\r\n"[..], b"\n", b"a\r\n"] {
+                    peer.write_all(&longest).unwrap();
+                    peer.write_all(end).unwrap();
+                }
+                peer
+            });
+            let mut line = Vec::new();
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            assert_eq!(line.len(), MAX_REQUEST_LINE + 1);
+            assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
+            assert_eq!(line.len(), MAX_REQUEST_LINE);
+            match reader.next(&mut line).unwrap() {
+                Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
+                other => panic!("{other:?}"),
             }
-            peer
+            drop(writer.join().unwrap());
+            // One byte over with a bare `\n` is too long as well.
+            let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
+            peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat())
+                .unwrap();
+            match reader.next(&mut line).unwrap() {
+                Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
+                other => panic!("{other:?}"),
+            }
         });
-        let mut line = Vec::new();
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        assert_eq!(line.len(), MAX_REQUEST_LINE + 1);
-        assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
-        assert_eq!(line.len(), MAX_REQUEST_LINE);
-        match reader.next(&mut line).unwrap() {
-            Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
-            other => panic!("{other:?}"),
-        }
-        drop(writer.join().unwrap());
-        // One byte over with a bare `\n` is too long as well.
-        let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
-        peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat())
-            .unwrap();
-        match reader.next(&mut line).unwrap() {
-            Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
     fn a_peer_that_resets_is_gone_at_once_not_at_its_timeout() {
-        let (peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(30), SHORT));
-        // Closing with a zero linger sends a reset instead of a FIN.
-        rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO)).unwrap();
-        drop(peer);
-        let started = Instant::now();
-        let outcome = reader.next(&mut Vec::new());
-        assert!(
-            outcome
-                .as_ref()
-                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
-            "{outcome:?}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(10));
+        bounded(|| {
+            let (peer, mut reader, _ours) = pair(Timeouts::new(Duration::from_secs(30), SHORT));
+            // Closing with a zero linger sends a reset instead of a FIN.
+            rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO)).unwrap();
+            drop(peer);
+            let started = Instant::now();
+            let outcome = reader.next(&mut Vec::new());
+            assert!(
+                outcome
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+                "{outcome:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(10));
+        });
     }
 }
