@@ -118,6 +118,8 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
         "{log}"
     );
     assert!(log.contains("server 9 failed mid-reply"), "{log}");
+    // With --retries 0 there is nothing to retry, and the log does not promise it.
+    assert!(!log.contains("retrying"), "{log}");
     assert!(!log.contains("server 9 is down"), "{log}");
 }
 
@@ -341,7 +343,37 @@ fn a_reply_never_reaches_the_wrong_client() {
     assert_eq!(log.matches("server 9 is out of step").count(), 3, "{log}");
     assert!(log.contains("server 9 is out of step: it sent bytes beyond its reply"));
     assert!(log.contains("server 9 is out of step: it sent bytes that no request asked for"));
+    for n in 1..=3 {
+        assert!(log.contains(&format!("(stray bytes #{n})")), "{log}");
+    }
     assert_eq!(log.matches("it answered the re-probe").count(), 3, "{log}");
+}
+
+#[test]
+fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
+    // The first time the request comes it is hung up on; after that, answered (as is the
+    // balancer's probe).
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let fake = FakeServer::start(9, move |line| {
+        if line == "SELECT 5 AS n" && calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Act::SendAndClose(Vec::new())
+        } else {
+            Act::Answer
+        }
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "1"]);
+    let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
+    assert_eq!(reply.text(), "n: 5\n", "{reply:?}");
+    let log = lb.log_text();
+    assert!(
+        log.contains("req 1: server 9 failed (connection closed)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("req 1: retrying on another server (attempt 2 of 2)"),
+        "{log}"
+    );
 }
 
 #[test]
