@@ -57,6 +57,8 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
         // A length larger than what follows; then the server hangs up, or stalls.
         (b"OK 100 server=9\nonly ten b", true),
         (b"OK 100 server=9\nonly ten b", false),
+        // Still small enough (under 64 KiB) to be read whole before any of it goes out.
+        (b"OK 60000 server=9\nonly ten b", true),
         // Last, a lie too long to hold back (see below).
         (b"OK 1000000 server=9\nonly ten b", true),
     ]

@@ -444,6 +444,44 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
 
+    #[test]
+    fn a_server_is_made_from_its_entry_and_any_changed_setting_makes_it_another() {
+        let entry = ServerEntry {
+            id: 7,
+            host: "127.0.0.2".into(),
+            port: 5001,
+            processing_time: 0.25,
+            writable: true,
+            workers: 3,
+            tls: true,
+        };
+        let b = Backend::from_entry(&entry);
+        let settings = (
+            b.id,
+            b.addr.as_str(),
+            b.processing_time,
+            b.writable,
+            b.workers,
+            b.tls,
+        );
+        let quarter = Duration::from_millis(250);
+        assert_eq!(settings, (7, "127.0.0.2:5001", quarter, true, 3, true));
+        assert!(b.same_settings(&Backend::from_entry(&entry)));
+        let changes: [&dyn Fn(&mut ServerEntry); 6] = [
+            &|e| e.id = 8,
+            &|e| e.port = 5002,
+            &|e| e.processing_time = 0.5,
+            &|e| e.writable = false,
+            &|e| e.workers = 4,
+            &|e| e.tls = false,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut other = entry.clone();
+            change(&mut other);
+            assert!(!b.same_settings(&Backend::from_entry(&other)), "change {i}");
+        }
+    }
+
     /// A connection to `s` (at a listener in this test), and the test's end of it.
     fn connect(s: &Backend, listener: &TcpListener) -> (BackendConn, TcpStream) {
         let second = Duration::from_secs(1);
