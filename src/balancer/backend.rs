@@ -532,6 +532,27 @@ mod tests {
         let t = backend(0.1);
         t.record_reply(Duration::from_millis(400), Duration::ZERO, 0, None);
         assert!(t.declaration_off());
+        // Twice the declared time is off; so is anything past half of it either way.
+        let t = backend(0.1);
+        t.record_reply(Duration::from_millis(200), Duration::ZERO, 0, None);
+        assert!(t.declaration_off());
+        // A server declared instant is flagged only past 5 ms: tiny times are noise.
+        for (ms, off) in [(5, false), (6, true)] {
+            let t = backend(0.0);
+            t.record_reply(Duration::from_millis(ms), Duration::ZERO, 0, None);
+            assert_eq!(t.declaration_off(), off, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn closed_connections_leave_the_list_a_failed_health_check_breaks() {
+        let (s, listener) = listening();
+        for _ in 0..3 {
+            drop(connect(&s, &listener));
+        }
+        let _open = connect(&s, &listener);
+        assert_eq!(s.sockets.lock().len(), 1);
+        assert_eq!(s.break_connections(), 1);
     }
 
     #[test]
