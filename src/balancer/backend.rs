@@ -532,7 +532,10 @@ mod tests {
         let t = backend(0.1);
         t.record_reply(Duration::from_millis(400), Duration::ZERO, 0, None);
         assert!(t.declaration_off());
-        // Twice the declared time is off; so is anything past half of it either way.
+        // Off by exactly half is not "more than half"; twice the declared time is.
+        let t = backend(0.1);
+        t.record_reply(Duration::from_millis(150), Duration::ZERO, 0, None);
+        assert!(!t.declaration_off());
         let t = backend(0.1);
         t.record_reply(Duration::from_millis(200), Duration::ZERO, 0, None);
         assert!(t.declaration_off());
