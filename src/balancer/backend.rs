@@ -439,7 +439,7 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{BufRead, Write};
     use std::net::TcpListener;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
@@ -588,10 +588,11 @@ mod tests {
         assert_eq!(conn.unusable(), None);
         server.write_all(b"OK 1\nx").unwrap();
         assert!(matches!(unusable_soon(&conn), Some(Unusable::Stray(_))));
-        // Read a reply and leave bytes of the next in the buffer: still stray.
-        server.write_all(b"OK 1\ny").unwrap();
+        // The look took nothing: the header is read whole, and the byte left in the buffer
+        // behind it is still stray.
         let mut header = Vec::new();
         assert_eq!(conn.read_header(&mut header).unwrap(), Line::Complete);
+        assert_eq!(header, b"OK 1");
         assert!(matches!(conn.unusable(), Some(Unusable::Stray(_))));
 
         let (conn, server) = pair();
@@ -622,6 +623,67 @@ mod tests {
         assert_eq!(s.break_connections(), 1);
         assert!(matches!(idle.unusable(), Some(Unusable::Closed(_))));
         assert_eq!(s.break_connections(), 0);
+    }
+
+    /// A client connection for `relay` to write to, and the test's end of it.
+    fn client() -> (Timed, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let stream = Stream::Plain(listener.accept().unwrap().0);
+        let deadline = Deadline::new(Some(Duration::from_secs(10)));
+        (Timed { stream, deadline }, theirs)
+    }
+
+    #[test]
+    fn a_long_reply_is_streamed_whole_and_leaves_the_connection_ready() {
+        let (mut conn, mut server) = pair();
+        let (mut to_client, mut client_end) = client();
+        // Longer than what is read whole and than the relay buffer: streamed in parts.
+        let len = 300_000;
+        let reply = [format!("OK {len} server=1\n").into_bytes(), vec![b'x'; len]].concat();
+        let sent = reply.clone();
+        let serving = std::thread::spawn(move || {
+            let mut requests = BufReader::new(server.try_clone().unwrap());
+            for _ in 0..2 {
+                let mut line = String::new();
+                requests.read_line(&mut line).unwrap();
+                server.write_all(&sent).unwrap();
+            }
+        });
+        let reading = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = client_end.read_to_end(&mut got);
+            got
+        });
+        for _ in 0..2 {
+            match conn.relay(b"file big\n", &mut Vec::new(), &mut to_client) {
+                Ok((_, bytes, _)) => assert_eq!(bytes, len as u64),
+                Err(_) => panic!("relay failed"),
+            }
+            assert_eq!(conn.buffered_stray(), None, "bytes left over");
+        }
+        serving.join().unwrap();
+        drop(to_client);
+        assert!(reading.join().unwrap() == [&reply[..], &reply[..]].concat());
+    }
+
+    #[test]
+    fn a_reply_that_stops_mid_body_fails_within_the_reply_timeout() {
+        let (mut conn, mut server) = pair();
+        let (mut to_client, _client_end) = client();
+        // Promises 300,000 bytes, sends 100,000, then goes quiet with the connection open.
+        let mut reply = b"OK 300000 server=1\n".to_vec();
+        reply.resize(reply.len() + 100_000, b'x');
+        server.write_all(&reply).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let failed = conn.relay(b"file big\n", &mut Vec::new(), &mut to_client);
+            _ = done.send(matches!(failed, Err(RelayError::ServerDuring(_))));
+            drop(server);
+        });
+        // The reply timeout is 1 s; a relay that keeps waiting fails the test, not hangs it.
+        let outcome = finished.recv_timeout(Duration::from_secs(20));
+        assert_eq!(outcome, Ok(true), "a server that went quiet mid-reply");
     }
 
     #[test]
