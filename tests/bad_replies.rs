@@ -8,6 +8,8 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -376,6 +378,59 @@ fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
         log.contains("req 1: retrying on another server (attempt 2 of 2)"),
         "{log}"
     );
+}
+
+#[test]
+fn with_no_retries_a_request_the_server_hung_up_on_is_sent_once() {
+    // Hung up on the first time; a second attempt would be answered, so an `OK` here would
+    // mean the balancer sent the request twice although `--retries 0` allows one attempt.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let fake = FakeServer::start(9, move |line| {
+        if line == "SELECT 5 AS n" && seen.fetch_add(1, SeqCst) == 0 {
+            Act::SendAndClose(Vec::new())
+        } else {
+            Act::Answer
+        }
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "0"]);
+    let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
+    assert_eq!(
+        reply.header,
+        "ERR unavailable no server could answer after 1 attempts; try again"
+    );
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+#[test]
+fn a_server_whose_every_connection_holds_junk_costs_the_request_not_forever() {
+    // Every connection's probe reply comes with junk after it, so each connection the
+    // request takes is found out of step, closed, and re-probed into another such one. The
+    // request must end, after its attempts' worth of junk, instead of going round for ever.
+    let fake = FakeServer::start(9, |line| match line {
+        "SELECT 1" => Act::Send([answer(9, line), b"junk\n".to_vec()].concat()),
+        _ => Act::Answer,
+    });
+    let dir = TestDir::new(false);
+    let lb = balancer_of(&dir, &fake, &["--retries", "1"]);
+    let mut client = Wire::connect(lb.addr);
+    client
+        .writer
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    client.send_raw(b"SELECT 5 AS n\n");
+    let reply = client
+        .try_read_reply()
+        .expect("no reply within 20 s: the request went round for ever");
+    assert_eq!(
+        reply.header,
+        "ERR unavailable no server could answer after 2 attempts; try again"
+    );
+    // Three out-of-step connections: one more than the two attempts allow.
+    let log = lb.log_text();
+    assert_eq!(log.matches("server 9 is out of step").count(), 3, "{log}");
+    assert_eq!(fake.answered(), 0, "the request must never have been sent");
 }
 
 #[test]
