@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 /// How long a process may take to say it is listening, on a busy machine.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a test client waits for a reply before failing. The longest a test's request may
+/// take is a few seconds (a queue behind 1 s servers, a health check); a balancer that never
+/// answers must fail the test in seconds, not hang it: `cargo test` runs two tests at a time
+/// on this machine, so a binary of ten such tests would take five minutes at 60 s.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A temp folder holding a copy of the project's `data/`, removed on drop.
 pub struct TestDir {
     pub path: PathBuf,
@@ -305,9 +311,7 @@ impl Wire {
     pub fn connect(addr: SocketAddr) -> Wire {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         Wire {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
