@@ -1,12 +1,13 @@
 //! A throwaway PostgreSQL for tests: its own cluster (Debian's `initdb` and `pg_ctl`, run as
 //! the `postgres` user) in a temp folder on a free port, never a system service; stopped and
-//! removed on drop, also when a test panics.
+//! removed on drop, also when a test panics. `initdb` runs once per version (see [`template`]).
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// The role that owns the `colors` database: it may create and write the table.
 pub const OWNER: &str = "minilb";
@@ -67,18 +68,15 @@ impl Postgres {
             eprintln!("skipped: cannot give a temp folder to the postgres user (not root?)");
             return None;
         }
-        let data = pg.data();
-        let out = pg.as_postgres(
-            "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(template(&pg.bin).join("data"))
+            .arg(pg.data())
+            .status();
+        assert!(
+            copied.is_ok_and(|s| s.success()),
+            "cannot copy the template cluster"
         );
-        assert!(out.status.success(), "initdb failed: {}", text(&out));
-        // Reachable from other hosts (the namespace tests); trust, as it listens on one address
-        // of a test network only.
-        let hba = pg.dir.join("data/pg_hba.conf");
-        let mut rules = fs::read_to_string(&hba).unwrap();
-        rules.push_str("host all all 0.0.0.0/0 trust\n");
-        fs::write(&hba, rules).unwrap();
         // A port found free may be taken before the cluster binds it: try a few.
         for _ in 0..5 {
             pg.port = TcpListener::bind("127.0.0.1:0")
@@ -242,6 +240,49 @@ impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         self.0.signal_all("-CONT");
     }
+}
+
+/// A fresh cluster's folder (`initdb`'s output), made once per PostgreSQL version and kept in
+/// cargo's temp folder for tests: each test copies it, a tenth of a second, where `initdb` takes
+/// seconds of CPU. Built under a temporary name and renamed, so it is whole when it exists,
+/// even with two test processes racing to make it.
+fn template(bin: &Path) -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let version = bin.parent().and_then(Path::file_name).unwrap();
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let done = tmp.join(format!("pg-template-{}", version.to_string_lossy()));
+        if done.exists() {
+            return done;
+        }
+        let making = tmp.join(format!("pg-template.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&making);
+        fs::create_dir_all(&making).unwrap();
+        let chown = Command::new("chown")
+            .args(["postgres:postgres", &making.display().to_string()])
+            .status();
+        assert!(chown.is_ok_and(|s| s.success()), "cannot chown {making:?}");
+        let data = making.join("data").display().to_string();
+        let initdb = bin.join("initdb").display().to_string();
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--", &initdb, "-D", &data])
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .current_dir(&making)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", text(&out));
+        // Reachable from other hosts (the namespace tests); trust, as each cluster listens on
+        // one address of a test network only.
+        let hba = making.join("data/pg_hba.conf");
+        let mut rules = fs::read_to_string(&hba).unwrap();
+        rules.push_str("host all all 0.0.0.0/0 trust\n");
+        fs::write(&hba, rules).unwrap();
+        if fs::rename(&making, &done).is_err() {
+            // Another test process made it first.
+            let _ = fs::remove_dir_all(&making);
+        }
+        done
+    })
 }
 
 /// `bin` of the newest `/usr/lib/postgresql/<version>` that has `initdb`.
