@@ -220,8 +220,10 @@ fn slow_and_idle_clients_are_cut_off() {
         // Idle after a request: the balancer closes the connection after the idle timeout.
         scope.spawn(|| {
             let mut wire = Wire::connect(lb.addr);
-            assert_eq!(wire.request("SELECT 1 AS one").text(), "one: 1\n");
+            // Before the request: the balancer's idle clock starts after the reply is out,
+            // and this thread may see the reply late.
             let idle_since = Instant::now();
+            assert_eq!(wire.request("SELECT 1 AS one").text(), "one: 1\n");
             assert_eq!(
                 wire.read_reply().header,
                 "ERR timeout no request for 2 s (--idle-timeout); closing the connection"
@@ -285,7 +287,7 @@ fn more_clients_than_max_clients_get_busy_and_no_thread() {
     let mut third = Wire::connect(lb.addr);
     assert!(third.request("SELECT 1").is_ok());
 
-    let threads = thread_count(lb.pid());
+    let threads = threads_named(lb.pid(), "client");
     let mut turned_away: Vec<Wire> = (0..20).map(|_| Wire::connect(lb.addr)).collect();
     for wire in &mut turned_away {
         assert_eq!(
@@ -295,7 +297,7 @@ fn more_clients_than_max_clients_get_busy_and_no_thread() {
         wire.expect_closed();
     }
     assert_eq!(
-        thread_count(lb.pid()),
+        threads_named(lb.pid(), "client"),
         threads,
         "a thread was started for a client that was turned away"
     );
@@ -345,7 +347,7 @@ fn only_allowed_networks_are_served() {
     );
     let bystander = Bystander::start(open.addr);
 
-    let threads = thread_count(closed.pid());
+    let threads = threads_named(closed.pid(), "client");
     for _ in 0..5 {
         let mut wire = Wire::connect(closed.addr);
         assert_eq!(
@@ -354,7 +356,7 @@ fn only_allowed_networks_are_served() {
         );
         wire.expect_closed();
     }
-    assert_eq!(thread_count(closed.pid()), threads);
+    assert_eq!(threads_named(closed.pid(), "client"), threads);
     let log = closed.log_text();
     assert!(log.contains("from 10.0.0.0/8, ::1/128 (--allow)"), "{log}");
     assert!(log.contains("refused 127.0.0.1:"), "{log}");

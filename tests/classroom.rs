@@ -18,12 +18,17 @@ fn status(lb: &Proc) -> serde_json::Value {
 #[test]
 fn a_draining_server_is_logged_once_when_it_starts_and_once_when_it_has_left() {
     let dir = TestDir::new(false);
-    let _s2 = start_server(&dir, 2, 1.0, &[]);
+    // A request of 3 s, so that it is still in flight when the balancer notices the change
+    // (two looks at the file, 200 ms apart), on a busy machine too.
+    let _s2 = start_server(&dir, 2, 3.0, &[]);
     let lb = start_balancer(&dir, 1, &[]);
     let addr = lb.addr;
     let in_flight = std::thread::spawn(move || Wire::connect(addr).request("SELECT 1 AS n"));
-    wait_until(PATIENCE, || status(&lb)["servers"][0]["in_flight"] == 1);
-    // The timeline's bar in progress: which request, since when.
+    // The timeline's bar in progress: which request, since when. Set when the server is
+    // chosen, a moment after it is counted busy.
+    wait_until(PATIENCE, || {
+        status(&lb)["servers"][0]["current"]["request"] == 1
+    });
     let s = status(&lb);
     let current = &s["servers"][0]["current"];
     assert_eq!(current["request"], 1, "{s}");

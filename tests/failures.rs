@@ -224,7 +224,8 @@ fn busy_servers_queue_then_err_busy_and_no_server_is_err_unavailable() {
     assert_eq!(reply.code(), Some("unavailable"), "{reply:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let _s1 = start_server(&dir, 1, 1.0, &[]);
+    // 3 s, so that the first request is still running when the second has waited 0.3 s.
+    let _s1 = start_server(&dir, 1, 3.0, &[]);
     wait_for_log(&lb, "Connected to server 1", 1);
     let first = std::thread::spawn({
         let addr = lb.addr;

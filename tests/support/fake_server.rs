@@ -216,8 +216,11 @@ fn serve(id: u32, conn: TcpStream, script: &Script, counts: &Counts) -> bool {
                     .set_read_timeout(Some(FAKE_TIMEOUT))
                     .unwrap();
                 if idle {
+                    // Counted once sent: a test that waits for the count may then rely on
+                    // the bytes being on their way.
+                    let sent = writer.write_all(&bytes);
                     counts.unsolicited.fetch_add(1, Ordering::SeqCst);
-                    writer.write_all(&bytes)
+                    sent
                 } else {
                     Ok(())
                 }

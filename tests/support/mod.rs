@@ -478,6 +478,16 @@ pub fn thread_count(pid: u32) -> usize {
         .unwrap()
 }
 
+/// The number of threads named `name` in process `pid` (Linux): the balancer's session threads
+/// are `client`. Other threads come and go on their own (a health check's, every second).
+pub fn threads_named(pid: u32, name: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .count()
+}
+
 /// Runs the client binary with `args` in `cwd`; returns (exit code, stdout, stderr).
 pub fn run_client(cwd: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
