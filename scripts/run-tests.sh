@@ -14,13 +14,17 @@ trap 'rm -rf "$out"' EXIT
 # does not start last and leave the other slots idle.
 cargo test --all-targets --no-run --message-format=json-render-diagnostics |
   grep -o '"executable":"[^"]*"' | cut -d'"' -f4 |
-  grep -E -- '-[0-9a-f]{16}$' >"$out/binaries" # test harnesses, not the programs they test
+  grep -E -- '-[0-9a-f]{16}$' >"$out/binaries" || { # test harnesses, not the programs they test
+  echo "make test: the build failed, or built no test binary" >&2
+  exit 1
+}
+mkdir -p target
 times=target/test-times
 touch "$times"
 while read -r bin; do
   name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
   echo "$(awk -v n="$name" '$1 == n { print $2 }' "$times" | tail -1) ${bin}"
-done <"$out/binaries" | sort -rn | cut -d' ' -f2 >"$out/order"
+done <"$out/binaries" | sort -rn | cut -d' ' -f2- >"$out/order"
 
 run_one() {
   local bin=$1 out=$2 name start status=0 ms
@@ -29,17 +33,18 @@ run_one() {
   "$bin" >"$out/$name.log" 2>&1 || status=$?
   ms=$(($(date +%s%3N) - start))
   echo "${name%-*} $ms" >>"$out/times"
-  [ "$status" = 0 ] || echo "${name%-*}" >>"$out/failed"
+  # A crash (a signal) counts no test as failed: the binary is named with its exit status.
+  [ "$status" = 0 ] || echo "${name%-*} (exit $status)" >>"$out/failed"
   # One binary's output at a time, whole.
-  flock "$out/print" sh -c 'echo "---- $1 ($2 ms)"; cat "$3"' _ "${name%-*}" "$ms" "$out/$name.log"
+  flock "$out/print" sh -c 'echo "---- $1 ($2 ms, exit $3)"; cat "$4"' _ "${name%-*}" "$ms" "$status" "$out/$name.log"
 }
 export -f run_one
-xargs -P "$jobs" -I{} bash -c 'run_one "$@"' _ {} "$out" <"$out/order"
+xargs -d '\n' -P "$jobs" -I{} bash -c 'run_one "$@"' _ {} "$out" <"$out/order"
 
 cp "$out/times" "$times"
-passed=$(cat "$out"/*.log | grep -o '^test result: .*' | awk '{ p += $4; f += $6; i += $8 } END { print p " passed, " f " failed, " i " ignored" }')
+passed=$(cat "$out"/*.log | { grep -o '^test result: .*' || true; } | awk '{ p += $4; f += $6; i += $8 } END { print p " passed, " f " failed, " i " ignored" }')
 if [ -s "$out/failed" ]; then
-  echo "make test: FAILED: $passed; failing binaries: $(tr '\n' ' ' <"$out/failed")"
+  echo "make test: FAILED: $passed; failing binaries: $(paste -sd, "$out/failed")"
   exit 1
 fi
 echo "make test: $passed in $(wc -l <"$out/binaries") test binaries"

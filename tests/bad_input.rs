@@ -287,7 +287,7 @@ fn more_clients_than_max_clients_get_busy_and_no_thread() {
     let mut third = Wire::connect(lb.addr);
     assert!(third.request("SELECT 1").is_ok());
 
-    let threads = threads_named(lb.pid(), "client");
+    let threads = steady_threads(lb.pid());
     let mut turned_away: Vec<Wire> = (0..20).map(|_| Wire::connect(lb.addr)).collect();
     for wire in &mut turned_away {
         assert_eq!(
@@ -297,7 +297,7 @@ fn more_clients_than_max_clients_get_busy_and_no_thread() {
         wire.expect_closed();
     }
     assert_eq!(
-        threads_named(lb.pid(), "client"),
+        steady_threads(lb.pid()),
         threads,
         "a thread was started for a client that was turned away"
     );
@@ -347,7 +347,7 @@ fn only_allowed_networks_are_served() {
     );
     let bystander = Bystander::start(open.addr);
 
-    let threads = threads_named(closed.pid(), "client");
+    let threads = steady_threads(closed.pid());
     for _ in 0..5 {
         let mut wire = Wire::connect(closed.addr);
         assert_eq!(
@@ -356,7 +356,7 @@ fn only_allowed_networks_are_served() {
         );
         wire.expect_closed();
     }
-    assert_eq!(threads_named(closed.pid(), "client"), threads);
+    assert_eq!(steady_threads(closed.pid()), threads);
     let log = closed.log_text();
     assert!(log.contains("from 10.0.0.0/8, ::1/128 (--allow)"), "{log}");
     assert!(log.contains("refused 127.0.0.1:"), "{log}");

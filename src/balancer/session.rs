@@ -115,8 +115,8 @@ fn handle(
     let attempts = lb.config.retries + 1;
     let mut attempt = 0;
     // Connections found unusable before the request went out cost no attempt (nothing was
-    // sent). Those holding junk count, at most `attempts` of them, so a server that keeps
-    // sending junk cannot hold the request forever; closed ones do not (each leaves the idle
+    // sent). Those holding junk count: one more than `attempts` ends the request, so a server
+    // that keeps sending junk cannot hold it forever; closed ones do not (each leaves the idle
     // list, so there are only so many: a dead server's idle workers are all found closed).
     let mut unusable = 0;
     line.push(b'\n');

@@ -478,13 +478,14 @@ pub fn thread_count(pid: u32) -> usize {
         .unwrap()
 }
 
-/// The number of threads named `name` in process `pid` (Linux): the balancer's session threads
-/// are `client`. Other threads come and go on their own (a health check's, every second).
-pub fn threads_named(pid: u32, name: &str) -> usize {
+/// The balancer's threads (Linux) but its health checker's: every `--check-interval` that one
+/// starts a short-lived thread per server (named `health` as it is), so counts taken a moment
+/// apart may differ by those alone.
+pub fn steady_threads(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
-        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() != "health"))
         .count()
 }
 

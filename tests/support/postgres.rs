@@ -75,7 +75,16 @@ impl Postgres {
             .status();
         assert!(
             copied.is_ok_and(|s| s.success()),
-            "cannot copy the template cluster"
+            "cannot copy the template"
+        );
+        // The copy keeps the template's owner by number: the postgres user's, unless it changed.
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres", &pg.data()])
+            .status();
+        assert!(
+            owned.is_ok_and(|s| s.success()),
+            "cannot chown {}",
+            pg.data()
         );
         // A port found free may be taken before the cluster binds it: try a few.
         for _ in 0..5 {
@@ -244,18 +253,25 @@ impl Drop for Frozen<'_> {
 
 /// A fresh cluster's folder (`initdb`'s output), made once per PostgreSQL version and kept in
 /// cargo's temp folder for tests: each test copies it, a tenth of a second, where `initdb` takes
-/// seconds of CPU. Built under a temporary name and renamed, so it is whole when it exists,
-/// even with two test processes racing to make it.
+/// seconds of CPU. `initdb` runs in the system's temp folder (the `postgres` user may not be able
+/// to reach the project's); the result is copied beside the build, then renamed, so that it is
+/// whole when it exists, even with two test processes racing to make it.
 fn template(bin: &Path) -> &'static Path {
+    // Change when the settings below change, so that an old template is not reused.
+    const SETTINGS: &str = "trust-all-v1";
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let version = bin.parent().and_then(Path::file_name).unwrap();
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = tmp.join(format!("pg-template-{}", version.to_string_lossy()));
+        let done = tmp.join(format!(
+            "pg-template-{}-{SETTINGS}",
+            version.to_string_lossy()
+        ));
         if done.exists() {
             return done;
         }
-        let making = tmp.join(format!("pg-template.{}", std::process::id()));
+        let pid = std::process::id();
+        let making = std::env::temp_dir().join(format!("minilb-pg-template.{pid}"));
         let _ = fs::remove_dir_all(&making);
         fs::create_dir_all(&making).unwrap();
         let chown = Command::new("chown")
@@ -277,9 +293,21 @@ fn template(bin: &Path) -> &'static Path {
         let mut rules = fs::read_to_string(&hba).unwrap();
         rules.push_str("host all all 0.0.0.0/0 trust\n");
         fs::write(&hba, rules).unwrap();
-        if fs::rename(&making, &done).is_err() {
-            // Another test process made it first.
-            let _ = fs::remove_dir_all(&making);
+        let staged = tmp.join(format!("pg-template.{pid}"));
+        let _ = fs::remove_dir_all(&staged);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&making)
+            .arg(&staged)
+            .status();
+        let _ = fs::remove_dir_all(&making);
+        assert!(copied.is_ok_and(|s| s.success()), "cannot copy {making:?}");
+        // `--no-sync` above: on disk before it is named whole.
+        let _ = Command::new("sync").arg("-f").arg(&staged).status();
+        if let Err(e) = fs::rename(&staged, &done) {
+            // Another test process made it first; anything else is an error.
+            let _ = fs::remove_dir_all(&staged);
+            assert!(done.exists(), "cannot keep the template at {done:?}: {e}");
         }
         done
     })
