@@ -353,18 +353,24 @@ fn a_reply_never_reaches_the_wrong_client() {
     assert_eq!(log.matches("it answered the re-probe").count(), 3, "{log}");
 }
 
-#[test]
-fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
-    // The first time the request comes it is hung up on; after that, answered (as is the
-    // balancer's probe).
-    let calls = std::sync::atomic::AtomicUsize::new(0);
+/// Fake server 9, which hangs up on `SELECT 5 AS n` the first time it comes and answers
+/// everything else (the balancer's probe too); with the times that request came.
+fn hangs_up_once() -> (FakeServer, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
     let fake = FakeServer::start(9, move |line| {
-        if line == "SELECT 5 AS n" && calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        if line == "SELECT 5 AS n" && seen.fetch_add(1, SeqCst) == 0 {
             Act::SendAndClose(Vec::new())
         } else {
             Act::Answer
         }
     });
+    (fake, calls)
+}
+
+#[test]
+fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
+    let (fake, _) = hangs_up_once();
     let dir = TestDir::new(false);
     let lb = balancer_of(&dir, &fake, &["--retries", "1"]);
     let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
@@ -382,17 +388,9 @@ fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
 
 #[test]
 fn with_no_retries_a_request_the_server_hung_up_on_is_sent_once() {
-    // Hung up on the first time; a second attempt would be answered, so an `OK` here would
-    // mean the balancer sent the request twice although `--retries 0` allows one attempt.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
-    let fake = FakeServer::start(9, move |line| {
-        if line == "SELECT 5 AS n" && seen.fetch_add(1, SeqCst) == 0 {
-            Act::SendAndClose(Vec::new())
-        } else {
-            Act::Answer
-        }
-    });
+    // A second attempt would be answered, so an `OK` here would mean the balancer sent the
+    // request twice although `--retries 0` allows one attempt.
+    let (fake, calls) = hangs_up_once();
     let dir = TestDir::new(false);
     let lb = balancer_of(&dir, &fake, &["--retries", "0"]);
     let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
