@@ -39,7 +39,7 @@ run-cluster-tls:
 
 ## Mutation testing of the core (idle queue, protocol with its request reader, policies, session and
 ## relay); installs cargo-mutants when missing. Two passes: every mutant against the unit tests
-## (seconds each), then the ones they miss against the whole suite (`--iterate`). Slow (hours on
+## (seconds each), then the ones they miss against the whole suite (`--iterate`). Slow (1.5 h on
 ## 2 cores), so not part of `test`; the table is printed at the end, the report is in mutants.out/.
 CORE_FILES = src/idle_queue.rs src/protocol.rs 'src/policy/*.rs' src/balancer/session.rs src/balancer/backend.rs
 MUTATE = $(foreach f,$(CORE_FILES),--file $(f))

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # make mutants' table: per file, the mutants caught, missed and timed out (a timeout counts as
-# a survivor), over both passes. Pass 1's lists are in OUT.old (renamed by `--iterate`), and
-# pass 2 writes every mutant caught in either pass, and the unviable, to previously_caught.txt.
+# a survivor), over both passes. Pass 1's lists are in OUT.old (renamed by `--iterate`); pass 2
+# lists what pass 1 caught, and the unviable, in previously_caught.txt, and its own in caught.txt.
 set -euo pipefail
 out=${1:-mutants.out}
 list() { cat "$@" 2>/dev/null | cut -d: -f1; }
 {
   list "$out.old/unviable.txt" | sed 's/$/ unviable/'
   # Caught in either pass: everything pass 2 skipped or caught, less the unviable.
-  comm -23 <(sort -u "$out/previously_caught.txt") <(sort -u "$out.old/unviable.txt") | cut -d: -f1 | sed 's/$/ caught/'
+  comm -23 <(cat "$out/previously_caught.txt" "$out/caught.txt" | sort -u) <(sort -u "$out.old/unviable.txt") | cut -d: -f1 | sed 's/$/ caught/'
   list "$out/missed.txt" | sed 's/$/ missed/'
   list "$out/timeout.txt" | sed 's/$/ timeout/'
 } | awk '
