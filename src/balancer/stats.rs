@@ -54,16 +54,19 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
-    /// Cumulative counts per bucket bound, then the sum in seconds and the count.
+    /// Cumulative counts per bucket bound, then the sum in seconds and the count. Read while
+    /// requests end, a bucket may already hold an observation the count does not yet: each is
+    /// capped at the count, so that no bucket exceeds `+Inf` (which Prometheus requires).
     pub fn read(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let count = self.count.load(Relaxed);
         let mut running = 0;
         let buckets = LATENCY_BUCKETS.iter().zip(&self.buckets);
         let buckets = buckets.map(|(&bound, n)| {
             running += n.load(Relaxed);
-            (bound, running)
+            (bound, running.min(count))
         });
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        (buckets.collect(), sum, self.count.load(Relaxed))
+        (buckets.collect(), sum, count)
     }
 }
 
@@ -235,6 +238,18 @@ impl Stats {
 mod tests {
     use super::*;
     use crate::policy::{backend, by_name};
+
+    #[test]
+    fn a_bucket_read_mid_observation_does_not_exceed_the_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        // An observation half done: its bucket counted, the count not yet.
+        h.buckets[0].fetch_add(1, Relaxed);
+        let (buckets, _, count) = h.read();
+        assert_eq!(count, 1);
+        assert!(buckets.iter().all(|&(_, n)| n <= count), "{buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
