@@ -2,8 +2,8 @@
 # make test's cargo part: builds what `cargo test --all-targets` builds, then runs its test
 # binaries several at a time (TEST_JOBS, 3 by default) instead of one after another. Most tests
 # wait on real processes and timeouts (one after another, the suite takes 75 s for 25 s of CPU
-# on two cores), so side by side it ends in about 30 s. Each binary's output is printed whole when it ends; the exit
-# status is 1 if any binary failed, and the failed ones are named at the end.
+# on two cores), so side by side it ends in about 30 s. Each binary's output is printed whole
+# when it ends; the exit status is 1 if any binary failed, and the failed ones are named last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${TEST_JOBS:-3}
@@ -12,9 +12,10 @@ trap 'rm -rf "$out"' EXIT
 
 # The executables, longest first (by last run's time, kept in target/), so that a long binary
 # does not start last and leave the other slots idle.
+# Test harnesses end in a hash; the programs they test (target/debug/server...) do not.
 cargo test --all-targets --no-run --message-format=json-render-diagnostics |
   grep -o '"executable":"[^"]*"' | cut -d'"' -f4 |
-  grep -E -- '-[0-9a-f]{16}$' >"$out/binaries" || { # test harnesses, not the programs they test
+  grep -E -- '-[0-9a-f]{16}$' >"$out/binaries" || {
   echo "make test: the build failed, or built no test binary" >&2
   exit 1
 }

@@ -727,6 +727,14 @@ mod request_reader_tests {
 
     const SHORT: Duration = Duration::from_millis(300);
 
+    /// The next read, which must be a refusal.
+    fn refused(reader: &mut RequestReader, line: &mut Vec<u8>) -> Error {
+        match reader.next(line).unwrap() {
+            Incoming::Refused(e) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     /// Runs a test on its own thread and fails it after 20 s: a regression that leaves a read
     /// with no deadline (one that would wait for ever) fails the suite instead of hanging it.
     fn bounded(test: impl FnOnce() + Send + 'static) {
@@ -792,13 +800,9 @@ mod request_reader_tests {
             // clock fails the test in seconds.
             let (_peer, mut reader, _ours) = pair(Timeouts::new(SHORT, Duration::from_secs(5)));
             let started = Instant::now();
-            match reader.next(&mut Vec::new()).unwrap() {
-                Incoming::Refused(e) => {
-                    assert_eq!(e.code(), "timeout");
-                    assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
-                }
-                other => panic!("{other:?}"),
-            }
+            let e = refused(&mut reader, &mut Vec::new());
+            assert_eq!(e.code(), "timeout");
+            assert!(e.message().starts_with("no request for 0.3 s"), "{e}");
             assert!(started.elapsed() >= SHORT);
         });
     }
@@ -818,13 +822,9 @@ mod request_reader_tests {
                 }
             });
             let started = Instant::now();
-            match reader.next(&mut Vec::new()).unwrap() {
-                Incoming::Refused(e) => {
-                    assert_eq!(e.code(), "timeout");
-                    assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
-                }
-                other => panic!("{other:?}"),
-            }
+            let e = refused(&mut reader, &mut Vec::new());
+            assert_eq!(e.code(), "timeout");
+            assert!(e.message().contains("did not arrive within 0.3 s"), "{e}");
             // 100 bytes at 20 ms each would take 2 s: the deadline cut it well before.
             assert!(started.elapsed() < Duration::from_millis(1500));
             drop(reader);
@@ -843,10 +843,7 @@ mod request_reader_tests {
                 let _ = peer.read_to_string(&mut reply);
                 reply
             });
-            let e = match reader.next(&mut Vec::new()).unwrap() {
-                Incoming::Refused(e) => e,
-                other => panic!("{other:?}"),
-            };
+            let e = refused(&mut reader, &mut Vec::new());
             assert_eq!(e.code(), "too_large");
             reader.close_with(&mut ours, &e).unwrap();
             drop(ours);
@@ -880,10 +877,7 @@ mod request_reader_tests {
                 peer.write_all(b"x")?;
                 Ok::<_, io::Error>(reply)
             });
-            let e = match reader.next(&mut Vec::new()).unwrap() {
-                Incoming::Refused(e) => e,
-                other => panic!("{other:?}"),
-            };
+            let e = refused(&mut reader, &mut Vec::new());
             sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
             reader.close_with(&mut ours, &e).unwrap();
             drop(ours);
@@ -903,10 +897,7 @@ mod request_reader_tests {
                 let until = Instant::now() + 2 * LINGER;
                 while Instant::now() < until && peer.write_all(&chunk).is_ok() {}
             });
-            let e = match reader.next(&mut Vec::new()).unwrap() {
-                Incoming::Refused(e) => e,
-                other => panic!("{other:?}"),
-            };
+            let e = refused(&mut reader, &mut Vec::new());
             let started = Instant::now();
             reader.close_with(&mut ours, &e).unwrap();
             drop(ours);
@@ -933,19 +924,13 @@ mod request_reader_tests {
             assert_eq!(line.len(), MAX_REQUEST_LINE + 1);
             assert_eq!(reader.next(&mut line).unwrap(), Incoming::Line);
             assert_eq!(line.len(), MAX_REQUEST_LINE);
-            match reader.next(&mut line).unwrap() {
-                Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(refused(&mut reader, &mut line).code(), "too_large");
             drop(writer.join().unwrap());
             // One byte over with a bare `\n` is too long as well.
             let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
             peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat())
                 .unwrap();
-            match reader.next(&mut line).unwrap() {
-                Incoming::Refused(e) => assert_eq!(e.code(), "too_large"),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(refused(&mut reader, &mut line).code(), "too_large");
         });
     }
 
