@@ -64,19 +64,12 @@ impl ServerEntry {
         if self.port != other.port {
             return false;
         }
-        if self.address() == other.address() {
-            return true;
+        // Resolved only when spelled apart; a host that does not resolve is at no address.
+        let resolve = |e: &ServerEntry| e.address().to_socket_addrs().into_iter().flatten();
+        self.address() == other.address() || {
+            let mine: Vec<SocketAddr> = resolve(self).collect();
+            resolve(other).any(|a| mine.contains(&a))
         }
-        let mine = self.socket_addrs();
-        other.socket_addrs().iter().any(|a| mine.contains(a))
-    }
-
-    /// The addresses its host resolves to (none when it does not resolve).
-    fn socket_addrs(&self) -> Vec<SocketAddr> {
-        self.address()
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .unwrap_or_default()
     }
 }
 
@@ -142,17 +135,14 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 /// not a list, and taking it for "no servers" would drain every server at once.
 pub(crate) fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
     let text = match fs::read_to_string(path) {
-        Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        text => text?,
     };
     let invalid = |why: String| {
+        let fix = "fix it or replace it with [] (the list with no server)";
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "{} {why}; fix it or replace it with [] (the list with no server)",
-                path.display()
-            ),
+            format!("{} {why}; {fix}", path.display()),
         )
     };
     if text.trim().is_empty() {
@@ -229,12 +219,8 @@ fn update(
         f.sync_all()?;
         fs::rename(&tmp, path)
     };
-    let result = write();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
     // `lock` is released when dropped.
+    write().inspect_err(|_| _ = fs::remove_file(&tmp))
 }
 
 /// `path` with `suffix` added to its file name.

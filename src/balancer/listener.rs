@@ -24,13 +24,10 @@ use crate::tls::Acceptor;
 
 /// Stack of a client thread: a session keeps its buffers on the heap, so 10,000 clients fit.
 const CLIENT_STACK: usize = 128 * 1024;
-
 /// How long writing a refusal to a turned-away client may block the accept loop.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How long the loop rests after a failed accept, so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
-
 /// Most client threads waiting for a next client (per listener), and how long each waits.
 const MAX_PARKED: usize = 64;
 const PARK_TIME: Duration = Duration::from_secs(5);
@@ -49,11 +46,10 @@ struct Parked {
 /// already in the backlog (they connected before Ctrl-C and get their replies).
 pub(crate) fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let (hand, take) = crossbeam_channel::bounded(0);
-    let waiting = Arc::default();
     let parked = Parked {
         hand,
         take,
-        waiting,
+        waiting: Arc::default(),
     };
     let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref(), &parked);
     // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
@@ -82,12 +78,9 @@ pub(crate) fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option
                     }
                     Err(_) => std::thread::sleep(ACCEPT_PAUSE),
                 }
-                // Turning a client away freed a descriptor.
+                // Turning a client away freed a descriptor; with none free, let clients leave.
+                spare = spare.or_else(|| File::open("/dev/null").ok());
                 if spare.is_none() {
-                    spare = File::open("/dev/null").ok();
-                }
-                if spare.is_none() {
-                    // Every descriptor is taken again: let some clients leave first.
                     std::thread::sleep(ACCEPT_PAUSE);
                 }
             }
@@ -140,10 +133,10 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
         );
         return;
     }
-    let mut stream = match parked.hand.try_send(stream) {
-        Ok(()) => return,
-        Err(e) => e.into_inner(),
+    let Err(handed) = parked.hand.try_send(stream) else {
+        return;
     };
+    let mut stream = handed.into_inner();
     let session_lb = Arc::clone(lb);
     let tls = tls.cloned();
     let (take, waiting) = (parked.take.clone(), Arc::clone(&parked.waiting));

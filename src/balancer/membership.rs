@@ -1,13 +1,11 @@
 //! Who is in the pool. A watcher thread reads the servers file and the servers joined over the
 //! network a few times a second: a server that appears joins, one that disappears drains and
-//! leaves. A listed server not in the pool (new, or its connection broke) is reconnected by one
-//! of [`RECONNECTORS`] threads, which connects, checks that it answers and sends the outcome
-//! back; a failure makes the next attempt wait longer (capped exponential backoff). So a fixed
-//! number of threads retry every listed server (at most `--max-servers`). Each worker of a
-//! server has its own connection; one that broke, or sent what no request asked for, is
-//! re-probed on a new connection ([`reprobe`]), and dropped if that fails; a server with fewer
-//! connections than workers is topped up like one being reconnected, and is down when its last
-//! connection is gone.
+//! leaves. A listed server not in the pool, or with fewer connections than workers, is
+//! (re)connected by one of [`RECONNECTORS`] threads, which connects, checks that it answers
+//! and sends the outcome back; each failure in a row doubles the wait before the next attempt
+//! (up to [`MAX_BACKOFF`]). A worker's connection that broke, or sent what no request asked
+//! for, is re-probed on a new connection ([`reprobe`]) and dropped if that fails; a server is
+//! down with its last connection.
 //!
 //! Health checks ([`check_health`], as HAProxy's `check`): every `--check-interval` a TCP
 //! connect to each server in the pool, which costs it no worker. After `--check-fall` misses in
@@ -35,12 +33,10 @@ use crate::tls::Connector;
 
 /// How often the servers file is read.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// First wait before reconnecting to a server that went down; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Reconnector threads: most servers being (re)connected at once.
+/// Most servers being (re)connected at once.
 const RECONNECTORS: usize = 16;
-/// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The request that checks a (re)connected server really answers: a hung process still
 /// completes TCP handshakes, so a connection alone proves nothing.
@@ -53,11 +49,10 @@ struct Known {
     backend: Arc<Backend>,
     /// Set when the server leaves the list, so an attempt in flight does not add it.
     cancelled: Arc<AtomicBool>,
-    /// Whether an attempt to connect it is queued or being made.
-    attempting: bool,
-    /// Attempts that failed in a row, and when the next may start (after its backoff).
+    /// Attempts that failed in a row, and when the next may start (`None`: one is under way,
+    /// so the attempts channel holds at most one per server).
     failures: u32,
-    next_try: Instant,
+    next_try: Option<Instant>,
     /// Whether it was in the pool at the last look (to log a fall once).
     was_up: bool,
     /// Whether it was missing from the list at the last look. A server leaves only when it
@@ -80,7 +75,7 @@ type Attempt = (Arc<Backend>, Arc<AtomicBool>, u32);
 pub(crate) struct Watcher {
     lb: Arc<Balancer>,
     known: HashMap<u32, Known>,
-    /// The servers file as last read well, kept when a later read fails, and that failure.
+    /// The servers file as last read well (kept when a later read fails), and that failure.
     last_file: Vec<ServerEntry>,
     last_error: Option<String>,
     /// How many listed servers `--max-servers` left out at the last look (to warn once).
@@ -101,7 +96,6 @@ impl Watcher {
         for i in 0..RECONNECTORS {
             let (to_do, done) = (to_do.clone(), done.clone());
             spawn_prober(&lb, format!("reconnect-{i}"), move |lb| {
-                // Ends when the watcher, and with it the sending side, is gone.
                 for (backend, cancelled, failures) in to_do {
                     let reached = reconnect(lb, &backend, &cancelled, failures);
                     let _ = done.send((backend, reached));
@@ -121,8 +115,7 @@ impl Watcher {
         })
     }
 
-    /// Polls every [`POLL_INTERVAL`] until `stop` is closed; its reconnector threads end once
-    /// their attempt in hand is done.
+    /// Looks every [`POLL_INTERVAL`] until `stop` is closed.
     pub(crate) fn run(mut self, stop: &Receiver<()>) {
         // Carries a tick every POLL_INTERVAL: time for the next look.
         let ticks = crossbeam_channel::tick(POLL_INTERVAL);
@@ -144,13 +137,9 @@ impl Watcher {
             else {
                 continue;
             };
-            known.attempting = false;
-            if reached {
-                known.failures = 0;
-            } else {
-                known.failures = known.failures.saturating_add(1);
-                known.next_try = Instant::now() + backoff(known.failures);
-            }
+            let failed = known.failures.saturating_add(1);
+            known.failures = if reached { 0 } else { failed };
+            known.next_try = Some(Instant::now() + backoff(known.failures));
         }
         let listed = self.listed();
         let lb = Arc::clone(&self.lb);
@@ -186,9 +175,8 @@ impl Watcher {
                 Known {
                     backend,
                     cancelled: Arc::default(),
-                    attempting: false,
                     failures: 0,
-                    next_try: Instant::now(),
+                    next_try: Some(Instant::now()),
                     was_up: false,
                     missing: false,
                 }
@@ -208,13 +196,12 @@ impl Watcher {
                 }
                 None => {}
             }
-            if !known.attempting && Instant::now() >= known.next_try {
-                let attempt = (Arc::clone(&known.backend), Arc::clone(&known.cancelled));
-                // One attempt per server at a time: the channel holds at most one per server.
-                known.attempting = self
-                    .attempts
-                    .send((attempt.0, attempt.1, known.failures))
-                    .is_ok();
+            if known.next_try.is_some_and(|t| t <= Instant::now()) {
+                known.next_try = None;
+                let (backend, cancelled) = (&known.backend, &known.cancelled);
+                let attempt = (Arc::clone(backend), Arc::clone(cancelled), known.failures);
+                // Fails only if every reconnector is gone, and then no attempt can be made.
+                let _ = self.attempts.send(attempt);
             }
         }
         // A reconnector may have added its server just as the server left the list.
@@ -263,13 +250,12 @@ impl Watcher {
         let mut listed = Vec::new();
         let (mut ids, mut addresses) = (HashSet::new(), HashSet::new());
         for entry in self.last_file.iter().chain(&joined) {
-            let backend = Backend::from_entry(entry);
-            if !ids.insert(backend.id) || !addresses.insert(backend.addr.clone()) {
-                let (id, addr) = (backend.id, &backend.addr);
-                log::debug!("ignoring a second entry for server {id} at {addr}");
-                continue;
+            let b = Backend::from_entry(entry);
+            if ids.insert(b.id) && addresses.insert(b.addr.clone()) {
+                listed.push(b);
+            } else {
+                log::debug!("ignoring a second entry for server {} at {}", b.id, b.addr);
             }
-            listed.push(backend);
         }
         let max = self.lb.config.max_servers;
         let left_out = listed.len().saturating_sub(max);
@@ -290,11 +276,12 @@ impl Watcher {
     }
 }
 
-/// The wait before the next attempt after `failures` failures in a row: [`FIRST_BACKOFF`],
-/// doubling up to [`MAX_BACKOFF`].
+/// The wait before the next attempt after `failures` failures in a row.
 fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF)
+    match failures {
+        0 => Duration::ZERO,
+        n => (FIRST_BACKOFF * (1 << (n - 1).min(16))).min(MAX_BACKOFF),
+    }
 }
 
 /// One attempt to bring a server back: connect each of its workers that has no connection,
@@ -306,51 +293,48 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
     let missing = backend
         .workers
         .saturating_sub(lb.queue.connections(backend.id));
-    match connect_and_probe(lb, backend, missing) {
-        Ok(conns) => {
-            if cancelled.load(Ordering::SeqCst) {
-                return true;
-            }
-            let joins = lb.queue.membership(backend.id).is_none();
-            let added = conns
-                .into_iter()
-                .map(|conn| lb.queue.add(Arc::clone(backend), conn))
-                .filter(|added| *added)
-                .count();
-            if joins && added > 0 {
-                let (id, addr, workers) = (backend.id, &backend.addr, backend.workers);
-                let secs = backend.processing_time.as_secs_f64();
-                let after = match failures {
-                    0 => String::new(),
-                    n => format!(" after {n} failed attempt(s)"),
-                };
-                log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
-            }
-            true
-        }
+    let conns = match connect_and_probe(lb, backend, missing) {
+        Ok(conns) => conns,
         Err(e) => {
-            let message = format!(
+            // The first failure is news; the rest are the same story.
+            let level = match failures {
+                0 => log::Level::Warn,
+                _ => log::Level::Debug,
+            };
+            log::log!(
+                level,
                 "cannot reach server {} at {}: {e}; next try in {:.1} s",
                 backend.id,
                 backend.addr,
                 backoff(failures + 1).as_secs_f64()
             );
-            // The first failure is news; the rest are the same story.
-            if failures == 0 {
-                log::warn!("{message}");
-            } else {
-                log::debug!("{message}");
-            }
-            false
+            return false;
         }
+    };
+    if cancelled.load(Ordering::SeqCst) {
+        return true;
     }
+    let joins = lb.queue.membership(backend.id).is_none();
+    let added = conns
+        .into_iter()
+        .map(|conn| lb.queue.add(Arc::clone(backend), conn))
+        .filter(|&added| added)
+        .count();
+    if joins && added > 0 {
+        let (id, addr, workers) = (backend.id, &backend.addr, backend.workers);
+        let secs = backend.processing_time.as_secs_f64();
+        let after = match failures {
+            0 => String::new(),
+            n => format!(" after {n} failed attempt(s)"),
+        };
+        log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
+    }
+    true
 }
 
-/// Closes a worker's connection that can no longer be trusted (it broke, or its replies are
-/// out of step with the requests) and probes the server on a new one, in the background.
-/// Meanwhile the worker stays counted, busy, so requests wait for it rather than find no
-/// server up; if the probe fails the connection is dropped (the server is down with its last).
-/// At most one thread per connection (this takes its lease).
+/// Closes a worker's connection that can no longer be trusted and probes the server on a new
+/// one, in the background. Meanwhile the worker stays counted, busy, so requests wait for it
+/// rather than find no server up. At most one thread per connection (this takes its lease).
 pub(crate) fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     let (backend, old) = lease.set_aside();
     drop(old);
@@ -461,46 +445,38 @@ pub(crate) fn check_health(lb: &Balancer, stop: &Receiver<()>) {
             recv(ticks) -> _ => {}
             recv(stop) -> _ => return,
         }
-        let active: HashSet<u32> = (lb.queue.snapshot().members.into_iter())
-            .filter(|(_, m)| *m == Membership::Active)
-            .map(|(id, _)| id)
-            .collect();
         let servers: Vec<Arc<Backend>> = (lb.stats.servers().into_iter())
-            .filter(|b| active.contains(&b.id))
+            .filter(|b| lb.queue.membership(b.id) == Some(Membership::Active))
             .collect();
-        misses.retain(|id, _| active.contains(id));
+        misses.retain(|id, _| servers.iter().any(|b| b.id == *id));
         for batch in servers.chunks(BATCH) {
             if stop.try_recv() != Err(TryRecvError::Empty) {
                 return;
             }
             let timeout = lb.config.check_interval;
-            let results: Vec<io::Result<()>> = std::thread::scope(|s| {
+            std::thread::scope(|s| {
                 let checks: Vec<_> = (batch.iter())
                     .map(|b| {
                         let thread = std::thread::Builder::new().stack_size(64 * 1024);
-                        thread.spawn_scoped(s, move || {
-                            servers_file::connect(&b.addr, timeout).map(drop)
-                        })
+                        let check = move || servers_file::connect(&b.addr, timeout).map(drop);
+                        (b, thread.spawn_scoped(s, check))
                     })
                     .collect();
-                // A check that could not run (no thread left) is no news.
-                (checks.into_iter())
-                    .map(|c| c.ok().and_then(|c| c.join().ok()).unwrap_or(Ok(())))
-                    .collect()
-            });
-            for (backend, result) in batch.iter().zip(results) {
-                let missed = misses.entry(backend.id).or_default();
-                match result {
-                    Ok(()) => *missed = 0,
-                    Err(e) => {
-                        *missed += 1;
-                        log::debug!("server {}: health check {missed} missed: {e}", backend.id);
-                        if *missed == lb.config.check_fall {
-                            take_down(lb, backend, &e);
+                for (backend, check) in checks {
+                    let missed = misses.entry(backend.id).or_default();
+                    // A check that could not run (no thread left) is no news.
+                    match check.ok().and_then(|c| c.join().ok()) {
+                        Some(Err(e)) => {
+                            *missed += 1;
+                            log::debug!("server {}: health check {missed} missed: {e}", backend.id);
+                            if *missed == lb.config.check_fall {
+                                take_down(lb, backend, &e);
+                            }
                         }
+                        _ => *missed = 0,
                     }
                 }
-            }
+            });
         }
     }
 }

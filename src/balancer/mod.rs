@@ -69,13 +69,9 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         .then(|| client_side(config.port))
         .transpose()?;
     let secure = config.tls_port.map(client_side).transpose()?;
+    let (host, port) = (&config.admin_host, config.admin_port);
     let hint = "--admin-port 0 picks a free port";
-    let (admin, admin_addr) = bind(
-        "start the admin listener",
-        &config.admin_host,
-        config.admin_port,
-        hint,
-    )?;
+    let (admin, admin_addr) = bind("start the admin listener", host, port, hint)?;
     let lb = Arc::new(Balancer {
         config,
         queue: IdleQueue::new(policy),
@@ -132,10 +128,11 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         begin_stopping(&lb);
     }
     let mut listeners = Vec::new();
-    for (listening, tls) in [(plain, None), (secure, acceptor.clone())] {
-        let Some((listener, addr)) = listening else {
-            continue;
-        };
+    let sides = [
+        plain.map(|l| (l, None)),
+        secure.map(|l| (l, acceptor.clone())),
+    ];
+    for ((listener, addr), tls) in sides.into_iter().flatten() {
         let accepting = Arc::clone(&lb);
         let accept = spawn("accept", move || {
             listener::accept_loop(&accepting, listener, tls)
@@ -207,15 +204,11 @@ fn fit_descriptors(max_clients: usize) -> usize {
     let limit = getrlimit(Resource::Nofile);
     let raised = Rlimit {
         current: limit.maximum,
-        maximum: limit.maximum,
+        ..limit
     };
-    let soft = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
-        limit.maximum
-    } else {
-        limit.current
-    };
+    let raised = setrlimit(Resource::Nofile, raised).is_ok();
     // `None` is no limit at all.
-    let Some(soft) = soft else {
+    let Some(soft) = (if raised { limit.maximum } else { limit.current }) else {
         return max_clients;
     };
     let fits = usize::try_from(soft.saturating_sub(OTHER_DESCRIPTORS) / 2)
