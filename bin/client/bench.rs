@@ -2,9 +2,7 @@
 //! connection per request), send requests as fast as the replies come back; then it reports
 //! requests/s, latency percentiles, errors by code, who answered how many, and how evenly the
 //! clients were served (Jain's fairness index over each client's completed requests).
-//!
-//! It speaks through the library's [`Connection`], skipping reply bodies without saving them;
-//! latencies go into a `Vec` reserved up front, so recording one does not reallocate.
+//! Requests go through the library's [`Connection`]; reply bodies are read and thrown away.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,7 +22,8 @@ use serde::Serialize;
 const THREAD_STACK: usize = 256 * 1024;
 /// Pause after a failed connection attempt, so a client with no balancer does not spin.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
-/// Most latencies a client reserves room for before it starts (8 MiB).
+/// Most latencies a client reserves room for before it starts (8 MiB), so that recording one
+/// does not reallocate.
 const MAX_RESERVED: u64 = 1 << 20;
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -73,7 +72,6 @@ pub struct Mix {
 }
 
 impl Mix {
-    /// Parses `queries:files`, e.g. `3:1`.
     fn parse(text: &str) -> Result<Mix, String> {
         let bad = || format!("{text:?} is not a mix: write queries:files, e.g. 3:1");
         let (q, f) = text.split_once(':').ok_or_else(bad)?;
@@ -96,8 +94,7 @@ impl Mix {
     }
 }
 
-/// Runs `client bench` and prints its report. Exit code: 0 when every request got `OK`, 1 when
-/// some failed, 2 when the bench could not run.
+/// Runs `client bench` and prints its report; the exit code is as its `--help` says.
 pub fn main(args: BenchArgs) -> ExitCode {
     let json = args.json;
     let report = match run(args) {
@@ -108,8 +105,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     };
     let text = if json {
-        let json = serde_json::to_string(&report).expect("a report always writes as JSON");
-        json + "\n"
+        serde_json::to_string(&report).expect("a report always writes as JSON") + "\n"
     } else {
         report.to_text()
     };
@@ -234,11 +230,9 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     let args = &shared.args;
     let mut tally = Tally::default();
     let connect = |tally: &mut Tally| {
-        let conn = Connection::open(shared.addr, shared.tls.as_ref());
-        if conn.is_err() {
-            tally.fail("connect", shared);
-        }
-        conn.ok()
+        Connection::open(shared.addr, shared.tls.as_ref())
+            .inspect_err(|_| tally.fail("connect", shared))
+            .ok()
     };
     let mut conn = args.connect_first.then(|| connect(&mut tally)).flatten();
     shared.ready.wait();
@@ -247,7 +241,6 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     });
     let started = *shared.started.get_or_init(Instant::now);
     let deadline = args.duration.map(|d| started + d);
-    // Room for the whole share up front (within reason), so recording never reallocates.
     tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
     // Each client starts at a different place in the mix, so files are spread across clients.
     for n in index..index.saturating_add(limit) {
@@ -263,12 +256,11 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             std::thread::sleep(RECONNECT_PAUSE);
             continue;
         };
-        // The reply's body is read and thrown away.
         let reply = c.send(request).and_then(|reply| {
-            c.skip(reply.body_length())?;
+            c.copy_body(reply.body_length(), &mut io::sink())?;
             Ok(reply)
         });
-        match reply {
+        match &reply {
             Ok(ReplyHeader::Err(e)) => tally.fail(e.code(), shared),
             Ok(reply) => {
                 tally.bytes += reply.body_length();
@@ -280,10 +272,9 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             Err(e) => {
                 let broken = e.kind() == io::ErrorKind::InvalidData;
                 tally.fail(if broken { "bad_reply" } else { "io" }, shared);
-                conn = None;
             }
         }
-        if args.new_connection {
+        if args.new_connection || reply.is_err() {
             conn = None;
         }
     }
@@ -377,12 +368,10 @@ struct Latency {
 impl Report {
     fn new(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
         let per_client: Vec<u64> = tallies.iter().map(|t| t.latencies.len() as u64).collect();
-        let (mut latencies, mut servers, mut errors) =
-            (Vec::new(), BTreeMap::new(), BTreeMap::new());
-        let mut bytes = 0;
+        let bytes = tallies.iter().map(|t| t.bytes).sum();
+        let mut latencies: Vec<u64> = tallies.iter().flat_map(|t| &t.latencies).copied().collect();
+        let (mut servers, mut errors) = (BTreeMap::new(), BTreeMap::new());
         for t in &tallies {
-            bytes += t.bytes;
-            latencies.extend_from_slice(&t.latencies);
             for (server, n) in &t.by_server {
                 *servers.entry(server.clone()).or_default() += n;
             }
@@ -439,14 +428,16 @@ impl Report {
                 l.p50, l.p90, l.p99, l.max
             )
         };
-        let mut errors = String::new();
-        for (code, n) in &self.errors {
-            let sep = if errors.is_empty() { "" } else { ", " };
-            let _ = write!(errors, "{sep}{code} {n}");
-        }
-        if errors.is_empty() {
-            errors = "none".into();
-        }
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let errors = if errors.is_empty() {
+            "none".into()
+        } else {
+            errors.join(", ")
+        };
         let mut out = format!(
             "{} clients, {connection}, {:.2} s\n\
              requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\
