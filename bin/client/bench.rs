@@ -290,8 +290,9 @@ fn spawn_progress(
     let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
     let printer = std::thread::spawn(move || {
         let mut err = io::stderr();
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-            ticks.recv_timeout(PROGRESS_EVERY)
+        while ticks
+            .recv_timeout(PROGRESS_EVERY)
+            .is_err_and(|e| e.is_timeout())
         {
             let done = shared.done.load(Ordering::Relaxed);
             let failed = shared.failed.load(Ordering::Relaxed);
@@ -301,7 +302,6 @@ fn spawn_progress(
                 "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
                 done as f64 / secs.max(1e-9)
             );
-            let _ = err.flush();
         }
         // Erase the line, so the report starts on a clean one.
         let _ = write!(err, "\r{:70}\r", "");
@@ -311,11 +311,8 @@ fn spawn_progress(
 
 /// The value at percentile `p` (0 to 100) of `sorted`, by the nearest-rank method; 0 when empty.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted.get(rank.max(1) - 1).copied().unwrap_or(0)
 }
 
 /// Jain's fairness index of `counts`: 1 when all are equal, 1/n when one got everything.
@@ -428,11 +425,7 @@ impl Report {
                 l.p50, l.p90, l.p99, l.max
             )
         };
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect();
+        let errors = Vec::from_iter(self.errors.iter().map(|(c, n)| format!("{c} {n}")));
         let errors = if errors.is_empty() {
             "none".into()
         } else {
