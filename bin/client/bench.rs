@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use minilb::client::{self, Connection, Target};
 use minilb::protocol::{ReplyHeader, Request};
 use minilb::tls::Connector;
@@ -176,18 +177,19 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     }
     let started = *shared.started.get_or_init(Instant::now);
     shared.ready.wait();
-    let progress = io::stderr()
-        .is_terminal()
-        .then(|| spawn_progress(Arc::clone(&shared), started));
-    let tallies: Vec<Tally> = threads
-        .into_iter()
-        .map(|t| t.join().unwrap_or_default())
-        .collect();
-    let elapsed = started.elapsed();
-    if let Some((stop, printer)) = progress {
+    // Dropping `stop` ends the progress line; the timeout of `ticks` is its ticker.
+    let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
+    let (tallies, elapsed) = std::thread::scope(|s| {
+        if io::stderr().is_terminal() {
+            s.spawn(|| progress(&shared, started, &ticks));
+        }
+        let tallies: Vec<Tally> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect();
         drop(stop);
-        let _ = printer.join();
-    }
+        (tallies, started.elapsed())
+    });
     let report = Report::new(tallies, elapsed, shared.args.new_connection);
     if report.ok == 0 && report.errors.keys().all(|c| *c == "connect") && report.error_count > 0 {
         // Not one connection: nothing was measured, so there is no report to give.
@@ -281,32 +283,21 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     tally
 }
 
-/// Redraws `N requests, R/s, E errors` on stderr until the returned sender is dropped.
-fn spawn_progress(
-    shared: Arc<Shared>,
-    started: Instant,
-) -> (crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>) {
-    // Dropping the sender is the stop signal; the timeout is the ticker.
-    let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
-    let printer = std::thread::spawn(move || {
-        let mut err = io::stderr();
-        while ticks
-            .recv_timeout(PROGRESS_EVERY)
-            .is_err_and(|e| e.is_timeout())
-        {
-            let done = shared.done.load(Ordering::Relaxed);
-            let failed = shared.failed.load(Ordering::Relaxed);
-            let secs = started.elapsed().as_secs_f64();
-            let _ = write!(
-                err,
-                "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
-                done as f64 / secs.max(1e-9)
-            );
-        }
-        // Erase the line, so the report starts on a clean one.
-        let _ = write!(err, "\r{:70}\r", "");
-    });
-    (stop, printer)
+/// Redraws `N requests, R/s, E errors` on stderr until the sender of `ticks` is dropped.
+fn progress(shared: &Shared, started: Instant, ticks: &Receiver<()>) {
+    let mut err = io::stderr();
+    while let Err(RecvTimeoutError::Timeout) = ticks.recv_timeout(PROGRESS_EVERY) {
+        let done = shared.done.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        let _ = write!(
+            err,
+            "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
+            done as f64 / secs.max(1e-9)
+        );
+    }
+    // Erase the line, so the report starts on a clean one.
+    let _ = write!(err, "\r{:70}\r", "");
 }
 
 /// The value at percentile `p` (0 to 100) of `sorted`, by the nearest-rank method; 0 when empty.
