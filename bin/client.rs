@@ -1,6 +1,5 @@
 //! `client <client_id> [REQUEST...]`: the minilb client; `client bench ...`: its load generator.
 
-use std::io;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -42,27 +41,6 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Bench(bench_args)) => bench::main(bench_args),
-        None => run_client(args),
+        None => ExitCode::from(client::run(&args.config, &args.request)),
     }
-}
-
-fn run_client(args: Args) -> ExitCode {
-    let config = args.config;
-    if !config.download_dir.is_dir() {
-        eprintln!(
-            "client: download folder {} does not exist; create it or pass --download-dir",
-            config.download_dir.display()
-        );
-        return ExitCode::from(2);
-    }
-    if let Err(e) = client::remove_partial_download_on_signal() {
-        eprintln!("client: {e}");
-        return ExitCode::from(2);
-    }
-    let code = if args.request.is_empty() {
-        client::interactive(&config, &mut io::stdin().lock(), &mut io::stdout())
-    } else {
-        client::run_once(&config, &args.request.join(" "))
-    };
-    ExitCode::from(code)
 }

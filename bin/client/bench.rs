@@ -2,9 +2,7 @@
 //! connection per request), send requests as fast as the replies come back; then it reports
 //! requests/s, latency percentiles, errors by code, who answered how many, and how evenly the
 //! clients were served (Jain's fairness index over each client's completed requests).
-//!
-//! It speaks through the library's [`Connection`], skipping reply bodies without saving them;
-//! latencies go into a `Vec` reserved up front, so recording one does not reallocate.
+//! Requests go through the library's [`Connection`]; reply bodies are read and thrown away.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use minilb::client::{self, Connection, Target};
 use minilb::protocol::{ReplyHeader, Request};
 use minilb::tls::Connector;
@@ -24,7 +23,8 @@ use serde::Serialize;
 const THREAD_STACK: usize = 256 * 1024;
 /// Pause after a failed connection attempt, so a client with no balancer does not spin.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
-/// Most latencies a client reserves room for before it starts (8 MiB).
+/// Most latencies a client reserves room for before it starts (8 MiB), so that recording one
+/// does not reallocate.
 const MAX_RESERVED: u64 = 1 << 20;
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -73,7 +73,6 @@ pub struct Mix {
 }
 
 impl Mix {
-    /// Parses `queries:files`, e.g. `3:1`.
     fn parse(text: &str) -> Result<Mix, String> {
         let bad = || format!("{text:?} is not a mix: write queries:files, e.g. 3:1");
         let (q, f) = text.split_once(':').ok_or_else(bad)?;
@@ -96,8 +95,7 @@ impl Mix {
     }
 }
 
-/// Runs `client bench` and prints its report. Exit code: 0 when every request got `OK`, 1 when
-/// some failed, 2 when the bench could not run.
+/// Runs `client bench` and prints its report; the exit code is as its `--help` says.
 pub fn main(args: BenchArgs) -> ExitCode {
     let json = args.json;
     let report = match run(args) {
@@ -108,8 +106,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     };
     let text = if json {
-        let json = serde_json::to_string(&report).expect("a report always writes as JSON");
-        json + "\n"
+        serde_json::to_string(&report).expect("a report always writes as JSON") + "\n"
     } else {
         report.to_text()
     };
@@ -180,18 +177,19 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     }
     let started = *shared.started.get_or_init(Instant::now);
     shared.ready.wait();
-    let progress = io::stderr()
-        .is_terminal()
-        .then(|| spawn_progress(Arc::clone(&shared), started));
-    let tallies: Vec<Tally> = threads
-        .into_iter()
-        .map(|t| t.join().unwrap_or_default())
-        .collect();
-    let elapsed = started.elapsed();
-    if let Some((stop, printer)) = progress {
+    // Dropping `stop` ends the progress line; the timeout of `ticks` is its ticker.
+    let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
+    let (tallies, elapsed) = std::thread::scope(|s| {
+        if io::stderr().is_terminal() {
+            s.spawn(|| progress(&shared, started, &ticks));
+        }
+        let tallies: Vec<Tally> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect();
         drop(stop);
-        let _ = printer.join();
-    }
+        (tallies, started.elapsed())
+    });
     let report = Report::new(tallies, elapsed, shared.args.new_connection);
     if report.ok == 0 && report.errors.keys().all(|c| *c == "connect") && report.error_count > 0 {
         // Not one connection: nothing was measured, so there is no report to give.
@@ -234,11 +232,9 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     let args = &shared.args;
     let mut tally = Tally::default();
     let connect = |tally: &mut Tally| {
-        let conn = Connection::open(shared.addr, shared.tls.as_ref());
-        if conn.is_err() {
-            tally.fail("connect", shared);
-        }
-        conn.ok()
+        Connection::open(shared.addr, shared.tls.as_ref())
+            .inspect_err(|_| tally.fail("connect", shared))
+            .ok()
     };
     let mut conn = args.connect_first.then(|| connect(&mut tally)).flatten();
     shared.ready.wait();
@@ -247,7 +243,6 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     });
     let started = *shared.started.get_or_init(Instant::now);
     let deadline = args.duration.map(|d| started + d);
-    // Room for the whole share up front (within reason), so recording never reallocates.
     tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
     // Each client starts at a different place in the mix, so files are spread across clients.
     for n in index..index.saturating_add(limit) {
@@ -263,12 +258,11 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             std::thread::sleep(RECONNECT_PAUSE);
             continue;
         };
-        // The reply's body is read and thrown away.
         let reply = c.send(request).and_then(|reply| {
-            c.skip(reply.body_length())?;
+            c.copy_body(reply.body_length(), &mut io::sink())?;
             Ok(reply)
         });
-        match reply {
+        match &reply {
             Ok(ReplyHeader::Err(e)) => tally.fail(e.code(), shared),
             Ok(reply) => {
                 tally.bytes += reply.body_length();
@@ -280,51 +274,36 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
             Err(e) => {
                 let broken = e.kind() == io::ErrorKind::InvalidData;
                 tally.fail(if broken { "bad_reply" } else { "io" }, shared);
-                conn = None;
             }
         }
-        if args.new_connection {
+        if args.new_connection || reply.is_err() {
             conn = None;
         }
     }
     tally
 }
 
-/// Redraws `N requests, R/s, E errors` on stderr until the returned sender is dropped.
-fn spawn_progress(
-    shared: Arc<Shared>,
-    started: Instant,
-) -> (crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>) {
-    // Dropping the sender is the stop signal; the timeout is the ticker.
-    let (stop, ticks) = crossbeam_channel::bounded::<()>(0);
-    let printer = std::thread::spawn(move || {
-        let mut err = io::stderr();
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-            ticks.recv_timeout(PROGRESS_EVERY)
-        {
-            let done = shared.done.load(Ordering::Relaxed);
-            let failed = shared.failed.load(Ordering::Relaxed);
-            let secs = started.elapsed().as_secs_f64();
-            let _ = write!(
-                err,
-                "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
-                done as f64 / secs.max(1e-9)
-            );
-            let _ = err.flush();
-        }
-        // Erase the line, so the report starts on a clean one.
-        let _ = write!(err, "\r{:70}\r", "");
-    });
-    (stop, printer)
+/// Redraws `N requests, R/s, E errors` on stderr until the sender of `ticks` is dropped.
+fn progress(shared: &Shared, started: Instant, ticks: &Receiver<()>) {
+    let mut err = io::stderr();
+    while let Err(RecvTimeoutError::Timeout) = ticks.recv_timeout(PROGRESS_EVERY) {
+        let done = shared.done.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        let _ = write!(
+            err,
+            "\r{done} requests, {:.0}/s, {failed} errors, {secs:.1} s  ",
+            done as f64 / secs.max(1e-9)
+        );
+    }
+    // Erase the line, so the report starts on a clean one.
+    let _ = write!(err, "\r{:70}\r", "");
 }
 
 /// The value at percentile `p` (0 to 100) of `sorted`, by the nearest-rank method; 0 when empty.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted.get(rank.max(1) - 1).copied().unwrap_or(0)
 }
 
 /// Jain's fairness index of `counts`: 1 when all are equal, 1/n when one got everything.
@@ -377,12 +356,10 @@ struct Latency {
 impl Report {
     fn new(tallies: Vec<Tally>, elapsed: Duration, new_connection: bool) -> Report {
         let per_client: Vec<u64> = tallies.iter().map(|t| t.latencies.len() as u64).collect();
-        let (mut latencies, mut servers, mut errors) =
-            (Vec::new(), BTreeMap::new(), BTreeMap::new());
-        let mut bytes = 0;
+        let bytes = tallies.iter().map(|t| t.bytes).sum();
+        let mut latencies: Vec<u64> = tallies.iter().flat_map(|t| &t.latencies).copied().collect();
+        let (mut servers, mut errors) = (BTreeMap::new(), BTreeMap::new());
         for t in &tallies {
-            bytes += t.bytes;
-            latencies.extend_from_slice(&t.latencies);
             for (server, n) in &t.by_server {
                 *servers.entry(server.clone()).or_default() += n;
             }
@@ -439,14 +416,12 @@ impl Report {
                 l.p50, l.p90, l.p99, l.max
             )
         };
-        let mut errors = String::new();
-        for (code, n) in &self.errors {
-            let sep = if errors.is_empty() { "" } else { ", " };
-            let _ = write!(errors, "{sep}{code} {n}");
-        }
-        if errors.is_empty() {
-            errors = "none".into();
-        }
+        let errors = Vec::from_iter(self.errors.iter().map(|(c, n)| format!("{c} {n}")));
+        let errors = if errors.is_empty() {
+            "none".into()
+        } else {
+            errors.join(", ")
+        };
         let mut out = format!(
             "{} clients, {connection}, {:.2} s\n\
              requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\

@@ -3,7 +3,7 @@
 //! also carries the requests of `client bench` (bin/client/bench.rs).
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,20 +21,34 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// taken by the Ctrl-C/SIGTERM handler to remove it.
 static PARTIAL: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Makes Ctrl-C and SIGTERM remove the temp file of a download in progress before the client
-/// exits (with code 130, as after Ctrl-C).
-///
-/// # Errors
-/// A message when the handler cannot be installed.
-pub fn remove_partial_download_on_signal() -> Result<(), String> {
-    ctrlc::set_handler(|| {
+/// Runs the client: the request given (its words joined by spaces), or with none, an
+/// interactive session on stdin. Returns the exit code: 0 on `OK`, 1 on `ERR`, 2 when the
+/// balancer cannot be reached or the reply is broken.
+pub fn run(config: &ClientConfig, request: &[String]) -> u8 {
+    if !config.download_dir.is_dir() {
+        eprintln!(
+            "client: download folder {} does not exist; create it or pass --download-dir",
+            config.download_dir.display()
+        );
+        return 2;
+    }
+    // Ctrl-C and SIGTERM remove the temp file of a download in progress, then exit with 130.
+    let handler = ctrlc::set_handler(|| {
         let partial = PARTIAL.lock().take();
         if let Some(path) = partial {
             let _ = fs::remove_file(path);
         }
         std::process::exit(130);
-    })
-    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
+    });
+    if let Err(e) = handler {
+        eprintln!("client: cannot install the Ctrl-C handler: {e}");
+        return 2;
+    }
+    if request.is_empty() {
+        interactive(config, &mut io::stdin().lock(), &mut io::stdout())
+    } else {
+        run_once(config, &request.join(" "))
+    }
 }
 
 /// Where requests go, and how: the flags of the client and of `client bench`.
@@ -89,10 +103,10 @@ pub struct ClientConfig {
     pub force: bool,
 }
 
-/// A connection to the balancer that carries any number of requests.
+/// A connection to the balancer that carries any number of requests. Requests are written
+/// to the stream inside the reader (`get_mut`): one handle, one descriptor.
 pub struct Connection {
     reader: BufReader<Stream>,
-    writer: Stream,
     header: Vec<u8>,
 }
 
@@ -110,56 +124,45 @@ impl Connection {
         };
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         Ok(Connection {
-            reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
-            writer: stream,
+            reader: BufReader::with_capacity(64 * 1024, stream),
             header: Vec::new(),
         })
     }
 
     /// Sends one request and reads its reply header; the body, if any, is next on the
-    /// connection and must be read with [`Connection::body`] before the next request.
+    /// connection and must be read with [`Connection::copy_body`] before the next request.
     ///
     /// # Errors
     /// An I/O error, or `InvalidData` when the reply breaks the protocol.
     pub fn send(&mut self, request: &Request) -> io::Result<ReplyHeader> {
-        self.writer
+        self.reader
+            .get_mut()
             .write_all(format!("{}\n", request.line()).as_bytes())?;
         let invalid = |message| io::Error::new(io::ErrorKind::InvalidData, message);
         match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
-            Line::Complete => {}
-            Line::Eof | Line::Truncated => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the connection closed before a reply arrived",
-                ))
-            }
-            Line::TooLong => return Err(invalid("reply header is too long".into())),
+            Line::Complete => ReplyHeader::parse(&self.header).map_err(invalid),
+            Line::TooLong => Err(invalid("reply header is too long".into())),
+            Line::Eof | Line::Truncated => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed before a reply arrived",
+            )),
         }
-        ReplyHeader::parse(&self.header).map_err(invalid)
     }
 
-    /// The body of the reply just received, `length` bytes long, as a reader.
-    pub fn body(&mut self, length: u64) -> impl Read + '_ {
-        (&mut self.reader).take(length)
-    }
-
-    /// Reads the body of the reply just received and throws it away.
+    /// Copies the body of the reply just received, `length` bytes long, to `to`.
     ///
     /// # Errors
     /// An I/O error, or `UnexpectedEof` when the body ends early.
-    pub fn skip(&mut self, length: u64) -> io::Result<()> {
-        check_length(io::copy(&mut self.body(length), &mut io::sink())?, length)
+    pub fn copy_body(&mut self, length: u64, to: &mut (impl Write + ?Sized)) -> io::Result<()> {
+        let got = io::copy(&mut (&mut self.reader).take(length), to)?;
+        if got < length {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the reply ended after {got} of its {length} bytes"),
+            ));
+        }
+        Ok(())
     }
-}
-
-fn check_length(got: u64, promised: u64) -> io::Result<()> {
-    if got < promised {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("the reply ended after {got} of its {promised} bytes"),
-        ));
-    }
-    Ok(())
 }
 
 /// Streams a download into a temp file in the download folder and moves it into place only
@@ -185,7 +188,7 @@ fn save(
         // must not redirect the download elsewhere.
         let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        check_length(io::copy(&mut conn.body(length), &mut file)?, length)?;
+        conn.copy_body(length, &mut file)?;
         file.sync_all()?;
         place(&tmp, dir, name, config.force)
     })();
@@ -249,9 +252,8 @@ fn place(tmp: &Path, dir: &Path, name: &str, force: bool) -> io::Result<PathBuf>
     ))
 }
 
-/// Sends one request, prints the outcome, and returns the exit code: 0 on `OK`, 1 on `ERR`,
-/// 2 when the balancer cannot be reached or the reply is broken.
-pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
+/// Sends one request, prints the outcome, and returns the exit code (see [`run`]).
+fn run_once(config: &ClientConfig, line: &str) -> u8 {
     // A query pasted over several lines is one request: the protocol's lines end at `\n`.
     let line = line.replace(['\r', '\n'], " ");
     let request = match Request::parse(line.trim().as_bytes()) {
@@ -261,20 +263,14 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
             return 1;
         }
     };
-    let done = config
-        .target
-        .connector()
-        .map_err(|e| format!("client {}: {e}", config.id))
-        .and_then(|tls| connect(config, tls.as_ref()))
-        .and_then(|mut conn| {
-            let out = &mut io::stdout().lock();
-            perform(&mut conn, config, &request, out)
-                .map_err(|e| format!("client {}: {e}", config.id))
-        });
+    let done = config.target.connector().and_then(|tls| {
+        let mut conn = connect(&config.target, tls.as_ref())?;
+        perform(&mut conn, config, &request, &mut io::stdout().lock()).map_err(|e| e.to_string())
+    });
     match done {
         Ok(ok) => u8::from(!ok),
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("client {}: {e}", config.id);
             2
         }
     }
@@ -282,14 +278,16 @@ pub fn run_once(config: &ClientConfig, line: &str) -> u8 {
 
 /// Prompts `Enter query: ` and answers requests until end of input or `quit`, on one
 /// connection (reopened if it breaks). Returns the exit code of the last request.
-pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn Write) -> u8 {
+fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn Write) -> u8 {
+    let id = config.id;
     let tls = match config.target.connector() {
         Ok(tls) => tls,
         Err(e) => {
-            let _ = writeln!(out, "client {}: {e}", config.id);
+            let _ = writeln!(out, "client {id}: {e}");
             return 2;
         }
     };
+    let open = || connect(&config.target, tls.as_ref());
     let mut conn: Option<Connection> = None;
     let mut code = 0;
     loop {
@@ -315,13 +313,10 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
             }
         };
         // The connection kept from the last request, or a new one.
-        let opened = conn
-            .take()
-            .map_or_else(|| connect(config, tls.as_ref()), Ok);
-        let c = match opened {
+        let c = match conn.take().map_or_else(open, Ok) {
             Ok(c) => conn.insert(c),
             Err(e) => {
-                let _ = writeln!(out, "{e}");
+                let _ = writeln!(out, "client {id}: {e}");
                 code = 2;
                 continue;
             }
@@ -329,7 +324,6 @@ pub fn interactive(config: &ClientConfig, input: &mut dyn BufRead, out: &mut dyn
         code = match perform(c, config, &request, out) {
             Ok(ok) => u8::from(!ok),
             Err(e) => {
-                let id = config.id;
                 let _ = writeln!(out, "client {id}: {e}; reconnecting for the next request");
                 conn = None;
                 2
@@ -361,7 +355,7 @@ fn perform(
     let outcome = match (&reply, request) {
         (ReplyHeader::Err(e), _) => format!("ERR {}: {}", e.code(), e.message()),
         (ReplyHeader::Ok { .. }, Request::Query(_)) => {
-            check_length(io::copy(&mut conn.body(length), out)?, length)?;
+            conn.copy_body(length, out)?;
             if length > 0 {
                 out.write_all(b"\n")?;
             }
@@ -380,20 +374,17 @@ fn perform(
 }
 
 /// Connects to `--lb`; the error says why in words.
-fn connect(config: &ClientConfig, tls: Option<&Connector>) -> Result<Connection, String> {
-    let (id, lb) = (config.id, &config.target.lb);
+fn connect(target: &Target, tls: Option<&Connector>) -> Result<Connection, String> {
+    let lb = &target.lb;
     Connection::open(lb, tls).map_err(|e| {
-        // A typo in --lb is not a balancer that is down.
+        // A typo in --lb, or a failed TLS handshake, is not a balancer that is down.
         if lb.to_socket_addrs().is_err() {
-            return format!(
-                "client {id}: --lb {lb}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070"
-            );
+            format!("--lb {lb}: not a host:port address, or an unknown host name ({e}); e.g. --lb 127.0.0.1:5070")
+        } else if e.kind() == io::ErrorKind::InvalidData {
+            format!("{lb}: {e}")
+        } else {
+            unreachable(lb, e)
         }
-        // A failed TLS handshake is not a balancer that is down.
-        if e.kind() == io::ErrorKind::InvalidData {
-            return format!("client {id}: {lb}: {e}");
-        }
-        format!("client {id}: {}", unreachable(lb, e))
     })
 }
 
