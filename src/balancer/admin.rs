@@ -31,11 +31,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Serves admin requests until the balancer stops (and a connection wakes the listener).
 /// Speaks HTTPS with `tls`.
 pub(crate) fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
-    let timeout = lb.config.request_timeout;
-    let deadline = if timeout.is_zero() {
-        DEFAULT_DEADLINE
-    } else {
-        timeout
+    let deadline = match lb.config.request_timeout {
+        Duration::ZERO => DEFAULT_DEADLINE,
+        timeout => timeout,
     };
     let handler_lb = Arc::clone(lb);
     http::serve(listener, deadline, &lb.stopping, tls, move |request| {

@@ -200,14 +200,10 @@ fn read_request(conn: &mut Timed, deadline: Instant) -> Result<Request, Response
     };
     let mut reader = BufReader::with_capacity(4096, conn);
     let (mut request, length) = read_head(&mut reader, remote).map_err(gone)??;
-    if length > 0
-        && request
-            .header("Expect")
-            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        reader
-            .get_mut()
-            .stream
+    let expects = request.header("Expect");
+    if length > 0 && expects.is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+        let stream = &mut reader.get_mut().stream;
+        stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(gone)?;
     }
