@@ -25,72 +25,75 @@ use crate::tls::Acceptor;
 /// clients): the admin listener always has one, or a silent peer could hold a slot for ever.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// An HTTP answer: status and JSON body.
-type Answer = (u16, serde_json::Value);
-
 /// The dashboard: one page, its CSS and script inline, no build step and no CDN.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until the balancer stops (and a connection wakes the listener).
 /// Speaks HTTPS with `tls`.
 pub(crate) fn serve(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
-    let timeout = lb.config.request_timeout;
-    let deadline = if timeout.is_zero() {
-        DEFAULT_DEADLINE
-    } else {
-        timeout
+    let deadline = match lb.config.request_timeout {
+        Duration::ZERO => DEFAULT_DEADLINE,
+        timeout => timeout,
     };
     let handler_lb = Arc::clone(lb);
     http::serve(listener, deadline, &lb.stopping, tls, move |request| {
-        handle(&handler_lb, &request)
+        handle(&handler_lb, &request).unwrap_or_else(|refusal| refusal)
     });
 }
 
-fn handle(lb: &Balancer, request: &Request) -> Response {
-    let text = |content_type, body| Response {
-        code: 200,
-        content_type,
-        body,
-    };
+/// The answer to `request`, or the refusal.
+fn handle(lb: &Balancer, request: &Request) -> Result<Response, Response> {
     let (method, path) = (request.method.as_str(), request.path.as_str());
-    let (code, body) = match (method, path) {
-        ("GET", "/") => return text("text/html; charset=utf-8", DASHBOARD.into()),
+    match (method, path) {
+        ("GET", "/") => Ok(Response::text("text/html; charset=utf-8", DASHBOARD.into())),
         ("GET", "/metrics") => {
-            return text(
+            let metrics = report::metrics(lb);
+            Ok(Response::text(
                 "text/plain; version=0.0.4; charset=utf-8",
-                report::metrics(lb),
-            )
+                metrics,
+            ))
         }
-        ("GET", "/status") => (200, report::status(lb)),
-        ("GET", "/servers") => (200, serde_json::json!(list(lb))),
-        ("POST", "/servers") => authorize(lb, request, "join").unwrap_or_else(|| join(lb, request)),
-        ("DELETE", p) if p.starts_with("/servers/") => authorize(lb, request, "leave")
-            .unwrap_or_else(|| leave(lb, &p["/servers/".len()..], request)),
-        _ => fail(404, format!("no such endpoint: {method} {path}")),
-    };
-    Response::json(code, &body)
+        ("GET", "/status") => Ok(Response::json(200, &report::status(lb))),
+        ("GET", "/servers") => {
+            let mut joined: Vec<ServerEntry> = lb.joined.lock().values().cloned().collect();
+            joined.sort_by_key(|e| e.id);
+            Ok(Response::json(200, &serde_json::json!(joined)))
+        }
+        ("POST", "/servers") => {
+            authorize(lb, request, "join")?;
+            join(lb, request)
+        }
+        ("DELETE", p) if p.starts_with("/servers/") => {
+            authorize(lb, request, "leave")?;
+            leave(lb, &p["/servers/".len()..], request)
+        }
+        _ => Err(Response::error(
+            404,
+            format!("no such endpoint: {method} {path}"),
+        )),
+    }
 }
 
-/// `None` when the request may change the pool; otherwise the refusal, logged.
-fn authorize(lb: &Balancer, request: &Request, action: &str) -> Option<Answer> {
+/// Whether the request may change the pool; if not, the refusal, logged.
+fn authorize(lb: &Balancer, request: &Request, action: &str) -> Result<(), Response> {
     let who = request.remote;
     match &lb.config.token {
         Some(token) => {
             let expected = format!("Bearer {token}");
             let given = request.header("Authorization");
             if given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-                return None;
+                return Ok(());
             }
             log::warn!("refused a {action} request from {who}: wrong or missing token");
-            Some(fail(
+            Err(Response::error(
                 401,
                 "wrong or missing token: send Authorization: Bearer <token from --token-file>",
             ))
         }
-        None if who.ip().is_loopback() => None,
+        None if who.ip().is_loopback() => Ok(()),
         None => {
             log::warn!("refused a {action} request from {who}: not loopback and no --token-file");
-            Some(fail(403, "registrations from other machines need a shared secret: start the balancer and the server with --token-file"))
+            Err(Response::error(403, "registrations from other machines need a shared secret: start the balancer and the server with --token-file"))
         }
     }
 }
@@ -100,19 +103,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn join(lb: &Balancer, request: &Request) -> Answer {
-    let Ok(body) = std::str::from_utf8(&request.body) else {
-        return fail(400, "the body is not UTF-8 text");
-    };
+/// The request's body as text.
+fn body(request: &Request) -> Result<&str, Response> {
+    std::str::from_utf8(&request.body)
+        .map_err(|_| Response::error(400, "the body is not UTF-8 text"))
+}
+
+fn join(lb: &Balancer, request: &Request) -> Result<Response, Response> {
     // Every field is range-checked as it is read, as for the servers file.
-    let entry: ServerEntry = match serde_json::from_str(body) {
-        Ok(e) => e,
-        Err(e) => {
-            return fail(400, format!(
-                "expected {{\"id\": 1, \"host\": \"127.0.0.2\", \"port\": 5071, \"processing_time\": 0.5}}: {e}"
-            ))
-        }
-    };
+    let entry: ServerEntry = serde_json::from_str(body(request)?).map_err(|e| {
+        Response::error(400, format!(
+            "expected {{\"id\": 1, \"host\": \"127.0.0.2\", \"port\": 5071, \"processing_time\": 0.5}}: {e}"
+        ))
+    })?;
     let in_file = servers_file::read(&lb.config.servers_file).unwrap_or_default();
     // Comparing addresses may resolve host names (DNS): done on a copy, not under the lock.
     let joined = lb.joined.lock().clone();
@@ -132,7 +135,7 @@ fn join(lb: &Balancer, request: &Request) -> Answer {
     let refuse = |code, why: String| {
         let (id, at) = (entry.id, entry.address());
         log::warn!("refused to join server {id} at {at}: {why}");
-        fail(code, why)
+        Err(Response::error(code, why))
     };
     if let Some(other) = clash {
         let (id, at) = (other.id, other.address());
@@ -143,7 +146,8 @@ fn join(lb: &Balancer, request: &Request) -> Answer {
     }
     let mut now = lb.joined.lock();
     if *now != joined {
-        return fail(409, "another server joined or left meanwhile: try again");
+        let why = "another server joined or left meanwhile: try again";
+        return Err(Response::error(409, why));
     }
     log::info!(
         "server {} at {} joined over the network (processing time {} s)",
@@ -151,55 +155,38 @@ fn join(lb: &Balancer, request: &Request) -> Answer {
         entry.address(),
         entry.processing_time
     );
-    let answer = serde_json::json!(entry);
+    let answer = Response::json(201, &serde_json::json!(entry));
     now.insert(entry.id, entry);
-    (201, answer)
+    Ok(answer)
 }
 
 /// Removes a joined server. With a JSON body naming its host and port, only a server at that
 /// address is removed, so an old process that exits late cannot remove its replacement.
-fn leave(lb: &Balancer, id: &str, request: &Request) -> Answer {
+fn leave(lb: &Balancer, id: &str, request: &Request) -> Result<Response, Response> {
     let Ok(id) = id.parse::<u32>() else {
-        return fail(400, "the server id must be a number");
+        return Err(Response::error(400, "the server id must be a number"));
     };
-    let Ok(body) = std::str::from_utf8(&request.body) else {
-        return fail(400, "the body is not UTF-8 text");
-    };
-    let at: Option<ServerEntry> = if body.trim().is_empty() {
-        None
-    } else {
-        match serde_json::from_str(body) {
-            Ok(entry) => Some(entry),
-            Err(e) => return fail(400, format!("the body is not a server entry: {e}")),
-        }
-    };
+    let body = body(request)?;
+    let at: Option<ServerEntry> =
+        match body.trim() {
+            "" => None,
+            _ => Some(serde_json::from_str(body).map_err(|e| {
+                Response::error(400, format!("the body is not a server entry: {e}"))
+            })?),
+        };
     let mut joined = lb.joined.lock();
-    match joined.get(&id) {
-        None => fail(404, format!("server {id} did not join over the network")),
-        Some(entry) if at.as_ref().is_some_and(|a| a.address() != entry.address()) => fail(
-            409,
-            format!(
-                "server {id} is now registered at {}; left it in the pool",
-                entry.address()
-            ),
-        ),
-        Some(_) => {
-            let entry = joined.remove(&id).expect("present: just looked");
-            log::info!("server {id} at {} left over the network", entry.address());
-            (200, serde_json::json!(entry))
-        }
+    let Some(entry) = joined.get(&id) else {
+        let why = format!("server {id} did not join over the network");
+        return Err(Response::error(404, why));
+    };
+    if at.is_some_and(|a| a.address() != entry.address()) {
+        let now = entry.address();
+        let why = format!("server {id} is now registered at {now}; left it in the pool");
+        return Err(Response::error(409, why));
     }
-}
-
-fn list(lb: &Balancer) -> Vec<ServerEntry> {
-    let mut list: Vec<ServerEntry> = lb.joined.lock().values().cloned().collect();
-    list.sort_by_key(|e| e.id);
-    list
-}
-
-/// An error answer: `{"error": why}`.
-fn fail(code: u16, why: impl std::fmt::Display) -> Answer {
-    (code, serde_json::json!({"error": why.to_string()}))
+    let entry = joined.remove(&id).expect("present: just looked");
+    log::info!("server {id} at {} left over the network", entry.address());
+    Ok(Response::json(200, &serde_json::json!(entry)))
 }
 
 #[cfg(test)]

@@ -105,11 +105,9 @@ impl Backend {
     /// Whether the measured service time is off the declared one by more than half (and by
     /// more than 5 ms, so that tiny times do not flag on noise).
     pub fn declaration_off(&self) -> bool {
-        let Some(measured) = self.measured() else {
-            return false;
-        };
-        let diff = measured.abs_diff(self.processing_time);
-        diff > self.processing_time / 2 && diff > Duration::from_millis(5)
+        let declared = self.processing_time;
+        let diff = self.measured().map(|measured| measured.abs_diff(declared));
+        diff.is_some_and(|diff| diff > declared / 2 && diff > Duration::from_millis(5))
     }
 
     /// Counts a reply relayed from it: `error` is its `ERR` code, if any.
@@ -162,7 +160,8 @@ fn micros(avg: &AtomicU64) -> Option<Duration> {
 }
 
 /// A socket whose calls of one run share one [`Deadline`]: the reads of a reply header from a
-/// server, the writes of a reply to a client (so a slow peer cannot stretch either).
+/// server, the writes of a reply to a client, the reads of an admin request (so a slow peer
+/// cannot stretch any of them).
 pub struct Timed {
     pub stream: Stream,
     pub deadline: Deadline,
@@ -179,22 +178,22 @@ impl Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_read_timeout(t))?;
+        self.deadline
+            .before_call(|t| self.stream.set_read_timeout(t))?;
         self.stream.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.deadline
+            .before_call(|t| self.stream.set_write_timeout(t))?;
         self.stream.write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let stream = &self.stream;
-        self.deadline.before_call(|t| stream.set_write_timeout(t))?;
+        self.deadline
+            .before_call(|t| self.stream.set_write_timeout(t))?;
         self.stream.write_vectored(bufs)
     }
 
@@ -231,41 +230,39 @@ impl BackendConn {
             io::ErrorKind::NotFound,
             format!("{addr} does not resolve to an address"),
         );
-        for addr in addr.to_socket_addrs()? {
-            let stream = match TcpStream::connect_timeout(&addr, connect_timeout) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
+        let mut addrs = addr.to_socket_addrs()?;
+        let stream = loop {
+            let Some(a) = addrs.next() else {
+                return Err(last);
             };
-            stream.set_nodelay(true)?;
-            let stream = match tls {
-                None => Stream::Plain(stream),
-                Some(tls) => tls.connect(stream, connect_timeout)?,
-            };
-            stream.set_read_timeout(Some(reply_timeout))?;
-            stream.set_write_timeout(Some(reply_timeout))?;
-            let deadline = Deadline::new(Some(reply_timeout));
-            let read = Timed {
-                stream: stream.try_clone()?,
-                deadline,
-            };
-            // Once per connection, not per request: one more descriptor, and a lock that
-            // prunes the closed ones.
-            let socket = Arc::new(stream.tcp().try_clone()?);
-            let mut sockets = backend.sockets.lock();
-            sockets.retain(|s| s.strong_count() > 0);
-            sockets.push(Arc::downgrade(&socket));
-            drop(sockets);
-            let reader = BufReader::with_capacity(RELAY_BUFFER, read);
-            return Ok(BackendConn {
-                reader,
-                writer: stream,
-                _socket: socket,
-            });
-        }
-        Err(last)
+            match TcpStream::connect_timeout(&a, connect_timeout) {
+                Ok(stream) => break stream,
+                Err(e) => last = e,
+            }
+        };
+        stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => tls.connect(stream, connect_timeout)?,
+        };
+        stream.set_read_timeout(Some(reply_timeout))?;
+        stream.set_write_timeout(Some(reply_timeout))?;
+        let read = Timed {
+            stream: stream.try_clone()?,
+            deadline: Deadline::new(Some(reply_timeout)),
+        };
+        // Once per connection, not per request: one more descriptor, and a lock that prunes
+        // the closed ones.
+        let socket = Arc::new(stream.tcp().try_clone()?);
+        let mut sockets = backend.sockets.lock();
+        sockets.retain(|s| s.strong_count() > 0);
+        sockets.push(Arc::downgrade(&socket));
+        drop(sockets);
+        Ok(BackendConn {
+            reader: BufReader::with_capacity(RELAY_BUFFER, read),
+            writer: stream,
+            _socket: socket,
+        })
     }
 
     /// Reads a reply header into `header` (see [`protocol::read_line`]). The whole header must
@@ -334,10 +331,10 @@ impl BackendConn {
         self.writer.write_all(line).map_err(before)?;
         match self.read_header(header).map_err(before)? {
             Line::Complete => {}
+            Line::TooLong => return Err(RelayError::ServerBefore("reply header too long".into())),
             Line::Eof | Line::Truncated => {
-                return Err(before(io::Error::other("connection closed")))
+                return Err(RelayError::ServerBefore("connection closed".into()))
             }
-            Line::TooLong => return Err(before(io::Error::other("reply header too long"))),
         }
         let service = sent.elapsed();
         let reply = ReplyHeader::parse(header).map_err(RelayError::ServerBefore)?;
@@ -357,33 +354,30 @@ impl BackendConn {
                 return Err(RelayError::ServerBefore(e));
             }
             client.start();
-            return match protocol::write_both(client, header, &body) {
-                Ok(()) => Ok((reply, length, service)),
-                Err(e) => Err(RelayError::ClientGone(e)),
-            };
+            return protocol::write_both(client, header, &body)
+                .map(|()| (reply, length, service))
+                .map_err(RelayError::ClientGone);
         }
-        let at_most = |n: usize, limit: u64| n.min(usize::try_from(limit).unwrap_or(usize::MAX));
         let buffered = self.reader.buffer();
-        let first = at_most(buffered.len(), length);
+        let first = u64::min(buffered.len() as u64, length) as usize;
         client.start();
         let mut client_error = protocol::write_both(client, header, &buffered[..first]).err();
-        self.reader.consume(first);
-        let mut remaining = length - first as u64;
-        while remaining > 0 {
-            let chunk = match self.reader.fill_buf() {
+        let mut body = (&mut self.reader).take(length);
+        body.consume(first);
+        while body.limit() > 0 {
+            let chunk = match body.fill_buf() {
                 Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
                 Ok(chunk) => chunk,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
             };
-            let n = at_most(chunk.len(), remaining);
+            let n = chunk.len();
             if client_error.is_none() {
-                client_error = client.write_all(&chunk[..n]).err();
+                client_error = client.write_all(chunk).err();
             }
             // After the client is gone, keep reading to the reply's end so the server connection
             // is clean for the next request.
-            self.reader.consume(n);
-            remaining -= n as u64;
+            body.consume(n);
         }
         match client_error {
             Some(e) => Err(RelayError::ClientGone(e)),

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::balancer::backend::Timed;
 use crate::gauge::Held;
-use crate::protocol::{self, Line};
+use crate::protocol::{self, Deadline, Line};
 use crate::tls::{self, Acceptor, Stream};
 
 /// Most admin connections served at once; more are answered `503` and closed.
@@ -56,13 +57,20 @@ impl Request {
 pub struct Response {
     /// The HTTP status code.
     pub code: u16,
-    /// The `Content-Type`.
-    pub content_type: &'static str,
-    /// The body.
-    pub body: String,
+    content_type: &'static str,
+    body: String,
 }
 
 impl Response {
+    /// A `200 OK` answer of type `content_type`.
+    pub(crate) fn text(content_type: &'static str, body: String) -> Response {
+        Response {
+            code: 200,
+            content_type,
+            body,
+        }
+    }
+
     /// A JSON answer.
     pub(crate) fn json(code: u16, body: &serde_json::Value) -> Response {
         Response {
@@ -72,8 +80,9 @@ impl Response {
         }
     }
 
-    fn error(code: u16, message: &str) -> Response {
-        Response::json(code, &serde_json::json!({ "error": message }))
+    /// An error answer: `{"error": why}`.
+    pub(crate) fn error(code: u16, why: impl std::fmt::Display) -> Response {
+        Response::json(code, &serde_json::json!({ "error": why.to_string() }))
     }
 }
 
@@ -143,7 +152,7 @@ fn connection(
     tls: Option<&Acceptor>,
     handle: &dyn Fn(Request) -> Response,
 ) {
-    let mut stream = match tls {
+    let stream = match tls {
         None => Stream::Plain(stream),
         Some(config) => {
             let peer = stream
@@ -158,37 +167,28 @@ fn connection(
             }
         }
     };
+    // Every read of the request shares one deadline, however it trickles in.
+    let mut conn = Timed {
+        stream,
+        deadline: Deadline::new(None),
+    };
+    conn.deadline.start(Some(deadline - Instant::now()));
     // The handler's answer, or the one that refuses the request.
-    let response = read_request(&mut stream, deadline).map_or_else(|refusal| refusal, handle);
+    let response = read_request(&mut conn, deadline).map_or_else(|refusal| refusal, handle);
+    let stream = &mut conn.stream;
     let _ = stream.set_write_timeout(Some(
         (deadline - Instant::now()).max(Duration::from_secs(1)),
     ));
-    if write_response(&mut stream, &response).is_ok() {
+    if write_response(&mut *stream, &response).is_ok() {
         stream.close_notify();
         tls::linger(stream.tcp());
     }
 }
 
-/// The peer's socket, read against one deadline for the whole request.
-struct Timed<'a> {
-    stream: &'a mut Stream,
-    deadline: Instant,
-}
-
-impl Read for Timed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
-    }
-}
-
 /// Reads a request's head and body, or says why not as the answer to send.
-fn read_request(stream: &mut Stream, deadline: Instant) -> Result<Request, Response> {
-    let remote = stream
+fn read_request(conn: &mut Timed, deadline: Instant) -> Result<Request, Response> {
+    let remote = conn
+        .stream
         .peer_addr()
         .map_err(|_| Response::error(400, "no peer address"))?;
     let gone = |_: io::Error| {
@@ -198,16 +198,12 @@ fn read_request(stream: &mut Stream, deadline: Instant) -> Result<Request, Respo
             Response::error(400, "the request ended early")
         }
     };
-    let mut reader = BufReader::with_capacity(4096, Timed { stream, deadline });
+    let mut reader = BufReader::with_capacity(4096, conn);
     let (mut request, length) = read_head(&mut reader, remote).map_err(gone)??;
-    if length > 0
-        && request
-            .header("Expect")
-            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        reader
-            .get_mut()
-            .stream
+    let expects = request.header("Expect");
+    if length > 0 && expects.is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
+        let stream = &mut reader.get_mut().stream;
+        stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(gone)?;
     }

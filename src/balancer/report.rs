@@ -13,8 +13,9 @@ use crate::balancer::stats::{TIMELINE_CAP, TIMELINE_WINDOW};
 use crate::error::Code;
 use crate::idle_queue::{Membership, Snapshot};
 
-/// A server's state as shown to people.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A server's state as shown to people (`"up"`, `"draining"`, `"down"` in `/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 enum State {
     /// In the pool, idle or busy.
     Up,
@@ -105,11 +106,7 @@ fn server_status(row: &Row) -> Value {
         "processing_time": s.processing_time.as_secs_f64(),
         "measured_time": s.measured().map(|m| m.as_secs_f64()),
         "declaration_off": s.declaration_off(),
-        "state": match row.state {
-            State::Up => "up",
-            State::Draining => "draining",
-            State::Down => "down",
-        },
+        "state": row.state,
         "workers": s.workers,
         "in_flight": in_flight,
         // The request it took last while busy, and when (none while a re-probe holds it).

@@ -186,14 +186,13 @@ impl Stats {
     ) {
         // Whole milliseconds keep `/status` short and are finer than the page can draw.
         let ms = |at: Instant| (self.secs(at) * 1000.0).round() / 1000.0;
-        let (arrived, taken, ended) = (ms(arrived), ms(taken), ms(ended));
         let span = Span {
             request,
             client,
             server,
-            arrived,
-            taken,
-            ended,
+            arrived: ms(arrived),
+            taken: ms(taken),
+            ended: ms(ended),
             ok,
         };
         push_capped(&self.timeline, TIMELINE_CAP, span);
