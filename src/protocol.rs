@@ -42,23 +42,22 @@ impl Request {
             .map_err(|_| Code::BadRequest.msg("request is not valid UTF-8"))?;
         // A `\n` comes only from a line that did not come off the wire (the client's own
         // arguments, say): sent as it is, it would be two requests.
-        for (c, what) in [
-            ('\0', "a NUL byte"),
-            ('\n', "a newline inside the line"),
-            ('\r', "a carriage return inside the line"),
+        for (c, why) in [
+            ('\0', "request contains a NUL byte"),
+            ('\n', "request contains a newline inside the line"),
+            ('\r', "request contains a carriage return inside the line"),
         ] {
             if text.contains(c) {
-                return Err(Code::BadRequest.msg(format!("request contains {what}")));
+                return Err(Code::BadRequest.msg(why));
             }
         }
         if text.trim().is_empty() {
             return Err(Code::BadRequest.msg("empty request: send `file <name>` or an SQL query"));
         }
-        match text.split_once(' ').unwrap_or((text, "")) {
-            ("file", name) if name.trim().is_empty() => {
-                Err(Code::BadRequest.msg("missing file name: `file <name>`"))
-            }
-            ("file", name) => Ok(Request::File(name.trim().to_string())),
+        let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+        match (word, rest.trim()) {
+            ("file", "") => Err(Code::BadRequest.msg("missing file name: `file <name>`")),
+            ("file", name) => Ok(Request::File(name.to_string())),
             _ => Ok(Request::Query(text.to_string())),
         }
     }
@@ -387,7 +386,7 @@ impl RequestReader {
             }
             Ok(_) => {}
             Err(e) => {
-                let idle = secs(self.timeouts.idle);
+                let idle = self.timeouts.idle.unwrap_or_default().as_secs_f64();
                 return failed(e, format!("no request for {idle} s (--idle-timeout)"));
             }
         }
@@ -408,7 +407,7 @@ impl RequestReader {
             Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
             Err(e) => e,
         };
-        let request = secs(self.timeouts.request);
+        let request = self.timeouts.request.unwrap_or_default().as_secs_f64();
         failed(
             e,
             format!("the request line did not arrive within {request} s (--request-timeout)"),
@@ -437,10 +436,6 @@ fn failed(e: io::Error, timeout: String) -> io::Result<Incoming> {
         )),
         _ => Err(e),
     }
-}
-
-fn secs(limit: Option<Duration>) -> f64 {
-    limit.unwrap_or_default().as_secs_f64()
 }
 
 #[cfg(test)]
