@@ -276,8 +276,7 @@ impl Connector {
 }
 
 fn too_slow(limit: Duration) -> io::Error {
-    let secs = limit.as_secs_f64();
-    let message = format!("no TLS handshake within {secs:.1} s");
+    let message = format!("no TLS handshake within {:.1} s", limit.as_secs_f64());
     io::Error::new(io::ErrorKind::TimedOut, message)
 }
 
