@@ -24,8 +24,6 @@ pub(crate) mod gauge;
 pub(crate) mod idle_queue;
 pub(crate) mod policy;
 pub mod protocol;
-#[cfg(test)]
-mod scratch_dir;
 pub mod server;
 pub mod servers_file;
 pub mod tls;
@@ -48,4 +46,38 @@ pub fn ctrl_c_channel() -> Result<crossbeam_channel::Receiver<()>, String> {
     })
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod scratch_dir {
+    //! Folders for unit tests that touch the file system, removed when dropped, so a test run
+    //! leaves nothing behind in the temp folder, also when a test fails.
+
+    use std::path::{Path, PathBuf};
+
+    /// A fresh, empty folder under the system's temp folder, unique to this process and `name`.
+    pub(crate) struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        pub(crate) fn new(name: &str) -> ScratchDir {
+            let dir = std::env::temp_dir().join(format!("minilb-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            ScratchDir(dir)
+        }
+    }
+
+    impl std::ops::Deref for ScratchDir {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

@@ -40,29 +40,26 @@ impl Request {
         }
         let text = std::str::from_utf8(line)
             .map_err(|_| Code::BadRequest.msg("request is not valid UTF-8"))?;
-        let bad = |why: &str| Err(Code::BadRequest.msg(why));
-        if text.contains('\0') {
-            return bad("request contains a NUL byte");
-        }
-        if text.contains('\n') {
-            // Only when the line did not come off the wire (the client's own arguments, say):
-            // sent as it is, it would be two requests.
-            return bad("request contains a newline inside the line");
-        }
-        if text.contains('\r') {
-            return bad("request contains a carriage return inside the line");
+        // A `\n` comes only from a line that did not come off the wire (the client's own
+        // arguments, say): sent as it is, it would be two requests.
+        for (c, why) in [
+            ('\0', "request contains a NUL byte"),
+            ('\n', "request contains a newline inside the line"),
+            ('\r', "request contains a carriage return inside the line"),
+        ] {
+            if text.contains(c) {
+                return Err(Code::BadRequest.msg(why));
+            }
         }
         if text.trim().is_empty() {
-            return bad("empty request: send `file <name>` or an SQL query");
+            return Err(Code::BadRequest.msg("empty request: send `file <name>` or an SQL query"));
         }
-        if text == "file" || text.starts_with("file ") {
-            let name = text["file".len()..].trim();
-            if name.is_empty() {
-                return bad("missing file name: `file <name>`");
-            }
-            return Ok(Request::File(name.to_string()));
+        let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+        match (word, rest.trim()) {
+            ("file", "") => Err(Code::BadRequest.msg("missing file name: `file <name>`")),
+            ("file", name) => Ok(Request::File(name.to_string())),
+            _ => Ok(Request::Query(text.to_string())),
         }
-        Ok(Request::Query(text.to_string()))
     }
 
     /// The request as a line, without the `\n`.
@@ -111,31 +108,32 @@ impl ReplyHeader {
                 "reply header contains a control character: {text:?}"
             ));
         }
-        if let Some(rest) = text.strip_prefix("OK ") {
-            let mut parts = rest.split(' ');
-            let length = parts.next().unwrap_or("");
-            if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("bad length in reply header: {text:?}"));
-            }
-            let length: u64 = length
-                .parse()
-                .map_err(|_| format!("length out of range in reply header: {text:?}"))?;
-            let mut fields = Vec::new();
-            for part in parts {
-                match part.split_once('=') {
-                    Some((k, v)) if !k.is_empty() => fields.push((k.to_string(), v.to_string())),
-                    _ => return Err(format!("bad field {part:?} in reply header")),
-                }
-            }
-            return Ok(ReplyHeader::Ok { length, fields });
-        }
         if let Some(rest) = text.strip_prefix("ERR ") {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
             return Code::parse(code)
                 .map(|c| ReplyHeader::Err(c.msg(message)))
                 .ok_or_else(|| format!("unknown error code {code:?} in reply header"));
         }
-        Err(format!("reply header is neither OK nor ERR: {text:?}"))
+        let Some(rest) = text.strip_prefix("OK ") else {
+            return Err(format!("reply header is neither OK nor ERR: {text:?}"));
+        };
+        let mut parts = rest.split(' ');
+        let length = parts.next().unwrap_or_default();
+        // Digits only: `parse` would take a sign.
+        if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("bad length in reply header: {text:?}"));
+        }
+        let length = length
+            .parse()
+            .map_err(|_| format!("length out of range in reply header: {text:?}"))?;
+        let fields = parts.map(|part| match part.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("bad field {part:?} in reply header")),
+        });
+        Ok(ReplyHeader::Ok {
+            length,
+            fields: fields.collect::<Result<_, _>>()?,
+        })
     }
 
     /// Body length that follows this header (0 for `ERR`).
@@ -220,7 +218,7 @@ pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
 
 /// How far a socket timeout may differ from the time left before a deadline without being
 /// reset: a call that ends quickly, the usual case, then costs no extra system call.
-pub const DEADLINE_SLACK: Duration = Duration::from_millis(10);
+const DEADLINE_SLACK: Duration = Duration::from_millis(10);
 
 /// One deadline shared by a run of blocking calls on a socket (the reads of a reply header,
 /// the writes of a reply), however many calls the run takes: a peer that trickles a byte per
@@ -322,64 +320,26 @@ pub enum Incoming {
     Refused(Error),
 }
 
-/// Which clock the next read runs against: the idle timeout before a request's first byte,
-/// the request timeout after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Clock {
-    Idle,
-    Line,
-}
-
-/// The peer's socket, read against the running clock's deadline.
+/// The peer's socket, read against the current run's [`Deadline`].
 ///
 /// A socket read timeout alone does not stop a slowloris: a client sending one byte every few
 /// seconds never trips it, and holds its thread forever. So the line gets a deadline when its
-/// first byte arrives, and before each read the socket's timeout is set to the time left
-/// (when it is more than [`DEADLINE_SLACK`] off: usually it is not, and a request costs no
-/// `setsockopt`).
+/// first byte arrives, and before each read the socket's timeout is set to the time left.
 struct DeadlineStream {
     stream: Stream,
-    timeouts: Timeouts,
-    clock: Clock,
     deadline: Deadline,
-    /// Which clock ran out, once a read failed because of it.
-    expired: Option<Clock>,
-}
-
-impl DeadlineStream {
-    fn start(&mut self, clock: Clock) {
-        let limit = match clock {
-            Clock::Idle => self.timeouts.idle,
-            Clock::Line => self.timeouts.request,
-        };
-        self.clock = clock;
-        self.deadline.start(limit);
-        self.expired = None;
-    }
 }
 
 impl Read for DeadlineStream {
+    /// Fails with `TimedOut` only when the deadline has passed.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let stream = &self.stream;
-            if let Err(e) = self.deadline.before_call(|t| stream.set_read_timeout(t)) {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    self.expired = Some(self.clock);
-                }
-                return Err(e);
-            }
+            self.deadline.before_call(|t| stream.set_read_timeout(t))?;
             match self.stream.read(buf) {
-                Ok(n) => {
-                    if n > 0 && self.clock == Clock::Idle {
-                        // The first bytes of a request: from now on the whole line must
-                        // arrive within the request timeout.
-                        self.start(Clock::Line);
-                    }
-                    return Ok(n);
-                }
                 // The socket timeout fired (or a signal): the loop checks the deadline again.
                 Err(e) if tls::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                read => return read,
             }
         }
     }
@@ -391,81 +351,67 @@ impl Read for DeadlineStream {
 /// after the idle timeout between requests.
 pub struct RequestReader {
     reader: BufReader<DeadlineStream>,
+    timeouts: Timeouts,
 }
 
 impl RequestReader {
     /// Reads requests from `stream` (replies go out through a clone of it).
     pub fn new(stream: Stream, timeouts: Timeouts, capacity: usize) -> RequestReader {
-        let stream = DeadlineStream {
-            stream,
-            timeouts,
-            clock: Clock::Idle,
-            // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
-            // cannot have, so the first read sets it.
-            deadline: Deadline {
-                set: Some(Duration::MAX),
-                ..Deadline::new(None)
-            },
-            expired: None,
+        // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
+        // cannot have, so the first read sets it.
+        let deadline = Deadline {
+            set: Some(Duration::MAX),
+            ..Deadline::new(None)
         };
+        let stream = DeadlineStream { stream, deadline };
         RequestReader {
             reader: BufReader::with_capacity(capacity, stream),
+            timeouts,
         }
     }
 
     /// Reads the next request line into `line` (without its `\n`). An error is the socket's:
     /// the connection is then gone.
     pub fn next(&mut self, line: &mut Vec<u8>) -> io::Result<Incoming> {
-        // Bytes already buffered are the start of the next request (sent right behind the
-        // last one), so its line clock starts now; otherwise the connection is idle.
-        let started = !self.reader.buffer().is_empty();
-        self.reader
-            .get_mut()
-            .start(if started { Clock::Line } else { Clock::Idle });
-        let too_long = || {
-            Ok(Incoming::Refused(Code::TooLarge.msg(format!(
-                "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
-            ))))
-        };
-        // A TLS client on a plain port sends a ClientHello, not a line: say so at once, rather
-        // than wait for a `\n` that may never come.
-        let read = match self.reader.fill_buf() {
+        // Waiting for a request's first byte runs on the idle clock. Bytes already buffered
+        // (sent right behind the last request) are returned at once.
+        self.reader.get_mut().deadline.start(self.timeouts.idle);
+        match self.reader.fill_buf() {
+            // A TLS client on a plain port sends a ClientHello, not a line: say so at once,
+            // rather than wait for a `\n` that may never come.
             Ok([HANDSHAKE_RECORD, 3, ..]) => {
                 return Ok(Incoming::Refused(Code::BadRequest.msg(
                     "this looks like a TLS handshake, but this port speaks plain text (use the TLS port)",
                 )))
             }
-            // One byte more than the limit, for the `\r` of a `\r\n` line end, which does
-            // not count.
-            Ok(_) => read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1),
-            Err(e) => Err(e),
-        };
-        let e = match read {
-            Ok(Line::Complete)
-                if line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_REQUEST_LINE =>
-            {
-                return too_long()
+            Ok(_) => {}
+            Err(e) => {
+                let idle = self.timeouts.idle.unwrap_or_default().as_secs_f64();
+                return failed(e, format!("no request for {idle} s (--idle-timeout)"));
             }
-            Ok(Line::Complete) => return Ok(Incoming::Line),
+        }
+        // From its first byte on, the whole line must arrive within the request timeout.
+        self.reader.get_mut().deadline.start(self.timeouts.request);
+        // One byte more than the limit, for the `\r` of a `\r\n` line end, which does not count.
+        let e = match read_line(&mut self.reader, line, MAX_REQUEST_LINE + 1) {
+            Ok(Line::Complete)
+                if line.strip_suffix(b"\r").unwrap_or(line).len() <= MAX_REQUEST_LINE =>
+            {
+                return Ok(Incoming::Line)
+            }
+            Ok(Line::Complete | Line::TooLong) => {
+                return Ok(Incoming::Refused(Code::TooLarge.msg(format!(
+                    "request line is over {MAX_REQUEST_LINE} bytes; closing the connection"
+                ))))
+            }
             Ok(Line::Eof | Line::Truncated) => return Ok(Incoming::Closed),
-            // A TLS peer that closes without a close_notify, as most do: just a close.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Incoming::Closed),
-            Ok(Line::TooLong) => return too_long(),
             Err(e) => e,
         };
-        let stream = self.reader.get_ref();
-        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
-        match stream.expired {
-            Some(Clock::Idle) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
-                "no request for {} s (--idle-timeout); closing the connection",
-                secs(stream.timeouts.idle)
-            )))),
-            Some(Clock::Line) => Ok(Incoming::Refused(Code::Timeout.msg(format!(
-                "the request line did not arrive within {} s (--request-timeout); closing the connection",
-                secs(stream.timeouts.request)
-            )))),
-            None => Err(e),
-        }
+        let request = self.timeouts.request.unwrap_or_default().as_secs_f64();
+        failed(
+            e,
+            format!("the request line did not arrive within {request} s (--request-timeout)"),
+        )
     }
 
     /// Sends `error` as the connection's last reply through `writer`, then closes it gently
@@ -476,6 +422,19 @@ impl RequestReader {
         stream.close_notify();
         tls::linger(stream.tcp());
         Ok(())
+    }
+}
+
+/// What a failed read of a request comes to: a close, a refusal saying `timeout` once the
+/// deadline has passed, or else the socket's error.
+fn failed(e: io::Error, timeout: String) -> io::Result<Incoming> {
+    match e.kind() {
+        // A TLS peer that closes without a close_notify, as most do: just a close.
+        io::ErrorKind::UnexpectedEof => Ok(Incoming::Closed),
+        io::ErrorKind::TimedOut => Ok(Incoming::Refused(
+            Code::Timeout.msg(format!("{timeout}; closing the connection")),
+        )),
+        _ => Err(e),
     }
 }
 

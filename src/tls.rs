@@ -128,12 +128,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
             // Sent at once: callers do not flush, and a write's timeout must cover its bytes.
-            Stream::Tls { tls, .. } => {
-                let mut tls = tls.lock();
-                let n = tls.write(buf)?;
-                tls.flush()?;
-                Ok(n)
-            }
+            Stream::Tls { tls, .. } => tls.lock().send_vectored(&[io::IoSlice::new(buf)]),
         }
     }
 
@@ -281,8 +276,7 @@ impl Connector {
 }
 
 fn too_slow(limit: Duration) -> io::Error {
-    let secs = limit.as_secs_f64();
-    let message = format!("no TLS handshake within {secs:.1} s");
+    let message = format!("no TLS handshake within {:.1} s", limit.as_secs_f64());
     io::Error::new(io::ErrorKind::TimedOut, message)
 }
 
