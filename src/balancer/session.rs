@@ -25,9 +25,7 @@ const PLAIN_ON_TLS: &[u8] =
 /// Serves one client until it disconnects, breaks the protocol, or the balancer stops; on the
 /// TLS listener (`tls` given), after a handshake that must end within the request timeout.
 pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&tls::Acceptor>) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
     log::info!("Connected with {peer}");
     let stream = match tls {
         None => Stream::Plain(stream),
@@ -51,14 +49,10 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
     stream.set_write_timeout(limits.request)?;
     let from = stream.peer_addr().ok();
     // The clone takes a descriptor: when none is left, the client is told, not just closed.
-    let reading = match stream.try_clone() {
-        Ok(reading) => reading,
-        Err(e) => {
-            let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
-            let _ = stream.write_all(busy.header_line().as_bytes());
-            return Err(e);
-        }
-    };
+    let reading = stream.try_clone().inspect_err(|_| {
+        let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
+        let _ = stream.write_all(busy.header_line().as_bytes());
+    })?;
     let mut reader = RequestReader::new(reading, limits, CLIENT_BUFFER);
     let deadline = Deadline::new(limits.request);
     let mut client = Timed { stream, deadline };
@@ -126,8 +120,7 @@ fn handle(
             Err(why) => return refuse(lb, id, why, started, client),
         };
         let taken = Instant::now();
-        let backend = Arc::clone(&lease.server);
-        let server = backend.id;
+        let server = lease.server.id;
         // Bytes that came while the connection was idle would be read as this request's
         // reply, and a closed connection would lose a write: look first (one system call).
         if let Some(why) = lease.item().unusable() {
@@ -140,7 +133,8 @@ fn handle(
             let why = lb.queue.policy.explain(server, &lease.decision);
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        lb.stats.record_choice(id, taken, &backend, lease.decision);
+        lb.stats
+            .record_choice(id, taken, &lease.server, lease.decision);
         // A failed health check releases the request by shutting its connection down (see
         // `membership::check_health`).
         match lease.item().relay(line, header, client) {
@@ -151,7 +145,7 @@ fn handle(
                     ReplyHeader::Err(e) => Some(e),
                     ReplyHeader::Ok { .. } => None,
                 };
-                backend.record_reply(service, latency, bytes, error);
+                lease.server.record_reply(service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
                 let times = (started, taken, started + latency);
                 lb.stats
@@ -170,15 +164,15 @@ fn handle(
                 return Err(e);
             }
             Err(RelayError::ServerDuring(why)) => {
-                backend.errors.fetch_add(1, Relaxed);
+                lease.server.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed mid-reply ({why}); closing the client's connection; re-probing the server");
                 membership::reprobe(lb, lease);
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
-                backend.errors.fetch_add(1, Relaxed);
+                lease.server.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed ({why}); re-probing it");
-                let may_have_run = matches!(request, Request::Query(_)) && backend.writable;
+                let may_have_run = matches!(request, Request::Query(_)) && lease.server.writable;
                 membership::reprobe(lb, lease);
                 if may_have_run {
                     let e = Code::Unavailable.msg(format!(
