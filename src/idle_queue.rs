@@ -1,6 +1,8 @@
 //! The idle queue: which servers have a free worker now, and who gets one next. The balancer
 //! keeps a connection per worker of each server; a server with a free one is *idle* to the
-//! policies, which pick among those.
+//! policies, which pick among those. The queue is generic over the item it hands out with each
+//! [`Backend`] (a connection in the balancer, a number in the tests), so its ordering and
+//! blocking are tested without sockets.
 //!
 //! Locking, in one place:
 //! - `state` (a `parking_lot::Mutex`) guards the idle list, the members, the line of waiting
@@ -11,11 +13,8 @@
 //!   straight to the first in line (put in `handed` under the lock) and only that request is
 //!   woken: no race with newcomers, strictly first come first served, one wake-up per hand-over.
 //! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
-//! - `returned` (a crossbeam channel) carries connections back from finished requests without
-//!   blocking; whoever takes the lock next hands them on or makes them idle.
-//!
-//! The queue is generic over the item it hands out with each [`Backend`] (a connection in the
-//! balancer, a number in the tests), so its ordering and blocking are tested without sockets.
+//! - `returned` (a crossbeam channel) carries connections back from finished requests;
+//!   whoever takes the lock next hands them on or makes them idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;

@@ -117,7 +117,7 @@ fn handle(
     while attempt < attempts && unusable <= attempts {
         let mut lease = match lb.queue.acquire(lb.config.queue_timeout) {
             Ok(lease) => lease,
-            Err(why) => return refuse(lb, id, why, started, client),
+            Err(why) => return reply_error(lb, &refusal(lb, id, why), started, client),
         };
         let taken = Instant::now();
         let server = lease.server.id;
@@ -225,14 +225,9 @@ fn reply_error(lb: &Balancer, e: &Error, started: Instant, client: &mut Timed) -
     client.write_all(e.header_line().as_bytes())
 }
 
-/// Tells the client why no server was handed out, and keeps it among the decisions.
-fn refuse(
-    lb: &Balancer,
-    id: u64,
-    why: NoServer,
-    started: Instant,
-    client: &mut Timed,
-) -> io::Result<()> {
+/// Why no server was handed out, in the words the client gets; logged and kept among the
+/// decisions.
+fn refusal(lb: &Balancer, id: u64, why: NoServer) -> Error {
     let e = match why {
         NoServer::NoneUp => Code::Unavailable
             .msg("no server is up; start one with `server <id> <port> <processing_time>`"),
@@ -244,7 +239,7 @@ fn refuse(
     };
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());
-    reply_error(lb, &e, started, client)
+    e
 }
 
 /// Lets go of a buffer that a large request or reply header grew, so that an idle client holds
