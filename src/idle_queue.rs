@@ -190,7 +190,7 @@ impl<T> IdleQueue<T> {
     /// pool, when this one is draining, or when it already has a connection per worker.
     pub fn add(&self, server: Arc<Backend>, item: T) -> bool {
         let mut s = self.lock();
-        // A server joining passes (servers have at least one worker).
+        // A new member has no connection yet, so it takes this one (servers have a worker or more).
         let m = s.members.entry(server.id).or_insert_with(|| Member {
             backend: Arc::clone(&server),
             membership: Membership::Active,
@@ -371,10 +371,9 @@ impl<T> Lease<'_, T> {
         queue.give_back(server, item);
     }
 
-    /// Hands back the item while the worker stays counted, busy, as if still leased: for
-    /// replacing its connection. End with [`IdleQueue::give_back`] (a new item) or
-    /// [`IdleQueue::drop_connection`], so that requests wait for the server meanwhile instead
-    /// of finding no server up.
+    /// Hands back the item while the worker stays counted, busy: for replacing its connection.
+    /// End with [`IdleQueue::give_back`] (a new item) or [`IdleQueue::drop_connection`];
+    /// meanwhile requests wait for the server instead of finding no server up.
     pub fn set_aside(mut self) -> (Arc<Backend>, T) {
         (Arc::clone(&self.server), self.item.take().expect(HELD))
     }

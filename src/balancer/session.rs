@@ -120,7 +120,8 @@ fn handle(
             Err(why) => return reply_error(lb, &refusal(lb, id, why), started, client),
         };
         let taken = Instant::now();
-        let server = lease.server.id;
+        let backend = Arc::clone(&lease.server);
+        let server = backend.id;
         // Bytes that came while the connection was idle would be read as this request's
         // reply, and a closed connection would lose a write: look first (one system call).
         if let Some(why) = lease.item().unusable() {
@@ -133,8 +134,7 @@ fn handle(
             let why = lb.queue.policy.explain(server, &lease.decision);
             log::info!("req {id}: Chosen server: {server} ({why})");
         }
-        lb.stats
-            .record_choice(id, taken, &lease.server, lease.decision);
+        lb.stats.record_choice(id, taken, &backend, lease.decision);
         // A failed health check releases the request by shutting its connection down (see
         // `membership::check_health`).
         match lease.item().relay(line, header, client) {
@@ -145,7 +145,7 @@ fn handle(
                     ReplyHeader::Err(e) => Some(e),
                     ReplyHeader::Ok { .. } => None,
                 };
-                lease.server.record_reply(service, latency, bytes, error);
+                backend.record_reply(service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
                 let times = (started, taken, started + latency);
                 lb.stats
@@ -164,15 +164,15 @@ fn handle(
                 return Err(e);
             }
             Err(RelayError::ServerDuring(why)) => {
-                lease.server.errors.fetch_add(1, Relaxed);
+                backend.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed mid-reply ({why}); closing the client's connection; re-probing the server");
                 membership::reprobe(lb, lease);
                 return Err(io::Error::other("reply cut short by a server failure"));
             }
             Err(RelayError::ServerBefore(why)) => {
-                lease.server.errors.fetch_add(1, Relaxed);
+                backend.errors.fetch_add(1, Relaxed);
                 log::warn!("req {id}: server {server} failed ({why}); re-probing it");
-                let may_have_run = matches!(request, Request::Query(_)) && lease.server.writable;
+                let may_have_run = matches!(request, Request::Query(_)) && backend.writable;
                 membership::reprobe(lb, lease);
                 if may_have_run {
                     let e = Code::Unavailable.msg(format!(
