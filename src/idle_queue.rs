@@ -1,6 +1,8 @@
 //! The idle queue: which servers have a free worker now, and who gets one next. The balancer
 //! keeps a connection per worker of each server; a server with a free one is *idle* to the
-//! policies, which pick among those.
+//! policies, which pick among those. The queue is generic over the item it hands out with each
+//! [`Backend`] (a connection in the balancer, a number in the tests), so its ordering and
+//! blocking are tested without sockets.
 //!
 //! Locking, in one place:
 //! - `state` (a `parking_lot::Mutex`) guards the idle list, the members, the line of waiting
@@ -11,11 +13,8 @@
 //!   straight to the first in line (put in `handed` under the lock) and only that request is
 //!   woken: no race with newcomers, strictly first come first served, one wake-up per hand-over.
 //! - `joined` (a `Condvar` on `state`) wakes the balancer's start-up wait when a server joins.
-//! - `returned` (a crossbeam channel) carries connections back from finished requests without
-//!   blocking; whoever takes the lock next hands them on or makes them idle.
-//!
-//! The queue is generic over the item it hands out with each [`Backend`] (a connection in the
-//! balancer, a number in the tests), so its ordering and blocking are tested without sockets.
+//! - `returned` (a crossbeam channel) carries connections back from finished requests;
+//!   whoever takes the lock next hands them on or makes them idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -65,15 +64,13 @@ pub struct IdleQueue<T> {
 struct State<T> {
     /// Servers with a free worker, each once, as the policy sees them.
     idle: Vec<Arc<Backend>>,
-    /// Free workers in all.
-    free: usize,
     /// Every server in the pool, idle or busy.
     members: HashMap<u32, Member<T>>,
-    /// Requests waiting for a worker, first in line first.
-    in_line: VecDeque<Waiter>,
+    /// Requests waiting for a worker, first in line first: when each started waiting, and its
+    /// thread's condvar, which also tells it apart (a thread waits for one request at a time).
+    in_line: VecDeque<(Instant, Arc<Condvar>)>,
     /// Workers handed to requests that were in line, until they wake and take them.
-    handed: Vec<(u64, Lent<T>)>,
-    next_ticket: u64,
+    handed: Vec<(Arc<Condvar>, Lent<T>)>,
     /// Sequence number of the last hand-out (for round robin).
     last_seq: u64,
     stopped: bool,
@@ -87,25 +84,26 @@ struct Member<T> {
     free: Vec<T>,
 }
 
-struct Waiter {
-    ticket: u64,
-    since: Instant,
-    wake: Arc<Condvar>,
-}
-
 /// A worker taken from the idle list, with the facts of the choice.
 type Lent<T> = (Arc<Backend>, T, Decision);
 
 impl<T> State<T> {
-    fn any_active(&self) -> bool {
+    /// Why no request can get a worker now, if none can: the queue stopped, or no server is up.
+    fn hopeless(&self) -> Option<NoServer> {
         let mut members = self.members.values();
-        members.any(|m| m.membership == Membership::Active)
+        if self.stopped {
+            Some(NoServer::Stopped)
+        } else if members.any(|m| m.membership == Membership::Active) {
+            None
+        } else {
+            Some(NoServer::NoneUp)
+        }
     }
 
     /// Wakes everyone in line: the pool emptied or the queue stopped, and all must hear it.
     fn wake_all(&self) {
-        for waiter in &self.in_line {
-            waiter.wake.notify_one();
+        for (_, wake) in &self.in_line {
+            wake.notify_one();
         }
     }
 
@@ -113,7 +111,7 @@ impl<T> State<T> {
     fn take(&mut self, i: usize) -> Lent<T> {
         let server = Arc::clone(&self.idle[i]);
         let decision = Decision {
-            free: self.free,
+            free: self.members.values().map(|m| m.free.len()).sum(),
             busy: self.members.len() - self.idle.len(),
             declared: server.processing_time,
             measured: server.measured(),
@@ -126,7 +124,6 @@ impl<T> State<T> {
         if member.free.is_empty() {
             self.idle.swap_remove(i);
         }
-        self.free -= 1;
         self.last_seq += 1;
         server.last_chosen.store(self.last_seq, Relaxed);
         (server, item, decision)
@@ -135,39 +132,36 @@ impl<T> State<T> {
     /// A free connection of an active member: straight to the first in line (waking only it),
     /// or into the idle list when no one waits.
     fn offer(&mut self, server: &Arc<Backend>, item: T) {
-        let Some(member) = self.members.get_mut(&server.id) else {
-            return;
-        };
+        let member = self.members.get_mut(&server.id).expect("a member");
         if member.free.is_empty() {
             self.idle.push(Arc::clone(server));
         }
         member.free.push(item);
-        self.free += 1;
-        if let Some(waiter) = self.in_line.pop_front() {
+        if let Some((_, wake)) = self.in_line.pop_front() {
             // It is the only free worker (anyone else would have been handed one already), so
             // it is the one the policy would pick.
             let i = self.idle.iter().position(|b| b.id == server.id);
             let lent = self.take(i.expect("offered just now"));
-            self.handed.push((waiter.ticket, lent));
-            waiter.wake.notify_one();
+            wake.notify_one();
+            self.handed.push((wake, lent));
         }
     }
 
-    /// One connection of server `id` is gone (closed, or returned while draining); the server
-    /// leaves with its last one. Returns whether it left.
-    fn lose(&mut self, id: u32) -> bool {
+    /// `n` connections of server `id` are gone (closed, or returned while draining); the
+    /// server leaves with its last one. Returns whether it left.
+    fn lose(&mut self, id: u32, n: usize) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
-        member.conns -= 1;
-        if member.conns > 0 {
-            return false;
+        member.conns -= n;
+        let left = member.conns == 0;
+        if left {
+            self.members.remove(&id);
         }
-        self.members.remove(&id);
-        if !self.any_active() {
+        if self.hopeless().is_some() {
             self.wake_all();
         }
-        true
+        left
     }
 }
 
@@ -179,11 +173,9 @@ impl<T> IdleQueue<T> {
             policy,
             state: Mutex::new(State {
                 idle: Vec::new(),
-                free: 0,
                 members: HashMap::new(),
                 in_line: VecDeque::new(),
                 handed: Vec::new(),
-                next_ticket: 0,
                 last_seq: 0,
                 stopped: false,
             }),
@@ -198,25 +190,18 @@ impl<T> IdleQueue<T> {
     /// pool, when this one is draining, or when it already has a connection per worker.
     pub fn add(&self, server: Arc<Backend>, item: T) -> bool {
         let mut s = self.lock();
-        match s.members.get_mut(&server.id) {
-            Some(m)
-                if Arc::ptr_eq(&m.backend, &server)
-                    && m.membership == Membership::Active
-                    && m.conns < server.workers =>
-            {
-                m.conns += 1;
-            }
-            Some(_) => return false,
-            None => {
-                let member = Member {
-                    backend: Arc::clone(&server),
-                    membership: Membership::Active,
-                    conns: 1,
-                    free: Vec::with_capacity(server.workers),
-                };
-                s.members.insert(server.id, member);
-            }
+        // A new member has no connection yet, so it takes this one (servers have a worker or more).
+        let m = s.members.entry(server.id).or_insert_with(|| Member {
+            backend: Arc::clone(&server),
+            membership: Membership::Active,
+            conns: 0,
+            free: Vec::with_capacity(server.workers),
+        });
+        let full = m.conns >= server.workers;
+        if !Arc::ptr_eq(&m.backend, &server) || m.membership == Membership::Draining || full {
+            return false;
         }
+        m.conns += 1;
         s.offer(&server, item);
         self.joined.notify_all();
         true
@@ -225,13 +210,9 @@ impl<T> IdleQueue<T> {
     /// Waits until `n` servers are in the pool, the queue stops or `timeout` passes; returns
     /// how many are in it.
     pub fn wait_for_members(&self, n: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
         let mut s = self.lock();
-        while s.members.len() < n && !s.stopped {
-            if self.joined.wait_until(&mut s, deadline).timed_out() {
-                break;
-            }
-        }
+        let too_few = |s: &mut State<T>| s.members.len() < n && !s.stopped;
+        self.joined.wait_while_for(&mut s, too_few, timeout);
         s.members.len()
     }
 
@@ -242,69 +223,17 @@ impl<T> IdleQueue<T> {
     /// [`NoServer`] says why none was handed out.
     pub fn acquire(&self, timeout: Duration) -> Result<Lease<'_, T>, NoServer> {
         let started = Instant::now();
-        let deadline = started.checked_add(timeout);
         let mut s = self.lock();
-        // This request's ticket and its place when it joined the line, once it waits.
-        let mut waiting: Option<(u64, usize)> = None;
-        loop {
-            let lent = if let Some((ticket, place)) = waiting {
-                let i = s.handed.iter().position(|(t, _)| *t == ticket);
-                i.map(|i| {
-                    let (_, (server, item, decision)) = s.handed.swap_remove(i);
-                    let (position, waited) = (Some(place), started.elapsed());
-                    let decision = Decision {
-                        position,
-                        waited,
-                        ..decision
-                    };
-                    (server, item, decision)
-                })
-            } else if s.in_line.is_empty() {
-                (self.policy.pick)(&s.idle).map(|i| s.take(i))
-            } else {
-                None
-            };
-            if let Some((server, item, decision)) = lent {
-                let (queue, item) = (self, Some(item));
-                return Ok(Lease {
-                    queue,
-                    server,
-                    item,
-                    decision,
-                });
-            }
-            let error = if s.stopped {
-                Some(NoServer::Stopped)
-            } else if !s.any_active() {
-                Some(NoServer::NoneUp)
-            } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                Some(NoServer::TimedOut)
-            } else {
-                None
-            };
-            if let Some(e) = error {
-                if let Some((ticket, _)) = waiting {
-                    s.in_line.retain(|w| w.ticket != ticket);
-                }
-                return Err(e);
-            }
-            let wake = WAKE.with(Arc::clone);
-            if waiting.is_none() {
-                let ticket = s.next_ticket;
-                s.next_ticket += 1;
-                let since = started;
-                s.in_line.push_back(Waiter {
-                    ticket,
-                    since,
-                    wake: Arc::clone(&wake),
-                });
-                waiting = Some((ticket, s.in_line.len()));
-            }
-            match deadline {
-                Some(d) => _ = wake.wait_until(&mut s, d),
-                None => wake.wait(&mut s),
-            }
-        }
+        let (server, item, decision) = match (self.policy.pick)(&s.idle) {
+            Some(i) if s.in_line.is_empty() => s.take(i),
+            _ => wait_in_line(&mut s, started, timeout)?,
+        };
+        Ok(Lease {
+            queue: self,
+            server,
+            item: Some(item),
+            decision,
+        })
     }
 
     /// Marks a server as draining: its free workers are closed now, the busy ones when their
@@ -315,18 +244,9 @@ impl<T> IdleQueue<T> {
             return false;
         };
         member.membership = Membership::Draining;
-        let closed = member.free.len();
-        member.free.clear();
-        member.conns -= closed;
-        let gone = member.conns == 0;
-        s.free -= closed;
+        let closed = member.free.drain(..).count();
         s.idle.retain(|b| b.id != id);
-        if gone {
-            s.members.remove(&id);
-        }
-        if !s.any_active() {
-            s.wake_all();
-        }
+        s.lose(id, closed);
         true
     }
 
@@ -353,7 +273,7 @@ impl<T> IdleQueue<T> {
     pub fn snapshot(&self) -> Snapshot {
         let s = self.lock();
         let members = s.members.iter().map(|(id, m)| (*id, m.membership));
-        let since = s.in_line.front().map(|w| w.since);
+        let since = s.in_line.front().map(|(since, _)| *since);
         Snapshot {
             members: members.collect(),
             waiting: s.in_line.len(),
@@ -368,8 +288,7 @@ impl<T> IdleQueue<T> {
             server.in_flight.fetch_sub(1, Relaxed);
             match s.members.get(&server.id).map(|m| m.membership) {
                 Some(Membership::Active) => s.offer(&server, item),
-                Some(Membership::Draining) => _ = s.lose(server.id),
-                None => {}
+                _ => _ = s.lose(server.id, 1),
             }
         }
         s
@@ -388,12 +307,38 @@ impl<T> IdleQueue<T> {
     pub fn drop_connection(&self, server: &Backend) -> bool {
         let mut s = self.lock();
         server.in_flight.fetch_sub(1, Relaxed);
-        s.lose(server.id)
+        s.lose(server.id, 1)
     }
 }
 
+/// Puts a request that found no idle worker (or others waiting) in line, unless it must give
+/// up at once, and sleeps until [`State::offer`] hands it a worker or it must give up.
+fn wait_in_line<T>(
+    s: &mut MutexGuard<'_, State<T>>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<Lent<T>, NoServer> {
+    let timed_out = || (started.elapsed() >= timeout).then_some(NoServer::TimedOut);
+    if let Some(why) = s.hopeless().or_else(timed_out) {
+        return Err(why);
+    }
+    let wake = WAKE.with(Arc::clone);
+    s.in_line.push_back((started, Arc::clone(&wake)));
+    let place = s.in_line.len();
+    let mine = |s: &State<T>| s.handed.iter().position(|(w, _)| Arc::ptr_eq(w, &wake));
+    let waiting = |s: &mut State<T>| mine(s).is_none() && s.hopeless().is_none();
+    wake.wait_while_for(s, waiting, timeout.saturating_sub(started.elapsed()));
+    let Some(i) = mine(s) else {
+        s.in_line.retain(|(_, w)| !Arc::ptr_eq(w, &wake));
+        return Err(s.hopeless().unwrap_or(NoServer::TimedOut));
+    };
+    let (_, (server, item, mut decision)) = s.handed.swap_remove(i);
+    decision.position = Some(place);
+    decision.waited = started.elapsed();
+    Ok((server, item, decision))
+}
+
 /// The queue at one moment (how many workers each server has busy is its `in_flight`).
-#[derive(Default)]
 pub struct Snapshot {
     pub members: Vec<(u32, Membership)>,
     pub waiting: usize,
@@ -411,31 +356,26 @@ pub struct Lease<'q, T> {
     pub decision: Decision,
 }
 
+const HELD: &str = "a lease holds its item until released";
+
 impl<T> Lease<'_, T> {
     /// The leased item (the worker's connection).
     pub fn item(&mut self) -> &mut T {
-        self.item
-            .as_mut()
-            .expect("a lease holds its item until released")
+        self.item.as_mut().expect(HELD)
     }
 
     /// Returns the worker to the idle list: its connection is clean and reusable.
-    pub fn release(mut self) {
-        if let Some(item) = self.item.take() {
-            self.queue.give_back(Arc::clone(&self.server), item);
-        }
+    pub fn release(self) {
+        let queue = self.queue;
+        let (server, item) = self.set_aside();
+        queue.give_back(server, item);
     }
 
-    /// Hands back the item while the worker stays counted, busy, as if still leased: for
-    /// replacing its connection. End with [`IdleQueue::give_back`] (a new item) or
-    /// [`IdleQueue::drop_connection`], so that requests wait for the server meanwhile instead
-    /// of finding no server up.
+    /// Hands back the item while the worker stays counted, busy: for replacing its connection.
+    /// End with [`IdleQueue::give_back`] (a new item) or [`IdleQueue::drop_connection`];
+    /// meanwhile requests wait for the server instead of finding no server up.
     pub fn set_aside(mut self) -> (Arc<Backend>, T) {
-        let item = self.item.take();
-        (
-            Arc::clone(&self.server),
-            item.expect("a lease holds its item until released"),
-        )
+        (Arc::clone(&self.server), self.item.take().expect(HELD))
     }
 }
 
@@ -481,7 +421,8 @@ mod tests {
     /// How many workers are free, how many servers are in the pool, how many requests wait.
     fn counts(q: &IdleQueue<u32>) -> (usize, usize, usize) {
         let s = q.lock();
-        (s.free, s.members.len(), s.in_line.len())
+        let free = s.members.values().map(|m| m.free.len()).sum();
+        (free, s.members.len(), s.in_line.len())
     }
 
     const NOW: Duration = Duration::from_millis(0);

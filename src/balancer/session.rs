@@ -25,9 +25,7 @@ const PLAIN_ON_TLS: &[u8] =
 /// Serves one client until it disconnects, breaks the protocol, or the balancer stops; on the
 /// TLS listener (`tls` given), after a handshake that must end within the request timeout.
 pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&tls::Acceptor>) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
     log::info!("Connected with {peer}");
     let stream = match tls {
         None => Stream::Plain(stream),
@@ -51,14 +49,10 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
     stream.set_write_timeout(limits.request)?;
     let from = stream.peer_addr().ok();
     // The clone takes a descriptor: when none is left, the client is told, not just closed.
-    let reading = match stream.try_clone() {
-        Ok(reading) => reading,
-        Err(e) => {
-            let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
-            let _ = stream.write_all(busy.header_line().as_bytes());
-            return Err(e);
-        }
-    };
+    let reading = stream.try_clone().inspect_err(|_| {
+        let busy = Code::Busy.msg("the load balancer is overloaded; try again later");
+        let _ = stream.write_all(busy.header_line().as_bytes());
+    })?;
     let mut reader = RequestReader::new(reading, limits, CLIENT_BUFFER);
     let deadline = Deadline::new(limits.request);
     let mut client = Timed { stream, deadline };
@@ -123,7 +117,7 @@ fn handle(
     while attempt < attempts && unusable <= attempts {
         let mut lease = match lb.queue.acquire(lb.config.queue_timeout) {
             Ok(lease) => lease,
-            Err(why) => return refuse(lb, id, why, started, client),
+            Err(why) => return reply_error(lb, &refusal(lb, id, why), started, client),
         };
         let taken = Instant::now();
         let backend = Arc::clone(&lease.server);
@@ -231,14 +225,9 @@ fn reply_error(lb: &Balancer, e: &Error, started: Instant, client: &mut Timed) -
     client.write_all(e.header_line().as_bytes())
 }
 
-/// Tells the client why no server was handed out, and keeps it among the decisions.
-fn refuse(
-    lb: &Balancer,
-    id: u64,
-    why: NoServer,
-    started: Instant,
-    client: &mut Timed,
-) -> io::Result<()> {
+/// Why no server was handed out, in the words the client gets; logged and kept among the
+/// decisions.
+fn refusal(lb: &Balancer, id: u64, why: NoServer) -> Error {
     let e = match why {
         NoServer::NoneUp => Code::Unavailable
             .msg("no server is up; start one with `server <id> <port> <processing_time>`"),
@@ -250,7 +239,7 @@ fn refuse(
     };
     log::warn!("req {id}: {e}");
     lb.stats.record_refusal(id, e.message().to_string());
-    reply_error(lb, &e, started, client)
+    e
 }
 
 /// Lets go of a buffer that a large request or reply header grew, so that an idle client holds

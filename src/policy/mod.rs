@@ -2,15 +2,11 @@
 //! policy, each filling the same small table of operations ([`Policy`]: name, rule, reason, as
 //! HAProxy's `lb_*.c` fill `struct lb_ops`), chosen in one place ([`ALL`]):
 //!
-//! - `power`: the fastest idle server by declared processing time (the original project's rule,
-//!   and the default).
-//! - `measured`: the same, ranked by the service time the balancer measured, so a server whose
-//!   declaration is wrong is ranked by what it really does; until measured, as declared.
-//! - `round-robin`: the idle server chosen longest ago, ignoring power.
-//! - `least-connections`: the idle server with the fewest requests in flight, then served (with
-//!   one worker each, every idle server has none in flight: served is what tells them apart).
-//! - `two-choices`: two idle servers at random, the less loaded of the two (the "power of two
-//!   choices": it spreads load almost as well as looking at every server).
+//! - `power`: the fastest idle server as declared (the original's rule, and the default);
+//! - `measured`: the fastest idle server as measured;
+//! - `round-robin`: the idle server chosen longest ago;
+//! - `least-connections`: the idle server with the fewest requests in flight, then served;
+//! - `two-choices`: the less loaded of two idle servers at random.
 //!
 //! A server takes as many requests at a time as it has workers, so every policy chooses among
 //! *idle* servers only, those with a free worker; ties go to the one chosen longest ago.
