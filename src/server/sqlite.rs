@@ -14,7 +14,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperati
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::database::{create_table, push_value, read_seed, Database, DatabaseConfig};
-use super::database::{QueryLimits, QueryOutput};
+use super::database::{Database, DatabaseConfig, QueryLimits, QueryOutput, Seed, LEFT_OPEN};
 use crate::error::{Code, Error};
 
 /// How long a writer waits for another server's write lock before giving up.
@@ -38,10 +37,9 @@ pub(crate) struct Sqlite {
     conn: Connection,
     writable: bool,
     limits: QueryLimits,
-    /// Milliseconds since `epoch` after which the running query is interrupted; read by
-    /// SQLite's progress handler on the same thread, so relaxed ordering is enough.
-    deadline_ms: Arc<AtomicU64>,
-    epoch: Instant,
+    /// When the running query is interrupted: set around each query, read by SQLite's
+    /// progress handler on the same thread.
+    deadline: Arc<Mutex<Option<Instant>>>,
     /// Why the authorizer refused the statement being prepared; written by the callback and
     /// read after `prepare` fails, both on the query's thread.
     refusal: Arc<Mutex<Option<String>>>,
@@ -68,14 +66,11 @@ impl Sqlite {
         let mut conn = Connection::open_with_flags(path, flags)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-        let epoch = Instant::now();
-        let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
-        let deadline = Arc::clone(&deadline_ms);
-        conn.progress_handler(
-            10_000,
-            Some(move || epoch.elapsed().as_millis() as u64 > deadline.load(Ordering::Relaxed)),
-        )
-        .map_err(|e| e.to_string())?;
+        let deadline = Arc::<Mutex<Option<Instant>>>::default();
+        let passed = Arc::clone(&deadline);
+        let handler = move || passed.lock().is_some_and(|d| Instant::now() > d);
+        conn.progress_handler(10_000, Some(handler))
+            .map_err(|e| e.to_string())?;
         // No string or blob may grow past the reply limit: `randomblob(1e9)` fails at once
         // instead of taking a gigabyte.
         let longest = i32::try_from(limits.max_reply).unwrap_or(i32::MAX);
@@ -85,8 +80,7 @@ impl Sqlite {
             conn,
             writable: config.writable,
             limits,
-            deadline_ms,
-            epoch,
+            deadline,
             refusal: Arc::default(),
             rolling_back: Arc::default(),
         };
@@ -121,31 +115,17 @@ impl Sqlite {
         // client's: a statement that changed no row (`CREATE TABLE`, say) reports 0.
         let total_before = self.conn.total_changes();
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-        let mut body = String::new();
-        let mut rows = 0;
+        let mut out = QueryOutput::default();
         let mut query = stmt.query([]).map_err(fail)?;
         while let Some(row) = query.next().map_err(fail)? {
-            if rows > 0 {
-                body.push('\n');
-            }
+            out.row();
             for (i, name) in names.iter().enumerate() {
-                let value = row.get_ref(i).map_err(fail)?;
-                if !push_value(&mut body, name, value, self.limits.max_reply) {
-                    return Err(self.limits.too_large());
-                }
+                out.push(name, row.get_ref(i).map_err(fail)?, &self.limits)?;
             }
-            rows += 1;
         }
         drop(query);
-        if rows == 0 {
-            body.push_str("No output");
-        }
         let changed = self.conn.total_changes() != total_before;
-        Ok(QueryOutput {
-            body: body.into_bytes(),
-            rows,
-            changes: writes.then(|| if changed { self.conn.changes() } else { 0 }),
-        })
+        Ok(out.finish(writes.then(|| if changed { self.conn.changes() } else { 0 })))
     }
 
     fn map_error(&self, e: rusqlite::Error) -> Error {
@@ -173,11 +153,9 @@ impl Sqlite {
 impl Database for Sqlite {
     fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
         self.refusal.lock().take();
-        let deadline = self.epoch.elapsed() + self.limits.timeout;
-        self.deadline_ms
-            .store(deadline.as_millis() as u64, Ordering::Relaxed);
+        *self.deadline.lock() = Some(Instant::now() + self.limits.timeout);
         let result = self.run(sql);
-        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        *self.deadline.lock() = None;
         if !self.conn.is_autocommit() {
             // Whatever the statement did is not committed: it must not be answered OK, nor
             // be carried into the next client's requests. Should the rollback fail, the
@@ -188,7 +166,7 @@ impl Database for Sqlite {
                 Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
             }
             self.rolling_back.store(false, Ordering::Relaxed);
-            return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
+            return Err(Code::Forbidden.msg(LEFT_OPEN));
         }
         result
     }
@@ -255,37 +233,35 @@ fn check(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), String> 
 /// starting together never see a half-built database; the loser of the race just uses the
 /// winner's file.
 fn create_from_seed(path: &Path, seed: &Path) -> Result<(), String> {
-    let (header, rows) = read_seed(seed)
+    let table = Seed::read(seed)
         .map_err(|e| format!("database {} does not exist, and {e}", path.display()))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = build(&tmp, &header, &rows).and_then(|()| match fs::hard_link(&tmp, path) {
+    let result = build(&tmp, &table).and_then(|()| match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     });
     let _ = fs::remove_file(&tmp);
     if result.is_ok() {
-        let (path, seed) = (path.display(), seed.display());
-        log::info!("created database {path} from {seed} ({} rows)", rows.len());
+        let (path, seed, n) = (path.display(), seed.display(), table.rows.len());
+        log::info!("created database {path} from {seed} ({n} rows)");
     }
     result
 }
 
-fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), String> {
+fn build(path: &Path, seed: &Seed) -> Result<(), String> {
     let _ = fs::remove_file(path);
     let fail = |e: rusqlite::Error| format!("cannot build database {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(fail)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(fail)?;
     let tx = conn.transaction().map_err(fail)?;
-    tx.execute(&create_table(header), []).map_err(fail)?;
-    let marks = vec!["?"; header.len()].join(", ");
-    let mut insert = tx
-        .prepare(&format!("INSERT INTO COLORS VALUES ({marks})"))
-        .map_err(fail)?;
-    for row in rows {
-        let params = rusqlite::params_from_iter(row.iter());
-        insert.execute(params).map_err(fail)?;
+    tx.execute(&seed.create, []).map_err(fail)?;
+    let mut insert = tx.prepare(&seed.insert).map_err(fail)?;
+    for row in &seed.rows {
+        insert
+            .execute(rusqlite::params_from_iter(row))
+            .map_err(fail)?;
     }
     drop(insert);
     tx.commit().map_err(fail)?;
