@@ -178,7 +178,6 @@ fn session(
     limits: QueryLimits,
     name: &str,
 ) {
-    let mut backoff = BACKOFF.0;
     loop {
         loop {
             let Ok(sql) = inbox.recv() else { return };
@@ -191,6 +190,7 @@ fn session(
             }
         }
         log::warn!("lost the connection to database {name}");
+        let mut backoff = BACKOFF.0;
         client = loop {
             let why = match config.connect(NoTls) {
                 Ok(client) => break client,
@@ -207,7 +207,6 @@ fn session(
             }
         };
         log::info!("connected to database {name} again");
-        backoff = BACKOFF.0;
     }
 }
 

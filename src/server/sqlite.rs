@@ -14,7 +14,6 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,15 +36,21 @@ pub(crate) struct Sqlite {
     conn: Connection,
     writable: bool,
     limits: QueryLimits,
-    /// When the running query is interrupted: set around each query, read by SQLite's
-    /// progress handler on the same thread.
-    deadline: Arc<Mutex<Option<Instant>>>,
-    /// Why the authorizer refused the statement being prepared; written by the callback and
-    /// read after `prepare` fails, both on the query's thread.
-    refusal: Arc<Mutex<Option<String>>>,
+    /// Guards what the progress handler and the authorizer share with [`Sqlite::query`];
+    /// never held while SQLite runs (the callbacks run on the query's thread, inside it).
+    hooks: Arc<Mutex<Hooks>>,
+}
+
+/// What SQLite's callbacks share with [`Sqlite::query`].
+#[derive(Default)]
+struct Hooks {
+    /// When the running query is interrupted.
+    deadline: Option<Instant>,
+    /// Why the authorizer refused the statement being prepared.
+    refusal: Option<String>,
     /// Set only while [`Sqlite::query`] prepares its own `ROLLBACK`, the one transaction
-    /// control let through; read by the callback on the same thread.
-    rolling_back: Arc<AtomicBool>,
+    /// control let through.
+    rolling_back: bool,
 }
 
 impl Sqlite {
@@ -65,44 +70,41 @@ impl Sqlite {
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-        let deadline = Arc::<Mutex<Option<Instant>>>::default();
-        let passed = Arc::clone(&deadline);
-        let handler = move || passed.lock().is_some_and(|d| Instant::now() > d);
-        conn.progress_handler(10_000, Some(handler))
-            .map_err(|e| e.to_string())?;
+        let hooks = Arc::<Mutex<Hooks>>::default();
+        let progress = Arc::clone(&hooks);
+        let passed = move || progress.lock().deadline.is_some_and(|d| Instant::now() > d);
         // No string or blob may grow past the reply limit: `randomblob(1e9)` fails at once
         // instead of taking a gigabyte.
         let longest = i32::try_from(limits.max_reply).unwrap_or(i32::MAX);
+        let fail = |e: rusqlite::Error| e.to_string();
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+        conn.progress_handler(10_000, Some(passed)).map_err(fail)?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
-            .map_err(|e| e.to_string())?;
+            .map_err(fail)?;
         let mut db = Sqlite {
             conn,
             writable: config.writable,
             limits,
-            deadline,
-            refusal: Arc::default(),
-            rolling_back: Arc::default(),
+            hooks,
         };
-        db.install_authorizer().map_err(|e| e.to_string())?;
+        db.install_authorizer().map_err(fail)?;
         Ok(db)
     }
 
     /// Installs [`check`] as the connection's authorizer, recording why it refuses.
     fn install_authorizer(&mut self) -> rusqlite::Result<()> {
-        let record = Arc::clone(&self.refusal);
-        let ours = Arc::clone(&self.rolling_back);
+        let hooks = Arc::clone(&self.hooks);
         self.conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let mut hooks = hooks.lock();
             let rollback = TransactionOperation::Rollback;
-            let our_rollback = matches!(ctx.action, AuthAction::Transaction { operation } if operation == rollback)
-                && ours.load(Ordering::Relaxed);
+            let ours = matches!(ctx.action, AuthAction::Transaction { operation } if operation == rollback)
+                && hooks.rolling_back;
             match check(&ctx.action, ctx.database_name) {
-                Err(_) if our_rollback => Authorization::Allow,
-                Ok(()) => Authorization::Allow,
-                Err(why) => {
-                    *record.lock() = Some(why);
+                Err(why) if !ours => {
+                    hooks.refusal = Some(why);
                     Authorization::Deny
                 }
+                _ => Authorization::Allow,
             }
         }))
     }
@@ -131,7 +133,7 @@ impl Sqlite {
     fn map_error(&self, e: rusqlite::Error) -> Error {
         // A refused function shows as a plain SQLite error, a refused statement as
         // `SQLITE_AUTH`: the authorizer's own record says which, and why.
-        if let Some(why) = self.refusal.lock().take() {
+        if let Some(why) = self.hooks.lock().refusal.take() {
             return Code::Forbidden.msg(why);
         }
         match (e.sqlite_error_code(), e) {
@@ -152,20 +154,19 @@ impl Sqlite {
 
 impl Database for Sqlite {
     fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
-        self.refusal.lock().take();
-        *self.deadline.lock() = Some(Instant::now() + self.limits.timeout);
+        self.hooks.lock().deadline = Some(Instant::now() + self.limits.timeout);
         let result = self.run(sql);
-        *self.deadline.lock() = None;
+        *self.hooks.lock() = Hooks::default();
         if !self.conn.is_autocommit() {
             // Whatever the statement did is not committed: it must not be answered OK, nor
             // be carried into the next client's requests. Should the rollback fail, the
             // transaction stays open and every later request lands here too: never OK.
-            self.rolling_back.store(true, Ordering::Relaxed);
+            self.hooks.lock().rolling_back = true;
             match self.conn.execute_batch("ROLLBACK") {
                 Ok(()) => log::error!("a statement left a transaction open: rolled back"),
                 Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
             }
-            self.rolling_back.store(false, Ordering::Relaxed);
+            self.hooks.lock().rolling_back = false;
             return Err(Code::Forbidden.msg(LEFT_OPEN));
         }
         result
