@@ -132,6 +132,8 @@ impl QueryLimits {
 /// write means the write is committed.
 pub(crate) const LEFT_OPEN: &str =
     "the statement left a transaction open: it was rolled back and nothing it did was kept";
+/// Why an empty query (a comment, say) is refused, in both engines.
+pub(crate) const NO_STATEMENT: &str = "the query holds no SQL statement";
 
 /// A query's answer: the reply body and what the header says about it.
 #[derive(Debug, Default)]

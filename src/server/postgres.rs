@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 
 use super::database::{hide_password, Database, DatabaseConfig, QueryLimits, QueryOutput};
-use super::database::{Seed, LEFT_OPEN};
+use super::database::{Seed, LEFT_OPEN, NO_STATEMENT};
 use crate::error::{Code, Error};
 
 /// Longest wait for a connection and its start-up, and for the session thread to take a
@@ -121,11 +121,8 @@ impl Database for Postgres {
             self.owed = false;
         }
         // The thread takes it at once unless it is connecting.
-        if self
-            .requests
-            .send_timeout(sql.into(), CONNECT_TIMEOUT)
-            .is_err()
-        {
+        let sent = self.requests.send_timeout(sql.into(), CONNECT_TIMEOUT);
+        if sent.is_err() {
             let secs = CONNECT_TIMEOUT.as_secs();
             return Err(unavailable(name, format!("not connected within {secs} s")));
         }
@@ -284,7 +281,7 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits, name: &str) -> Reply
     // Only an empty one (a comment, say) ends with no command tag at all.
     let changes = columns.is_empty().then(|| rows.rows_affected());
     if changes == Some(None) {
-        return Err(Code::Sql.msg("the query holds no SQL statement"));
+        return Err(Code::Sql.msg(NO_STATEMENT));
     }
     Ok(out.finish(changes.flatten()))
 }
@@ -297,6 +294,7 @@ enum Value<'a> {
 }
 
 impl Value<'_> {
+    /// The value as [`QueryOutput::push`] takes it.
     fn get(&self) -> ValueRef<'_> {
         match self {
             Value::Ref(value) => *value,

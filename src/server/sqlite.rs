@@ -22,7 +22,9 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperati
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::database::{Database, DatabaseConfig, QueryLimits, QueryOutput, Seed, LEFT_OPEN};
+use super::database::{
+    Database, DatabaseConfig, QueryLimits, QueryOutput, Seed, LEFT_OPEN, NO_STATEMENT,
+};
 use crate::error::{Code, Error};
 
 /// How long a writer waits for another server's write lock before giving up.
@@ -146,7 +148,7 @@ impl Sqlite {
             (_, rusqlite::Error::MultipleStatement) => {
                 Code::Sql.msg("send one SQL statement per request")
             }
-            (_, rusqlite::Error::Empty) => Code::Sql.msg("the query holds no SQL statement"),
+            (_, rusqlite::Error::Empty) => Code::Sql.msg(NO_STATEMENT),
             (_, e) => Code::Sql.msg(e.to_string()),
         }
     }
