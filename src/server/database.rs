@@ -1,9 +1,9 @@
 //! What both database engines share: `database.json`, the query limits, the reply's text
-//! format ([`push_value`]) and the CSV seed that fills a new `COLORS` table. The engines are
+//! format ([`QueryOutput`]) and the CSV seed that fills a new `COLORS` table. The engines are
 //! [`super::sqlite`] (a file) and [`super::postgres`] (for servers on several machines).
 
-use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -128,8 +128,15 @@ impl QueryLimits {
     }
 }
 
+/// Why a statement that left a transaction open is refused, in both engines: an `OK` for a
+/// write means the write is committed.
+pub(crate) const LEFT_OPEN: &str =
+    "the statement left a transaction open: it was rolled back and nothing it did was kept";
+/// Why an empty query (a comment, say) is refused, in both engines.
+pub(crate) const NO_STATEMENT: &str = "the query holds no SQL statement";
+
 /// A query's answer: the reply body and what the header says about it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct QueryOutput {
     /// `Column: value` lines, a blank line between rows, or `No output`.
     pub body: Vec<u8>,
@@ -138,60 +145,95 @@ pub(crate) struct QueryOutput {
     pub changes: Option<u64>,
 }
 
-/// Appends `name: value` to a reply body, the one text format of both engines: integers and
-/// reals as Rust prints them, text as is, blobs as `X'00FF'`, `NULL`. False (and the body
-/// left short of the value) when the body would grow past `max`.
-pub(crate) fn push_value(body: &mut String, name: &str, value: ValueRef, max: usize) -> bool {
-    // Checked before a long value is copied in, so the body never grows far past the limit.
-    let long = match value {
-        ValueRef::Text(t) => t.len(),
-        ValueRef::Blob(b) => 2 * b.len() + 3,
-        _ => 0,
-    };
-    if body.len() + name.len() + long > max {
-        return false;
-    }
-    let _ = match value {
-        ValueRef::Null => write!(body, "{name}: NULL"),
-        ValueRef::Integer(n) => write!(body, "{name}: {n}"),
-        ValueRef::Real(x) => write!(body, "{name}: {x}"),
-        ValueRef::Text(t) => write!(body, "{name}: {}", String::from_utf8_lossy(t)),
-        ValueRef::Blob(b) => {
-            let _ = write!(body, "{name}: X'");
-            for byte in b {
-                let _ = write!(body, "{byte:02X}");
-            }
-            write!(body, "'")
+impl QueryOutput {
+    /// Starts a row.
+    pub fn row(&mut self) {
+        if self.rows > 0 {
+            self.body.push(b'\n');
         }
-    };
-    body.push('\n');
-    body.len() <= max
-}
-
-/// The `CREATE TABLE COLORS` both engines run: a text column per header field, named as in
-/// the header (quoted, so PostgreSQL keeps its case too).
-pub(crate) fn create_table(header: &[String]) -> String {
-    let columns: Vec<String> = header
-        .iter()
-        .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
-        .collect();
-    format!("CREATE TABLE COLORS ({})", columns.join(", "))
-}
-
-/// Reads the seed CSV that fills a new `COLORS` table: its header, then rows as long as it.
-pub(crate) fn read_seed(seed: &Path) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
-    let csv = fs::read_to_string(seed).map_err(|e| {
-        format!(
-            "the CSV to create it from, {} (\"seed\" in database.json), cannot be read: {e}",
-            seed.display()
-        )
-    })?;
-    let mut rows = parse_csv(&csv).map_err(|e| format!("{}: {e}", seed.display()))?;
-    if rows.is_empty() {
-        return Err(format!("{} is empty", seed.display()));
+        self.rows += 1;
     }
-    let header = rows.remove(0);
-    Ok((header, rows))
+
+    /// Appends `name: value`, the one text format of both engines: integers and reals as Rust
+    /// prints them, text as is, blobs as `X'00FF'`, `NULL`.
+    ///
+    /// # Errors
+    /// [`Code::TooLarge`] when the body would grow past the reply limit.
+    pub fn push(&mut self, name: &str, value: ValueRef, limits: &QueryLimits) -> Result<(), Error> {
+        let body = &mut self.body;
+        // Checked before a long value is copied in, so the body never grows far past the limit.
+        let long = match value {
+            ValueRef::Text(t) => t.len(),
+            ValueRef::Blob(b) => 2 * b.len() + 3,
+            _ => 0,
+        };
+        if body.len() + name.len() + long > limits.max_reply {
+            return Err(limits.too_large());
+        }
+        let _ = match value {
+            ValueRef::Null => write!(body, "{name}: NULL"),
+            ValueRef::Integer(n) => write!(body, "{name}: {n}"),
+            ValueRef::Real(x) => write!(body, "{name}: {x}"),
+            ValueRef::Text(t) => write!(body, "{name}: {}", String::from_utf8_lossy(t)),
+            ValueRef::Blob(b) => {
+                let _ = write!(body, "{name}: X'");
+                for byte in b {
+                    let _ = write!(body, "{byte:02X}");
+                }
+                write!(body, "'")
+            }
+        };
+        body.push(b'\n');
+        if body.len() > limits.max_reply {
+            return Err(limits.too_large());
+        }
+        Ok(())
+    }
+
+    /// The finished answer: `No output` when no row came, and the rows changed.
+    pub fn finish(mut self, changes: Option<u64>) -> QueryOutput {
+        if self.rows == 0 {
+            self.body.extend_from_slice(b"No output");
+        }
+        QueryOutput { changes, ..self }
+    }
+}
+
+/// What fills a new `COLORS` table, from the seed CSV.
+pub(crate) struct Seed {
+    /// `CREATE TABLE COLORS`: a text column per header field, named as in the header (quoted,
+    /// so PostgreSQL keeps its case too).
+    pub create: String,
+    /// The `INSERT` of one row, its values `$1`, `$2`... (SQLite takes them too).
+    pub insert: String,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Seed {
+    /// Reads the seed CSV: its header, then rows as long as it.
+    pub fn read(seed: &Path) -> Result<Seed, String> {
+        let csv = fs::read_to_string(seed).map_err(|e| {
+            format!(
+                "the CSV to create it from, {} (\"seed\" in database.json), cannot be read: {e}",
+                seed.display()
+            )
+        })?;
+        let mut rows = parse_csv(&csv).map_err(|e| format!("{}: {e}", seed.display()))?;
+        if rows.is_empty() {
+            return Err(format!("{} is empty", seed.display()));
+        }
+        let header = rows.remove(0);
+        let columns: Vec<String> = header
+            .iter()
+            .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
+            .collect();
+        let values: Vec<String> = (1..=header.len()).map(|i| format!("${i}")).collect();
+        Ok(Seed {
+            create: format!("CREATE TABLE COLORS ({})", columns.join(", ")),
+            insert: format!("INSERT INTO COLORS VALUES ({})", values.join(", ")),
+            rows,
+        })
+    }
 }
 
 /// Comma-separated fields, optionally in double quotes (`""` is a quote), every row as long

@@ -73,7 +73,7 @@ pub(crate) fn check_file_name(name: &str) -> Result<(), Error> {
     if name.contains(['/', '\\']) {
         return bad("file name contains a path separator");
     }
-    if name.contains('\0') || name.chars().any(char::is_control) {
+    if name.chars().any(char::is_control) {
         return bad("file name contains a control character");
     }
     if name == "." || name == ".." {

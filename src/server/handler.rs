@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::database::Database;
 use super::file_store::FileStore;
+use super::ServerConfig;
 use crate::error::Error;
 use crate::gauge::Held;
 use crate::protocol::{self, Incoming, ReplyHeader, Request, RequestReader, Timeouts};
@@ -23,10 +24,8 @@ const PLAIN_ON_TLS: &[u8] = b"ERR bad_request this server speaks TLS\n";
 
 /// A running server's shared state.
 pub(crate) struct Server {
-    /// Sent in every `OK` header as `server=<id>`.
-    pub id: u32,
-    /// Time each request takes at least.
-    pub processing_time: Duration,
+    /// Its command line.
+    pub config: ServerConfig,
     /// Idle workers (each a database connection of its own) go back on this channel...
     pub back: Sender<Box<dyn Database>>,
     /// ...and a request takes one here, waiting while all are busy.
@@ -38,8 +37,6 @@ pub(crate) struct Server {
     pub in_flight: AtomicUsize,
     /// Set after the grace period: the accept loop ends at its next wake-up.
     pub stopping: AtomicBool,
-    /// How long a request line may take to arrive, from its first byte (0: no limit).
-    pub request_timeout: Duration,
     /// With `--tls-cert`: each connection starts with a TLS handshake.
     pub tls: Option<tls::Acceptor>,
 }
@@ -106,9 +103,10 @@ fn serve_connection(server: &Server, stream: TcpStream) {
 /// Serves requests until the peer closes; returns how many came.
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
     stream.set_nodelay(true)?;
+    let timeout = server.config.request_timeout;
     let stream = match &server.tls {
         None => Stream::Plain(stream),
-        Some(config) => match tls::accept(config, stream, server.request_timeout, PLAIN_ON_TLS) {
+        Some(config) => match tls::accept(config, stream, timeout, PLAIN_ON_TLS) {
             Ok(stream) => stream,
             // A balancer's health check: it connects and closes, with no handshake.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
@@ -116,7 +114,7 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
         },
     };
     // No idle timeout: the balancer's persistent connections are silent between requests.
-    let limits = Timeouts::new(Duration::ZERO, server.request_timeout);
+    let limits = Timeouts::new(Duration::ZERO, timeout);
     let mut reader = RequestReader::new(stream.try_clone()?, limits, 8 * 1024);
     let mut writer = stream;
     let mut line = Vec::new();
@@ -154,12 +152,12 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
 /// Does the request's work: as many requests at a time as the server has workers, each taking
 /// at least the server's processing time.
 fn answer(server: &Server, request: &Request) -> Reply {
-    let id = server.id.to_string();
+    let id = server.config.id.to_string();
     // Held while the request is processed (not while the reply is sent): taking a worker is
     // what makes it busy, and its database connection is this request's alone. `Server`
     // holds both ends of the channel, so it never disconnects.
     let mut worker = Worker(server.idle.recv().ok(), &server.back);
-    std::thread::sleep(server.processing_time);
+    std::thread::sleep(server.config.processing_time);
     let reply = match (request, worker.0.as_mut()) {
         (Request::Query(sql), Some(db)) => db.query(sql).map(|out| {
             let mut fields = vec![("server", id), ("rows", out.rows.to_string())];

@@ -125,10 +125,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     let db_config = DatabaseConfig::load(&config.db)?;
     let (back, idle) = crossbeam_channel::bounded(config.workers);
     for _ in 0..config.workers {
-        let db: Box<dyn Database> = match (&db_config.path, &db_config.url) {
-            (Some(path), _) => Box::new(Sqlite::open(path, &db_config, config.limits)?),
-            (None, url) => {
-                let url = url.as_deref().unwrap_or_default();
+        let db: Box<dyn Database> = match &db_config.path {
+            Some(path) => Box::new(Sqlite::open(path, &db_config, config.limits)?),
+            None => {
+                let url = db_config.url.as_deref().unwrap_or_default();
                 Box::new(Postgres::open(url, &db_config, config.limits)?)
             }
         };
@@ -143,9 +143,10 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let id = config.id;
     let declared = config.declared_time.unwrap_or(config.processing_time);
     let entry = ServerEntry {
-        id: config.id,
+        id,
         host: config.host.clone(),
         port: addr.port(),
         processing_time: declared.as_secs_f64(),
@@ -154,25 +155,19 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
         tls: acceptor.is_some(),
     };
     registration.update(&entry, true)?;
+    let (secs, workers) = (config.processing_time.as_secs_f64(), config.workers);
+    log::info!("Server {id} is starting (processing time {secs} s, {workers} worker(s))...");
+    println!("server {id} listening on {addr}");
     let server = Arc::new(Server {
-        id: config.id,
-        processing_time: config.processing_time,
+        config,
         back,
         idle,
         files,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
-        request_timeout: config.request_timeout,
         tls: acceptor,
     });
-    let (id, secs, workers) = (
-        config.id,
-        config.processing_time.as_secs_f64(),
-        config.workers,
-    );
-    log::info!("Server {id} is starting (processing time {secs} s, {workers} worker(s))...");
-    println!("server {id} listening on {addr}");
 
     let accepting = Arc::clone(&server);
     let accept = std::thread::Builder::new()

@@ -25,8 +25,8 @@ use ::postgres::{Client, Config, NoTls};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::types::ValueRef;
 
-use super::database::{create_table, hide_password, push_value, read_seed, Database};
-use super::database::{DatabaseConfig, QueryLimits, QueryOutput};
+use super::database::{hide_password, Database, DatabaseConfig, QueryLimits, QueryOutput};
+use super::database::{Seed, LEFT_OPEN, NO_STATEMENT};
 use crate::error::{Code, Error};
 
 /// Longest wait for a connection and its start-up, and for the session thread to take a
@@ -121,17 +121,12 @@ impl Database for Postgres {
             self.owed = false;
         }
         // The thread takes it at once unless it is connecting.
-        let (connect, wait) = (CONNECT_TIMEOUT.as_secs(), self.wait.as_secs_f64());
-        if self
-            .requests
-            .send_timeout(sql.into(), CONNECT_TIMEOUT)
-            .is_err()
-        {
-            return Err(unavailable(
-                name,
-                format!("not connected within {connect} s"),
-            ));
+        let sent = self.requests.send_timeout(sql.into(), CONNECT_TIMEOUT);
+        if sent.is_err() {
+            let secs = CONNECT_TIMEOUT.as_secs();
+            return Err(unavailable(name, format!("not connected within {secs} s")));
         }
+        let wait = self.wait.as_secs_f64();
         self.replies.recv_timeout(self.wait).unwrap_or_else(|_| {
             log::warn!("database {name} did not answer in time");
             self.owed = true;
@@ -150,26 +145,20 @@ fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), String> 
 
 /// Refuses to start read-only on a role that can write, or with no table to read.
 fn check_read_only(client: &mut Client, name: &str) -> Result<(), String> {
-    let fail = |e: ::postgres::Error| format!("database {name}: {}", message(&e));
+    // `has_table_privilege` is given the table's oid: NULL (not an error) when it is missing.
     let row = client
         .query_one(
-            "SELECT to_regclass('colors') IS NOT NULL, current_user::text",
-            &[],
-        )
-        .map_err(fail)?;
-    let (exists, user): (bool, String) = (row.get(0), row.get(1));
-    if !exists {
-        return Err(format!("database {name} has no COLORS table, and a read-only server cannot create it: start a writable server on it first, or create and fill the table yourself"));
-    }
-    let can_write: bool = client
-        .query_one(
-            "SELECT coalesce(has_table_privilege('colors', 'INSERT,UPDATE,DELETE,TRUNCATE') \
+            "SELECT to_regclass('colors') IS NOT NULL, current_user::text, \
+             coalesce(has_table_privilege(to_regclass('colors')::oid, 'INSERT,UPDATE,DELETE,TRUNCATE') \
              OR has_schema_privilege(current_schema(), 'CREATE') \
              OR has_database_privilege(current_database(), 'CREATE'), false)",
             &[],
         )
-        .map_err(fail)?
-        .get(0);
+        .map_err(|e| format!("database {name}: {}", message(&e)))?;
+    let (exists, user, can_write): (bool, String, bool) = (row.get(0), row.get(1), row.get(2));
+    if !exists {
+        return Err(format!("database {name} has no COLORS table, and a read-only server cannot create it: start a writable server on it first, or create and fill the table yourself"));
+    }
     if can_write {
         return Err(format!("database {name}: role {user} can write, but database.json says \"writable\": false; connect as a role with SELECT only (see the README), or set \"writable\": true"));
     }
@@ -186,7 +175,6 @@ fn session(
     limits: QueryLimits,
     name: &str,
 ) {
-    let mut backoff = BACKOFF.0;
     loop {
         loop {
             let Ok(sql) = inbox.recv() else { return };
@@ -199,6 +187,7 @@ fn session(
             }
         }
         log::warn!("lost the connection to database {name}");
+        let mut backoff = BACKOFF.0;
         client = loop {
             let why = match config.connect(NoTls) {
                 Ok(client) => break client,
@@ -215,7 +204,6 @@ fn session(
             }
         };
         log::info!("connected to database {name} again");
-        backoff = BACKOFF.0;
     }
 }
 
@@ -227,7 +215,7 @@ fn serve(
     limits: QueryLimits,
     name: &str,
 ) -> (Result<QueryOutput, Error>, bool) {
-    let result = run(client, sql, limits).map_err(|e| e.into_error(&limits, name));
+    let result = run(client, sql, limits, name);
     let cleaned = client.batch_execute("DISCARD ALL");
     if cleaned
         .as_ref()
@@ -238,10 +226,7 @@ fn serve(
         if let Err(e) = &rolled_back {
             log::error!("a statement left a transaction open; rollback failed: {e}");
         }
-        let e = Code::Forbidden.msg(
-            "the statement left a transaction open: it was rolled back and nothing it did was kept",
-        );
-        return (Err(e), rolled_back.is_ok());
+        return (Err(Code::Forbidden.msg(LEFT_OPEN)), rolled_back.is_ok());
     }
     if let Err(e) = cleaned {
         log::warn!("database {name}: cannot reset the session ({e}); reconnecting");
@@ -250,136 +235,106 @@ fn serve(
     (result, !client.is_closed())
 }
 
-/// Why a query failed: PostgreSQL's error, or ours.
-enum Failure {
-    Pg(::postgres::Error),
-    Ours(Error),
-}
-
-impl From<::postgres::Error> for Failure {
-    fn from(e: ::postgres::Error) -> Self {
-        Failure::Pg(e)
-    }
-}
-
-impl Failure {
-    fn into_error(self, limits: &QueryLimits, name: &str) -> Error {
-        let e = match self {
-            Failure::Ours(e) => return e,
-            Failure::Pg(e) => e,
-        };
-        let lost = e.is_closed()
-            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-        match e.code() {
-            Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE)
-            | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Code::Forbidden.msg(message(&e)),
-            None if lost => unavailable(name, e),
-            _ => Code::Sql.msg(message(&e)),
+/// The reply for an error from PostgreSQL.
+fn pg_error(e: ::postgres::Error, limits: &QueryLimits, name: &str) -> Error {
+    let lost =
+        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    match e.code() {
+        Some(&SqlState::QUERY_CANCELED) => limits.timed_out(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE) | Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
+            Code::Forbidden.msg(message(&e))
         }
+        None if lost => unavailable(name, e),
+        _ => Code::Sql.msg(message(&e)),
     }
 }
 
 /// Runs one statement and formats its rows as SQLite's are.
-fn run(client: &mut Client, sql: &str, limits: QueryLimits) -> Result<QueryOutput, Failure> {
-    let statement = client.prepare(sql)?;
+fn run(client: &mut Client, sql: &str, limits: QueryLimits, name: &str) -> Reply {
+    let pg = |e| pg_error(e, &limits, name);
+    let statement = client.prepare(sql).map_err(pg)?;
     let columns = statement.columns();
-    if let Some(c) = columns.iter().find(|c| !shown(c.type_())) {
+    if let Some(c) = columns.iter().find(|c| !Value::accepts(c.type_())) {
         let (name, kind) = (c.name(), c.type_());
-        return Err(Failure::Ours(Code::Sql.msg(format!(
+        return Err(Code::Sql.msg(format!(
             "column {name} is of type {kind}, which this server does not show: cast it to text ({name}::text)"
-        ))));
+        )));
     }
-    let mut rows = client.query_raw(&statement, std::iter::empty::<i32>())?;
-    let mut body = String::new();
-    let mut count = 0;
-    while let Some(row) = rows.next()? {
-        if count > 0 {
-            body.push('\n');
-        }
+    let mut rows = client
+        .query_raw(&statement, std::iter::empty::<i32>())
+        .map_err(pg)?;
+    let mut out = QueryOutput::default();
+    while let Some(row) = rows.next().map_err(pg)? {
+        out.row();
         for (i, column) in columns.iter().enumerate() {
-            // float4 and numeric, written out as PostgreSQL writes them.
-            let text: Option<String>;
-            let value = match *column.type_() {
-                Type::BOOL => row
-                    .try_get::<_, Option<bool>>(i)?
-                    .map(|b| ValueRef::Integer(b.into())),
-                Type::INT2 => row
-                    .try_get::<_, Option<i16>>(i)?
-                    .map(|n| ValueRef::Integer(n.into())),
-                Type::INT4 => row
-                    .try_get::<_, Option<i32>>(i)?
-                    .map(|n| ValueRef::Integer(n.into())),
-                Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(ValueRef::Integer),
-                Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(ValueRef::Real),
-                Type::FLOAT4 => {
-                    text = row.try_get::<_, Option<f32>>(i)?.map(|x| x.to_string());
-                    text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
-                }
-                Type::NUMERIC => {
-                    text = row
-                        .try_get::<_, Option<Raw>>(i)?
-                        // PostgreSQL never sends one cut short.
-                        .map(|Raw(b)| numeric_text(b).unwrap_or_default());
-                    text.as_deref().map(|t| ValueRef::Text(t.as_bytes()))
-                }
-                Type::BYTEA => row.try_get::<_, Option<&[u8]>>(i)?.map(ValueRef::Blob),
-                // The text types: their binary form is their UTF-8 text.
-                _ => row
-                    .try_get::<_, Option<Raw>>(i)?
-                    .map(|Raw(b)| ValueRef::Text(b)),
-            }
-            .unwrap_or(ValueRef::Null);
-            if !push_value(&mut body, column.name(), value, limits.max_reply) {
+            let value = row.try_get::<_, Option<Value>>(i).map_err(pg)?;
+            let value = value.as_ref().map_or(ValueRef::Null, Value::get);
+            if let Err(e) = out.push(column.name(), value, &limits) {
                 // The rest is read and dropped, so the statement ends (or times out) before
                 // the next one: a cancel request could land on the next one instead.
                 while let Ok(Some(_)) = rows.next() {}
-                return Err(Failure::Ours(limits.too_large()));
+                return Err(e);
             }
         }
-        count += 1;
-    }
-    if count == 0 {
-        body.push_str("No output");
     }
     // A statement with no result columns is a command: INSERT, UPDATE, DELETE, CREATE...
     // Only an empty one (a comment, say) ends with no command tag at all.
     let changes = columns.is_empty().then(|| rows.rows_affected());
     if changes == Some(None) {
-        return Err(Failure::Ours(
-            Code::Sql.msg("the query holds no SQL statement"),
-        ));
+        return Err(Code::Sql.msg(NO_STATEMENT));
     }
-    Ok(QueryOutput {
-        body: body.into_bytes(),
-        rows: count,
-        changes: changes.flatten(),
-    })
+    Ok(out.finish(changes.flatten()))
 }
 
-/// Whether a column of this type has a text form here; text types come as their UTF-8 text.
-fn shown(t: &Type) -> bool {
-    let numbers = matches!(
-        *t,
-        Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC
-    );
-    let texts = matches!(
-        *t,
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
-    );
-    numbers || texts || matches!(*t, Type::FLOAT4 | Type::FLOAT8 | Type::BYTEA | Type::VOID)
+/// A value in PostgreSQL's binary format, as SQLite's would be: float4 and numeric as their
+/// text (written as PostgreSQL writes them), the text types as their UTF-8 text.
+enum Value<'a> {
+    Ref(ValueRef<'a>),
+    Text(String),
 }
 
-/// A value as PostgreSQL sent it (binary format), whatever its type.
-struct Raw<'a>(&'a [u8]);
+impl Value<'_> {
+    /// The value as [`QueryOutput::push`] takes it.
+    fn get(&self) -> ValueRef<'_> {
+        match self {
+            Value::Ref(value) => *value,
+            Value::Text(text) => ValueRef::Text(text.as_bytes()),
+        }
+    }
+}
 
-impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(raw))
+impl<'a> FromSql<'a> for Value<'a> {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let int = |n: i64| Value::Ref(ValueRef::Integer(n));
+        Ok(match *ty {
+            Type::BOOL => int(bool::from_sql(ty, raw)?.into()),
+            Type::INT2 => int(i16::from_sql(ty, raw)?.into()),
+            Type::INT4 => int(i32::from_sql(ty, raw)?.into()),
+            Type::INT8 => int(i64::from_sql(ty, raw)?),
+            Type::FLOAT8 => Value::Ref(ValueRef::Real(f64::from_sql(ty, raw)?)),
+            Type::FLOAT4 => Value::Text(f32::from_sql(ty, raw)?.to_string()),
+            // PostgreSQL never sends one cut short.
+            Type::NUMERIC => Value::Text(numeric_text(raw).unwrap_or_default()),
+            Type::BYTEA => Value::Ref(ValueRef::Blob(raw)),
+            // The text types: their binary form is their UTF-8 text.
+            _ => Value::Ref(ValueRef::Text(raw)),
+        })
     }
 
-    fn accepts(_: &Type) -> bool {
-        true
+    /// The types shown; a column of any other is refused, asking for a cast to text.
+    fn accepts(ty: &Type) -> bool {
+        let numbers = matches!(
+            *ty,
+            Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC
+        );
+        let texts = matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+        );
+        numbers || texts || matches!(*ty, Type::FLOAT4 | Type::FLOAT8 | Type::BYTEA | Type::VOID)
     }
 }
 
@@ -446,22 +401,15 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
         .map_err(fail)?
         .get(0);
     if missing {
-        let (header, rows) =
-            read_seed(seed).map_err(|e| format!("it has no COLORS table, and {e}"))?;
-        tx.execute(&create_table(&header), &[]).map_err(fail)?;
-        let marks: Vec<String> = (1..=header.len()).map(|i| format!("${i}")).collect();
-        let insert = tx
-            .prepare(&format!("INSERT INTO COLORS VALUES ({})", marks.join(", ")))
-            .map_err(fail)?;
-        for row in &rows {
+        let table = Seed::read(seed).map_err(|e| format!("it has no COLORS table, and {e}"))?;
+        tx.execute(&table.create, &[]).map_err(fail)?;
+        let insert = tx.prepare(&table.insert).map_err(fail)?;
+        for row in &table.rows {
             let params: Vec<&(dyn ToSql + Sync)> = row.iter().map(|v| v as _).collect();
             tx.execute(&insert, &params).map_err(fail)?;
         }
-        log::info!(
-            "created table COLORS from {} ({} rows)",
-            seed.display(),
-            rows.len()
-        );
+        let (seed, n) = (seed.display(), table.rows.len());
+        log::info!("created table COLORS from {seed} ({n} rows)");
     }
     tx.commit().map_err(fail)
 }

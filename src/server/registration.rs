@@ -28,26 +28,21 @@ pub(crate) enum Registration {
 impl Registration {
     /// Records `entry` (`joining`) or removes it; a message saying what failed.
     pub fn update(&self, entry: &ServerEntry, joining: bool) -> Result<(), String> {
-        let (verb, preposition) = match joining {
-            true => ("record this server in", "join"),
-            false => ("remove this server from", "leave"),
-        };
         match self {
-            Registration::File(path) => match joining {
-                true => servers_file::register(path, entry),
-                false => servers_file::deregister(path, entry.id, entry.port),
-            }
-            .map_err(|e| format!("cannot {verb} {}: {e}", path.display())),
+            Registration::File(path) if joining => servers_file::register(path, entry)
+                .map_err(|e| format!("cannot record this server in {}: {e}", path.display())),
+            Registration::File(path) => servers_file::deregister(path, entry.id, entry.port)
+                .map_err(|e| format!("cannot remove this server from {}: {e}", path.display())),
             Registration::Join { admin, token, tls } => {
                 // On leaving, the entry says which process leaves, should a newer one have
                 // the same id.
-                let (method, path) = match joining {
-                    true => ("POST", "/servers".to_string()),
-                    false => ("DELETE", format!("/servers/{}", entry.id)),
+                let (method, path, verb) = match joining {
+                    true => ("POST", "/servers".to_string(), "join"),
+                    false => ("DELETE", format!("/servers/{}", entry.id), "leave"),
                 };
                 let body = serde_json::to_string(entry).map_err(|e| e.to_string())?;
                 http(admin, tls.as_ref(), method, &path, token.as_deref(), &body)
-                    .map_err(|e| format!("cannot {preposition} the balancer at {admin}: {e}"))
+                    .map_err(|e| format!("cannot {verb} the balancer at {admin}: {e}"))
             }
         }
     }

@@ -14,7 +14,6 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,9 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperati
 use rusqlite::limits::Limit;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::database::{create_table, push_value, read_seed, Database, DatabaseConfig};
-use super::database::{QueryLimits, QueryOutput};
+use super::database::{
+    Database, DatabaseConfig, QueryLimits, QueryOutput, Seed, LEFT_OPEN, NO_STATEMENT,
+};
 use crate::error::{Code, Error};
 
 /// How long a writer waits for another server's write lock before giving up.
@@ -38,16 +38,21 @@ pub(crate) struct Sqlite {
     conn: Connection,
     writable: bool,
     limits: QueryLimits,
-    /// Milliseconds since `epoch` after which the running query is interrupted; read by
-    /// SQLite's progress handler on the same thread, so relaxed ordering is enough.
-    deadline_ms: Arc<AtomicU64>,
-    epoch: Instant,
-    /// Why the authorizer refused the statement being prepared; written by the callback and
-    /// read after `prepare` fails, both on the query's thread.
-    refusal: Arc<Mutex<Option<String>>>,
+    /// Guards what the progress handler and the authorizer share with [`Sqlite::query`];
+    /// never held while SQLite runs (the callbacks run on the query's thread, inside it).
+    hooks: Arc<Mutex<Hooks>>,
+}
+
+/// What SQLite's callbacks share with [`Sqlite::query`].
+#[derive(Default)]
+struct Hooks {
+    /// When the running query is interrupted.
+    deadline: Option<Instant>,
+    /// Why the authorizer refused the statement being prepared.
+    refusal: Option<String>,
     /// Set only while [`Sqlite::query`] prepares its own `ROLLBACK`, the one transaction
-    /// control let through; read by the callback on the same thread.
-    rolling_back: Arc<AtomicBool>,
+    /// control let through.
+    rolling_back: bool,
 }
 
 impl Sqlite {
@@ -67,48 +72,41 @@ impl Sqlite {
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags)
             .map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-        let epoch = Instant::now();
-        let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
-        let deadline = Arc::clone(&deadline_ms);
-        conn.progress_handler(
-            10_000,
-            Some(move || epoch.elapsed().as_millis() as u64 > deadline.load(Ordering::Relaxed)),
-        )
-        .map_err(|e| e.to_string())?;
+        let hooks = Arc::<Mutex<Hooks>>::default();
+        let progress = Arc::clone(&hooks);
+        let passed = move || progress.lock().deadline.is_some_and(|d| Instant::now() > d);
         // No string or blob may grow past the reply limit: `randomblob(1e9)` fails at once
         // instead of taking a gigabyte.
         let longest = i32::try_from(limits.max_reply).unwrap_or(i32::MAX);
+        let fail = |e: rusqlite::Error| e.to_string();
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+        conn.progress_handler(10_000, Some(passed)).map_err(fail)?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
-            .map_err(|e| e.to_string())?;
+            .map_err(fail)?;
         let mut db = Sqlite {
             conn,
             writable: config.writable,
             limits,
-            deadline_ms,
-            epoch,
-            refusal: Arc::default(),
-            rolling_back: Arc::default(),
+            hooks,
         };
-        db.install_authorizer().map_err(|e| e.to_string())?;
+        db.install_authorizer().map_err(fail)?;
         Ok(db)
     }
 
     /// Installs [`check`] as the connection's authorizer, recording why it refuses.
     fn install_authorizer(&mut self) -> rusqlite::Result<()> {
-        let record = Arc::clone(&self.refusal);
-        let ours = Arc::clone(&self.rolling_back);
+        let hooks = Arc::clone(&self.hooks);
         self.conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let mut hooks = hooks.lock();
             let rollback = TransactionOperation::Rollback;
-            let our_rollback = matches!(ctx.action, AuthAction::Transaction { operation } if operation == rollback)
-                && ours.load(Ordering::Relaxed);
+            let ours = matches!(ctx.action, AuthAction::Transaction { operation } if operation == rollback)
+                && hooks.rolling_back;
             match check(&ctx.action, ctx.database_name) {
-                Err(_) if our_rollback => Authorization::Allow,
-                Ok(()) => Authorization::Allow,
-                Err(why) => {
-                    *record.lock() = Some(why);
+                Err(why) if !ours => {
+                    hooks.refusal = Some(why);
                     Authorization::Deny
                 }
+                _ => Authorization::Allow,
             }
         }))
     }
@@ -121,37 +119,23 @@ impl Sqlite {
         // client's: a statement that changed no row (`CREATE TABLE`, say) reports 0.
         let total_before = self.conn.total_changes();
         let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-        let mut body = String::new();
-        let mut rows = 0;
+        let mut out = QueryOutput::default();
         let mut query = stmt.query([]).map_err(fail)?;
         while let Some(row) = query.next().map_err(fail)? {
-            if rows > 0 {
-                body.push('\n');
-            }
+            out.row();
             for (i, name) in names.iter().enumerate() {
-                let value = row.get_ref(i).map_err(fail)?;
-                if !push_value(&mut body, name, value, self.limits.max_reply) {
-                    return Err(self.limits.too_large());
-                }
+                out.push(name, row.get_ref(i).map_err(fail)?, &self.limits)?;
             }
-            rows += 1;
         }
         drop(query);
-        if rows == 0 {
-            body.push_str("No output");
-        }
         let changed = self.conn.total_changes() != total_before;
-        Ok(QueryOutput {
-            body: body.into_bytes(),
-            rows,
-            changes: writes.then(|| if changed { self.conn.changes() } else { 0 }),
-        })
+        Ok(out.finish(writes.then(|| if changed { self.conn.changes() } else { 0 })))
     }
 
     fn map_error(&self, e: rusqlite::Error) -> Error {
         // A refused function shows as a plain SQLite error, a refused statement as
         // `SQLITE_AUTH`: the authorizer's own record says which, and why.
-        if let Some(why) = self.refusal.lock().take() {
+        if let Some(why) = self.hooks.lock().refusal.take() {
             return Code::Forbidden.msg(why);
         }
         match (e.sqlite_error_code(), e) {
@@ -164,7 +148,7 @@ impl Sqlite {
             (_, rusqlite::Error::MultipleStatement) => {
                 Code::Sql.msg("send one SQL statement per request")
             }
-            (_, rusqlite::Error::Empty) => Code::Sql.msg("the query holds no SQL statement"),
+            (_, rusqlite::Error::Empty) => Code::Sql.msg(NO_STATEMENT),
             (_, e) => Code::Sql.msg(e.to_string()),
         }
     }
@@ -172,23 +156,20 @@ impl Sqlite {
 
 impl Database for Sqlite {
     fn query(&mut self, sql: &str) -> Result<QueryOutput, Error> {
-        self.refusal.lock().take();
-        let deadline = self.epoch.elapsed() + self.limits.timeout;
-        self.deadline_ms
-            .store(deadline.as_millis() as u64, Ordering::Relaxed);
+        self.hooks.lock().deadline = Some(Instant::now() + self.limits.timeout);
         let result = self.run(sql);
-        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        *self.hooks.lock() = Hooks::default();
         if !self.conn.is_autocommit() {
             // Whatever the statement did is not committed: it must not be answered OK, nor
             // be carried into the next client's requests. Should the rollback fail, the
             // transaction stays open and every later request lands here too: never OK.
-            self.rolling_back.store(true, Ordering::Relaxed);
+            self.hooks.lock().rolling_back = true;
             match self.conn.execute_batch("ROLLBACK") {
                 Ok(()) => log::error!("a statement left a transaction open: rolled back"),
                 Err(e) => log::error!("a statement left a transaction open; rollback failed: {e}"),
             }
-            self.rolling_back.store(false, Ordering::Relaxed);
-            return Err(Code::Forbidden.msg("the statement left a transaction open: it was rolled back and nothing it did was kept"));
+            self.hooks.lock().rolling_back = false;
+            return Err(Code::Forbidden.msg(LEFT_OPEN));
         }
         result
     }
@@ -255,37 +236,35 @@ fn check(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), String> 
 /// starting together never see a half-built database; the loser of the race just uses the
 /// winner's file.
 fn create_from_seed(path: &Path, seed: &Path) -> Result<(), String> {
-    let (header, rows) = read_seed(seed)
+    let table = Seed::read(seed)
         .map_err(|e| format!("database {} does not exist, and {e}", path.display()))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = build(&tmp, &header, &rows).and_then(|()| match fs::hard_link(&tmp, path) {
+    let result = build(&tmp, &table).and_then(|()| match fs::hard_link(&tmp, path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     });
     let _ = fs::remove_file(&tmp);
     if result.is_ok() {
-        let (path, seed) = (path.display(), seed.display());
-        log::info!("created database {path} from {seed} ({} rows)", rows.len());
+        let (path, seed, n) = (path.display(), seed.display(), table.rows.len());
+        log::info!("created database {path} from {seed} ({n} rows)");
     }
     result
 }
 
-fn build(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<(), String> {
+fn build(path: &Path, seed: &Seed) -> Result<(), String> {
     let _ = fs::remove_file(path);
     let fail = |e: rusqlite::Error| format!("cannot build database {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(fail)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(fail)?;
     let tx = conn.transaction().map_err(fail)?;
-    tx.execute(&create_table(header), []).map_err(fail)?;
-    let marks = vec!["?"; header.len()].join(", ");
-    let mut insert = tx
-        .prepare(&format!("INSERT INTO COLORS VALUES ({marks})"))
-        .map_err(fail)?;
-    for row in rows {
-        let params = rusqlite::params_from_iter(row.iter());
-        insert.execute(params).map_err(fail)?;
+    tx.execute(&seed.create, []).map_err(fail)?;
+    let mut insert = tx.prepare(&seed.insert).map_err(fail)?;
+    for row in &seed.rows {
+        insert
+            .execute(rusqlite::params_from_iter(row))
+            .map_err(fail)?;
     }
     drop(insert);
     tx.commit().map_err(fail)?;
