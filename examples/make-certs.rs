@@ -31,8 +31,7 @@ fn main() -> ExitCode {
 fn make(dir: &std::path::Path, names: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "minilb throwaway demo CA");
+    ca.distinguished_name.push(DnType::CommonName, "minilb throwaway demo CA");
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);

@@ -19,13 +19,10 @@ pub fn exit(program: &str, result: Result<(), String>) -> ExitCode {
 /// # Errors
 /// A message saying what a valid value looks like.
 pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
+    let secs: f64 =
+        s.parse().map_err(|_| format!("{s:?} is not a number of seconds (e.g. 0.5)"))?;
     if !(0.0..=MAX_SECONDS).contains(&secs) {
-        return Err(format!(
-            "{s:?} must be a number of seconds from 0 to {MAX_SECONDS}"
-        ));
+        return Err(format!("{s:?} must be a number of seconds from 0 to {MAX_SECONDS}"));
     }
     Ok(Duration::from_secs_f64(secs))
 }

@@ -70,10 +70,7 @@ impl Code {
 
     /// An error of this code saying `message`.
     pub fn msg(self, message: impl Into<String>) -> Error {
-        Error {
-            code: self,
-            message: message.into(),
-        }
+        Error { code: self, message: message.into() }
     }
 }
 
@@ -161,10 +158,7 @@ mod tests {
     #[test]
     fn bidi_controls_are_folded() {
         let e = Code::Sql.msg("near \"\u{202e}txt.exe\u{2066}\": syntax error");
-        assert_eq!(
-            e.header_line(),
-            "ERR sql near \" txt.exe \": syntax error\n"
-        );
+        assert_eq!(e.header_line(), "ERR sql near \" txt.exe \": syntax error\n");
     }
 
     #[test]

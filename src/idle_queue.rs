@@ -228,12 +228,7 @@ impl<T> IdleQueue<T> {
             Some(i) if s.in_line.is_empty() => s.take(i),
             _ => wait_in_line(&mut s, started, timeout)?,
         };
-        Ok(Lease {
-            queue: self,
-            server,
-            item: Some(item),
-            decision,
-        })
+        Ok(Lease { queue: self, server, item: Some(item), decision })
     }
 
     /// Marks a server as draining: its free workers are closed now, the busy ones when their
@@ -498,10 +493,7 @@ mod tests {
         let d = first.decision;
         assert_eq!((d.free, d.busy, d.position), (2, 0, None));
         let half = Duration::from_millis(500);
-        assert_eq!(
-            (d.declared, d.measured, d.in_flight, d.served),
-            (half, None, 0, 0)
-        );
+        assert_eq!((d.declared, d.measured, d.in_flight, d.served), (half, None, 0, 0));
         let second = q.acquire(NOW).unwrap();
         let d = second.decision;
         assert_eq!((d.free, d.busy), (1, 1));
@@ -562,10 +554,7 @@ mod tests {
     fn empty_pool_fails_at_once() {
         let q = queue(&[]);
         let started = Instant::now();
-        assert_eq!(
-            q.acquire(Duration::from_secs(10)).err().unwrap(),
-            NoServer::NoneUp
-        );
+        assert_eq!(q.acquire(Duration::from_secs(10)).err().unwrap(), NoServer::NoneUp);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -679,9 +668,7 @@ mod tests {
         // must pass the turn on to the second while a server is still idle.
         for lease in &mut held {
             let item = lease.item.take().unwrap();
-            q.returned_tx
-                .send((Arc::clone(&lease.server), item))
-                .unwrap();
+            q.returned_tx.send((Arc::clone(&lease.server), item)).unwrap();
         }
         drop(q.lock());
         let started = Instant::now();
@@ -744,9 +731,7 @@ mod tests {
             let q = Arc::clone(&q);
             std::thread::spawn(move || q.acquire(Duration::from_millis(50)).map(|l| l.server.id))
         };
-        wait_for("the impatient waiter to join the line", || {
-            counts(&q).2 == 1
-        });
+        wait_for("the impatient waiter to join the line", || counts(&q).2 == 1);
         let patient = spawn_waiter(&q);
         assert_eq!(impatient.join().unwrap(), Err(NoServer::TimedOut));
         held.release();
@@ -796,11 +781,7 @@ mod tests {
         let in_flight = |l: &Lease<'_, u32>| l.server.in_flight.load(Ordering::Relaxed);
         assert_eq!((in_flight(&leases[0]), in_flight(&leases[4])), (3, 2));
         let d = leases[4].decision;
-        assert_eq!(
-            (d.free, d.busy),
-            (1, 1),
-            "server 2 was busy, one worker free"
-        );
+        assert_eq!((d.free, d.busy), (1, 1), "server 2 was busy, one worker free");
         let mut leases = leases.into_iter();
         leases.next().unwrap().release();
         assert_eq!(q.acquire(NOW).unwrap().server.id, 2);
@@ -821,11 +802,7 @@ mod tests {
         assert_eq!(refused_at_once(&q), NoServer::TimedOut);
         assert_eq!(waiter.join().unwrap(), Ok(1));
         second.release();
-        assert_eq!(
-            counts(&q),
-            (1, 1, 0),
-            "the waiter's lease dropped: one connection left"
-        );
+        assert_eq!(counts(&q), (1, 1, 0), "the waiter's lease dropped: one connection left");
     }
 
     #[test]
@@ -883,20 +860,12 @@ mod tests {
         let started = Instant::now();
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (q, in_use, busy, served) = (
-                    Arc::clone(&q),
-                    Arc::clone(&in_use),
-                    Arc::clone(&busy),
-                    Arc::clone(&served),
-                );
+                let (q, in_use, busy, served) =
+                    (Arc::clone(&q), Arc::clone(&in_use), Arc::clone(&busy), Arc::clone(&served));
                 std::thread::spawn(move || {
                     // Half the threads are impatient: a timeout racing a hand-over must not
                     // lose the worker.
-                    let patience = if t % 2 == 0 {
-                        PATIENCE
-                    } else {
-                        Duration::from_micros(50)
-                    };
+                    let patience = if t % 2 == 0 { PATIENCE } else { Duration::from_micros(50) };
                     for _ in 0..ROUNDS {
                         // A patient thread always gets a worker: its timeout is a lost worker
                         // or a missed wake-up, and fails at once rather than 2000 times over.
@@ -932,14 +901,8 @@ mod tests {
         // Every worker is back, idle, none counted in flight.
         assert_eq!(counts(&q), (10, 4, 0));
         let s = q.lock();
-        assert!(s
-            .members
-            .values()
-            .all(|m| m.free.len() == m.backend.workers));
-        assert!(s
-            .members
-            .values()
-            .all(|m| m.backend.in_flight.load(Ordering::Relaxed) == 0));
+        assert!(s.members.values().all(|m| m.free.len() == m.backend.workers));
+        assert!(s.members.values().all(|m| m.backend.in_flight.load(Ordering::Relaxed) == 0));
         assert!(s.handed.is_empty());
     }
 }

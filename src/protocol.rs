@@ -89,10 +89,7 @@ impl ReplyHeader {
     /// An `OK` header with the given fields.
     pub fn ok(length: u64, fields: &[(&str, String)]) -> ReplyHeader {
         let fields = fields.iter().map(|(k, v)| (k.to_string(), v.clone()));
-        ReplyHeader::Ok {
-            length,
-            fields: fields.collect(),
-        }
+        ReplyHeader::Ok { length, fields: fields.collect() }
     }
 
     /// Parses a header line (without its `\n`; a trailing `\r` is dropped).
@@ -104,9 +101,7 @@ impl ReplyHeader {
         let text = std::str::from_utf8(line).map_err(|_| "reply header is not UTF-8")?;
         // A header is passed through as it came: nothing in it may break a line or a terminal.
         if text.contains(char::is_control) {
-            return Err(format!(
-                "reply header contains a control character: {text:?}"
-            ));
+            return Err(format!("reply header contains a control character: {text:?}"));
         }
         if let Some(rest) = text.strip_prefix("ERR ") {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -123,17 +118,13 @@ impl ReplyHeader {
         if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("bad length in reply header: {text:?}"));
         }
-        let length = length
-            .parse()
-            .map_err(|_| format!("length out of range in reply header: {text:?}"))?;
+        let length =
+            length.parse().map_err(|_| format!("length out of range in reply header: {text:?}"))?;
         let fields = parts.map(|part| match part.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => Err(format!("bad field {part:?} in reply header")),
         });
-        Ok(ReplyHeader::Ok {
-            length,
-            fields: fields.collect::<Result<_, _>>()?,
-        })
+        Ok(ReplyHeader::Ok { length, fields: fields.collect::<Result<_, _>>()? })
     }
 
     /// Body length that follows this header (0 for `ERR`).
@@ -237,11 +228,7 @@ pub struct Deadline {
 impl Deadline {
     /// For a socket whose timeout is set to `per_call` now.
     pub fn new(per_call: Option<Duration>) -> Deadline {
-        Deadline {
-            per_call,
-            set: per_call,
-            at: None,
-        }
+        Deadline { per_call, set: per_call, at: None }
     }
 
     /// The timeout each call gets outside a run.
@@ -301,10 +288,7 @@ impl Timeouts {
     /// Timeouts from command-line values, where 0 means no limit.
     pub fn new(idle: Duration, request: Duration) -> Timeouts {
         let limit = |d: Duration| (!d.is_zero()).then_some(d);
-        Timeouts {
-            idle: limit(idle),
-            request: limit(request),
-        }
+        Timeouts { idle: limit(idle), request: limit(request) }
     }
 }
 
@@ -359,15 +343,9 @@ impl RequestReader {
     pub fn new(stream: Stream, timeouts: Timeouts, capacity: usize) -> RequestReader {
         // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
         // cannot have, so the first read sets it.
-        let deadline = Deadline {
-            set: Some(Duration::MAX),
-            ..Deadline::new(None)
-        };
+        let deadline = Deadline { set: Some(Duration::MAX), ..Deadline::new(None) };
         let stream = DeadlineStream { stream, deadline };
-        RequestReader {
-            reader: BufReader::with_capacity(capacity, stream),
-            timeouts,
-        }
+        RequestReader { reader: BufReader::with_capacity(capacity, stream), timeouts }
     }
 
     /// Reads the next request line into `line` (without its `\n`). An error is the socket's:
@@ -408,10 +386,7 @@ impl RequestReader {
             Err(e) => e,
         };
         let request = self.timeouts.request.unwrap_or_default().as_secs_f64();
-        failed(
-            e,
-            format!("the request line did not arrive within {request} s (--request-timeout)"),
-        )
+        failed(e, format!("the request line did not arrive within {request} s (--request-timeout)"))
     }
 
     /// Sends `error` as the connection's last reply through `writer`, then closes it gently
@@ -431,9 +406,9 @@ fn failed(e: io::Error, timeout: String) -> io::Result<Incoming> {
     match e.kind() {
         // A TLS peer that closes without a close_notify, as most do: just a close.
         io::ErrorKind::UnexpectedEof => Ok(Incoming::Closed),
-        io::ErrorKind::TimedOut => Ok(Incoming::Refused(
-            Code::Timeout.msg(format!("{timeout}; closing the connection")),
-        )),
+        io::ErrorKind::TimedOut => {
+            Ok(Incoming::Refused(Code::Timeout.msg(format!("{timeout}; closing the connection"))))
+        }
         _ => Err(e),
     }
 }
@@ -445,23 +420,14 @@ mod tests {
 
     #[test]
     fn parses_file_and_query_requests() {
-        assert_eq!(
-            Request::parse(b"file colors.csv").unwrap(),
-            Request::File("colors.csv".into())
-        );
-        assert_eq!(
-            Request::parse(b"file  a b.txt \r").unwrap(),
-            Request::File("a b.txt".into())
-        );
+        assert_eq!(Request::parse(b"file colors.csv").unwrap(), Request::File("colors.csv".into()));
+        assert_eq!(Request::parse(b"file  a b.txt \r").unwrap(), Request::File("a b.txt".into()));
         assert_eq!(
             Request::parse(b"SELECT * FROM COLORS LIMIT 3;\r").unwrap(),
             Request::Query("SELECT * FROM COLORS LIMIT 3;".into())
         );
         // Only the exact word `file` makes a file request, as in the original.
-        assert_eq!(
-            Request::parse(b"filename").unwrap(),
-            Request::Query("filename".into())
-        );
+        assert_eq!(Request::parse(b"filename").unwrap(), Request::Query("filename".into()));
         // The line a request is logged and forwarded as.
         for line in ["file colors.csv", "SELECT 1 AS n"] {
             assert_eq!(Request::parse(line.as_bytes()).unwrap().line(), line);
@@ -633,11 +599,7 @@ mod tests {
 
     #[test]
     fn write_both_retries_an_interrupted_write_and_resumes_short_ones() {
-        let mut w = Flaky {
-            errors: vec![io::ErrorKind::Interrupted],
-            step: 2,
-            out: Vec::new(),
-        };
+        let mut w = Flaky { errors: vec![io::ErrorKind::Interrupted], step: 2, out: Vec::new() };
         write_both(&mut w, b"OK 3\n", b"abc").unwrap();
         assert_eq!(w.out, b"OK 3\nabc");
     }
@@ -647,22 +609,14 @@ mod tests {
         // Run apart with a deadline: a writer that retried every error would spin forever.
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut w = Flaky {
-                errors: vec![io::ErrorKind::BrokenPipe; 1000],
-                step: 1,
-                out: Vec::new(),
-            };
+            let mut w =
+                Flaky { errors: vec![io::ErrorKind::BrokenPipe; 1000], step: 1, out: Vec::new() };
             let _ = done_tx.send(write_both(&mut w, b"OK 1\n", b"x").map_err(|e| e.kind()));
         });
-        let outcome = done_rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .expect("write_both returned");
+        let outcome =
+            done_rx.recv_timeout(std::time::Duration::from_secs(5)).expect("write_both returned");
         assert_eq!(outcome, Err(io::ErrorKind::BrokenPipe));
-        let mut zero = Flaky {
-            errors: Vec::new(),
-            step: 0,
-            out: Vec::new(),
-        };
+        let mut zero = Flaky { errors: Vec::new(), step: 0, out: Vec::new() };
         assert_eq!(
             write_both(&mut zero, b"OK 1\n", b"x").unwrap_err().kind(),
             io::ErrorKind::WriteZero
@@ -887,8 +841,7 @@ mod request_reader_tests {
             drop(writer.join().unwrap());
             // One byte over with a bare `\n` is too long as well.
             let (mut peer, mut reader, _ours) = pair(Timeouts::new(SHORT, SHORT));
-            peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat())
-                .unwrap();
+            peer.write_all(&[&vec![b'a'; MAX_REQUEST_LINE + 1][..], b"\n"].concat()).unwrap();
             assert_eq!(refused(&mut reader, &mut line).code(), "too_large");
         });
     }
@@ -903,9 +856,7 @@ mod request_reader_tests {
             let started = Instant::now();
             let outcome = reader.next(&mut Vec::new());
             assert!(
-                outcome
-                    .as_ref()
-                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+                outcome.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
                 "{outcome:?}"
             );
             assert!(started.elapsed() < Duration::from_secs(10));

@@ -93,9 +93,7 @@ fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     why: impl Fn() -> String,
 ) -> Result<T, D::Error> {
     let value = T::deserialize(d)?;
-    ok(&value)
-        .then_some(value)
-        .ok_or_else(|| D::Error::custom(why()))
+    ok(&value).then_some(value).ok_or_else(|| D::Error::custom(why()))
 }
 
 fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -140,10 +138,7 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<ServerEntry>> {
     };
     let invalid = |why: String| {
         let fix = "fix it or replace it with [] (the list with no server)";
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} {why}; {fix}", path.display()),
-        )
+        io::Error::new(io::ErrorKind::InvalidData, format!("{} {why}; {fix}", path.display()))
     };
     if text.trim().is_empty() {
         return Err(invalid("is empty".into()));
@@ -163,9 +158,7 @@ pub fn register(path: &Path, entry: &ServerEntry) -> io::Result<()> {
     update(path, |list| {
         // Checked under the file lock (for at most ANSWER_TIMEOUT), so two servers starting
         // with one id cannot both find the place free.
-        let old = list
-            .iter()
-            .find(|e| e.id == entry.id && e.address() != entry.address());
+        let old = list.iter().find(|e| e.id == entry.id && e.address() != entry.address());
         if let Some(old) = old {
             let (id, at) = (old.id, old.address());
             if connect(&at, ANSWER_TIMEOUT).is_ok() {
@@ -203,11 +196,8 @@ fn update(
 ) -> io::Result<()> {
     // The lock file serialises writers across processes; it is never renamed, unlike the
     // servers file itself, so every writer locks the same inode.
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(sibling(path, ".lock"))?;
+    let lock =
+        OpenOptions::new().create(true).truncate(false).write(true).open(sibling(path, ".lock"))?;
     lock.lock()?;
     let mut list = read(path)?;
     change(&mut list)?;
@@ -257,11 +247,7 @@ mod tests {
 
     /// A loopback port where nothing listens (any more).
     fn closed_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     #[test]

@@ -83,10 +83,7 @@ impl Stream {
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
             Stream::Plain(tcp) => Stream::Plain(tcp.try_clone()?),
-            Stream::Tls { tcp, tls } => Stream::Tls {
-                tcp: Arc::clone(tcp),
-                tls: Arc::clone(tls),
-            },
+            Stream::Tls { tcp, tls } => Stream::Tls { tcp: Arc::clone(tcp), tls: Arc::clone(tls) },
         })
     }
 
@@ -172,9 +169,7 @@ pub fn server_config(cert: &Path, key_file: &Path) -> Result<ServerConfig, Strin
     // AES-128-GCM first, whatever the client prefers, as HAProxy and nginx do: as safe as
     // AES-256 here, and a third cheaper per byte (rustls would follow the client's order).
     let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    provider.cipher_suites.sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
@@ -189,9 +184,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let path = ca.unwrap_or(Path::new(SYSTEM_CAS));
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(read_certs(path)?);
-    let config = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -253,10 +246,7 @@ impl Connector {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host} is not a host name or IP address for TLS: {e}"))?;
-        Ok(Connector {
-            config: Arc::clone(config),
-            name,
-        })
+        Ok(Connector { config: Arc::clone(config), name })
     }
 
     /// Does the client side of a handshake on `tcp`, within `limit` (0: no limit);
@@ -344,19 +334,13 @@ where
         }
     }
     let session: Box<dyn Io> = Box::new(StreamOwned::new(conn, sock));
-    Ok(Stream::Tls {
-        tcp,
-        tls: Arc::new(Mutex::new(session)),
-    })
+    Ok(Stream::Tls { tcp, tls: Arc::new(Mutex::new(session)) })
 }
 
 /// Whether `e` is a socket timeout firing: Linux reports an expired `SO_RCVTIMEO` or
 /// `SO_SNDTIMEO` as `WouldBlock`, other systems as `TimedOut`.
 pub(crate) fn timed_out(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Closes a connection gently after its last reply: stop sending, then read and discard what

@@ -17,11 +17,8 @@ const PROMPT: Duration = Duration::from_secs(10);
 fn a_stalled_admin_peer_is_dropped_and_blocks_no_one() {
     let dir = TestDir::new(false);
     fs::write(dir.path.join("token"), "s3cret\n").unwrap();
-    let (_server, lb, bystander) = watched_cluster(
-        &dir,
-        &[],
-        &["--token-file", "token", "--request-timeout", "2"],
-    );
+    let (_server, lb, bystander) =
+        watched_cluster(&dir, &[], &["--token-file", "token", "--request-timeout", "2"]);
     let admin = lb.admin();
     // Before any token check: a body that never comes, headers that never end.
     let mut no_body = StalledHttp::open(
@@ -37,17 +34,9 @@ fn a_stalled_admin_peer_is_dropped_and_blocks_no_one() {
     // While they stall, everything else is answered: status, metrics, the page, a join.
     for path in ["/status", "/metrics", "/"] {
         let answer = try_http(admin, "GET", path, None, "", PROMPT);
-        assert_eq!(
-            answer.as_ref().map(|a| a.0).ok(),
-            Some(200),
-            "{path}: {answer:?}"
-        );
+        assert_eq!(answer.as_ref().map(|a| a.0).ok(), Some(200), "{path}: {answer:?}");
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let entry =
         format!(r#"{{"id": 7, "host": "127.0.0.1", "port": {port}, "processing_time": 0.1}}"#);
     let joined = try_http(admin, "POST", "/servers", Some("s3cret"), &entry, PROMPT);
@@ -56,9 +45,7 @@ fn a_stalled_admin_peer_is_dropped_and_blocks_no_one() {
     assert_eq!(left.as_ref().map(|a| a.0).ok(), Some(200), "{left:?}");
 
     // A body over the cap is refused at once, unread.
-    let refused = too_big
-        .closed_within(PROMPT)
-        .expect("the oversized request was answered");
+    let refused = too_big.closed_within(PROMPT).expect("the oversized request was answered");
     assert!(refused.starts_with("HTTP/1.1 413 "), "{refused:?}");
     // The stalled peers are let go at the deadline (--request-timeout 2).
     for peer in [&mut no_body, &mut no_end] {
@@ -76,19 +63,15 @@ fn admin_connections_are_capped_and_the_listener_recovers() {
     let (_server, lb, bystander) = watched_cluster(&dir, &[], &["--request-timeout", "60"]);
     let admin = lb.admin();
     let threads_before = thread_count(lb.pid());
-    let mut peers: Vec<StalledHttp> = (0..100)
-        .map(|_| StalledHttp::open(admin, "GET /status HTTP/1.1\r\nHost: x\r\n"))
-        .collect();
+    let mut peers: Vec<StalledHttp> =
+        (0..100).map(|_| StalledHttp::open(admin, "GET /status HTTP/1.1\r\nHost: x\r\n")).collect();
     // Past the cap of 32, each further connection is told so at once and closed.
     for (i, peer) in peers.iter_mut().enumerate().skip(40) {
         let answer = peer.closed_within(PROMPT).unwrap_or_default();
         assert!(answer.starts_with("HTTP/1.1 503 "), "peer {i}: {answer:?}");
     }
     let threads = thread_count(lb.pid());
-    assert!(
-        threads <= threads_before + 32 + 2,
-        "{threads} threads, {threads_before} before"
-    );
+    assert!(threads <= threads_before + 32 + 2, "{threads} threads, {threads_before} before");
     drop(peers);
     // Once the stalled peers leave, their slots are free again.
     wait_until(PROMPT, || {

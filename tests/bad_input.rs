@@ -24,12 +24,7 @@ fn expect_replies(wire: &mut Wire, cases: &[(&[u8], &str)]) {
     for (bytes, want) in cases {
         wire.send_raw(bytes);
         let reply = wire.read_reply();
-        assert_eq!(
-            reply.header,
-            *want,
-            "for {:?}",
-            String::from_utf8_lossy(bytes)
-        );
+        assert_eq!(reply.header, *want, "for {:?}", String::from_utf8_lossy(bytes));
     }
 }
 
@@ -44,49 +39,25 @@ fn bad_request_lines_get_clear_errors_and_the_connection_goes_on() {
         expect_replies(
             &mut wire,
             &[
-                (
-                    b"\xff\xfe SELECT 1\n",
-                    "ERR bad_request request is not valid UTF-8",
-                ),
-                (
-                    b"SELECT '\xc3\x28'\n",
-                    "ERR bad_request request is not valid UTF-8",
-                ),
-                (
-                    b"\n",
-                    "ERR bad_request empty request: send `file <name>` or an SQL query",
-                ),
-                (
-                    b" \t \r\n",
-                    "ERR bad_request empty request: send `file <name>` or an SQL query",
-                ),
-                (
-                    b"SELECT 1\0\n",
-                    "ERR bad_request request contains a NUL byte",
-                ),
+                (b"\xff\xfe SELECT 1\n", "ERR bad_request request is not valid UTF-8"),
+                (b"SELECT '\xc3\x28'\n", "ERR bad_request request is not valid UTF-8"),
+                (b"\n", "ERR bad_request empty request: send `file <name>` or an SQL query"),
+                (b" \t \r\n", "ERR bad_request empty request: send `file <name>` or an SQL query"),
+                (b"SELECT 1\0\n", "ERR bad_request request contains a NUL byte"),
                 (b"\0\n", "ERR bad_request request contains a NUL byte"),
                 (
                     b"SELECT 1\rAS x\n",
                     "ERR bad_request request contains a carriage return inside the line",
                 ),
-                (
-                    b"file\n",
-                    "ERR bad_request missing file name: `file <name>`",
-                ),
-                (
-                    b"file   \n",
-                    "ERR bad_request missing file name: `file <name>`",
-                ),
+                (b"file\n", "ERR bad_request missing file name: `file <name>`"),
+                (b"file   \n", "ERR bad_request missing file name: `file <name>`"),
                 // Valid UTF-8 that is not SQL is just a query that fails; control characters
                 // in SQLite's message are folded so the reply stays one line.
                 (
                     "\u{1}\u{7f}\u{202e}☃ ÿ\n".as_bytes(),
                     "ERR sql unrecognized token: \" \" in    ☃ ÿ at offset 0",
                 ),
-                (
-                    "☃☃☃\n".as_bytes(),
-                    "ERR sql near \"☃☃☃\": syntax error in ☃☃☃ at offset 0",
-                ),
+                ("☃☃☃\n".as_bytes(), "ERR sql near \"☃☃☃\": syntax error in ☃☃☃ at offset 0"),
             ],
         );
         // The connection is still good after all of that.
@@ -126,10 +97,7 @@ fn bad_request_lines_get_clear_errors_and_the_connection_goes_on() {
         wire.expect_closed();
     }
 
-    assert_eq!(
-        Wire::connect(lb.addr).request("SELECT 2 AS two").text(),
-        "two: 2\n"
-    );
+    assert_eq!(Wire::connect(lb.addr).request("SELECT 2 AS two").text(), "two: 2\n");
     bystander.finish();
 }
 
@@ -246,11 +214,7 @@ fn slow_and_idle_clients_are_cut_off() {
     });
 
     bystander.finish();
-    assert!(
-        lb.log_text().contains("refused: timeout"),
-        "{}",
-        lb.log_text()
-    );
+    assert!(lb.log_text().contains("refused: timeout"), "{}", lb.log_text());
 }
 
 #[test]
@@ -270,10 +234,7 @@ fn a_client_that_stops_reading_does_not_hold_the_server() {
             .contains("client left during the reply; server 1's connection drained and reused")
     });
     // The server is free again: a client connecting now is served.
-    assert_eq!(
-        Wire::connect(lb.addr).request("SELECT 3 AS three").text(),
-        "three: 3\n"
-    );
+    assert_eq!(Wire::connect(lb.addr).request("SELECT 3 AS three").text(), "three: 3\n");
     drop(hog);
     bystander.finish();
 }
@@ -290,10 +251,7 @@ fn more_clients_than_max_clients_get_busy_and_no_thread() {
     let threads = steady_threads(lb.pid());
     let mut turned_away: Vec<Wire> = (0..20).map(|_| Wire::connect(lb.addr)).collect();
     for wire in &mut turned_away {
-        assert_eq!(
-            wire.read_reply().header,
-            "ERR busy too many clients (3); try again later"
-        );
+        assert_eq!(wire.read_reply().header, "ERR busy too many clients (3); try again later");
         wire.expect_closed();
     }
     assert_eq!(
@@ -361,9 +319,7 @@ fn only_allowed_networks_are_served() {
     assert!(log.contains("from 10.0.0.0/8, ::1/128 (--allow)"), "{log}");
     assert!(log.contains("refused 127.0.0.1:"), "{log}");
     assert!(log.contains("not in the --allow list"), "{log}");
-    assert!(open
-        .log_text()
-        .contains("from 10.0.0.0/8, 127.0.0.0/8 (--allow)"));
+    assert!(open.log_text().contains("from 10.0.0.0/8, 127.0.0.0/8 (--allow)"));
 
     // A network that is not one is refused at start, with a hint.
     let out = Command::new(env!("CARGO_BIN_EXE_loadbalancer"))
@@ -376,9 +332,7 @@ fn only_allowed_networks_are_served() {
     assert!(err.contains("did you mean 127.0.0.0/8?"), "{err}");
 
     // On a busy machine all this can take less than the bystander's second request.
-    wait_until(START_TIMEOUT, || {
-        open.log_text().matches("reply sent").count() >= 3
-    });
+    wait_until(START_TIMEOUT, || open.log_text().matches("reply sent").count() >= 3);
     bystander.finish();
 }
 
@@ -392,19 +346,13 @@ fn file_names_that_escape_the_files_folder_are_refused() {
     let link =
         |target: &str, name: &str| std::os::unix::fs::symlink(target, files.join(name)).unwrap();
     link("../secret.txt", "relative-link.txt");
-    link(
-        dir.path.join("secret.txt").to_str().unwrap(),
-        "absolute-link.txt",
-    );
+    link(dir.path.join("secret.txt").to_str().unwrap(), "absolute-link.txt");
     link("..", "up");
     link("/etc", "etc");
     link("/dev/zero", "zero");
     link("nowhere.txt", "dangling.txt");
     link("hello.txt", "inside.txt");
-    let mkfifo = Command::new("mkfifo")
-        .arg(files.join("pipe"))
-        .status()
-        .unwrap();
+    let mkfifo = Command::new("mkfifo").arg(files.join("pipe")).status().unwrap();
     assert!(mkfifo.success());
 
     let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
@@ -455,10 +403,7 @@ fn file_names_that_escape_the_files_folder_are_refused() {
     }
     // A NUL byte never gets as far as the name: the request line itself is refused.
     wire.send_raw(b"file hello.txt\0.png\n");
-    assert_eq!(
-        wire.read_reply().header,
-        "ERR bad_request request contains a NUL byte"
-    );
+    assert_eq!(wire.read_reply().header, "ERR bad_request request contains a NUL byte");
     // A link that stays inside the folder is served.
     let reply = wire.request("file inside.txt");
     assert_eq!(reply.body, TestDir::data_file("hello.txt"));
@@ -516,26 +461,13 @@ fn hostile_sql_is_refused_and_limited() {
         let reply = wire.request(sql);
         assert_eq!(reply.header, *want, "{sql}");
     }
-    assert!(
-        !copy.exists(),
-        "a refused statement wrote {}",
-        copy.display()
-    );
+    assert!(!copy.exists(), "a refused statement wrote {}", copy.display());
 
     // Pragmas that only read are fine, and nothing changed.
     let reply = wire.request("PRAGMA table_info(COLORS)");
-    assert!(
-        reply.text().starts_with("cid: 0\nname: Name\n"),
-        "{reply:?}"
-    );
-    assert_eq!(
-        wire.request("PRAGMA journal_mode").text(),
-        "journal_mode: wal\n"
-    );
-    assert_eq!(
-        wire.request("SELECT count(*) AS n FROM COLORS").text(),
-        before
-    );
+    assert!(reply.text().starts_with("cid: 0\nname: Name\n"), "{reply:?}");
+    assert_eq!(wire.request("PRAGMA journal_mode").text(), "journal_mode: wal\n");
+    assert_eq!(wire.request("SELECT count(*) AS n FROM COLORS").text(), before);
     bystander.finish();
 }
 

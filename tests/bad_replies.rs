@@ -69,10 +69,7 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
     .collect();
     let script = broken_replies.clone();
     let fake = FakeServer::start(9, move |line| {
-        match line
-            .strip_prefix("bad ")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        match line.strip_prefix("bad ").and_then(|i| i.parse::<usize>().ok()) {
             Some(i) if script[i].1 => Act::SendAndClose(script[i].0.clone()),
             Some(i) => Act::Send(script[i].0.clone()),
             None => Act::Answer,
@@ -117,10 +114,7 @@ fn a_server_that_breaks_the_protocol_costs_one_err_unavailable_each_time() {
     fake.wait_for_answers(3);
     bystander.finish();
     let log = broken.log_text();
-    assert!(
-        log.contains("server 9 failed (reply body ended after 10 of its 100 bytes)"),
-        "{log}"
-    );
+    assert!(log.contains("server 9 failed (reply body ended after 10 of its 100 bytes)"), "{log}");
     assert!(log.contains("server 9 failed mid-reply"), "{log}");
     // With --retries 0 there is nothing to retry, and the log does not promise it.
     assert!(!log.contains("retrying"), "{log}");
@@ -228,11 +222,7 @@ fn the_client_refuses_replies_that_lie_and_names_that_escape() {
     assert_eq!(requests[0], "file hello.txt\n");
     assert_eq!(requests[4], "file ../evil.txt\n");
     // Nothing was left behind: no partial download, no temp file, nothing outside.
-    assert!(
-        listing(&dir.downloads()).is_empty(),
-        "{:?}",
-        listing(&dir.downloads())
-    );
+    assert!(listing(&dir.downloads()).is_empty(), "{:?}", listing(&dir.downloads()));
     assert!(!dir.path.join("evil.txt").exists());
 }
 
@@ -247,27 +237,15 @@ fn the_client_keeps_a_file_that_is_already_there() {
     std::os::unix::fs::symlink("../outside.txt", downloads.join("colors.csv")).unwrap();
 
     for (want, file) in [
-        (
-            "File downloads/hello (1).txt received successfully!",
-            "hello.txt",
-        ),
-        (
-            "File downloads/hello (2).txt received successfully!",
-            "hello.txt",
-        ),
-        (
-            "File downloads/colors (1).csv received successfully!",
-            "colors.csv",
-        ),
+        ("File downloads/hello (1).txt received successfully!", "hello.txt"),
+        ("File downloads/hello (2).txt received successfully!", "hello.txt"),
+        ("File downloads/colors (1).csv received successfully!", "colors.csv"),
     ] {
         let (code, out, err) = client(&dir, lb.addr, &["file", file]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains(want), "{out}");
     }
-    assert_eq!(
-        fs::read_to_string(downloads.join("hello.txt")).unwrap(),
-        "mine\n"
-    );
+    assert_eq!(fs::read_to_string(downloads.join("hello.txt")).unwrap(), "mine\n");
     let hello = TestDir::data_file("hello.txt");
     assert_eq!(fs::read(downloads.join("hello (1).txt")).unwrap(), hello);
     assert_eq!(fs::read(downloads.join("hello (2).txt")).unwrap(), hello);
@@ -276,27 +254,13 @@ fn the_client_keeps_a_file_that_is_already_there() {
     for file in ["hello.txt", "colors.csv"] {
         let (code, out, err) = client(&dir, lb.addr, &["--force", "file", file]);
         assert_eq!(code, 0, "{out}{err}");
-        assert_eq!(
-            fs::read(downloads.join(file)).unwrap(),
-            TestDir::data_file(file)
-        );
+        assert_eq!(fs::read(downloads.join(file)).unwrap(), TestDir::data_file(file));
     }
-    assert!(!fs::symlink_metadata(downloads.join("colors.csv"))
-        .unwrap()
-        .is_symlink());
-    assert_eq!(
-        fs::read_to_string(dir.path.join("outside.txt")).unwrap(),
-        "keep\n"
-    );
+    assert!(!fs::symlink_metadata(downloads.join("colors.csv")).unwrap().is_symlink());
+    assert_eq!(fs::read_to_string(dir.path.join("outside.txt")).unwrap(), "keep\n");
     assert_eq!(
         listing(&downloads),
-        [
-            "colors (1).csv",
-            "colors.csv",
-            "hello (1).txt",
-            "hello (2).txt",
-            "hello.txt"
-        ]
+        ["colors (1).csv", "colors.csv", "hello (1).txt", "hello (2).txt", "hello.txt"]
     );
     bystander.finish();
 }
@@ -376,14 +340,8 @@ fn a_request_the_server_hung_up_on_is_retried_and_the_log_says_so() {
     let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
     assert_eq!(reply.text(), "n: 5\n", "{reply:?}");
     let log = lb.log_text();
-    assert!(
-        log.contains("req 1: server 9 failed (connection closed)"),
-        "{log}"
-    );
-    assert!(
-        log.contains("req 1: retrying on another server (attempt 2 of 2)"),
-        "{log}"
-    );
+    assert!(log.contains("req 1: server 9 failed (connection closed)"), "{log}");
+    assert!(log.contains("req 1: retrying on another server (attempt 2 of 2)"), "{log}");
 }
 
 #[test]
@@ -394,10 +352,7 @@ fn with_no_retries_a_request_the_server_hung_up_on_is_sent_once() {
     let dir = TestDir::new(false);
     let lb = balancer_of(&dir, &fake, &["--retries", "0"]);
     let reply = Wire::connect(lb.addr).request("SELECT 5 AS n");
-    assert_eq!(
-        reply.header,
-        "ERR unavailable no server could answer after 1 attempts; try again"
-    );
+    assert_eq!(reply.header, "ERR unavailable no server could answer after 1 attempts; try again");
     assert_eq!(calls.load(SeqCst), 1);
 }
 
@@ -415,13 +370,9 @@ fn a_server_whose_every_connection_holds_junk_costs_the_request_not_forever() {
     // Within the test client's REPLY_TIMEOUT (20 s), or the request went round for ever.
     let mut client = Wire::connect(lb.addr);
     client.send_raw(b"SELECT 5 AS n\n");
-    let reply = client
-        .try_read_reply()
-        .expect("no reply within 20 s: the request went round for ever");
-    assert_eq!(
-        reply.header,
-        "ERR unavailable no server could answer after 2 attempts; try again"
-    );
+    let reply =
+        client.try_read_reply().expect("no reply within 20 s: the request went round for ever");
+    assert_eq!(reply.header, "ERR unavailable no server could answer after 2 attempts; try again");
     // Three out-of-step connections: one more than the two attempts allow.
     let log = lb.log_text();
     assert_eq!(log.matches("server 9 is out of step").count(), 3, "{log}");
@@ -435,16 +386,8 @@ fn a_reply_header_must_come_whole_within_the_server_timeout() {
     // `SELECT 1002 AS n` has a header at once and a body that trickles: that is fine.
     let gap = Duration::from_millis(300);
     let fake = FakeServer::start(9, move |line| match line {
-        "SELECT 1001 AS n" => Act::Trickle {
-            bytes: answer(9, line),
-            at_once: 0,
-            gap,
-        },
-        "SELECT 1002 AS n" => Act::Trickle {
-            bytes: answer(9, line),
-            at_once: 14,
-            gap,
-        },
+        "SELECT 1001 AS n" => Act::Trickle { bytes: answer(9, line), at_once: 0, gap },
+        "SELECT 1002 AS n" => Act::Trickle { bytes: answer(9, line), at_once: 14, gap },
         _ => Act::Answer,
     });
     let dir = TestDir::new(false);
@@ -454,15 +397,10 @@ fn a_reply_header_must_come_whole_within_the_server_timeout() {
     let started = Instant::now();
     let reply = client.request("SELECT 1001 AS n");
     let took = started.elapsed();
-    assert_eq!(
-        reply.header,
-        "ERR unavailable no server could answer after 1 attempts; try again"
-    );
+    assert_eq!(reply.header, "ERR unavailable no server could answer after 1 attempts; try again");
     // One second, and time for a busy machine; the whole header would take 4.2 s.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert!(lb
-        .log_text()
-        .contains("server 9 failed (no whole reply header within 1.0 s"));
+    assert!(lb.log_text().contains("server 9 failed (no whole reply header within 1.0 s"));
     // A body that keeps coming is relayed, however long it takes in all.
     let reply = client.request("SELECT 1002 AS n");
     assert_eq!(reply.text(), "n: 1002\n");
@@ -501,14 +439,8 @@ fn a_reply_broken_off_costs_that_request_and_the_server_is_reprobed_not_marked_d
     // A server that does not answer the re-probe is down.
     fake.stop_listening();
     assert!(Wire::connect(lb.addr).try_request("file cut.bin").is_err());
-    wait_until(START_TIMEOUT, || {
-        lb.log_text()
-            .contains("server 9 is down: the re-probe failed")
-    });
-    assert_eq!(
-        Wire::connect(lb.addr).request("SELECT 1 AS n").code(),
-        Some("unavailable")
-    );
+    wait_until(START_TIMEOUT, || lb.log_text().contains("server 9 is down: the re-probe failed"));
+    assert_eq!(Wire::connect(lb.addr).request("SELECT 1 AS n").code(), Some("unavailable"));
 }
 
 #[test]
@@ -537,10 +469,7 @@ fn a_client_that_reads_slowly_frees_its_server_within_the_request_timeout() {
     wait_until(Duration::from_secs(8), freed);
     let took = started.elapsed();
     println!("a client that reads slowly freed its server after {took:?}");
-    assert!(
-        freed() && took < Duration::from_millis(3500),
-        "took {took:?}"
-    );
+    assert!(freed() && took < Duration::from_millis(3500), "took {took:?}");
     reading.join().unwrap();
     bystander.finish();
 }
@@ -551,10 +480,7 @@ fn a_file_rewritten_while_downloaded_costs_that_download_not_the_server() {
     // 64 MiB: far more than the socket buffers on the way hold, so the server is still
     // sending it when it is rewritten.
     let path = dir.path.join("files/big.bin");
-    fs::File::create(&path)
-        .unwrap()
-        .set_len(64 * 1024 * 1024)
-        .unwrap();
+    fs::File::create(&path).unwrap().set_len(64 * 1024 * 1024).unwrap();
     let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
 
     let mut reader = Wire::connect(lb.addr);

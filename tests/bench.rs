@@ -19,25 +19,11 @@ fn bench(dir: &TestDir, args: &[&str]) -> (i32, Value) {
 #[test]
 fn bench_reports_counts_latencies_and_servers_as_json() {
     let dir = TestDir::new(false);
-    let _servers = [
-        start_server(&dir, 1, 0.0, &[]),
-        start_server(&dir, 2, 0.0, &[]),
-    ];
+    let _servers = [start_server(&dir, 1, 0.0, &[]), start_server(&dir, 2, 0.0, &[])];
     let lb = start_balancer(&dir, 2, &[]);
     let lb_addr = lb.addr.to_string();
-    let (code, r) = bench(
-        &dir,
-        &[
-            "--lb",
-            &lb_addr,
-            "--clients",
-            "4",
-            "--requests",
-            "202",
-            "--mix",
-            "3:1",
-        ],
-    );
+    let (code, r) =
+        bench(&dir, &["--lb", &lb_addr, "--clients", "4", "--requests", "202", "--mix", "3:1"]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["clients"], 4);
     assert_eq!(r["connection"], "persistent");
@@ -46,12 +32,8 @@ fn bench_reports_counts_latencies_and_servers_as_json() {
     assert_eq!(r["error_count"], 0);
     assert_eq!(r["errors"], serde_json::json!({}));
     // An even share per client: 51, 51, 50, 50.
-    let per_client: Vec<u64> = r["per_client"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_u64().unwrap())
-        .collect();
+    let per_client: Vec<u64> =
+        r["per_client"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
     assert_eq!(per_client, vec![51, 51, 50, 50]);
     assert!(r["fairness"].as_f64().unwrap() > 0.99, "{r}");
     // Every reply is counted under the server that sent it, and only ours answered.
@@ -107,26 +89,12 @@ fn bench_duration_mode_and_the_text_report() {
     let dir = TestDir::new(false);
     let server = start_server(&dir, 3, 0.0, &[]);
     let addr = server.addr.to_string();
-    let (code, out, err) = run_client(
-        &dir.path,
-        &[
-            "bench",
-            "--lb",
-            &addr,
-            "--clients",
-            "2",
-            "--duration",
-            "0.3",
-        ],
-        "",
-    );
+    let (code, out, err) =
+        run_client(&dir.path, &["bench", "--lb", &addr, "--clients", "2", "--duration", "0.3"], "");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("2 clients, persistent connections"), "{out}");
     // The run lasts the asked 0.3 s: not cut short, and stopped soon after.
-    let (code, r) = bench(
-        &dir,
-        &["--lb", &addr, "--clients", "2", "--duration", "0.3"],
-    );
+    let (code, r) = bench(&dir, &["--lb", &addr, "--clients", "2", "--duration", "0.3"]);
     assert_eq!(code, 0, "{r}");
     let elapsed = r["elapsed_s"].as_f64().unwrap();
     assert!((0.3..2.0).contains(&elapsed), "elapsed {elapsed} s: {r}");

@@ -26,17 +26,12 @@ fn a_draining_server_is_logged_once_when_it_starts_and_once_when_it_has_left() {
     let in_flight = std::thread::spawn(move || Wire::connect(addr).request("SELECT 1 AS n"));
     // The timeline's bar in progress: which request, since when. Set when the server is
     // chosen, a moment after it is counted busy.
-    wait_until(PATIENCE, || {
-        status(&lb)["servers"][0]["current"]["request"] == 1
-    });
+    wait_until(PATIENCE, || status(&lb)["servers"][0]["current"]["request"] == 1);
     let s = status(&lb);
     let current = &s["servers"][0]["current"];
     assert_eq!(current["request"], 1, "{s}");
     let taken = current["taken"].as_f64().unwrap();
-    assert!(
-        taken > 0.0 && taken <= s["uptime_seconds"].as_f64().unwrap(),
-        "{s}"
-    );
+    assert!(taken > 0.0 && taken <= s["uptime_seconds"].as_f64().unwrap(), "{s}");
     // The server leaves the list while its request is in flight.
     std::fs::write(dir.servers_file(), "[]\n").unwrap();
     wait_until(PATIENCE, || lb.log_text().contains("server 2 removed"));
@@ -98,25 +93,13 @@ fn a_balancer_started_from_the_wrong_folder_says_so() {
     // A missing file in a folder that exists: servers that start create it, so it runs.
     let lb = spawn(
         bin,
-        &[
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--servers-file",
-            "new.json",
-        ]
-        .map(String::from),
+        &["--port", "0", "--admin-port", "0", "--servers-file", "new.json"].map(String::from),
         dir.path.join("lb.log"),
         &dir.path,
         2,
     );
-    wait_until(PATIENCE, || {
-        lb.log_text().contains("new.json does not exist")
-    });
-    assert!(lb
-        .log_text()
-        .contains("run from the project folder, or pass --servers-file"));
+    wait_until(PATIENCE, || lb.log_text().contains("new.json does not exist"));
+    assert!(lb.log_text().contains("run from the project folder, or pass --servers-file"));
 }
 
 #[test]
@@ -124,15 +107,7 @@ fn client_bench_says_what_is_wrong_and_exits_2_when_it_could_not_run() {
     let dir = TestDir::new(false);
     // No balancer: nothing was measured, so no report of zeros, and the "could not run" code.
     for json in [false, true] {
-        let mut args = vec![
-            "bench",
-            "--lb",
-            "127.0.0.1:1",
-            "--clients",
-            "3",
-            "--requests",
-            "3",
-        ];
+        let mut args = vec!["bench", "--lb", "127.0.0.1:1", "--clients", "3", "--requests", "3"];
         if json {
             args.push("--json");
         }
@@ -148,10 +123,7 @@ fn client_bench_says_what_is_wrong_and_exits_2_when_it_could_not_run() {
     // With no arguments it names both ways to say how long to run.
     let (code, _, err) = run_client(&dir.path, &["bench"], "");
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("--requests") && err.contains("--duration"),
-        "{err}"
-    );
+    assert!(err.contains("--requests") && err.contains("--duration"), "{err}");
     // One default shown for --mix.
     let (_, help, _) = run_client(&dir.path, &["bench", "--help"], "");
     let mix = help.lines().find(|l| l.contains("--mix")).unwrap();
@@ -163,10 +135,7 @@ fn a_typo_in_lb_is_named_as_a_typo() {
     let dir = TestDir::new(false);
     let (code, out, err) = run_client(&dir.path, &["1", "--lb", "nonsense", "SELECT 1"], "");
     assert_eq!(code, 2, "{out}{err}");
-    assert!(
-        err.contains("--lb nonsense: not a host:port address"),
-        "{err}"
-    );
+    assert!(err.contains("--lb nonsense: not a host:port address"), "{err}");
     assert!(!err.contains("is it running"), "{err}");
     // A balancer that is down is still called that.
     let (code, _, err) = run_client(&dir.path, &["1", "--lb", "127.0.0.1:1", "SELECT 1"], "");

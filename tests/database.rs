@@ -51,10 +51,7 @@ fn writer(
             let reply = wire.request(&format!(
                 "INSERT INTO COLORS (Name, HEX, RGB) VALUES ('{name}', '#000000', 'rgb(0,0,0)')"
             ));
-            assert!(
-                reply.is_ok() && reply.header.contains(" changes=1"),
-                "{name}: {reply:?}"
-            );
+            assert!(reply.is_ok() && reply.header.contains(" changes=1"), "{name}: {reply:?}");
             written.push(name);
             done.fetch_add(1, Ordering::SeqCst);
         }
@@ -68,12 +65,7 @@ fn written_rows(addr: std::net::SocketAddr) -> Vec<String> {
         "SELECT Name FROM COLORS WHERE Name LIKE 'written-%' OR Name = 'bad' ORDER BY rowid",
     );
     assert!(reply.is_ok(), "{reply:?}");
-    reply
-        .text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("Name: "))
-        .map(String::from)
-        .collect()
+    reply.text().lines().filter_map(|l| l.strip_prefix("Name: ")).map(String::from).collect()
 }
 
 #[test]
@@ -110,9 +102,7 @@ fn transaction_control_is_refused_and_every_ok_write_survives_a_restart() {
 
     // Writes went on throughout, and go on after.
     let after = done.load(Ordering::SeqCst) + 10;
-    wait_until(START_TIMEOUT, || {
-        writes.is_finished() || done.load(Ordering::SeqCst) >= after
-    });
+    wait_until(START_TIMEOUT, || writes.is_finished() || done.load(Ordering::SeqCst) >= after);
     stop.store(true, Ordering::SeqCst);
     let mut written = writes.join().expect("a write was not answered OK");
     bystander.finish();
@@ -165,9 +155,7 @@ fn temp_objects_and_session_pragmas_do_not_reach_the_next_client() {
         for table in ["t", "v"] {
             let reply = next.request(&format!("SELECT * FROM {table}"));
             assert!(
-                reply
-                    .header
-                    .starts_with(&format!("ERR sql no such table: {table}")),
+                reply.header.starts_with(&format!("ERR sql no such table: {table}")),
                 "{reply:?}"
             );
         }

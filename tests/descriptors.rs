@@ -31,27 +31,13 @@ fn a_balancer_short_of_descriptors_answers_every_client_and_recovers() {
 
     // It recovers by itself: new clients are served, and the admin listener still answers.
     wait_until(Duration::from_secs(30), || {
-        Wire::connect(lb.addr)
-            .try_request("SELECT 2 AS two")
-            .is_ok_and(|r| r.text() == "two: 2\n")
+        Wire::connect(lb.addr).try_request("SELECT 2 AS two").is_ok_and(|r| r.text() == "two: 2\n")
     });
-    let status = try_http(
-        lb.admin(),
-        "GET",
-        "/status",
-        None,
-        "",
-        Duration::from_secs(10),
-    );
+    let status = try_http(lb.admin(), "GET", "/status", None, "", Duration::from_secs(10));
     assert_eq!(status.as_ref().map(|s| s.0).ok(), Some(200), "{status:?}");
     bystander.finish();
     // And it said why it serves fewer clients than asked.
-    assert!(
-        lb.log_text()
-            .contains("--max-clients lowered from 10000 to 32"),
-        "{}",
-        lb.log_text()
-    );
+    assert!(lb.log_text().contains("--max-clients lowered from 10000 to 32"), "{}", lb.log_text());
 }
 
 #[test]
@@ -62,13 +48,10 @@ fn when_descriptors_run_out_anyway_clients_are_told_busy_and_the_admin_listener_
     let lb = starved_balancer(&dir, 40, 1, &["--request-timeout", "3"]);
     let bystander = Bystander::start(lb.addr);
     let admin = lb.admin();
-    let peers: Vec<hostile::StalledHttp> = (0..32)
-        .map(|_| hostile::StalledHttp::open(admin, "GET /status HTTP/1.1\r\n"))
-        .collect();
+    let peers: Vec<hostile::StalledHttp> =
+        (0..32).map(|_| hostile::StalledHttp::open(admin, "GET /status HTTP/1.1\r\n")).collect();
     // Every descriptor is taken: the admin listener could not accept them all.
-    wait_until(Duration::from_secs(30), || {
-        lb.log_text().contains("Too many open files")
-    });
+    wait_until(Duration::from_secs(30), || lb.log_text().contains("Too many open files"));
 
     // Each is told, through a descriptor that frees up, or through the spare one the accept
     // loop keeps for this. None hangs.
@@ -89,8 +72,6 @@ fn when_descriptors_run_out_anyway_clients_are_told_busy_and_the_admin_listener_
     });
     bystander.finish();
     wait_until(Duration::from_secs(30), || {
-        Wire::connect(lb.addr)
-            .try_request("SELECT 2 AS two")
-            .is_ok_and(|r| r.text() == "two: 2\n")
+        Wire::connect(lb.addr).try_request("SELECT 2 AS two").is_ok_and(|r| r.text() == "two: 2\n")
     });
 }

@@ -20,12 +20,9 @@ fn stalling_server() -> (SocketAddr, JoinHandle<()>) {
     let addr = listener.local_addr().unwrap();
     let thread = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut request = String::new();
-        BufReader::new(conn.try_clone().unwrap())
-            .read_line(&mut request)
-            .unwrap();
+        BufReader::new(conn.try_clone().unwrap()).read_line(&mut request).unwrap();
         assert_eq!(request, "file big.bin\n");
         conn.write_all(b"OK 100000000 server=9\n").unwrap();
         conn.write_all(&[7u8; 64 * 1024]).unwrap();
@@ -52,13 +49,7 @@ fn a_client_stopped_mid_download_removes_its_temp_file() {
         let dir = TestDir::new(false);
         let (addr, server) = stalling_server();
         let mut client = Command::new(env!("CARGO_BIN_EXE_client"))
-            .args([
-                "1",
-                "--lb",
-                &addr.to_string(),
-                "--download-dir",
-                "downloads",
-            ])
+            .args(["1", "--lb", &addr.to_string(), "--download-dir", "downloads"])
             .args(["file", "big.bin"])
             .current_dir(&dir.path)
             .stdin(Stdio::null())
@@ -66,13 +57,9 @@ fn a_client_stopped_mid_download_removes_its_temp_file() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let part = dir
-            .downloads()
-            .join(format!(".big.bin.part.{}", client.id()));
+        let part = dir.downloads().join(format!(".big.bin.part.{}", client.id()));
         // Mid-download: the temp file holds part of the body.
-        wait_until(START_TIMEOUT, || {
-            fs::metadata(&part).is_ok_and(|m| m.len() == 64 * 1024)
-        });
+        wait_until(START_TIMEOUT, || fs::metadata(&part).is_ok_and(|m| m.len() == 64 * 1024));
         signal(client.id(), signal_name);
         let mut status = None;
         wait_until(Duration::from_secs(30), || {
@@ -80,11 +67,7 @@ fn a_client_stopped_mid_download_removes_its_temp_file() {
             status.is_some()
         });
         let status = status.expect("the client exited");
-        assert_eq!(
-            part_files(&dir.downloads()),
-            Vec::<String>::new(),
-            "SIG{signal_name}"
-        );
+        assert_eq!(part_files(&dir.downloads()), Vec::<String>::new(), "SIG{signal_name}");
         assert_eq!(status.code(), Some(130), "SIG{signal_name}");
         server.join().unwrap();
     }
@@ -113,15 +96,7 @@ fn a_download_removes_the_temp_files_of_dead_clients_only() {
     for addr in [lb.addr, server.addr] {
         let (code, out, err) = run_client(
             &dir.path,
-            &[
-                "1",
-                "--lb",
-                &addr.to_string(),
-                "--download-dir",
-                "downloads",
-                "file",
-                "hello.txt",
-            ],
+            &["1", "--lb", &addr.to_string(), "--download-dir", "downloads", "file", "hello.txt"],
             "",
         );
         assert_eq!(code, 0, "{out}{err}");
@@ -135,9 +110,6 @@ fn a_download_removes_the_temp_files_of_dead_clients_only() {
             "notes.part.1".to_string(),
         ]
     );
-    assert_eq!(
-        fs::read(downloads.join("hello.txt")).unwrap(),
-        TestDir::data_file("hello.txt")
-    );
+    assert_eq!(fs::read(downloads.join("hello.txt")).unwrap(), TestDir::data_file("hello.txt"));
     bystander.finish();
 }

@@ -103,10 +103,7 @@ fn a_hung_server_is_detected_and_its_clients_answered() {
     );
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     // --server-timeout 1: found out after about a second, not the default 30 s.
-    assert!(
-        detected < Duration::from_secs(5),
-        "detected after {detected:?}"
-    );
+    assert!(detected < Duration::from_secs(5), "detected after {detected:?}");
 }
 
 #[test]
@@ -133,10 +130,7 @@ fn a_client_that_drops_mid_download_leaves_the_server_connection_clean() {
         } else if i % 2 == 0 {
             assert_eq!(wire.request("file hello.txt").body, hello, "request {i}");
         } else {
-            assert_eq!(
-                wire.request(&format!("SELECT {i} AS n")).text(),
-                format!("n: {i}\n")
-            );
+            assert_eq!(wire.request(&format!("SELECT {i} AS n")).text(), format!("n: {i}\n"));
         }
     }
     wait_for_log(&lb, "client left during the reply", 1);
@@ -152,10 +146,7 @@ fn joining_over_the_network_needs_the_right_token() {
     let lb = start_balancer(&dir, 0, &["--token-file", "token"]);
     let admin = lb.admin().to_string();
     let body = r#"{"id": 9, "host": "127.0.0.1", "port": 1, "processing_time": 0.1}"#;
-    assert_eq!(
-        http(lb.admin(), "POST", "/servers", Some("guess"), body).0,
-        401
-    );
+    assert_eq!(http(lb.admin(), "POST", "/servers", Some("guess"), body).0, 401);
     assert_eq!(http(lb.admin(), "POST", "/servers", None, body).0, 401);
 
     // A server with the wrong token is refused and says why.
@@ -182,30 +173,17 @@ fn a_server_joined_from_another_loopback_address_is_used_and_leaves_cleanly() {
         &dir,
         7,
         0.0,
-        &[
-            "--host",
-            "127.0.0.2",
-            "--join",
-            &admin,
-            "--token-file",
-            "token",
-        ],
+        &["--host", "127.0.0.2", "--join", &admin, "--token-file", "token"],
     );
     assert_eq!(joined.addr.ip().to_string(), "127.0.0.2");
     wait_for_log(&lb, "Connected to server 7", 1);
     let reply = Wire::connect(lb.addr).request("SELECT 42 AS answer");
-    assert_eq!(
-        (reply.server(), reply.text()),
-        (Some(7), "answer: 42\n".into())
-    );
+    assert_eq!((reply.server(), reply.text()), (Some(7), "answer: 42\n".into()));
     // Joined servers do not write the servers file.
     assert_eq!(fs::read_to_string(dir.servers_file()).unwrap().trim(), "[]");
     // The same id, or the same address, cannot join twice.
     let again = r#"{"id": 7, "host": "127.0.0.3", "port": 9, "processing_time": 0}"#;
-    assert_eq!(
-        http(lb.admin(), "POST", "/servers", Some("s3cret"), again).0,
-        409
-    );
+    assert_eq!(http(lb.admin(), "POST", "/servers", Some("s3cret"), again).0, 409);
 
     assert_eq!(joined.interrupt(PATIENCE), Some(0));
     wait_for_log(&lb, "server 7 at 127.0.0.2", 2);
@@ -250,10 +228,7 @@ fn ctrl_c_on_the_balancer_answers_every_request_in_flight() {
         let reply = c.join().unwrap().expect("a reply");
         assert_eq!(reply.text(), format!("n: {i}\n"));
     }
-    assert!(
-        TcpStream::connect(lb.addr).is_err(),
-        "still accepting after Ctrl-C"
-    );
+    assert!(TcpStream::connect(lb.addr).is_err(), "still accepting after Ctrl-C");
 }
 
 #[test]

@@ -19,11 +19,7 @@ fn a_read_waiting_on_a_dead_server_is_answered_by_another_within_seconds() {
     let dead = FakeServer::start(1, move |line| match line {
         "SELECT 7 AS hang" => {
             took.store(true, Ordering::SeqCst);
-            Act::Trickle {
-                bytes: answer(1, line),
-                at_once: 0,
-                gap: Duration::from_secs(60),
-            }
+            Act::Trickle { bytes: answer(1, line), at_once: 0, gap: Duration::from_secs(60) }
         }
         _ => Act::Answer,
     });
@@ -43,10 +39,7 @@ fn a_read_waiting_on_a_dead_server_is_answered_by_another_within_seconds() {
 
     let reply = client.read_reply();
     let waited = sent.elapsed();
-    assert_eq!(
-        (reply.server(), reply.text()),
-        (Some(2), "hang: 7\n".into())
-    );
+    assert_eq!((reply.server(), reply.text()), (Some(2), "hang: 7\n".into()));
     // Three checks a second apart, and time for a busy machine.
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
     eprintln!("the read waiting on the dead server was answered by server 2 after {waited:.1?}");
@@ -56,8 +49,7 @@ fn a_read_waiting_on_a_dead_server_is_answered_by_another_within_seconds() {
     wait_until(START_TIMEOUT, || lb.log_text().contains(released));
     let log = lb.log_text();
     assert_eq!(
-        log.matches("server 1 is down: 3 health checks in a row failed")
-            .count(),
+        log.matches("server 1 is down: 3 health checks in a row failed").count(),
         1,
         "{log}"
     );
@@ -83,9 +75,7 @@ fn a_server_logs_no_line_for_a_health_check() {
     // The server handles connections in order of arrival, each on its thread: once the
     // client's close is logged, the checks' closes have been seen too (or soon are).
     wait_until(START_TIMEOUT, || {
-        server
-            .log_text()
-            .contains(&format!("connection with {peer} closed"))
+        server.log_text().contains(&format!("connection with {peer} closed"))
     });
     let log = server.log_text();
     assert!(log.contains(&format!("Connected with {peer}")), "{log}");

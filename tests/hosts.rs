@@ -23,11 +23,7 @@ struct Read {
 
 /// Runs `command` and waits for it at most `timeout`, killing it then.
 fn output_within(mut command: Command, timeout: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -119,9 +115,7 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
     };
     let _server1 = start(1, "server1");
     let _server2 = start(2, "server2");
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("Connected to server").count() >= 2
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().matches("Connected to server").count() >= 2);
 
     // A server with the wrong token is refused.
     let args = server(3, "client", "wrong-token");
@@ -133,15 +127,11 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
     assert!(!out.status.success() && said.contains("HTTP 401"), "{said}");
     let refusal = format!("refused a join request from {}", net.host("client").ip);
     assert!(lb.log_text().contains(&refusal), "{}", lb.log_text());
-    eprintln!(
-        "server 3 with a wrong token: {}",
-        said.trim().lines().last().unwrap_or("")
-    );
+    eprintln!("server 3 with a wrong token: {}", said.trim().lines().last().unwrap_or(""));
 
     // The client's host reaches both servers through the balancer.
-    let mut wires: Vec<Wire> = net.on("client", || {
-        (0..2).map(|_| Wire::connect(lb.addr)).collect()
-    });
+    let mut wires: Vec<Wire> =
+        net.on("client", || (0..2).map(|_| Wire::connect(lb.addr)).collect());
     let mut answered = BTreeSet::new();
     for _ in 0..20 {
         let replies = side_by_side(&mut wires, "SELECT 1 AS n");
@@ -150,20 +140,11 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
             break;
         }
     }
-    assert_eq!(
-        answered,
-        BTreeSet::from([1, 2]),
-        "not answered by both servers"
-    );
+    assert_eq!(answered, BTreeSet::from([1, 2]), "not answered by both servers");
     let real_client = net.command(
         "client",
         env!("CARGO_BIN_EXE_client"),
-        &[
-            "1",
-            "--lb",
-            &lb.addr.to_string(),
-            "SELECT * FROM COLORS LIMIT 1",
-        ],
+        &["1", "--lb", &lb.addr.to_string(), "SELECT * FROM COLORS LIMIT 1"],
     );
     let out = output_within(real_client, START_TIMEOUT);
     let shown = String::from_utf8_lossy(&out.stdout);
@@ -180,10 +161,8 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
     let writer = wrote.server().unwrap();
     let mut read_by = None;
     for _ in 0..20 {
-        for reply in side_by_side(
-            &mut wires,
-            r#"SELECT "HEX" FROM COLORS WHERE "Name" = 'Hosts'"#,
-        ) {
+        for reply in side_by_side(&mut wires, r#"SELECT "HEX" FROM COLORS WHERE "Name" = 'Hosts'"#)
+        {
             assert_eq!(reply.text(), "HEX: #123456\n", "{reply:?}");
             read_by = read_by.or(reply.server().filter(|s| *s != writer));
         }
@@ -244,19 +223,13 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
     }
 
     let reads = reads.lock().unwrap();
-    let failed: Vec<&String> = reads
-        .iter()
-        .filter_map(|r| r.answer.as_ref().err())
-        .collect();
+    let failed: Vec<&String> = reads.iter().filter_map(|r| r.answer.as_ref().err()).collect();
     assert!(failed.is_empty(), "failed reads: {failed:?}");
-    let during: Vec<&Read> = reads
-        .iter()
-        .filter(|r| r.sent < after && r.sent + r.took > cut)
-        .collect();
+    let during: Vec<&Read> =
+        reads.iter().filter(|r| r.sent < after && r.sent + r.took > cut).collect();
     let longest = during.iter().map(|r| r.took).max().unwrap_or_default();
-    let late = (reads.iter())
-        .filter(|r| r.sent > after && r.sent < restored)
-        .all(|r| r.answer == Ok(1));
+    let late =
+        (reads.iter()).filter(|r| r.sent > after && r.sent < restored).all(|r| r.answer == Ok(1));
     assert!(late, "server 2 answered while its link was cut");
     let by = (during.iter().max_by_key(|r| r.took)).and_then(|r| r.answer.clone().ok());
     eprintln!(
@@ -267,8 +240,5 @@ fn servers_on_other_hosts_share_the_data_and_a_cut_link_costs_no_read() {
         reads.len()
     );
     // Three checks a second apart, and time for a busy machine; without checks, 30 s.
-    assert!(
-        longest < Duration::from_secs(10),
-        "a read waited {longest:?}"
-    );
+    assert!(longest < Duration::from_secs(10), "a read waited {longest:?}");
 }

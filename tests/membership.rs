@@ -81,10 +81,7 @@ fn a_long_servers_file_is_cut_at_max_servers_and_tried_by_a_few_threads() {
     // Every server kept (server 1 and the first 99 dead ones) is tried; none of the others.
     wait_for_log(&lb, "cannot reach server", 99);
     let log = lb.log_text();
-    assert!(
-        log.contains("cannot reach server 100 at 127.0.2.101:9"),
-        "{log}"
-    );
+    assert!(log.contains("cannot reach server 100 at 127.0.2.101:9"), "{log}");
     assert!(!log.contains("cannot reach server 101 "), "{log}");
     let threads = thread_count(lb.pid());
     println!("balancer threads with 301 servers listed, 99 of them dead: {threads}");
@@ -92,10 +89,7 @@ fn a_long_servers_file_is_cut_at_max_servers_and_tried_by_a_few_threads() {
     // The live server serves on while the dead ones are retried.
     let mut wire = Wire::connect(lb.addr);
     for i in 0..100 {
-        assert_eq!(
-            wire.request(&format!("SELECT {i} AS n")).text(),
-            format!("n: {i}\n")
-        );
+        assert_eq!(wire.request(&format!("SELECT {i} AS n")).text(), format!("n: {i}\n"));
     }
     bystander.finish();
 }
@@ -105,20 +99,15 @@ fn joins_beyond_max_servers_are_refused_and_cost_no_thread() {
     let dir = TestDir::new(false);
     let (_server, lb, bystander) = watched_cluster(&dir, &[], &[]);
     // Server 1, in the file, is one of the 100 allowed.
-    let codes: Vec<u16> = (2..=150)
-        .map(|id| http(lb.admin(), "POST", "/servers", None, &dead_entry(id)).0)
-        .collect();
+    let codes: Vec<u16> =
+        (2..=150).map(|id| http(lb.admin(), "POST", "/servers", None, &dead_entry(id)).0).collect();
     assert!(codes[..99].iter().all(|&c| c == 201), "{codes:?}");
     assert!(codes[99..].iter().all(|&c| c == 503), "{codes:?}");
     let (code, body) = http(lb.admin(), "POST", "/servers", None, &dead_entry(151));
     assert_eq!(code, 503);
     assert!(body.contains("the pool is full: 100 servers"), "{body}");
     assert!(body.contains("--max-servers"), "{body}");
-    wait_for_log(
-        &lb,
-        "refused to join server 151 at 127.0.2.152:9: the pool is full",
-        1,
-    );
+    wait_for_log(&lb, "refused to join server 151 at 127.0.2.152:9: the pool is full", 1);
     wait_for_log(&lb, "cannot reach server", 99);
     let threads = thread_count(lb.pid());
     println!("balancer threads with 99 dead servers joined: {threads}");
@@ -141,10 +130,7 @@ fn a_second_server_with_a_running_id_is_refused_and_takes_over_once_that_one_is_
     let recorded = |id: u32| -> Vec<u16> {
         let list: Vec<serde_json::Value> =
             serde_json::from_str(&fs::read_to_string(dir.servers_file()).unwrap()).unwrap();
-        list.iter()
-            .filter(|e| e["id"] == id)
-            .map(|e| e["port"].as_u64().unwrap() as u16)
-            .collect()
+        list.iter().filter(|e| e["id"] == id).map(|e| e["port"].as_u64().unwrap() as u16).collect()
     };
 
     let mut second = Started(
@@ -160,13 +146,7 @@ fn a_second_server_with_a_running_id_is_refused_and_takes_over_once_that_one_is_
     wait_until(PATIENCE, || second.0.try_wait().unwrap().is_some());
     assert!(!second.0.wait().unwrap().success());
     let mut err = String::new();
-    second
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    second.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let want = format!(
         "server 1 is already running at 127.0.0.1:{}: stop it first, or start this one with another id",
         first.addr.port()
@@ -180,15 +160,8 @@ fn a_second_server_with_a_running_id_is_refused_and_takes_over_once_that_one_is_
     let replacement = start_server(&dir, 1, 0.0, &[]);
     assert_eq!(recorded(1), [replacement.addr.port()]);
     let log = fs::read_to_string(dir.path.join("server-1.log")).unwrap();
-    assert!(
-        log.contains("where nothing answers now: taking its place"),
-        "{log}"
-    );
-    wait_for_log(
-        &lb,
-        &format!("Connected to server 1 at {}", replacement.addr),
-        1,
-    );
+    assert!(log.contains("where nothing answers now: taking its place"), "{log}");
+    wait_for_log(&lb, &format!("Connected to server 1 at {}", replacement.addr), 1);
     bystander.finish();
 }
 
@@ -203,9 +176,7 @@ fn a_join_of_an_address_already_listed_under_another_spelling_gets_409() {
         let (code, answer) = http(lb.admin(), "POST", "/servers", None, &body);
         assert_eq!(code, 409, "{host}: {answer}");
         assert!(
-            answer.contains(&format!(
-                "server 1 at 127.0.0.1:{port} is already in the pool"
-            )),
+            answer.contains(&format!("server 1 at 127.0.0.1:{port} is already in the pool")),
             "{answer}"
         );
     }
@@ -222,10 +193,7 @@ fn numbers_out_of_range_are_refused_where_they_enter() {
         format!(r#"{{"id": {id}, "host": {host}, "port": {port}, "processing_time": {secs}}}"#)
     };
     for (body, field) in [
-        (
-            entry("9", r#""127.0.0.9""#, "9", "1.8e19"),
-            "processing_time",
-        ),
+        (entry("9", r#""127.0.0.9""#, "9", "1.8e19"), "processing_time"),
         (entry("9", r#""127.0.0.9""#, "9", "-1"), "processing_time"),
         (entry("9", r#""127.0.0.9""#, "0", "0"), "port"),
         (entry("9", r#""127.0.0.9""#, "70000", "0"), "u16"),
@@ -247,17 +215,10 @@ fn numbers_out_of_range_are_refused_where_they_enter() {
         + &entry("9", r#""127.0.0.9""#, "9", "1.8e19")
         + "]";
     fs::write(dir.servers_file(), bad).unwrap();
-    wait_for_log(
-        &lb,
-        "processing_time must be a number of seconds from 0 to 86400",
-        1,
-    );
+    wait_for_log(&lb, "processing_time must be a number of seconds from 0 to 86400", 1);
     let mut wire = Wire::connect(lb.addr);
     for i in 0..10 {
-        assert_eq!(
-            wire.request(&format!("SELECT {i} AS n")).text(),
-            format!("n: {i}\n")
-        );
+        assert_eq!(wire.request(&format!("SELECT {i} AS n")).text(), format!("n: {i}\n"));
     }
     fs::write(dir.servers_file(), good).unwrap();
     assert!(!lb.log_text().contains("panicked"), "{}", lb.log_text());

@@ -28,12 +28,8 @@ fn parse_metrics(text: &str) -> (HashMap<String, f64>, HashMap<String, String>) 
         } else if line.starts_with("# HELP ") {
             continue;
         } else {
-            let (key, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {line:?}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
             let family = key.split('{').next().unwrap();
             let base = family
                 .trim_end_matches("_bucket")
@@ -43,10 +39,7 @@ fn parse_metrics(text: &str) -> (HashMap<String, f64>, HashMap<String, String>) 
                 types.contains_key(family) || types.contains_key(base),
                 "{family} has no # TYPE line"
             );
-            assert!(
-                samples.insert(key.to_string(), value).is_none(),
-                "duplicate {key}"
-            );
+            assert!(samples.insert(key.to_string(), value).is_none(), "duplicate {key}");
         }
     }
     (samples, types)
@@ -76,10 +69,7 @@ fn status_and_metrics_follow_the_load() {
         assert_eq!(server["processing_time"].as_f64().unwrap(), declared);
         assert!(server["requests"].as_u64().unwrap() > 0, "{server}");
         assert!(server["bytes"].as_u64().unwrap() > 0, "{server}");
-        assert!(
-            server["measured_time"].as_f64().unwrap() >= declared * 0.9,
-            "{server}"
-        );
+        assert!(server["measured_time"].as_f64().unwrap() >= declared * 0.9, "{server}");
         // The latency a client saw includes the server's own time.
         let latency = server["latency"].as_f64().unwrap();
         assert!(latency >= declared * 0.9 && latency < 1.0, "{server}");
@@ -87,10 +77,7 @@ fn status_and_metrics_follow_the_load() {
     let decisions = s["decisions"].as_array().unwrap();
     assert!(!decisions.is_empty());
     let text = decisions.last().unwrap()["text"].as_str().unwrap();
-    assert!(
-        text.starts_with("req ") && text.contains(" -> server "),
-        "{text}"
-    );
+    assert!(text.starts_with("req ") && text.contains(" -> server "), "{text}");
     assert!(text.contains("by power"), "{text}");
 
     // Counters keep rising under load.
@@ -116,16 +103,10 @@ fn status_and_metrics_follow_the_load() {
     assert_eq!(types["minilb_server_requests_total"], "counter");
     assert_eq!(types["minilb_request_duration_seconds"], "histogram");
     assert_eq!(samples["minilb_server_up{server=\"1\"}"], 1.0);
-    assert_eq!(
-        samples["minilb_server_declared_seconds{server=\"2\"}"],
-        0.02
-    );
+    assert_eq!(samples["minilb_server_declared_seconds{server=\"2\"}"], 0.02);
     let count = samples["minilb_request_duration_seconds_count"];
     assert!(count > 0.0);
-    assert_eq!(
-        samples["minilb_request_duration_seconds_bucket{le=\"+Inf\"}"],
-        count
-    );
+    assert_eq!(samples["minilb_request_duration_seconds_bucket{le=\"+Inf\"}"], count);
     assert!(samples["minilb_request_duration_seconds_sum"] > 0.0);
     // Buckets never decrease.
     let mut buckets: Vec<(f64, f64)> = samples
@@ -153,21 +134,11 @@ fn a_server_that_left_shows_as_down_and_the_queue_is_visible() {
             std::thread::spawn(move || Wire::connect(addr).request(&format!("SELECT {i} AS n")))
         })
         .collect();
-    wait_until(PATIENCE, || {
-        status(&lb)["queue"]["length"].as_u64() == Some(2)
-    });
+    wait_until(PATIENCE, || status(&lb)["queue"]["length"].as_u64() == Some(2));
     // The second in line waits up to two processing times; the status page sees it growing.
-    wait_until(PATIENCE, || {
-        status(&lb)["queue"]["longest_wait_seconds"]
-            .as_f64()
-            .unwrap()
-            >= 0.1
-    });
+    wait_until(PATIENCE, || status(&lb)["queue"]["longest_wait_seconds"].as_f64().unwrap() >= 0.1);
     let s = status(&lb);
-    assert!(
-        s["queue"]["longest_wait_seconds"].as_f64().unwrap() < 5.0,
-        "{s}"
-    );
+    assert!(s["queue"]["longest_wait_seconds"].as_f64().unwrap() < 5.0, "{s}");
     assert_eq!(s["servers"][0]["in_flight"], 1, "{s}");
     for c in clients {
         assert!(c.join().unwrap().is_ok());
@@ -218,9 +189,7 @@ fn a_server_whose_declaration_is_wrong_is_flagged_and_measured_ranks_it_right() 
     assert_eq!(first.server(), Some(1));
     let mut by_server = HashMap::new();
     for _ in 0..20 {
-        *by_server
-            .entry(wire.request("SELECT 1 AS one").server().unwrap())
-            .or_insert(0) += 1;
+        *by_server.entry(wire.request("SELECT 1 AS one").server().unwrap()).or_insert(0) += 1;
     }
     assert_eq!(by_server.get(&2), Some(&20), "{by_server:?}");
     let s = status(&lb);
@@ -259,27 +228,16 @@ fn the_timeline_shows_each_request_on_its_server_with_its_wait() {
     let mut waited = 0;
     for (server, declared) in [(1, 0.02), (2, 0.05)] {
         let mut mine: Vec<_> = spans.iter().filter(|r| r["server"] == server).collect();
-        mine.sort_by(|a, b| {
-            a["taken"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["taken"].as_f64().unwrap())
-        });
+        mine.sort_by(|a, b| a["taken"].as_f64().unwrap().total_cmp(&b["taken"].as_f64().unwrap()));
         assert!(!mine.is_empty(), "server {server} has no bar: {spans:?}");
         let mut previous_end = 0.0;
         for r in mine {
             let time = |k: &str| r[k].as_f64().unwrap();
             let (arrived, taken, ended) = (time("arrived"), time("taken"), time("ended"));
             assert!(arrived <= taken && taken <= ended, "{r}");
-            assert!(
-                ended - taken >= declared - 0.002,
-                "a bar as long as the work: {r}"
-            );
+            assert!(ended - taken >= declared - 0.002, "a bar as long as the work: {r}");
             // One request at a time per server: its bars never overlap.
-            assert!(
-                taken >= previous_end - 0.002,
-                "overlapping bars on server {server}: {r}"
-            );
+            assert!(taken >= previous_end - 0.002, "overlapping bars on server {server}: {r}");
             previous_end = ended;
             if taken - arrived > 0.005 {
                 waited += 1;
@@ -291,18 +249,11 @@ fn the_timeline_shows_each_request_on_its_server_with_its_wait() {
     }
     assert!(waited > 0, "no request waited in line: {spans:?}");
     let failed: Vec<_> = spans.iter().filter(|r| r["ok"] == false).collect();
-    assert_eq!(
-        failed.len(),
-        1,
-        "only the typo's bar shows a failed reply: {failed:?}"
-    );
+    assert_eq!(failed.len(), 1, "only the typo's bar shows a failed reply: {failed:?}");
 
     // The typo is the user's mistake, not the server's.
     let servers = s["servers"].as_array().unwrap();
-    let client_errors: u64 = servers
-        .iter()
-        .map(|v| v["client_errors"].as_u64().unwrap())
-        .sum();
+    let client_errors: u64 = servers.iter().map(|v| v["client_errors"].as_u64().unwrap()).sum();
     let server_errors: u64 = servers.iter().map(|v| v["errors"].as_u64().unwrap()).sum();
     assert_eq!((client_errors, server_errors), (1, 0), "{servers:?}");
     assert_eq!(s["totals"]["client_errors"], 1);

@@ -15,10 +15,7 @@ fn pg_dir(pg: &Postgres, role: &str, writable: bool) -> TestDir {
     let dir = TestDir::new(writable);
     fs::write(
         dir.path.join("database.json"),
-        format!(
-            "{{\"url\": \"{}\", \"writable\": {writable}}}\n",
-            pg.url(role)
-        ),
+        format!("{{\"url\": \"{}\", \"writable\": {writable}}}\n", pg.url(role)),
     )
     .unwrap();
     dir
@@ -27,15 +24,7 @@ fn pg_dir(pg: &Postgres, role: &str, writable: bool) -> TestDir {
 /// Runs a server on `dir` that must refuse to start; returns its stderr.
 fn refused_start(dir: &TestDir) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args([
-            "1",
-            "0",
-            "0",
-            "--servers-file",
-            "servers.json",
-            "--db",
-            "database.json",
-        ])
+        .args(["1", "0", "0", "--servers-file", "servers.json", "--db", "database.json"])
         .args(["--files", "files"])
         .current_dir(&dir.path)
         .stdout(Stdio::null())
@@ -89,10 +78,7 @@ fn replies_are_byte_identical_to_sqlite() {
         ("SELECT 1; SELECT 2", "sql"),
         ("-- nothing", "sql"),
         ("DELETE FROM COLORS", "forbidden"),
-        (
-            "INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')",
-            "forbidden",
-        ),
+        ("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')", "forbidden"),
         ("BEGIN", "forbidden"),
     ] {
         let (want, got) = (a.request(sql), b.request(sql));
@@ -125,10 +111,7 @@ fn a_write_through_one_server_is_read_through_another() {
     assert_eq!(reply.header, "OK 9 server=1 rows=0 changes=1");
     let reply = Wire::connect(servers[1].addr)
         .request("SELECT \"HEX\" FROM COLORS WHERE \"Name\" = 'Written'");
-    assert_eq!(
-        (reply.server(), reply.text().as_str()),
-        (Some(2), "HEX: #123456\n")
-    );
+    assert_eq!((reply.server(), reply.text().as_str()), (Some(2), "HEX: #123456\n"));
     bystander.finish();
 }
 
@@ -159,9 +142,7 @@ fn read_only_is_enforced_by_postgres() {
         assert_eq!(wire.request(sql).code(), Some("forbidden"), "{sql}");
     }
     // Turning the session's read-only default off does not give the role a privilege.
-    assert!(wire
-        .request("SET default_transaction_read_only = off")
-        .is_ok());
+    assert!(wire.request("SET default_transaction_read_only = off").is_ok());
     let reply = wire.request("DELETE FROM COLORS");
     assert_eq!(reply.code(), Some("forbidden"), "{reply:?}");
     assert_eq!(pg.psql("colors", "SELECT count(*) FROM colors"), "148");
@@ -172,12 +153,7 @@ fn read_only_is_enforced_by_postgres() {
 fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     let Some(pg) = Postgres::start() else { return };
     let dir = pg_dir(&pg, OWNER, true);
-    let server = start_server(
-        &dir,
-        1,
-        0.0,
-        &["--query-timeout", "1", "--max-reply", "100000"],
-    );
+    let server = start_server(&dir, 1, 0.0, &["--query-timeout", "1", "--max-reply", "100000"]);
     let mut wire = Wire::connect(server.addr);
     let started = Instant::now();
     let reply = wire.request("SELECT pg_sleep(100)");
@@ -185,31 +161,18 @@ fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     assert!(started.elapsed() < Duration::from_secs(10));
     // A setting, a temp table or a transaction lasts no longer than its request.
     for (sql, then, want) in [
-        (
-            "SET statement_timeout = 0",
-            "SELECT pg_sleep(100)",
-            "ERR timeout",
-        ),
-        (
-            "CREATE TEMP TABLE t AS SELECT 1 AS x",
-            "SELECT * FROM t",
-            "ERR sql",
-        ),
+        ("SET statement_timeout = 0", "SELECT pg_sleep(100)", "ERR timeout"),
+        ("CREATE TEMP TABLE t AS SELECT 1 AS x", "SELECT * FROM t", "ERR sql"),
         ("PREPARE p AS SELECT 1", "EXECUTE p", "ERR sql"),
         ("BEGIN", "SELECT 1 AS n", "OK 5 server=1 rows=1"),
     ] {
         wire.request(sql);
         let reply = wire.request(then);
-        assert!(
-            reply.header.starts_with(want),
-            "{sql}, then {then}: {reply:?}"
-        );
+        assert!(reply.header.starts_with(want), "{sql}, then {then}: {reply:?}");
     }
     let reply = wire.request("BEGIN");
     assert!(
-        reply
-            .header
-            .starts_with("ERR forbidden the statement left a transaction open"),
+        reply.header.starts_with("ERR forbidden the statement left a transaction open"),
         "{reply:?}"
     );
     let reply = wire.request("SELECT 1 AS n");
@@ -219,12 +182,7 @@ fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
     let reply = wire.request("CREATE TABLE made (x int)");
     assert_eq!(reply.header, "OK 9 server=1 rows=0 changes=0");
     let reply = wire.request("SELECT now() AS t");
-    assert!(
-        reply
-            .header
-            .starts_with("ERR sql column t is of type timestamptz"),
-        "{reply:?}"
-    );
+    assert!(reply.header.starts_with("ERR sql column t is of type timestamptz"), "{reply:?}");
     let reply = wire.request("SELECT now()::text AS t");
     assert!(reply.is_ok(), "{reply:?}");
     // PostgreSQL's types, written as SQLite's values are.
@@ -239,19 +197,12 @@ fn an_endless_query_is_stopped_and_nothing_outlives_a_request() {
         // 21,904 rows of 100 bytes: past the 100,000-byte limit many times over, yet read
         // and dropped well within the 1 s time limit on a loaded machine (a three-way join,
         // 3.2 million rows, took about that limit and sometimes got `unavailable`).
-        (
-            "SELECT repeat('x', 100) AS x FROM colors a, colors b",
-            "too_large",
-        ),
+        ("SELECT repeat('x', 100) AS x FROM colors a, colors b", "too_large"),
         ("COPY colors TO STDOUT", "sql"),
         ("COPY colors FROM STDIN", "unavailable"),
     ] {
         assert_eq!(wire.request(sql).code(), Some(code), "{sql}");
-        assert_eq!(
-            wire.request("SELECT 2 AS n").text(),
-            "n: 2\n",
-            "after {sql}"
-        );
+        assert_eq!(wire.request("SELECT 2 AS n").text(), "n: 2\n", "after {sql}");
     }
 }
 
@@ -280,9 +231,7 @@ fn the_database_stopped_and_restarted_under_load() {
     let mut until = |done: &dyn Fn(&(Instant, bool, String)) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let entry = rx
-                .recv_timeout(deadline - Instant::now())
-                .expect("the client stopped");
+            let entry = rx.recv_timeout(deadline - Instant::now()).expect("the client stopped");
             let hit = done(&entry);
             log.push(entry);
             if hit {
@@ -311,27 +260,16 @@ fn the_database_stopped_and_restarted_under_load() {
             assert!(what.starts_with("ERR unavailable database "), "{what}");
         }
     }
-    let served = |from: Instant| {
-        log.iter()
-            .filter(|(when, ok, _)| *ok && *when > from)
-            .count()
-    };
+    let served = |from: Instant| log.iter().filter(|(when, ok, _)| *ok && *when > from).count();
     assert!(served(restarted) > 10, "not served again after the restart");
     for server in &mut servers {
-        assert!(
-            server.child.try_wait().unwrap().is_none(),
-            "a server exited"
-        );
+        assert!(server.child.try_wait().unwrap().is_none(), "a server exited");
     }
 }
 
 #[test]
 fn an_unreachable_database_is_named_with_its_password_hidden() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = TestDir::new(false);
     let config = dir.path.join("database.json");
     let url = format!("postgres://minilb:s3cret@127.0.0.1:{port}/colors");
@@ -357,11 +295,7 @@ fn a_database_that_accepts_but_never_answers_is_refused_within_seconds() {
     let port = mute.local_addr().unwrap().port();
     let dir = TestDir::new(false);
     let url = format!("postgres://minilb:s3cret@127.0.0.1:{port}/colors");
-    fs::write(
-        dir.path.join("database.json"),
-        format!("{{\"url\": \"{url}\"}}"),
-    )
-    .unwrap();
+    fs::write(dir.path.join("database.json"), format!("{{\"url\": \"{url}\"}}")).unwrap();
     let started = Instant::now();
     let err = refused_start(&dir);
     assert!(started.elapsed() < Duration::from_secs(8), "{err}");
@@ -398,18 +332,14 @@ fn a_frozen_database_costs_a_request_its_time_limit_not_the_worker() {
         let started = Instant::now();
         let reply = wire.try_request("SELECT 1 AS n");
         assert!(
-            reply
-                .as_ref()
-                .is_ok_and(|r| r.header.starts_with("ERR unavailable database ")),
+            reply.as_ref().is_ok_and(|r| r.header.starts_with("ERR unavailable database ")),
             "{reply:?}"
         );
         assert!(started.elapsed() < bound);
         assert!(thread_count(server.pid()) <= threads + 1);
     }
     drop(frozen);
-    wait_until(Duration::from_secs(10), || {
-        wire.request("SELECT 1 AS n").text() == "n: 1\n"
-    });
+    wait_until(Duration::from_secs(10), || wire.request("SELECT 1 AS n").text() == "n: 1\n");
     // Frozen again: a stopping server does not wait for the stuck query.
     let _frozen = pg.freeze();
     assert_eq!(wire.request("SELECT 1 AS n").code(), Some("unavailable"));
@@ -423,9 +353,7 @@ fn a_database_frozen_while_reconnecting_costs_each_request_two_seconds() {
     let dir = pg_dir(&pg, OWNER, true);
     let mut server = start_server(&dir, 1, 0.0, &["--query-timeout", "1"]);
     let mut wire = Wire::connect(server.addr);
-    wire.writer
-        .set_read_timeout(Some(Duration::from_secs(8)))
-        .unwrap();
+    wire.writer.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
     assert_eq!(wire.request("SELECT 1 AS n").text(), "n: 1\n");
     // The connection is lost, and the database that comes back takes connections but never
     // answers: the reconnection hangs.
@@ -438,18 +366,14 @@ fn a_database_frozen_while_reconnecting_costs_each_request_two_seconds() {
         let reply = wire.try_request("SELECT 1 AS n");
         let header = reply.as_ref().map(|r| r.header.clone());
         assert!(
-            header
-                .as_ref()
-                .is_ok_and(|h| h.starts_with("ERR unavailable database ")),
+            header.as_ref().is_ok_and(|h| h.starts_with("ERR unavailable database ")),
             "{header:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(4), "{header:?}");
         assert!(thread_count(server.pid()) <= threads + 1);
     }
     drop(frozen);
-    wait_until(Duration::from_secs(15), || {
-        wire.request("SELECT 1 AS n").text() == "n: 1\n"
-    });
+    wait_until(Duration::from_secs(15), || wire.request("SELECT 1 AS n").text() == "n: 1\n");
     // Frozen again mid-reconnection: a stopping server does not wait for it.
     pg.stop();
     pg.restart();

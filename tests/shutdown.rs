@@ -19,11 +19,7 @@ fn ctrl_c_during_start_up_answers_the_clients_that_got_in() {
     });
     // A second listed server that nobody runs keeps the balancer in its start-up wait (3 s),
     // its port bound and nothing accepted.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut servers: Vec<serde_json::Value> =
         serde_json::from_str(&fs::read_to_string(dir.servers_file()).unwrap()).unwrap();
     servers.push(
@@ -48,12 +44,7 @@ fn ctrl_c_during_start_up_answers_the_clients_that_got_in() {
         assert_eq!(reply.text(), format!("n: {i}\n"), "client {i}: {reply:?}");
         wire.expect_closed();
     }
-    assert_eq!(
-        lb.interrupt(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        lb.log_text()
-    );
+    assert_eq!(lb.interrupt(Duration::from_secs(60)), Some(0), "{}", lb.log_text());
 }
 
 #[test]
@@ -73,11 +64,6 @@ fn ctrl_c_lets_a_connected_client_that_asks_during_the_grace_period_have_its_rep
     idle.expect_closed();
     // Its last client gone, the balancer exits without waiting out the grace period.
     let started = std::time::Instant::now();
-    assert_eq!(
-        lb.interrupt(Duration::from_secs(60)),
-        Some(0),
-        "{}",
-        lb.log_text()
-    );
+    assert_eq!(lb.interrupt(Duration::from_secs(60)), Some(0), "{}", lb.log_text());
     assert!(started.elapsed() < Duration::from_secs(30));
 }

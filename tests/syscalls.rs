@@ -21,10 +21,8 @@ fn traced(pid: u32) -> bool {
         return false;
     };
     tasks.flatten().all(|t| {
-        fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
-        })
+        fs::read_to_string(t.path().join("status"))
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0"))
     })
 }
 
@@ -38,13 +36,7 @@ fn a_request_costs_the_balancer_no_setsockopt_no_dup_and_one_peek() {
     assert!(wire.request("SELECT 1 AS n").is_ok());
     let out = dir.path.join("strace.txt");
     let spawned = Command::new("strace")
-        .args([
-            "-f",
-            "-c",
-            "-e",
-            "trace=setsockopt,recvfrom,fcntl,dup",
-            "-o",
-        ])
+        .args(["-f", "-c", "-e", "trace=setsockopt,recvfrom,fcntl,dup", "-o"])
         .arg(&out)
         .args(["-p", &lb.pid().to_string()])
         .stdout(Stdio::null())
@@ -113,9 +105,6 @@ fn a_new_connection_per_request_reuses_the_client_threads() {
         wait_until(START_TIMEOUT, || left() == n);
     }
     let started = seen.difference(&before).count();
-    assert!(
-        started <= 2,
-        "{started} threads started for 20 clients one after another"
-    );
+    assert!(started <= 2, "{started} threads started for 20 clients one after another");
     bystander.finish();
 }

@@ -54,15 +54,7 @@ fn files_arrive_byte_identical_through_the_client() {
     for name in ["colors.csv", "palette.png", "hello.txt"] {
         let (code, out, err) = run_client(
             &dir.path,
-            &[
-                "4",
-                "--lb",
-                &lb_addr,
-                "--download-dir",
-                "downloads",
-                "file",
-                name,
-            ],
+            &["4", "--lb", &lb_addr, "--download-dir", "downloads", "file", name],
             "",
         );
         assert_eq!(code, 0, "{out}\n{err}");
@@ -83,15 +75,7 @@ fn a_missing_file_is_not_found_and_leaves_nothing() {
     assert_eq!(reply.header, "ERR not_found no such file: nope.txt");
     let (code, out, _) = run_client(
         &dir.path,
-        &[
-            "4",
-            "--lb",
-            &lb.addr.to_string(),
-            "--download-dir",
-            "downloads",
-            "file",
-            "nope.txt",
-        ],
+        &["4", "--lb", &lb.addr.to_string(), "--download-dir", "downloads", "file", "nope.txt"],
         "",
     );
     assert_eq!(code, 1, "{out}");
@@ -156,10 +140,7 @@ fn a_write_on_a_read_only_database_is_refused_and_changes_nothing() {
         assert_eq!(reply.code(), Some("forbidden"), "{sql}: {reply:?}");
         assert!(reply.header.contains("read-only"), "{reply:?}");
     }
-    assert_eq!(
-        wire.request("SELECT count(*) AS n FROM COLORS").text(),
-        before
-    );
+    assert_eq!(wire.request("SELECT count(*) AS n FROM COLORS").text(), before);
     assert!(
         before.starts_with("n: ") && before.trim()["n: ".len()..].parse::<u32>().unwrap() >= 100
     );
@@ -202,9 +183,7 @@ fn the_client_one_shot_and_interactive_modes() {
     let lb_addr = lb.addr.to_string();
     let (code, out, _) = run_client(
         &dir.path,
-        &[
-            "2", "--lb", &lb_addr, "SELECT", "*", "FROM", "COLORS", "LIMIT", "1;",
-        ],
+        &["2", "--lb", &lb_addr, "SELECT", "*", "FROM", "COLORS", "LIMIT", "1;"],
         "",
     );
     assert_eq!(code, 0, "{out}");
@@ -214,11 +193,8 @@ fn the_client_one_shot_and_interactive_modes() {
     assert!(out.contains("Time taken: "), "{out}");
 
     // A query pasted over several lines is one request, not two.
-    let (code, out, _) = run_client(
-        &dir.path,
-        &["2", "--lb", &lb_addr, "SELECT 1 AS one,\n  2 AS two"],
-        "",
-    );
+    let (code, out, _) =
+        run_client(&dir.path, &["2", "--lb", &lb_addr, "SELECT 1 AS one,\n  2 AS two"], "");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("one: 1\ntwo: 2\n"), "{out}");
 
@@ -228,19 +204,13 @@ fn the_client_one_shot_and_interactive_modes() {
 
     let session =
         "SELECT Name FROM COLORS LIMIT 1\n\nfile hello.txt\nSELECT 2 AS two\nquit\nSELECT 3\n";
-    let (code, out, _) = run_client(
-        &dir.path,
-        &["3", "--lb", &lb_addr, "--download-dir", "downloads"],
-        session,
-    );
+    let (code, out, _) =
+        run_client(&dir.path, &["3", "--lb", &lb_addr, "--download-dir", "downloads"], session);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("Enter query: ").count(), 5, "{out}");
     assert!(out.contains("Name: White"), "{out}");
     assert!(out.contains("two: 2"), "{out}");
-    assert!(
-        !out.contains("3: 3"),
-        "requests after quit must not run: {out}"
-    );
+    assert!(!out.contains("3: 3"), "requests after quit must not run: {out}");
     assert_eq!(
         std::fs::read(dir.downloads().join("hello.txt")).unwrap(),
         TestDir::data_file("hello.txt")
@@ -264,11 +234,7 @@ fn servers_record_themselves_and_leave_on_ctrl_c() {
     let listed = |dir: &TestDir| -> Vec<u16> {
         let list: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(dir.servers_file()).unwrap()).unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["port"].as_u64().unwrap() as u16)
-            .collect()
+        list.as_array().unwrap().iter().map(|e| e["port"].as_u64().unwrap() as u16).collect()
     };
     assert_eq!(listed(&dir), vec![s1.addr.port(), s2.addr.port()]);
     assert_eq!(s1.interrupt(Duration::from_secs(30)), Some(0));

@@ -17,14 +17,7 @@ use support::*;
 fn both_ways(dir: &TestDir, lb: &Proc, ca: &str, request: &[&str]) -> [(i32, String); 2] {
     let plain = lb.addr.to_string();
     let tls = lb.addrs[2].to_string();
-    let mut plain_args = vec![
-        "1",
-        "--lb",
-        &plain,
-        "--download-dir",
-        "downloads",
-        "--force",
-    ];
+    let mut plain_args = vec!["1", "--lb", &plain, "--download-dir", "downloads", "--force"];
     plain_args.extend(request);
     let mut tls_args = vec!["1", "--lb", &tls, "--tls", "--ca", ca];
     tls_args.extend(["--download-dir", "downloads", "--force"]);
@@ -33,10 +26,7 @@ fn both_ways(dir: &TestDir, lb: &Proc, ca: &str, request: &[&str]) -> [(i32, Str
         let (code, out, err) = run_client(&dir.path, &args, "");
         assert_eq!(code, 0, "client {args:?}: {err}");
         // The timing line differs from run to run.
-        let out = out
-            .lines()
-            .filter(|l| !l.starts_with("Time taken"))
-            .collect::<Vec<_>>();
+        let out = out.lines().filter(|l| !l.starts_with("Time taken")).collect::<Vec<_>>();
         (code, out.join("\n"))
     })
 }
@@ -58,10 +48,7 @@ fn a_query_and_a_file_over_tls_are_byte_identical_to_plain() {
     for name in ["big.bin", "palette.png"] {
         both_ways(&dir, &lb, &ca, &["file", name]);
         let want = fs::read(dir.path.join("files").join(name)).unwrap();
-        assert!(
-            fs::read(dir.downloads().join(name)).unwrap() == want,
-            "{name} differs"
-        );
+        assert!(fs::read(dir.downloads().join(name)).unwrap() == want, "{name} differs");
     }
 }
 
@@ -83,11 +70,8 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
     // TLS to the plain port: the client fails at once with one line, exit code 2.
     let plain = lb.addr.to_string();
     let ca = path(&c.ca);
-    let (code, _, err) = run_client(
-        &dir.path,
-        &["1", "--lb", &plain, "--tls", "--ca", &ca, "SELECT 1"],
-        "",
-    );
+    let (code, _, err) =
+        run_client(&dir.path, &["1", "--lb", &plain, "--tls", "--ca", &ca, "SELECT 1"], "");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("TLS") && err.lines().count() == 1, "{err}");
 
@@ -108,12 +92,8 @@ fn a_stalled_handshake_is_dropped_at_the_deadline() {
 
     // The start of a ClientHello record, then nothing.
     let mut stalled = TcpStream::connect(lb.addrs[2]).unwrap();
-    stalled
-        .write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01])
-        .unwrap();
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01]).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let started = Instant::now();
     // Closed by the balancer (an end of file or a reset), not by the read timeout.
     let mut rest = Vec::new();
@@ -125,19 +105,14 @@ fn a_stalled_handshake_is_dropped_at_the_deadline() {
     assert!(at_deadline.contains(&waited), "dropped after {waited:?}");
     // A peer that sends nothing at all is dropped the same way.
     let mut silent = TcpStream::connect(lb.addrs[2]).unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let started = Instant::now();
     let _ = silent.read_to_end(&mut rest);
     let waited = started.elapsed();
     let at_deadline = Duration::from_millis(900)..Duration::from_secs(10);
     assert!(at_deadline.contains(&waited), "dropped after {waited:?}");
     wait_until(Duration::from_secs(10), || {
-        lb.log_text()
-            .matches("no TLS handshake within 1.0 s")
-            .count()
-            == 2
+        lb.log_text().matches("no TLS handshake within 1.0 s").count() == 2
     });
     bystander.finish();
 }
@@ -161,16 +136,7 @@ fn the_client_names_what_is_wrong_with_a_certificate() {
         let ca = path(&client_ca.ca);
         for args in [
             vec!["1", "--lb", &tls, "--tls", "--ca", &ca, "SELECT 1"],
-            vec![
-                "bench",
-                "--lb",
-                &tls,
-                "--tls",
-                "--ca",
-                &ca,
-                "--requests",
-                "1",
-            ],
+            vec!["bench", "--lb", &tls, "--tls", "--ca", &ca, "--requests", "1"],
         ] {
             let (code, _, err) = run_client(&dir.path, &args, "");
             assert_eq!(code, 2, "{args:?}: {err}");
@@ -233,17 +199,12 @@ fn a_join_over_https_needs_the_balancers_ca() {
     assert!(err.contains("certificate not trusted"), "{err}");
     // Plain HTTP, which would carry the token in clear, is turned away.
     let err = failed_join(&dir, &admin, &[]);
-    assert!(
-        err.contains("HTTP 400: this admin listener speaks HTTPS"),
-        "{err}"
-    );
+    assert!(err.contains("HTTP 400: this admin listener speaks HTTPS"), "{err}");
 
     let ca = path(&c.ca);
     let args = ["--join", &admin, "--token-file", "token", "--ca", &ca];
     let mut joined = start_server(&dir, 7, 0.0, &args);
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().contains("Connected to server 7")
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().contains("Connected to server 7"));
     let reply = Wire::connect(lb.addr).request("SELECT 42 AS answer");
     assert_eq!(reply.server(), Some(7), "{reply:?}");
     // Leaving goes over HTTPS too.
@@ -258,14 +219,8 @@ fn a_tls_server_is_verified_and_an_unverifiable_one_kept_out_of_the_pool() {
     let dir = TestDir::new(false);
     let good = certs::make(&dir.path, "servers", &["127.0.0.1"], false);
     let rogue = certs::make(&dir.path, "rogue", &["127.0.0.1"], false);
-    let tls_args = |c: &certs::Certs| {
-        [
-            "--tls-cert".into(),
-            path(&c.cert),
-            "--tls-key".into(),
-            path(&c.key),
-        ]
-    };
+    let tls_args =
+        |c: &certs::Certs| ["--tls-cert".into(), path(&c.cert), "--tls-key".into(), path(&c.key)];
     let good_args = tls_args(&good);
     let _server = start_server(&dir, 1, 0.0, &good_args.each_ref().map(String::as_str));
     let servers_file = fs::read_to_string(dir.servers_file()).unwrap();
@@ -276,21 +231,12 @@ fn a_tls_server_is_verified_and_an_unverifiable_one_kept_out_of_the_pool() {
 
     let rogue_args = tls_args(&rogue);
     let _rogue = start_server(&dir, 2, 0.0, &rogue_args.each_ref().map(String::as_str));
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().contains("cannot reach server 2 at 127.0.0.1")
-    });
-    assert!(
-        lb.log_text().contains("certificate not trusted"),
-        "{}",
-        lb.log_text()
-    );
+    wait_until(START_TIMEOUT, || lb.log_text().contains("cannot reach server 2 at 127.0.0.1"));
+    assert!(lb.log_text().contains("certificate not trusted"), "{}", lb.log_text());
     let mut wire = Wire::connect(lb.addr);
     for i in 0..20 {
         let reply = wire.request(&format!("SELECT {i} AS n"));
-        assert_eq!(
-            (reply.server(), reply.text()),
-            (Some(1), format!("n: {i}\n"))
-        );
+        assert_eq!((reply.server(), reply.text()), (Some(1), format!("n: {i}\n")));
     }
     assert!(!lb.log_text().contains("Connected to server 2"));
     bystander.finish();
@@ -319,17 +265,12 @@ fn no_plain_leaves_only_the_tls_listener() {
     .map(String::from);
     let log = dir.path.join("loadbalancer.log");
     let lb = spawn(env!("CARGO_BIN_EXE_loadbalancer"), &args, log, &dir.path, 2);
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().contains("Connected to server 1")
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().contains("Connected to server 1"));
     // Admin first, then TLS: no plain listener was announced.
     let tls = lb.addrs[1].to_string();
     let ca = path(&c.ca);
-    let (code, out, err) = run_client(
-        &dir.path,
-        &["1", "--lb", &tls, "--tls", "--ca", &ca, "SELECT 7 AS n"],
-        "",
-    );
+    let (code, out, err) =
+        run_client(&dir.path, &["1", "--lb", &tls, "--tls", "--ca", &ca, "SELECT 7 AS n"], "");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("n: 7"), "{out}");
     let only_tls = format!("listening on {tls} (TLS) (admin on https://");
@@ -344,13 +285,7 @@ fn a_tls_server_logs_no_line_for_a_health_check_nor_a_close_without_close_notify
     let server = start_server(&dir, 1, 0.0, &tls_args.each_ref().map(String::as_str));
     // Connections that close at once, as the balancer's health checks do every second.
     let checks: Vec<String> = (0..3)
-        .map(|_| {
-            TcpStream::connect(server.addr)
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string()
-        })
+        .map(|_| TcpStream::connect(server.addr).unwrap().local_addr().unwrap().to_string())
         .collect();
     // A TLS client that closes without a close_notify, as most do (Python's, the balancer's).
     let config = minilb::tls::client_config(Some(&c.ca)).unwrap();
@@ -362,16 +297,9 @@ fn a_tls_server_logs_no_line_for_a_health_check_nor_a_close_without_close_notify
     let mut reply = [0u8; 64];
     assert!(stream.read(&mut reply).unwrap() > 0);
     drop(stream);
-    wait_until(START_TIMEOUT, || {
-        server
-            .log_text()
-            .contains(&format!("connection with {peer} "))
-    });
+    wait_until(START_TIMEOUT, || server.log_text().contains(&format!("connection with {peer} ")));
     let log = server.log_text();
-    assert!(
-        log.contains(&format!("connection with {peer} closed")),
-        "{log}"
-    );
+    assert!(log.contains(&format!("connection with {peer} closed")), "{log}");
     for check in checks {
         assert!(!log.contains(&check), "a health check was logged: {log}");
     }
@@ -396,10 +324,7 @@ fn one_read_of_an_openssl_client_gets_a_small_reply_whole() {
         ca = path(&c.ca),
         port = lb.addrs[2].port()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text,

@@ -25,9 +25,7 @@ fn balancer_with_one_descriptor_left(dir: &TestDir) -> (Proc, Vec<StalledHttp>) 
     while open_descriptors(lb.pid()) < NOFILE - 1 {
         let before = open_descriptors(lb.pid());
         peers.push(StalledHttp::open(lb.admin(), "GET /status HTTP/1.1\r\n"));
-        wait_until(Duration::from_secs(10), || {
-            open_descriptors(lb.pid()) > before
-        });
+        wait_until(Duration::from_secs(10), || open_descriptors(lb.pid()) > before);
     }
     assert_eq!(open_descriptors(lb.pid()), NOFILE - 1);
     (lb, peers)
@@ -36,9 +34,7 @@ fn balancer_with_one_descriptor_left(dir: &TestDir) -> (Proc, Vec<StalledHttp>) 
 /// Drops the stalled peers and waits until the balancer has closed their connections.
 fn free_descriptors(lb: &Proc, peers: Vec<StalledHttp>) {
     drop(peers);
-    wait_until(Duration::from_secs(30), || {
-        open_descriptors(lb.pid()) < NOFILE - 20
-    });
+    wait_until(Duration::from_secs(30), || open_descriptors(lb.pid()) < NOFILE - 20);
 }
 
 #[test]
@@ -57,9 +53,7 @@ fn a_client_admitted_with_the_last_descriptor_is_told_busy() {
     free_descriptors(&lb, peers);
     // The one client that fits, once descriptors are free again.
     let bystander = Bystander::start(lb.addr);
-    wait_until(Duration::from_secs(30), || {
-        lb.log_text().matches("reply sent").count() >= 5
-    });
+    wait_until(Duration::from_secs(30), || lb.log_text().matches("reply sent").count() >= 5);
     bystander.finish();
 }
 
@@ -74,15 +68,9 @@ fn the_first_client_after_descriptors_ran_out_is_served_once_they_are_free() {
     free_descriptors(&lb, peers);
     // Plenty of descriptors now: the next client, a bystander, must be served, not told busy.
     let bystander = Bystander::start(lb.addr);
-    wait_until(Duration::from_secs(30), || {
-        lb.log_text().matches("reply sent").count() >= 5
-    });
+    wait_until(Duration::from_secs(30), || lb.log_text().matches("reply sent").count() >= 5);
     bystander.finish();
-    assert!(
-        !lb.log_text().contains("turned a client away"),
-        "{}",
-        lb.log_text()
-    );
+    assert!(!lb.log_text().contains("turned a client away"), "{}", lb.log_text());
 }
 
 /// A balancer whose only server is `fake` (its servers file is `fake-servers.json`).
@@ -101,11 +89,7 @@ fn an_extra_reply_that_comes_a_moment_late_reaches_no_one() {
             let mut twice = answer(9, line);
             let at_once = twice.len();
             twice.extend(answer(9, line));
-            Act::Trickle {
-                bytes: twice,
-                at_once,
-                gap: Duration::from_millis(2),
-            }
+            Act::Trickle { bytes: twice, at_once, gap: Duration::from_millis(2) }
         } else {
             Act::Answer
         }
@@ -138,9 +122,7 @@ fn a_write_that_changes_no_row_does_not_report_the_previous_clients_changes() {
         assert!(reply.header.contains(" changes=0"), "{sql}: {reply:?}");
     }
     // Three replies of ours, and at least three of the bystander's.
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("reply sent").count() >= 6
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().matches("reply sent").count() >= 6);
     bystander.finish();
 }
 
@@ -183,15 +165,11 @@ fn a_server_timeout_of_zero_is_refused_at_start() {
 fn a_bench_that_would_send_nothing_is_refused() {
     let dir = TestDir::new(false);
     // Nothing listens there: a bench that sent nothing would not notice, and report success.
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    for (flag, why) in [
-        ("--duration", "must be more than 0 seconds"),
-        ("--requests", "0 is not in 1.."),
-    ] {
+    let nobody =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for (flag, why) in
+        [("--duration", "must be more than 0 seconds"), ("--requests", "0 is not in 1..")]
+    {
         let (code, out, err) = run_client(&dir.path, &["bench", "--lb", &nobody, flag, "0"], "");
         assert_eq!(code, 2, "{flag} 0: {out}{err}");
         assert!(err.contains(why), "{flag} 0: {err}");
@@ -211,11 +189,9 @@ fn a_server_being_reprobed_shows_no_request_in_progress() {
             flag.store(true, Ordering::SeqCst);
             Act::Send([answer(9, line), answer(9, "SELECT 1 AS n")].concat())
         }
-        "SELECT 1" if flag.load(Ordering::SeqCst) => Act::Trickle {
-            bytes: answer(9, line),
-            at_once: 0,
-            gap: Duration::from_millis(150),
-        },
+        "SELECT 1" if flag.load(Ordering::SeqCst) => {
+            Act::Trickle { bytes: answer(9, line), at_once: 0, gap: Duration::from_millis(150) }
+        }
         _ => Act::Answer,
     });
     let dir = TestDir::new(false);
@@ -238,9 +214,7 @@ fn a_server_being_reprobed_shows_no_request_in_progress() {
         during["in_flight"] == 1 && during["current"].is_null()
     });
     assert_eq!(during["state"], "up", "{during}");
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().contains("answered the re-probe")
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().contains("answered the re-probe"));
     let bystander = Bystander::start(lb.addr);
     fake.wait_for_answers(3);
     bystander.finish();
@@ -254,9 +228,7 @@ fn a_decision_on_the_dashboard_quotes_the_figures_it_was_made_on() {
     let _server = start_server(&dir, 1, 0.0, &[]);
     let lb = start_balancer(&dir, 1, &["--policy", "least-connections"]);
     let bystander = Bystander::start(lb.addr);
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("reply sent").count() >= 3
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().matches("reply sent").count() >= 3);
     bystander.finish();
     let (code, body) = http(lb.admin(), "GET", "/status", None, "");
     assert_eq!(code, 200);
@@ -274,9 +246,6 @@ fn a_decision_on_the_dashboard_quotes_the_figures_it_was_made_on() {
             "req {} -> server 1: server 1 fewest in flight (0), then fewest requests served ({n})",
             n + 1
         );
-        assert!(
-            text.starts_with(&expected),
-            "{text:?}, not {expected:?}\n{texts:#?}"
-        );
+        assert!(text.starts_with(&expected), "{text:?}, not {expected:?}\n{texts:#?}");
     }
 }

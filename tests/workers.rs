@@ -40,21 +40,13 @@ fn a_server_with_three_workers_answers_three_slow_requests_in_about_one_processi
     assert_eq!(row["workers"], 3, "{row}");
     let (code, metrics) = http(lb.admin(), "GET", "/metrics", None, "");
     assert_eq!(code, 200);
-    for line in [
-        "minilb_server_in_flight{server=\"1\"} 3",
-        "minilb_server_workers{server=\"1\"} 3",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "{line} not in {metrics}"
-        );
+    for line in ["minilb_server_in_flight{server=\"1\"} 3", "minilb_server_workers{server=\"1\"} 3"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in {metrics}");
     }
     for (i, c) in clients.into_iter().enumerate() {
         let reply = c.join().unwrap();
-        assert_eq!(
-            (reply.server(), reply.text()),
-            (Some(1), format!("n: {i}\n"))
-        );
+        assert_eq!((reply.server(), reply.text()), (Some(1), format!("n: {i}\n")));
     }
     let took = started.elapsed();
     println!("three 1 s requests on a 3-worker server took {took:?}");
@@ -64,10 +56,7 @@ fn a_server_with_three_workers_answers_three_slow_requests_in_about_one_processi
     wait_until(PATIENCE, || server_status(&lb, 1)["in_flight"] == 0);
     // The first request found all three workers free, and the dashboard says so.
     let decisions = status(&lb)["decisions"].to_string();
-    assert!(
-        decisions.contains("by power, 2 workers free too"),
-        "{decisions}"
-    );
+    assert!(decisions.contains("by power, 2 workers free too"), "{decisions}");
 }
 
 #[test]
@@ -82,16 +71,11 @@ fn servers_with_one_and_four_workers_are_balanced_by_power() {
     let report = load.stop();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let slow = server_status(&lb, 2)["requests"].as_u64().unwrap();
-    assert_eq!(
-        slow, 0,
-        "the slow server was used while the fast one had a free worker"
-    );
+    assert_eq!(slow, 0, "the slow server was used while the fast one had a free worker");
 
     // Six clients: the fast server's workers are all busy now and then; the slow one helps.
     let load = Load::start(lb.addr, 6);
-    wait_until(PATIENCE, || {
-        load.answered_by(2) >= 3 && load.answered() >= 150
-    });
+    wait_until(PATIENCE, || load.answered_by(2) >= 3 && load.answered() >= 150);
     let (fast, slow) = (load.answered_by(1), load.answered_by(2));
     let report = load.stop();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
@@ -110,9 +94,7 @@ fn killing_a_server_with_workers_in_flight_loses_nothing_that_could_be_retried()
     let load = Load::start(lb.addr, 10);
     wait_until(PATIENCE, || load.answered_by(1) >= 50);
     // Kill it while its workers are busy.
-    wait_until(PATIENCE, || {
-        server_status(&lb, 1)["in_flight"].as_u64() >= Some(2)
-    });
+    wait_until(PATIENCE, || server_status(&lb, 1)["in_flight"].as_u64() >= Some(2));
     signal(s1.pid(), "KILL");
     let _ = s1.child.wait();
     let before = load.answered();

@@ -153,10 +153,7 @@ fn run(args: BenchArgs) -> Result<Report, String> {
     }
     let shared = Arc::new(Shared {
         tls,
-        requests: [
-            request(&args.request)?,
-            request(&format!("file {}", args.file))?,
-        ],
+        requests: [request(&args.request)?, request(&format!("file {}", args.file))?],
         ready: Barrier::new(args.clients as usize + 1),
         started: OnceLock::new(),
         addr,
@@ -183,10 +180,8 @@ fn run(args: BenchArgs) -> Result<Report, String> {
         if io::stderr().is_terminal() {
             s.spawn(|| progress(&shared, started, &ticks));
         }
-        let tallies: Vec<Tally> = threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_default())
-            .collect();
+        let tallies: Vec<Tally> =
+            threads.into_iter().map(|t| t.join().unwrap_or_default()).collect();
         drop(stop);
         (tallies, started.elapsed())
     });
@@ -238,9 +233,8 @@ fn client_thread(index: u64, shared: &Shared) -> Tally {
     };
     let mut conn = args.connect_first.then(|| connect(&mut tally)).flatten();
     shared.ready.wait();
-    let limit = args.requests.map_or(u64::MAX, |total| {
-        quota(total, u64::from(args.clients), index)
-    });
+    let limit =
+        args.requests.map_or(u64::MAX, |total| quota(total, u64::from(args.clients), index));
     let started = *shared.started.get_or_init(Instant::now);
     let deadline = args.duration.map(|d| started + d);
     tally.latencies.reserve(limit.min(MAX_RESERVED) as usize);
@@ -375,11 +369,7 @@ impl Report {
         let mean = latencies.iter().sum::<u64>() as f64 / latencies.len().max(1) as f64 / 1e6;
         Report {
             clients: tallies.len(),
-            connection: if new_connection {
-                "per-request"
-            } else {
-                "persistent"
-            },
+            connection: if new_connection { "per-request" } else { "persistent" },
             elapsed_s: elapsed.as_secs_f64(),
             requests: ok + error_count,
             ok,
@@ -417,11 +407,7 @@ impl Report {
             )
         };
         let errors = Vec::from_iter(self.errors.iter().map(|(c, n)| format!("{c} {n}")));
-        let errors = if errors.is_empty() {
-            "none".into()
-        } else {
-            errors.join(", ")
-        };
+        let errors = if errors.is_empty() { "none".into() } else { errors.join(", ") };
         let mut out = format!(
             "{} clients, {connection}, {:.2} s\n\
              requests   {} OK, {} failed: {:.1} requests/s, {:.1} MB/s\n\
@@ -454,13 +440,7 @@ mod tests {
     #[test]
     fn mix_parses_and_spreads_files_evenly() {
         let mix = Mix::parse("3:1").unwrap();
-        assert_eq!(
-            mix,
-            Mix {
-                queries: 3,
-                files: 1
-            }
-        );
+        assert_eq!(mix, Mix { queries: 3, files: 1 });
         let files: Vec<bool> = (0..8).map(|n| mix.is_file(n)).collect();
         assert_eq!(files.iter().filter(|&&f| f).count(), 2);
         assert_eq!(files[..4], files[4..]);

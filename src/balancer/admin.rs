@@ -48,10 +48,7 @@ fn handle(lb: &Balancer, request: &Request) -> Result<Response, Response> {
         ("GET", "/") => Ok(Response::text("text/html; charset=utf-8", DASHBOARD.into())),
         ("GET", "/metrics") => {
             let metrics = report::metrics(lb);
-            Ok(Response::text(
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics,
-            ))
+            Ok(Response::text("text/plain; version=0.0.4; charset=utf-8", metrics))
         }
         ("GET", "/status") => Ok(Response::json(200, &report::status(lb))),
         ("GET", "/servers") => {
@@ -67,10 +64,7 @@ fn handle(lb: &Balancer, request: &Request) -> Result<Response, Response> {
             authorize(lb, request, "leave")?;
             leave(lb, &p["/servers/".len()..], request)
         }
-        _ => Err(Response::error(
-            404,
-            format!("no such endpoint: {method} {path}"),
-        )),
+        _ => Err(Response::error(404, format!("no such endpoint: {method} {path}"))),
     }
 }
 

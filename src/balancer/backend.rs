@@ -178,22 +178,19 @@ impl Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.deadline
-            .before_call(|t| self.stream.set_read_timeout(t))?;
+        self.deadline.before_call(|t| self.stream.set_read_timeout(t))?;
         self.stream.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.deadline
-            .before_call(|t| self.stream.set_write_timeout(t))?;
+        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
         self.stream.write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.deadline
-            .before_call(|t| self.stream.set_write_timeout(t))?;
+        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
         self.stream.write_vectored(bufs)
     }
 
@@ -247,10 +244,8 @@ impl BackendConn {
         };
         stream.set_read_timeout(Some(reply_timeout))?;
         stream.set_write_timeout(Some(reply_timeout))?;
-        let read = Timed {
-            stream: stream.try_clone()?,
-            deadline: Deadline::new(Some(reply_timeout)),
-        };
+        let read =
+            Timed { stream: stream.try_clone()?, deadline: Deadline::new(Some(reply_timeout)) };
         // Once per connection, not per request: one more descriptor, and a lock that prunes
         // the closed ones.
         let socket = Arc::new(stream.tcp().try_clone()?);
@@ -344,10 +339,7 @@ impl BackendConn {
             // A small reply is read whole before any of it goes out, so a server that promises
             // more than it sends is caught while the client can still get `ERR unavailable`.
             let mut body = Vec::with_capacity(length as usize);
-            (&mut self.reader)
-                .take(length)
-                .read_to_end(&mut body)
-                .map_err(before)?;
+            (&mut self.reader).take(length).read_to_end(&mut body).map_err(before)?;
             if (body.len() as u64) < length {
                 let got = body.len();
                 let e = format!("reply body ended after {got} of its {length} bytes");
@@ -419,14 +411,7 @@ impl Backend {
     /// A server with these settings that has served nothing yet.
     pub fn new(id: u32, addr: String, processing_time: Duration, writable: bool) -> Backend {
         let workers = 1;
-        Backend {
-            id,
-            addr,
-            processing_time,
-            writable,
-            workers,
-            ..Backend::default()
-        }
+        Backend { id, addr, processing_time, writable, workers, ..Backend::default() }
     }
 }
 
@@ -450,14 +435,7 @@ mod tests {
             tls: true,
         };
         let b = Backend::from_entry(&entry);
-        let settings = (
-            b.id,
-            b.addr.as_str(),
-            b.processing_time,
-            b.writable,
-            b.workers,
-            b.tls,
-        );
+        let settings = (b.id, b.addr.as_str(), b.processing_time, b.writable, b.workers, b.tls);
         let quarter = Duration::from_millis(250);
         assert_eq!(settings, (7, "127.0.0.2:5001", quarter, true, 3, true));
         assert!(b.same_settings(&Backend::from_entry(&entry)));
@@ -509,12 +487,7 @@ mod tests {
     }
 
     fn backend(secs: f64) -> Backend {
-        Backend::new(
-            1,
-            "127.0.0.1:5001".into(),
-            Duration::from_secs_f64(secs),
-            false,
-        )
+        Backend::new(1, "127.0.0.1:5001".into(), Duration::from_secs_f64(secs), false)
     }
 
     #[test]

@@ -45,10 +45,7 @@ pub struct Request {
 impl Request {
     /// The value of header `name` (any case), trimmed.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -64,20 +61,12 @@ pub struct Response {
 impl Response {
     /// A `200 OK` answer of type `content_type`.
     pub(crate) fn text(content_type: &'static str, body: String) -> Response {
-        Response {
-            code: 200,
-            content_type,
-            body,
-        }
+        Response { code: 200, content_type, body }
     }
 
     /// A JSON answer.
     pub(crate) fn json(code: u16, body: &serde_json::Value) -> Response {
-        Response {
-            code,
-            content_type: "application/json",
-            body: body.to_string(),
-        }
+        Response { code, content_type: "application/json", body: body.to_string() }
     }
 
     /// An error answer: `{"error": why}`.
@@ -155,10 +144,7 @@ fn connection(
     let stream = match tls {
         None => Stream::Plain(stream),
         Some(config) => {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             // Never 0, which would be no limit.
             let left = (deadline - Instant::now()).max(Duration::from_millis(1));
             match tls::accept(config, stream, left, PLAIN_ON_HTTPS) {
@@ -168,17 +154,12 @@ fn connection(
         }
     };
     // Every read of the request shares one deadline, however it trickles in.
-    let mut conn = Timed {
-        stream,
-        deadline: Deadline::new(None),
-    };
+    let mut conn = Timed { stream, deadline: Deadline::new(None) };
     conn.deadline.start(Some(deadline - Instant::now()));
     // The handler's answer, or the one that refuses the request.
     let response = read_request(&mut conn, deadline).map_or_else(|refusal| refusal, handle);
     let stream = &mut conn.stream;
-    let _ = stream.set_write_timeout(Some(
-        (deadline - Instant::now()).max(Duration::from_secs(1)),
-    ));
+    let _ = stream.set_write_timeout(Some((deadline - Instant::now()).max(Duration::from_secs(1))));
     if write_response(&mut *stream, &response).is_ok() {
         stream.close_notify();
         tls::linger(stream.tcp());
@@ -187,10 +168,7 @@ fn connection(
 
 /// Reads a request's head and body, or says why not as the answer to send.
 fn read_request(conn: &mut Timed, deadline: Instant) -> Result<Request, Response> {
-    let remote = conn
-        .stream
-        .peer_addr()
-        .map_err(|_| Response::error(400, "no peer address"))?;
+    let remote = conn.stream.peer_addr().map_err(|_| Response::error(400, "no peer address"))?;
     let gone = |_: io::Error| {
         if Instant::now() >= deadline {
             Response::error(408, "the request did not arrive in time")
@@ -203,9 +181,7 @@ fn read_request(conn: &mut Timed, deadline: Instant) -> Result<Request, Response
     let expects = request.header("Expect");
     if length > 0 && expects.is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
         let stream = &mut reader.get_mut().stream;
-        stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .map_err(gone)?;
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(gone)?;
     }
     request.body = vec![0; length];
     reader.read_exact(&mut request.body).map_err(gone)?;
@@ -263,12 +239,9 @@ fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), 
         headers: Vec::new(),
     };
     for header in &lines[1..] {
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| Response::error(400, "bad header"))?;
-        request
-            .headers
-            .push((name.trim().to_string(), value.trim().to_string()));
+        let (name, value) =
+            header.split_once(':').ok_or_else(|| Response::error(400, "bad header"))?;
+        request.headers.push((name.trim().to_string(), value.trim().to_string()));
     }
     if request.header("Transfer-Encoding").is_some() {
         return Err(Response::error(411, "send the body with a Content-Length"));

@@ -46,16 +46,10 @@ struct Parked {
 /// already in the backlog (they connected before Ctrl-C and get their replies).
 pub(crate) fn accept_loop(lb: &Arc<Balancer>, listener: TcpListener, tls: Option<Acceptor>) {
     let (hand, take) = crossbeam_channel::bounded(0);
-    let parked = Parked {
-        hand,
-        take,
-        waiting: Arc::default(),
-    };
+    let parked = Parked { hand, take, waiting: Arc::default() };
     let admit = |lb: &Arc<Balancer>, stream| admit(lb, stream, tls.as_ref(), &parked);
     // Says both what it listens on and who may connect: "every address" alone read as 0.0.0.0.
-    let on = listener
-        .local_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let on = listener.local_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let from = cidr::describe(&lb.config.networks);
     log::info!("Accepting clients on {on} from {from} (--allow)");
     let mut spare = File::open("/dev/null").ok();
@@ -116,10 +110,7 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
     if !peer.is_some_and(|p| cidr::permits(&lb.config.networks, p.ip())) {
         let who = peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
         log::warn!("refused {who}: not in the --allow list");
-        turn_away(
-            stream,
-            &Code::Forbidden.msg("your address may not use this load balancer"),
-        );
+        turn_away(stream, &Code::Forbidden.msg("your address may not use this load balancer"));
         return;
     }
     let max = lb.config.max_clients;
@@ -127,10 +118,7 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
     if lb.clients.fetch_add(1, Ordering::SeqCst) >= max {
         lb.clients.fetch_sub(1, Ordering::SeqCst);
         log::warn!("refused a client: {max} clients already connected (--max-clients)");
-        turn_away(
-            stream,
-            &Code::Busy.msg(format!("too many clients ({max}); try again later")),
-        );
+        turn_away(stream, &Code::Busy.msg(format!("too many clients ({max}); try again later")));
         return;
     }
     let Err(handed) = parked.hand.try_send(stream) else {
@@ -140,10 +128,8 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
     let session_lb = Arc::clone(lb);
     let tls = tls.cloned();
     let (take, waiting) = (parked.take.clone(), Arc::clone(&parked.waiting));
-    let spawned = std::thread::Builder::new()
-        .name("client".into())
-        .stack_size(CLIENT_STACK)
-        .spawn(move || loop {
+    let spawned = std::thread::Builder::new().name("client".into()).stack_size(CLIENT_STACK).spawn(
+        move || loop {
             // Each client's unit of `clients` was added by `admit`.
             let client = Held::adopt(&session_lb.clients);
             session::serve_client(&session_lb, stream, tls.as_ref());
@@ -158,7 +144,8 @@ fn admit(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&Acceptor>, parked: 
                 Ok(next) => stream = next,
                 Err(_) => return,
             }
-        });
+        },
+    );
     if let Err(e) = spawned {
         // The closure, and the unit it would have adopted, never ran.
         lb.clients.fetch_sub(1, Ordering::SeqCst);

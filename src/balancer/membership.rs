@@ -290,9 +290,7 @@ fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, fail
     if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
         return false;
     }
-    let missing = backend
-        .workers
-        .saturating_sub(lb.queue.connections(backend.id));
+    let missing = backend.workers.saturating_sub(lb.queue.connections(backend.id));
     let conns = match connect_and_probe(lb, backend, missing) {
         Ok(conns) => conns,
         Err(e) => {
@@ -342,10 +340,8 @@ pub(crate) fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
     backend.current_request.store(0, Ordering::Relaxed);
     let id = backend.id;
     let probed = Arc::clone(&backend);
-    let spawned = spawn_prober(
-        lb,
-        format!("reprobe-{id}"),
-        move |lb| match connect_and_probe(lb, &probed, 1) {
+    let spawned = spawn_prober(lb, format!("reprobe-{id}"), move |lb| {
+        match connect_and_probe(lb, &probed, 1) {
             Ok(conns) => {
                 log::info!(
                     "Connected to server {id} at {} again: it answered the re-probe",
@@ -361,8 +357,8 @@ pub(crate) fn reprobe(lb: &Arc<Balancer>, lease: Lease<'_, BackendConn>) {
             Err(e) => {
                 log::warn!("server {id}: a worker's re-probe failed ({e}); dropped its connection");
             }
-        },
-    );
+        }
+    });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to re-probe server {id}: {e}; dropping that connection");
         lb.queue.drop_connection(&backend);
@@ -377,13 +373,10 @@ fn spawn_prober(
 ) -> io::Result<()> {
     lb.probing.fetch_add(1, Ordering::SeqCst);
     let prober = Arc::clone(lb);
-    let spawned = std::thread::Builder::new()
-        .name(name)
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            let _held = Held::adopt(&prober.probing);
-            f(&prober);
-        });
+    let spawned = std::thread::Builder::new().name(name).stack_size(128 * 1024).spawn(move || {
+        let _held = Held::adopt(&prober.probing);
+        f(&prober);
+    });
     if spawned.is_err() {
         // The closure, and the unit it would have adopted, never ran.
         lb.probing.fetch_sub(1, Ordering::SeqCst);

@@ -49,11 +49,8 @@ const OTHER_DESCRIPTORS: u64 = 32 + http::MAX_CONNECTIONS as u64;
 /// A message saying what failed at start (unknown policy, port in use, bad servers file).
 pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     config.token = config.token_file.as_deref().map(token::read).transpose()?;
-    config.backend_tls = config
-        .backend_ca
-        .as_deref()
-        .map(|ca| tls::client_config(Some(ca)))
-        .transpose()?;
+    config.backend_tls =
+        config.backend_ca.as_deref().map(|ca| tls::client_config(Some(ca))).transpose()?;
     config.max_clients = fit_descriptors(config.max_clients);
     // clap allows only known names; this is for callers of the library.
     let policy = policy::by_name(&config.policy)
@@ -65,9 +62,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     };
     let hint = "is another balancer running? port 0 picks a free port";
     let client_side = |port| bind("listen", &config.host, port, hint);
-    let plain = (!config.no_plain)
-        .then(|| client_side(config.port))
-        .transpose()?;
+    let plain = (!config.no_plain).then(|| client_side(config.port)).transpose()?;
     let secure = config.tls_port.map(client_side).transpose()?;
     let (host, port) = (&config.admin_host, config.admin_port);
     let hint = "--admin-port 0 picks a free port";
@@ -100,9 +95,7 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
     let (stop_watcher, stop) = crossbeam_channel::bounded::<()>(0);
     let checking = (Arc::clone(&lb), stop.clone());
     let watcher = spawn("membership", move || watcher.run(&stop))?;
-    let health = spawn("health", move || {
-        membership::check_health(&checking.0, &checking.1)
-    })?;
+    let health = spawn("health", move || membership::check_health(&checking.0, &checking.1))?;
     if listed.is_empty() {
         log::warn!(
             "no server is listed yet: start one with `server <id> <port> <processing_time>`; it joins within a second"
@@ -128,15 +121,10 @@ pub fn run(mut config: BalancerConfig, shutdown: Receiver<()>) -> Result<(), Str
         begin_stopping(&lb);
     }
     let mut listeners = Vec::new();
-    let sides = [
-        plain.map(|l| (l, None)),
-        secure.map(|l| (l, acceptor.clone())),
-    ];
+    let sides = [plain.map(|l| (l, None)), secure.map(|l| (l, acceptor.clone()))];
     for ((listener, addr), tls) in sides.into_iter().flatten() {
         let accepting = Arc::clone(&lb);
-        let accept = spawn("accept", move || {
-            listener::accept_loop(&accepting, listener, tls)
-        })?;
+        let accept = spawn("accept", move || listener::accept_loop(&accepting, listener, tls))?;
         listeners.push((accept, addr));
     }
     let admin_lb = Arc::clone(&lb);
@@ -188,10 +176,7 @@ fn shut_down(lb: &Balancer, listeners: Vec<(JoinHandle<()>, SocketAddr)>) {
     // The watcher is gone, so the reconnectors end after their attempt in hand. A probe of a
     // live server takes a moment; one stuck on a hung server is not worth delaying the exit.
     if !gauge::wait_for_zero(&lb.probing, deadline.min(Instant::now() + PROBE_WAIT)) {
-        log::debug!(
-            "{} server probe(s) still running",
-            lb.probing.load(Ordering::SeqCst)
-        );
+        log::debug!("{} server probe(s) still running", lb.probing.load(Ordering::SeqCst));
     }
     log::info!("Load balancer stopped");
 }
@@ -202,18 +187,14 @@ fn shut_down(lb: &Balancer, listeners: Vec<(JoinHandle<()>, SocketAddr)>) {
 fn fit_descriptors(max_clients: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: limit.maximum,
-        ..limit
-    };
+    let raised = Rlimit { current: limit.maximum, ..limit };
     let raised = setrlimit(Resource::Nofile, raised).is_ok();
     // `None` is no limit at all.
     let Some(soft) = (if raised { limit.maximum } else { limit.current }) else {
         return max_clients;
     };
-    let fits = usize::try_from(soft.saturating_sub(OTHER_DESCRIPTORS) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let fits =
+        usize::try_from(soft.saturating_sub(OTHER_DESCRIPTORS) / 2).unwrap_or(usize::MAX).max(1);
     if max_clients <= fits {
         return max_clients;
     }
@@ -255,11 +236,7 @@ fn listed_at_start(path: &Path) -> Result<Vec<ServerEntry>, String> {
             Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => log::warn!(
                 "servers file {shown} does not exist ({HINT}); servers that start create it"
             ),
-            _ => {
-                return Err(format!(
-                    "servers file {shown}: its folder does not exist ({HINT})"
-                ))
-            }
+            _ => return Err(format!("servers file {shown}: its folder does not exist ({HINT})")),
         }
     }
     servers_file::read(path).map_err(|e| format!("cannot read servers file {shown}: {e}"))

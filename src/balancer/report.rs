@@ -45,11 +45,7 @@ fn rows<'a>(queue: &Snapshot, servers: &'a [Arc<Backend>]) -> Vec<Row<'a>> {
             State::Down => 0,
             _ => server.in_flight.load(Relaxed),
         };
-        Row {
-            server,
-            state,
-            in_flight,
-        }
+        Row { server, state, in_flight }
     };
     servers.iter().map(row).collect()
 }
@@ -189,26 +185,14 @@ pub fn metrics(lb: &Balancer) -> String {
         }
     }
     let once = [
-        (
-            "replies_total",
-            "Replies sent to clients.",
-            count(&lb.stats.replies),
-        ),
-        (
-            "queue_length",
-            "Requests waiting for an idle server.",
-            queue.waiting as f64,
-        ),
+        ("replies_total", "Replies sent to clients.", count(&lb.stats.replies)),
+        ("queue_length", "Requests waiting for an idle server.", queue.waiting as f64),
         (
             "queue_longest_wait_seconds",
             "How long the first request in line has waited.",
             queue.longest_wait.as_secs_f64(),
         ),
-        (
-            "clients_connected",
-            "Client connections open.",
-            lb.clients.load(Relaxed) as f64,
-        ),
+        ("clients_connected", "Client connections open.", lb.clients.load(Relaxed) as f64),
         (
             "requests_in_flight",
             "Requests read and not yet answered.",
@@ -224,11 +208,7 @@ pub fn metrics(lb: &Balancer) -> String {
         let name = family(&mut m, name, help);
         sample(&mut m, &name, value);
     }
-    let name = family(
-        &mut m,
-        "errors_total",
-        "ERR replies sent to clients, by code.",
-    );
+    let name = family(&mut m, "errors_total", "ERR replies sent to clients, by code.");
     for (code, n) in Code::ALL.into_iter().zip(&lb.stats.errors) {
         let series = format!("{name}{{code=\"{}\"}}", code.as_str());
         sample(&mut m, &series, count(n));
@@ -248,15 +228,8 @@ pub fn metrics(lb: &Balancer) -> String {
 
 /// Writes a family's header; returns its full name.
 fn family(m: &mut String, name: &str, help: &str) -> String {
-    let kind = if name.ends_with("_total") {
-        "counter"
-    } else {
-        "gauge"
-    };
-    let _ = writeln!(
-        m,
-        "# HELP minilb_{name} {help}\n# TYPE minilb_{name} {kind}"
-    );
+    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+    let _ = writeln!(m, "# HELP minilb_{name} {help}\n# TYPE minilb_{name} {kind}");
     format!("minilb_{name}")
 }
 
@@ -283,10 +256,7 @@ mod tests {
         let seen = |q: &IdleQueue<u32>| {
             (rows(&q.snapshot(), &servers).iter().map(server_status))
                 .map(|v| {
-                    (
-                        v["state"].as_str().unwrap().to_string(),
-                        v["in_flight"].as_u64().unwrap(),
-                    )
+                    (v["state"].as_str().unwrap().to_string(), v["in_flight"].as_u64().unwrap())
                 })
                 .collect::<Vec<_>>()
         };

@@ -148,8 +148,7 @@ fn handle(
                 backend.record_reply(service, latency, bytes, error);
                 lb.stats.record_reply(latency, error);
                 let times = (started, taken, started + latency);
-                lb.stats
-                    .record_span(id, from, server, times, error.is_none());
+                lb.stats.record_span(id, from, server, times, error.is_none());
                 log::info!(
                     "req {id}: reply sent: {} from server {server}, {bytes} bytes, {:.3} s",
                     error.map_or_else(|| "OK".to_string(), |e| format!("ERR {}", e.code())),
@@ -189,9 +188,8 @@ fn handle(
             }
         }
     }
-    let e = Code::Unavailable.msg(format!(
-        "no server could answer after {attempts} attempts; try again"
-    ));
+    let e = Code::Unavailable
+        .msg(format!("no server could answer after {attempts} attempts; try again"));
     reply_error(lb, &e, started, client)
 }
 

@@ -20,9 +20,8 @@ use crate::error::{Code, Error};
 use crate::policy::{Decision, Policy};
 
 /// Upper bounds, in seconds, of the request-latency histogram's buckets.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// How many recent decisions are kept for the dashboard.
 pub const RECENT_DECISIONS: usize = 40;
@@ -202,11 +201,7 @@ impl Stats {
     pub fn timeline(&self) -> Vec<Span> {
         let from = self.secs(Instant::now()) - TIMELINE_WINDOW.as_secs_f64();
         let timeline = self.timeline.lock();
-        timeline
-            .iter()
-            .filter(|s| s.ended >= from)
-            .copied()
-            .collect()
+        timeline.iter().filter(|s| s.ended >= from).copied().collect()
     }
 
     /// `at` in seconds since the balancer started.
@@ -282,11 +277,7 @@ mod tests {
     fn decisions_read_like_sentences() {
         let power = by_name("power").unwrap();
         let chosen = backend(2, 0.02, 0);
-        let alone = Decision {
-            free: 1,
-            declared: chosen.processing_time,
-            ..Decision::default()
-        };
+        let alone = Decision { free: 1, declared: chosen.processing_time, ..Decision::default() };
         let stats = Stats::default();
         stats.record_choice(7, Instant::now(), &chosen, alone);
         assert_eq!(
@@ -306,12 +297,7 @@ mod tests {
         stats.record_choice(14, second, &chosen, Decision::default());
         stats.record_choice(13, first, &chosen, Decision::default());
         let d = stats.decisions(by_name("power").unwrap());
-        assert_eq!(
-            d.iter()
-                .map(|d| d["request"].as_u64().unwrap())
-                .collect::<Vec<_>>(),
-            [13, 14]
-        );
+        assert_eq!(d.iter().map(|d| d["request"].as_u64().unwrap()).collect::<Vec<_>>(), [13, 14]);
         assert!(d[0]["at"].as_f64() < d[1]["at"].as_f64());
     }
 
@@ -324,12 +310,7 @@ mod tests {
         let spans = stats.timeline();
         assert_eq!(spans.len(), 1);
         assert_eq!(
-            (
-                spans[0].server,
-                spans[0].arrived,
-                spans[0].taken,
-                spans[0].ended
-            ),
+            (spans[0].server, spans[0].arrived, spans[0].taken, spans[0].ended),
             (2, 0.0, 0.01, 0.03)
         );
         for i in 0..TIMELINE_CAP as u64 + 10 {

@@ -123,10 +123,7 @@ impl Connection {
             Some(tls) => tls.connect(tcp, READ_TIMEOUT)?,
         };
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
-        Ok(Connection {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            header: Vec::new(),
-        })
+        Ok(Connection { reader: BufReader::with_capacity(64 * 1024, stream), header: Vec::new() })
     }
 
     /// Sends one request and reads its reply header; the body, if any, is next on the
@@ -135,9 +132,7 @@ impl Connection {
     /// # Errors
     /// An I/O error, or `InvalidData` when the reply breaks the protocol.
     pub fn send(&mut self, request: &Request) -> io::Result<ReplyHeader> {
-        self.reader
-            .get_mut()
-            .write_all(format!("{}\n", request.line()).as_bytes())?;
+        self.reader.get_mut().write_all(format!("{}\n", request.line()).as_bytes())?;
         let invalid = |message| io::Error::new(io::ErrorKind::InvalidData, message);
         match protocol::read_line(&mut self.reader, &mut self.header, MAX_HEADER_LINE)? {
             Line::Complete => ReplyHeader::parse(&self.header).map_err(invalid),

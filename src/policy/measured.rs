@@ -10,10 +10,7 @@ pub(crate) const MEASURED: Policy = Policy {
     pick: |idle| min_by(idle, |b| (b.expected_time(), b.last_chosen.load(Relaxed))),
     reason: |d| match d.measured {
         Some(m) => format!("fastest idle as measured ({})", short_time(m)),
-        None => format!(
-            "fastest idle, not measured yet ({} declared)",
-            short_time(d.declared)
-        ),
+        None => format!("fastest idle, not measured yet ({} declared)", short_time(d.declared)),
     },
 };
 

@@ -176,15 +176,9 @@ mod tests {
             power.explain(2, &d),
             "2 servers busy, server 2 fastest idle (20 ms) by power, 1 worker free too, queued 2nd, waited 15 ms"
         );
-        let alone = Decision {
-            free: 1,
-            declared: Duration::from_millis(20),
-            ..Decision::default()
-        };
-        assert_eq!(
-            power.explain(2, &alone),
-            "server 2 fastest idle (20 ms) by power"
-        );
+        let alone =
+            Decision { free: 1, declared: Duration::from_millis(20), ..Decision::default() };
+        assert_eq!(power.explain(2, &alone), "server 2 fastest idle (20 ms) by power");
         assert_eq!(
             [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]

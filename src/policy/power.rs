@@ -30,12 +30,7 @@ mod tests {
 
     #[test]
     fn rotates_among_equals() {
-        let idle = [
-            backend(1, 0.5, 7),
-            backend(2, 0.5, 3),
-            backend(3, 0.5, 5),
-            backend(4, 1.0, 0),
-        ];
+        let idle = [backend(1, 0.5, 7), backend(2, 0.5, 3), backend(3, 0.5, 5), backend(4, 1.0, 0)];
         assert_eq!(pick(&idle), Some(1));
     }
 

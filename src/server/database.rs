@@ -223,10 +223,8 @@ impl Seed {
             return Err(format!("{} is empty", seed.display()));
         }
         let header = rows.remove(0);
-        let columns: Vec<String> = header
-            .iter()
-            .map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\"")))
-            .collect();
+        let columns: Vec<String> =
+            header.iter().map(|h| format!("\"{}\" TEXT", h.replace('"', "\"\""))).collect();
         let values: Vec<String> = (1..=header.len()).map(|i| format!("${i}")).collect();
         Ok(Seed {
             create: format!("CREATE TABLE COLORS ({})", columns.join(", ")),
@@ -244,16 +242,10 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
     if text.matches('"').count() % 2 == 1 {
         return Err("a quote is never closed".into());
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes());
     let rows = reader.records().map(|row| {
         let row = row.map_err(|e| match e.kind() {
-            csv::ErrorKind::UnequalLengths {
-                pos,
-                expected_len,
-                len,
-            } => {
+            csv::ErrorKind::UnequalLengths { pos, expected_len, len } => {
                 let line = pos.as_ref().map_or(0, csv::Position::line);
                 format!("seed row {line} has {len} fields, the header has {expected_len}")
             }
@@ -271,10 +263,7 @@ mod tests {
     /// The flags' defaults, for the engines' tests.
     impl Default for QueryLimits {
         fn default() -> Self {
-            QueryLimits {
-                timeout: Duration::from_secs(5),
-                max_reply: 16 * 1024 * 1024,
-            }
+            QueryLimits { timeout: Duration::from_secs(5), max_reply: 16 * 1024 * 1024 }
         }
     }
 
@@ -300,13 +289,7 @@ mod tests {
             hide_password("postgres://minilb:s3cret@db:5432/colors"),
             "postgres://minilb:***@db:5432/colors"
         );
-        assert_eq!(
-            hide_password("postgres://minilb@db/colors"),
-            "postgres://minilb@db/colors"
-        );
-        assert_eq!(
-            hide_password("host=db user=x password=y"),
-            "host=db user=x password=***"
-        );
+        assert_eq!(hide_password("postgres://minilb@db/colors"), "postgres://minilb@db/colors");
+        assert_eq!(hide_password("host=db user=x password=y"), "host=db user=x password=***");
     }
 }

@@ -88,9 +88,7 @@ pub(crate) fn accept_loop(server: &Arc<Server>, listener: &TcpListener) {
 
 /// Serves one connection until the peer closes it or breaks the protocol.
 fn serve_connection(server: &Server, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let _connection = Held::new(&server.connections);
     match serve(server, stream, &peer) {
         Err(e) => log::info!("connection with {peer} ended: {e}"),

@@ -63,9 +63,8 @@ impl Postgres {
         limits: QueryLimits,
     ) -> Result<Postgres, String> {
         let name = hide_password(url);
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| format!("database URL {name} is not valid: {e}"))?;
+        let mut config: Config =
+            url.parse().map_err(|e| format!("database URL {name} is not valid: {e}"))?;
         let mut options = format!("-c statement_timeout={}", limits.timeout.as_millis());
         if !db.writable {
             options.push_str(" -c default_transaction_read_only=on");
@@ -101,13 +100,7 @@ impl Postgres {
         spawn("db-session", move || {
             session(&config, client, &inbox, &outbox, limits, &thread_name);
         })?;
-        Ok(Postgres {
-            name,
-            wait: limits.timeout + MARGIN,
-            requests,
-            replies,
-            owed: false,
-        })
+        Ok(Postgres { name, wait: limits.timeout + MARGIN, requests, replies, owed: false })
     }
 }
 
@@ -217,10 +210,7 @@ fn serve(
 ) -> (Result<QueryOutput, Error>, bool) {
     let result = run(client, sql, limits, name);
     let cleaned = client.batch_execute("DISCARD ALL");
-    if cleaned
-        .as_ref()
-        .is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION))
-    {
+    if cleaned.as_ref().is_err_and(|e| e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION)) {
         // Should the rollback fail, the connection is dropped: no transaction outlives it.
         let rolled_back = client.batch_execute("ROLLBACK; DISCARD ALL");
         if let Err(e) = &rolled_back {
@@ -260,9 +250,7 @@ fn run(client: &mut Client, sql: &str, limits: QueryLimits, name: &str) -> Reply
             "column {name} is of type {kind}, which this server does not show: cast it to text ({name}::text)"
         )));
     }
-    let mut rows = client
-        .query_raw(&statement, std::iter::empty::<i32>())
-        .map_err(pg)?;
+    let mut rows = client.query_raw(&statement, std::iter::empty::<i32>()).map_err(pg)?;
     let mut out = QueryOutput::default();
     while let Some(row) = rows.next().map_err(pg)? {
         out.row();
@@ -326,14 +314,10 @@ impl<'a> FromSql<'a> for Value<'a> {
 
     /// The types shown; a column of any other is refused, asking for a cast to text.
     fn accepts(ty: &Type) -> bool {
-        let numbers = matches!(
-            *ty,
-            Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC
-        );
-        let texts = matches!(
-            *ty,
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
-        );
+        let numbers =
+            matches!(*ty, Type::BOOL | Type::INT2 | Type::INT4 | Type::INT8 | Type::NUMERIC);
+        let texts =
+            matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN);
         numbers || texts || matches!(*ty, Type::FLOAT4 | Type::FLOAT8 | Type::BYTEA | Type::VOID)
     }
 }
@@ -341,11 +325,7 @@ impl<'a> FromSql<'a> for Value<'a> {
 /// A `numeric` in binary format written as PostgreSQL writes it (`1.50`, `-0.001`, `NaN`):
 /// base-10000 digits, the weight of the first, a sign and the digits shown after the point.
 fn numeric_text(raw: &[u8]) -> Option<String> {
-    let word = |i: usize| {
-        Some(u16::from_be_bytes(
-            raw.get(2 * i..2 * i + 2)?.try_into().ok()?,
-        ))
-    };
+    let word = |i: usize| Some(u16::from_be_bytes(raw.get(2 * i..2 * i + 2)?.try_into().ok()?));
     let (ndigits, weight, sign, scale) =
         (word(0)? as i64, word(1)? as i16 as i64, word(2)?, word(3)?);
     // The digit worth 10000^p is number weight - p.
@@ -384,8 +364,7 @@ fn unavailable(name: &str, why: impl std::fmt::Display) -> Error {
 
 /// PostgreSQL's own message for a database error, else the client's, on one line.
 fn message(e: &::postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |db| db.message().to_string())
+    e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
 }
 
 /// Creates and fills `COLORS` when missing, under a lock so that servers starting together
@@ -394,12 +373,9 @@ fn seed(client: &mut Client, seed: &std::path::Path) -> Result<(), String> {
     let fail = |e: ::postgres::Error| message(&e);
     let mut tx = client.transaction().map_err(fail)?;
     // Held until the commit; the key is arbitrary, shared by every minilb server.
-    tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
-        .map_err(fail)?;
-    let missing: bool = tx
-        .query_one("SELECT to_regclass('colors') IS NULL", &[])
-        .map_err(fail)?
-        .get(0);
+    tx.execute("SELECT pg_advisory_xact_lock(7411)", &[]).map_err(fail)?;
+    let missing: bool =
+        tx.query_one("SELECT to_regclass('colors') IS NULL", &[]).map_err(fail)?.get(0);
     if missing {
         let table = Seed::read(seed).map_err(|e| format!("it has no COLORS table, and {e}"))?;
         tx.execute(&table.create, &[]).map_err(fail)?;
@@ -430,10 +406,7 @@ mod tests {
         assert_eq!(numeric(&[1, 0, 0, 0, 7]).unwrap(), "7");
         assert_eq!(numeric(&[1, 1, 0, 0, 1]).unwrap(), "10000");
         assert_eq!(numeric(&[2, 0, 0, 2, 1, 5000]).unwrap(), "1.50");
-        assert_eq!(
-            numeric(&[3, 1, 0x4000, 6, 1, 2345, 6789]).unwrap(),
-            "-12345.678900"
-        );
+        assert_eq!(numeric(&[3, 1, 0x4000, 6, 1, 2345, 6789]).unwrap(), "-12345.678900");
         assert_eq!(numeric(&[1, 0xFFFE, 0, 5, 1000]).unwrap(), "0.00001");
         assert_eq!(numeric(&[0, 0, 0xC000, 0]).unwrap(), "NaN");
         assert_eq!(numeric(&[0, 0, 0xF000, 0]).unwrap(), "-Infinity");

@@ -18,11 +18,7 @@ pub(crate) enum Registration {
     File(PathBuf),
     /// With a balancer's admin listener at `admin` (`host:port`), presenting `token`; with
     /// `tls` (`--ca`), over HTTPS, verifying the balancer's certificate.
-    Join {
-        admin: String,
-        token: Option<String>,
-        tls: Option<Connector>,
-    },
+    Join { admin: String, token: Option<String>, tls: Option<Connector> },
 }
 
 impl Registration {

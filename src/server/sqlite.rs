@@ -81,14 +81,8 @@ impl Sqlite {
         let fail = |e: rusqlite::Error| e.to_string();
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         conn.progress_handler(10_000, Some(passed)).map_err(fail)?;
-        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest)
-            .map_err(fail)?;
-        let mut db = Sqlite {
-            conn,
-            writable: config.writable,
-            limits,
-            hooks,
-        };
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, longest).map_err(fail)?;
+        let mut db = Sqlite { conn, writable: config.writable, limits, hooks };
         db.install_authorizer().map_err(fail)?;
         Ok(db)
     }
@@ -256,15 +250,12 @@ fn build(path: &Path, seed: &Seed) -> Result<(), String> {
     let _ = fs::remove_file(path);
     let fail = |e: rusqlite::Error| format!("cannot build database {}: {e}", path.display());
     let mut conn = Connection::open(path).map_err(fail)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(fail)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
     let tx = conn.transaction().map_err(fail)?;
     tx.execute(&seed.create, []).map_err(fail)?;
     let mut insert = tx.prepare(&seed.insert).map_err(fail)?;
     for row in &seed.rows {
-        insert
-            .execute(rusqlite::params_from_iter(row))
-            .map_err(fail)?;
+        insert.execute(rusqlite::params_from_iter(row)).map_err(fail)?;
     }
     drop(insert);
     tx.commit().map_err(fail)?;
@@ -309,16 +300,9 @@ mod tests {
         );
         assert_eq!(out.rows, 2);
         assert_eq!(out.changes, None);
-        let out = db
-            .query("SELECT NULL AS n, 1 AS i, 2.5 AS r, x'00ff' AS b")
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(out.body).unwrap(),
-            "n: NULL\ni: 1\nr: 2.5\nb: X'00FF'\n"
-        );
-        let out = db
-            .query("SELECT * FROM COLORS WHERE Name = 'Nope'")
-            .unwrap();
+        let out = db.query("SELECT NULL AS n, 1 AS i, 2.5 AS r, x'00ff' AS b").unwrap();
+        assert_eq!(String::from_utf8(out.body).unwrap(), "n: NULL\ni: 1\nr: 2.5\nb: X'00FF'\n");
+        let out = db.query("SELECT * FROM COLORS WHERE Name = 'Nope'").unwrap();
         assert_eq!(out.body, b"No output");
     }
 
@@ -326,9 +310,8 @@ mod tests {
     fn read_only_is_enforced_by_sqlite() {
         let (config, _dir) = temp_db("ro", false);
         let mut db = open(&config, QueryLimits::default());
-        let e = db
-            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
-            .unwrap_err();
+        let e =
+            db.query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')").unwrap_err();
         assert_eq!(e.code(), "forbidden", "{e}");
         let out = db.query("SELECT count(*) AS n FROM COLORS").unwrap();
         assert_eq!(out.body, b"n: 2\n");
@@ -338,9 +321,7 @@ mod tests {
     fn writes_and_errors() {
         let (config, _dir) = temp_db("rw", true);
         let mut db = open(&config, QueryLimits::default());
-        let out = db
-            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
-            .unwrap();
+        let out = db.query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')").unwrap();
         assert_eq!(out.changes, Some(1));
         assert_eq!(out.body, b"No output");
         assert_eq!(db.query("SELEC 1").unwrap_err().code(), "sql");
@@ -350,10 +331,7 @@ mod tests {
 
     #[test]
     fn limits_time_and_size() {
-        let limits = QueryLimits {
-            timeout: Duration::from_millis(200),
-            max_reply: 1000,
-        };
+        let limits = QueryLimits { timeout: Duration::from_millis(200), max_reply: 1000 };
         let (config, _dir) = temp_db("limits", false);
         let mut db = open(&config, limits);
         let e = db
@@ -390,20 +368,10 @@ mod tests {
                 assert_eq!(e.code(), "forbidden", "{sql}: {e}");
                 assert!(e.message().contains("not allowed"), "{sql}: {e}");
             }
-            assert!(
-                !copy.exists(),
-                "a refused statement created {}",
-                copy.display()
-            );
+            assert!(!copy.exists(), "a refused statement created {}", copy.display());
             // Pragmas that only read still work, and nothing changed.
-            assert_eq!(
-                db.query("PRAGMA journal_mode").unwrap().body,
-                b"journal_mode: wal\n"
-            );
-            assert_eq!(
-                db.query("PRAGMA user_version").unwrap().body,
-                b"user_version: 0\n"
-            );
+            assert_eq!(db.query("PRAGMA journal_mode").unwrap().body, b"journal_mode: wal\n");
+            assert_eq!(db.query("PRAGMA user_version").unwrap().body, b"user_version: 0\n");
             let out = db.query("PRAGMA table_info(COLORS)").unwrap();
             assert_eq!(out.rows, 3);
         }
@@ -411,10 +379,7 @@ mod tests {
 
     #[test]
     fn no_value_may_outgrow_the_reply_limit() {
-        let limits = QueryLimits {
-            timeout: Duration::from_secs(5),
-            max_reply: 1000,
-        };
+        let limits = QueryLimits { timeout: Duration::from_secs(5), max_reply: 1000 };
         let (config, _dir) = temp_db("longest", false);
         let mut db = open(&config, limits);
         for sql in [
@@ -427,10 +392,7 @@ mod tests {
             assert_eq!(e.code(), "too_large", "{sql}: {e}");
         }
         // Short of the limit, the same functions work.
-        assert_eq!(
-            db.query("SELECT length(zeroblob(500)) AS n").unwrap().body,
-            b"n: 500\n"
-        );
+        assert_eq!(db.query("SELECT length(zeroblob(500)) AS n").unwrap().body, b"n: 500\n");
     }
 
     /// Every kind of transaction control, in several spellings.
@@ -492,32 +454,22 @@ mod tests {
         db.conn.authorizer(None::<NoAuthorizer>).unwrap();
         db.conn.execute_batch("BEGIN").unwrap();
         db.install_authorizer().unwrap();
-        let e = db
-            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
-            .unwrap_err();
+        let e =
+            db.query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')").unwrap_err();
         assert_eq!(e.code(), "forbidden", "{e}");
         assert!(db.conn.is_autocommit());
         let other = Connection::open(config.path.as_ref().unwrap()).unwrap();
-        let n: i64 = other
-            .query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = other.query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 2);
         // The next request is served normally, and its write is committed.
-        let out = db
-            .query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')")
-            .unwrap();
+        let out = db.query("INSERT INTO COLORS VALUES ('Red', '#FF0000', 'rgb(255,0,0)')").unwrap();
         assert_eq!(out.changes, Some(1));
-        let n: i64 = other
-            .query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = other.query_row("SELECT count(*) FROM COLORS", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 3);
     }
 
     fn pragma<'a>(name: &'a str, value: Option<&'a str>) -> AuthAction<'a> {
-        AuthAction::Pragma {
-            pragma_name: name,
-            pragma_value: value,
-        }
+        AuthAction::Pragma { pragma_name: name, pragma_value: value }
     }
 
     #[test]
@@ -526,22 +478,10 @@ mod tests {
         assert!(check(&AuthAction::Attach { filename: "" }, None).is_err());
         assert!(check(&AuthAction::Detach { database_name: "x" }, None).is_err());
         for name in ["load_extension", "LOAD_EXTENSION"] {
-            let e = check(
-                &AuthAction::Function {
-                    function_name: name,
-                },
-                None,
-            )
-            .unwrap_err();
+            let e = check(&AuthAction::Function { function_name: name }, None).unwrap_err();
             assert!(e.contains("load_extension() is not allowed"), "{e}");
         }
-        assert!(check(
-            &AuthAction::Function {
-                function_name: "upper"
-            },
-            None
-        )
-        .is_ok());
+        assert!(check(&AuthAction::Function { function_name: "upper" }, None).is_ok());
         assert!(check(&AuthAction::Select, None).is_ok());
     }
 
@@ -575,10 +515,7 @@ mod tests {
             assert!(check(&bad, Some("main")).is_err(), "{bad:?}");
         }
         let e = check(&pragma("journal_mode", Some("DELETE")), None).unwrap_err();
-        assert!(
-            e.starts_with("PRAGMA journal_mode = DELETE is not allowed"),
-            "{e}"
-        );
+        assert!(e.starts_with("PRAGMA journal_mode = DELETE is not allowed"), "{e}");
     }
 
     #[test]
@@ -590,10 +527,7 @@ mod tests {
             assert!(e.starts_with("BEGIN, COMMIT, ROLLBACK"), "{e}");
         }
         for op in [Begin, Release, Rollback] {
-            let savepoint = AuthAction::Savepoint {
-                operation: op,
-                savepoint_name: "s",
-            };
+            let savepoint = AuthAction::Savepoint { operation: op, savepoint_name: "s" };
             assert!(check(&savepoint, None).is_err());
         }
         let temp_table = AuthAction::CreateTempTable { table_name: "t" };
@@ -602,9 +536,7 @@ mod tests {
         assert_eq!(check(&insert, Some("temp")), Err(TEMP_REFUSED.into()));
         assert_eq!(check(&insert, Some("main")), Ok(()));
         for name in ["last_insert_rowid", "CHANGES", "total_changes"] {
-            let f = AuthAction::Function {
-                function_name: name,
-            };
+            let f = AuthAction::Function { function_name: name };
             assert!(check(&f, None).is_err(), "{name}");
         }
     }

@@ -22,9 +22,7 @@ pub fn make(dir: &Path, tag: &str, names: &[&str], expired: bool) -> Certs {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     // Each CA its own name: a verifier looks issuers up by name.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("minilb test CA {tag}"));
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("minilb test CA {tag}"));
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -50,18 +48,10 @@ pub fn make(dir: &Path, tag: &str, names: &[&str], expired: bool) -> Certs {
 /// Starts the balancer on port 0 with a TLS listener (also on port 0) using `certs`, and waits
 /// until `servers` servers are in its pool. Its `addrs` are: plain, admin, TLS.
 pub fn start_tls_balancer(dir: &TestDir, servers: usize, certs: &Certs, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = [
-        "--port",
-        "0",
-        "--admin-port",
-        "0",
-        "--tls-port",
-        "0",
-        "--servers-file",
-        "servers.json",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> =
+        ["--port", "0", "--admin-port", "0", "--tls-port", "0", "--servers-file", "servers.json"]
+            .map(String::from)
+            .to_vec();
     args.extend(["--tls-cert".into(), path(&certs.cert)]);
     args.extend(["--tls-key".into(), path(&certs.key)]);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -72,9 +62,7 @@ pub fn start_tls_balancer(dir: &TestDir, servers: usize, certs: &Certs, extra: &
         &dir.path,
         3,
     );
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("Connected to server").count() >= servers
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().matches("Connected to server").count() >= servers);
     lb
 }
 

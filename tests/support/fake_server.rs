@@ -25,11 +25,7 @@ pub enum Act {
     /// Sends these bytes, then closes its side of the connection.
     SendAndClose(Vec<u8>),
     /// Sends the first `at_once` bytes, then the rest one byte at a time, `gap` apart.
-    Trickle {
-        bytes: Vec<u8>,
-        at_once: usize,
-        gap: Duration,
-    },
+    Trickle { bytes: Vec<u8>, at_once: usize, gap: Duration },
     /// Answers right; then, once no request has come for `quiet`, sends these bytes (they
     /// arrive on an idle connection).
     AnswerThenWhenIdle(Vec<u8>, Duration),
@@ -190,19 +186,17 @@ fn serve(id: u32, conn: TcpStream, script: &Script, counts: &Counts) -> bool {
                 writer.write_all(&answer(id, line))
             }
             Act::Send(bytes) => writer.write_all(&bytes),
-            Act::SendAndClose(bytes) => writer
-                .write_all(&bytes)
-                .and_then(|()| writer.shutdown(Shutdown::Write)),
-            Act::Trickle {
-                bytes,
-                at_once,
-                gap,
-            } => writer.write_all(&bytes[..at_once]).and_then(|()| {
-                bytes[at_once..].iter().try_for_each(|b| {
-                    std::thread::sleep(gap);
-                    writer.write_all(&[*b])
+            Act::SendAndClose(bytes) => {
+                writer.write_all(&bytes).and_then(|()| writer.shutdown(Shutdown::Write))
+            }
+            Act::Trickle { bytes, at_once, gap } => {
+                writer.write_all(&bytes[..at_once]).and_then(|()| {
+                    bytes[at_once..].iter().try_for_each(|b| {
+                        std::thread::sleep(gap);
+                        writer.write_all(&[*b])
+                    })
                 })
-            }),
+            }
             Act::AnswerThenWhenIdle(bytes, quiet) => {
                 writer.write_all(&answer(id, line)).unwrap();
                 // Quiet means no request arrived meanwhile: then none is outstanding.
@@ -211,10 +205,7 @@ fn serve(id: u32, conn: TcpStream, script: &Script, counts: &Counts) -> bool {
                     reader.fill_buf(),
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
                 );
-                reader
-                    .get_ref()
-                    .set_read_timeout(Some(FAKE_TIMEOUT))
-                    .unwrap();
+                reader.get_ref().set_read_timeout(Some(FAKE_TIMEOUT)).unwrap();
                 if idle {
                     // Counted once sent: a test that waits for the count may then rely on
                     // the bytes being on their way.

@@ -99,10 +99,7 @@ pub fn crowd(
             let line = format!("{line}\n");
             std::thread::spawn(move || {
                 let timed_out = |e: &io::Error| {
-                    matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                    )
+                    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
                 };
                 let stream = match TcpStream::connect_timeout(&addr, patience) {
                     Ok(s) => s,
@@ -142,32 +139,14 @@ pub fn starved_balancer(dir: &TestDir, nofile: u32, servers: usize, extra: &[&st
         Command::new("prlimit").arg("--version").output().is_ok(),
         "these tests need prlimit (util-linux)"
     );
-    let mut args = vec![
-        format!("--nofile={nofile}:{nofile}"),
-        env!("CARGO_BIN_EXE_loadbalancer").to_string(),
-    ];
+    let mut args =
+        vec![format!("--nofile={nofile}:{nofile}"), env!("CARGO_BIN_EXE_loadbalancer").to_string()];
     args.extend(
-        [
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--servers-file",
-            "servers.json",
-        ]
-        .map(String::from),
+        ["--port", "0", "--admin-port", "0", "--servers-file", "servers.json"].map(String::from),
     );
     args.extend(extra.iter().map(|s| s.to_string()));
-    let lb = spawn(
-        "prlimit",
-        &args,
-        dir.path.join("loadbalancer.log"),
-        &dir.path,
-        2,
-    );
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("Connected to server").count() >= servers
-    });
+    let lb = spawn("prlimit", &args, dir.path.join("loadbalancer.log"), &dir.path, 2);
+    wait_until(START_TIMEOUT, || lb.log_text().matches("Connected to server").count() >= servers);
     lb
 }
 
@@ -177,14 +156,7 @@ pub fn starved_balancer(dir: &TestDir, nofile: u32, servers: usize, extra: &[&st
 pub fn balancer_before_it_accepts(dir: &TestDir, extra: &[&str]) -> Proc {
     let log = dir.path.join("loadbalancer.log");
     let child = Command::new(env!("CARGO_BIN_EXE_loadbalancer"))
-        .args([
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--servers-file",
-            "servers.json",
-        ])
+        .args(["--port", "0", "--admin-port", "0", "--servers-file", "servers.json"])
         .args(extra)
         .current_dir(&dir.path)
         .env("RUST_LOG", "info")
@@ -194,12 +166,7 @@ pub fn balancer_before_it_accepts(dir: &TestDir, extra: &[&str]) -> Proc {
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();
-    let mut proc = Proc {
-        child,
-        addr: "127.0.0.1:1".parse().unwrap(),
-        addrs: Vec::new(),
-        log,
-    };
+    let mut proc = Proc { child, addr: "127.0.0.1:1".parse().unwrap(), addrs: Vec::new(), log };
     wait_until(START_TIMEOUT, || proc.log_text().contains("listening on "));
     let text = proc.log_text();
     let addr = text

@@ -67,12 +67,7 @@ impl TestDir {
     }
 
     pub fn data_file(name: &str) -> Vec<u8> {
-        fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("data/files")
-                .join(name),
-        )
-        .unwrap()
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/files").join(name)).unwrap()
     }
 }
 
@@ -176,27 +171,15 @@ pub fn spawn(bin: &str, args: &[String], log: PathBuf, cwd: &Path, lines: usize)
             .unwrap_or_else(|| panic!("{bin} printed {line:?} instead of its address"));
         addrs.push(addr);
     }
-    Proc {
-        child,
-        addr: addrs[0],
-        addrs,
-        log,
-    }
+    Proc { child, addr: addrs[0], addrs, log }
 }
 
 /// Starts `server <id> 0 <secs>` on the test folder's data.
 pub fn start_server(dir: &TestDir, id: u32, secs: f64, extra: &[&str]) -> Proc {
     let mut args = vec![id.to_string(), "0".into(), secs.to_string()];
     args.extend(
-        [
-            "--servers-file",
-            "servers.json",
-            "--db",
-            "database.json",
-            "--files",
-            "files",
-        ]
-        .map(String::from),
+        ["--servers-file", "servers.json", "--db", "database.json", "--files", "files"]
+            .map(String::from),
     );
     args.extend(extra.iter().map(|s| s.to_string()));
     spawn(
@@ -223,16 +206,10 @@ pub fn start_named_balancer(
     servers: usize,
     extra: &[&str],
 ) -> Proc {
-    let mut args: Vec<String> = [
-        "--port",
-        "0",
-        "--admin-port",
-        "0",
-        "--servers-file",
-        servers_file,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> =
+        ["--port", "0", "--admin-port", "0", "--servers-file", servers_file]
+            .map(String::from)
+            .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     let lb = spawn(
         env!("CARGO_BIN_EXE_loadbalancer"),
@@ -241,9 +218,7 @@ pub fn start_named_balancer(
         &dir.path,
         2,
     );
-    wait_until(START_TIMEOUT, || {
-        lb.log_text().matches("Connected to server").count() >= servers
-    });
+    wait_until(START_TIMEOUT, || lb.log_text().matches("Connected to server").count() >= servers);
     lb
 }
 
@@ -264,10 +239,7 @@ pub fn watched_cluster(
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -291,10 +263,7 @@ impl Reply {
     }
 
     pub fn server(&self) -> Option<u32> {
-        self.header
-            .split(' ')
-            .find_map(|f| f.strip_prefix("server="))
-            .and_then(|v| v.parse().ok())
+        self.header.split(' ').find_map(|f| f.strip_prefix("server=")).and_then(|v| v.parse().ok())
     }
 
     pub fn is_ok(&self) -> bool {
@@ -312,10 +281,7 @@ impl Wire {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        Wire {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
+        Wire { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -338,9 +304,7 @@ impl Wire {
         let mut header = String::new();
         self.reader.read_line(&mut header)?;
         if !header.ends_with('\n') {
-            return Err(std::io::Error::other(format!(
-                "reply header {header:?} has no newline"
-            )));
+            return Err(std::io::Error::other(format!("reply header {header:?} has no newline")));
         }
         let header = header.trim_end_matches('\n').to_string();
         let mut body = Vec::new();
@@ -359,10 +323,7 @@ impl Wire {
     pub fn expect_closed(&mut self) {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "unexpected bytes before the close: {rest:?}"
-            ),
+            Ok(_) => assert!(rest.is_empty(), "unexpected bytes before the close: {rest:?}"),
             Err(e) => panic!("the connection was not closed cleanly: {e}"),
         }
         // A reset right behind the FIN leaves the read clean but shows as a socket error.
@@ -376,10 +337,7 @@ impl Wire {
     pub fn expect_cut_off(&mut self) {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "unexpected bytes before the close: {rest:?}"
-            ),
+            Ok(_) => assert!(rest.is_empty(), "unexpected bytes before the close: {rest:?}"),
             Err(e) => assert_eq!(
                 e.kind(),
                 std::io::ErrorKind::ConnectionReset,
@@ -499,12 +457,7 @@ pub fn run_client(cwd: &Path, args: &[&str], stdin: &str) -> (i32, String, Strin
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -596,11 +549,7 @@ impl Load {
                 })
             })
             .collect();
-        Load {
-            stop,
-            by_server,
-            threads,
-        }
+        Load { stop, by_server, threads }
     }
 
     /// Correct replies so far from server `id`.
@@ -661,9 +610,7 @@ pub fn http(
     body: &str,
 ) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,

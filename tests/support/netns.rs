@@ -53,10 +53,7 @@ impl Network {
                 port: format!("h{i}"),
             })
             .collect();
-        let net = Network {
-            bridge: name("bridge"),
-            hosts,
-        };
+        let net = Network { bridge: name("bridge"), hosts };
         // Leftovers with these names (a run killed before its clean-up) go first.
         net.delete();
         if let Err(e) = net.build() {
@@ -84,15 +81,7 @@ impl Network {
                 "-n", br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ])?;
             ip(&["-n", br, "link", "set", port, "master", "br0", "up"])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", h.ip),
-                "dev",
-                "eth0",
-            ])?;
+            ip(&["-n", ns, "addr", "add", &format!("{}/24", h.ip), "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
         Ok(())
@@ -126,9 +115,8 @@ impl Network {
         log: &str,
         lines: usize,
     ) -> Proc {
-        let mut all: Vec<String> = ["netns", "exec", &self.host(name).ns, bin]
-            .map(String::from)
-            .to_vec();
+        let mut all: Vec<String> =
+            ["netns", "exec", &self.host(name).ns, bin].map(String::from).to_vec();
         all.extend(args.iter().map(|a| a.to_string()));
         super::spawn("ip", &all, cwd.join(log), cwd, lines)
     }
@@ -154,15 +142,7 @@ impl Network {
     /// the switch, so the host's packets vanish without an error.
     pub fn set_link(&self, name: &str, up: bool) {
         let state = if up { "up" } else { "down" };
-        ip(&[
-            "-n",
-            &self.bridge,
-            "link",
-            "set",
-            &self.host(name).port,
-            state,
-        ])
-        .unwrap();
+        ip(&["-n", &self.bridge, "link", "set", &self.host(name).port, state]).unwrap();
     }
 
     fn delete(&self) {
@@ -187,9 +167,7 @@ fn delete_stale() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next());
+        let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next());
         if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
             let _ = ip(&["netns", "del", &name]);
         }
@@ -206,9 +184,5 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         return Ok(());
     }
-    Err(format!(
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
 }

@@ -24,10 +24,7 @@ pub fn request_line(data: &[u8]) {
             assert!(!line.contains(['\n', '\r', '\0']), "{request:?}");
             assert_eq!(Request::parse(line.as_bytes()).as_ref(), Ok(&request));
         }
-        Err(e) => assert!(
-            matches!(e.code(), "bad_request" | "too_large"),
-            "{data:?}: {e}"
-        ),
+        Err(e) => assert!(matches!(e.code(), "bad_request" | "too_large"), "{data:?}: {e}"),
     }
 }
 
@@ -38,10 +35,7 @@ pub fn reply_header(data: &[u8]) {
         return;
     };
     let line = header.to_line();
-    assert!(
-        line.ends_with('\n') && line.matches('\n').count() == 1,
-        "{line:?}"
-    );
+    assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
     let again = ReplyHeader::parse(&line.as_bytes()[..line.len() - 1])
         .unwrap_or_else(|e| panic!("{header:?} wrote {line:?}, which does not parse: {e}"));
     match header {

@@ -38,11 +38,7 @@ impl Postgres {
             eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql)");
             return None;
         };
-        if !Command::new("id")
-            .args(["-u", "postgres"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if !Command::new("id").args(["-u", "postgres"]).output().is_ok_and(|o| o.status.success()) {
             eprintln!("skipped: no `postgres` user to run PostgreSQL as");
             return None;
         }
@@ -73,26 +69,13 @@ impl Postgres {
             .arg(template(&pg.bin).join("data"))
             .arg(pg.data())
             .status();
-        assert!(
-            copied.is_ok_and(|s| s.success()),
-            "cannot copy the template"
-        );
+        assert!(copied.is_ok_and(|s| s.success()), "cannot copy the template");
         // The copy keeps the template's owner by number: the postgres user's, unless it changed.
-        let owned = Command::new("chown")
-            .args(["-R", "postgres:postgres", &pg.data()])
-            .status();
-        assert!(
-            owned.is_ok_and(|s| s.success()),
-            "cannot chown {}",
-            pg.data()
-        );
+        let owned = Command::new("chown").args(["-R", "postgres:postgres", &pg.data()]).status();
+        assert!(owned.is_ok_and(|s| s.success()), "cannot chown {}", pg.data());
         // A port found free may be taken before the cluster binds it: try a few.
         for _ in 0..5 {
-            pg.port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            pg.port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             if pg.pg_ctl_start() {
                 for sql in [
                     format!("CREATE ROLE {OWNER} LOGIN"),
@@ -154,11 +137,7 @@ impl Postgres {
 
     /// Starts it again on the same port after [`Postgres::stop`].
     pub fn restart(&self) {
-        assert!(
-            self.pg_ctl_start(),
-            "PostgreSQL would not restart: {}",
-            self.log()
-        );
+        assert!(self.pg_ctl_start(), "PostgreSQL would not restart: {}", self.log());
     }
 
     /// Freezes the cluster (SIGSTOP to the postmaster and its children), as a hung machine
@@ -177,9 +156,7 @@ impl Postgres {
         for entry in fs::read_dir("/proc").unwrap().flatten() {
             let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
             // After the command name in parentheses: the state, then the parent's pid.
-            let parent = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split(' ').nth(1));
+            let parent = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1));
             if parent == Some(postmaster) {
                 all.push(entry.file_name().to_string_lossy().into_owned());
             }
@@ -201,9 +178,7 @@ impl Postgres {
         );
         let out = self.as_postgres(
             "pg_ctl",
-            &[
-                "-D", &data, "-l", &log, "-o", &options, "-t", "60", "-w", "start",
-            ],
+            &["-D", &data, "-l", &log, "-o", &options, "-t", "60", "-w", "start"],
         );
         out.status.success()
     }
@@ -263,10 +238,7 @@ fn template(bin: &Path) -> &'static Path {
     TEMPLATE.get_or_init(|| {
         let version = bin.parent().and_then(Path::file_name).unwrap();
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = tmp.join(format!(
-            "pg-template-{}-{SETTINGS}",
-            version.to_string_lossy()
-        ));
+        let done = tmp.join(format!("pg-template-{}-{SETTINGS}", version.to_string_lossy()));
         if done.exists() {
             return done;
         }
@@ -295,11 +267,7 @@ fn template(bin: &Path) -> &'static Path {
         fs::write(&hba, rules).unwrap();
         let staged = tmp.join(format!("pg-template.{pid}"));
         let _ = fs::remove_dir_all(&staged);
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(&making)
-            .arg(&staged)
-            .status();
+        let copied = Command::new("cp").arg("-a").arg(&making).arg(&staged).status();
         let _ = fs::remove_dir_all(&making);
         assert!(copied.is_ok_and(|s| s.success()), "cannot copy {making:?}");
         // `--no-sync` above: on disk before it is named whole.
@@ -328,9 +296,5 @@ fn newest_bin() -> Option<PathBuf> {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
