@@ -189,8 +189,12 @@ impl<T> IdleQueue<T> {
     /// first. Returns false (and drops `item`) when another server with the same id is in the
     /// pool, when this one is draining, or when it already has a connection per worker.
     pub fn add(&self, server: Arc<Backend>, item: T) -> bool {
+        // A server with no worker could never take a connection: it must not join, empty.
+        if server.workers == 0 {
+            return false;
+        }
         let mut s = self.lock();
-        // A new member has no connection yet, so it takes this one (servers have a worker or more).
+        // A new member has no connection yet, so it takes this one.
         let m = s.members.entry(server.id).or_insert_with(|| Member {
             backend: Arc::clone(&server),
             membership: Membership::Active,
@@ -447,6 +451,13 @@ mod tests {
 
     /// Why `acquire` with no time to wait handed out nothing, asked on another thread: a
     /// regression that makes it wait for ever fails the test instead of hanging the suite.
+    #[test]
+    fn a_server_with_no_worker_never_joins() {
+        let q = Arc::new(queue_with_workers(&[(1, 0.1, 0)]));
+        assert_eq!(q.membership(1), None);
+        assert_eq!(refused_at_once(&q), NoServer::NoneUp);
+    }
+
     fn refused_at_once(q: &Arc<IdleQueue<u32>>) -> NoServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let q = Arc::clone(q);
