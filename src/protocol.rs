@@ -2,8 +2,8 @@
 //!
 //! A request is one UTF-8 line; a reply is `OK <length>[ key=value]...\n` and exactly
 //! `<length>` bytes of body, or `ERR <code> <message>\n` with no body. Here: [`Request`] and
-//! [`ReplyHeader`], reading a line within a size limit, [`Deadline`] for a run of socket calls,
-//! and [`RequestReader`], which reads requests from a peer that may be hostile.
+//! [`ReplyHeader`], reading a line within a size limit, [`Timed`], a socket whose calls share a
+//! [`Deadline`], and [`RequestReader`], which reads requests from a peer that may be hostile.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
@@ -211,10 +211,9 @@ pub fn write_both<W: Write>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
 /// reset: a call that ends quickly, the usual case, then costs no extra system call.
 const DEADLINE_SLACK: Duration = Duration::from_millis(10);
 
-/// One deadline shared by a run of blocking calls on a socket (the reads of a reply header,
-/// the writes of a reply), however many calls the run takes: a peer that trickles a byte per
-/// call cannot stretch it. Kept through the socket's own timeout, reset before a call only
-/// when it is more than [`DEADLINE_SLACK`] off the time left.
+/// The deadline of a run of blocking calls on a socket, however many calls the run takes
+/// (see [`Timed`]). Kept through the socket's own timeout, reset before a call only when it is
+/// more than [`DEADLINE_SLACK`] off the time left.
 #[derive(Debug, Clone)]
 pub struct Deadline {
     /// The socket's timeout for each call outside a run (`None`: no limit).
@@ -231,20 +230,10 @@ impl Deadline {
         Deadline { per_call, set: per_call, at: None }
     }
 
-    /// The timeout each call gets outside a run.
-    pub fn per_call(&self) -> Option<Duration> {
-        self.per_call
-    }
-
-    /// Starts a run of calls that must all be done within `limit` from now (`None`: each
-    /// call gets the per-call timeout, as between runs).
+    /// Starts a run of calls that must all be done within `limit` from now; `None` ends the
+    /// run: each call gets the per-call timeout again.
     pub fn start(&mut self, limit: Option<Duration>) {
         self.at = limit.and_then(|d| Instant::now().checked_add(d));
-    }
-
-    /// Ends the run.
-    pub fn end(&mut self) {
-        self.at = None;
     }
 
     /// Before a call: sets the socket's timeout through `set_timeout` if the one set is more
@@ -271,6 +260,65 @@ impl Deadline {
             set_timeout(want)?;
             self.set = want;
         }
+        Ok(())
+    }
+}
+
+/// A socket whose calls of one run share one [`Deadline`]: the reads of a request line, of a
+/// reply header or of an admin request, the writes of a reply. A socket timeout alone does not
+/// stop a slowloris: a peer sending a byte every few seconds never trips it, and holds its
+/// thread forever.
+pub struct Timed {
+    /// The connection.
+    pub stream: Stream,
+    /// The current run's deadline.
+    pub deadline: Deadline,
+}
+
+impl Timed {
+    /// For `stream`, whose timeouts are set to `per_call` now.
+    pub fn new(stream: Stream, per_call: Option<Duration>) -> Timed {
+        Timed { stream, deadline: Deadline::new(per_call) }
+    }
+
+    /// Starts a run that must end within the per-call timeout from now; returns that limit.
+    pub fn start(&mut self) -> Option<Duration> {
+        let limit = self.deadline.per_call;
+        self.deadline.start(limit);
+        limit
+    }
+}
+
+impl Read for Timed {
+    /// In a run, fails with `TimedOut` only once the deadline has passed (the socket timeout,
+    /// kept within [`DEADLINE_SLACK`] of the time left, may fire first); outside a run, a
+    /// socket timeout that fires is returned.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let stream = &self.stream;
+            self.deadline.before_call(|t| stream.set_read_timeout(t))?;
+            match self.stream.read(buf) {
+                // A signal, or the socket timeout within a run: the loop checks the deadline.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if tls::timed_out(&e) && self.deadline.at.is_some() => {}
+                read => return read,
+            }
+        }
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -304,37 +352,12 @@ pub enum Incoming {
     Refused(Error),
 }
 
-/// The peer's socket, read against the current run's [`Deadline`].
-///
-/// A socket read timeout alone does not stop a slowloris: a client sending one byte every few
-/// seconds never trips it, and holds its thread forever. So the line gets a deadline when its
-/// first byte arrives, and before each read the socket's timeout is set to the time left.
-struct DeadlineStream {
-    stream: Stream,
-    deadline: Deadline,
-}
-
-impl Read for DeadlineStream {
-    /// Fails with `TimedOut` only when the deadline has passed.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let stream = &self.stream;
-            self.deadline.before_call(|t| stream.set_read_timeout(t))?;
-            match self.stream.read(buf) {
-                // The socket timeout fired (or a signal): the loop checks the deadline again.
-                Err(e) if tls::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                read => return read,
-            }
-        }
-    }
-}
-
 /// The reading half of a connection that receives requests (the balancer's client side, and
 /// the server): one line at a time, at most [`MAX_REQUEST_LINE`] bytes (not counting a `\r\n`
 /// or `\n` line end), the whole line within the request timeout, and the connection closed
 /// after the idle timeout between requests.
 pub struct RequestReader {
-    reader: BufReader<DeadlineStream>,
+    reader: BufReader<Timed>,
     timeouts: Timeouts,
 }
 
@@ -344,7 +367,7 @@ impl RequestReader {
         // The socket's timeout is not known (a TLS handshake leaves one): `set` is one it
         // cannot have, so the first read sets it.
         let deadline = Deadline { set: Some(Duration::MAX), ..Deadline::new(None) };
-        let stream = DeadlineStream { stream, deadline };
+        let stream = Timed { stream, deadline };
         RequestReader { reader: BufReader::with_capacity(capacity, stream), timeouts }
     }
 
@@ -535,7 +558,7 @@ mod tests {
         })
         .unwrap();
         assert!(sets[0].unwrap() <= Duration::from_millis(200));
-        d.end();
+        d.start(None);
         d.before_call(|t| {
             sets.push(t);
             Ok(())
@@ -561,7 +584,7 @@ mod tests {
         };
         d.start(Some(Duration::from_millis(200)));
         call(&mut d);
-        d.end();
+        d.start(None);
         call(&mut d);
         call(&mut d);
         assert_eq!(sets.len(), 2, "{sets:?}");

@@ -2,7 +2,7 @@
 //! (from the servers file) and the live state that the idle queue, the policies and the status
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
-use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use rustix::net::RecvFlags;
 
 use crate::error::Error;
-use crate::protocol::{self, Deadline, Line, ReplyHeader, MAX_HEADER_LINE};
+use crate::protocol::{self, Line, ReplyHeader, Timed, MAX_HEADER_LINE};
 use crate::servers_file::ServerEntry;
 use crate::tls::{Connector, Stream};
 
@@ -159,46 +159,6 @@ fn micros(avg: &AtomicU64) -> Option<Duration> {
     (us != 0).then(|| Duration::from_micros(us))
 }
 
-/// A socket whose calls of one run share one [`Deadline`]: the reads of a reply header from a
-/// server, the writes of a reply to a client, the reads of an admin request (so a slow peer
-/// cannot stretch any of them).
-pub struct Timed {
-    pub stream: Stream,
-    pub deadline: Deadline,
-}
-
-impl Timed {
-    /// Starts a run that must end within the per-call timeout from now; returns that limit.
-    pub fn start(&mut self) -> Option<Duration> {
-        let limit = self.deadline.per_call();
-        self.deadline.start(limit);
-        limit
-    }
-}
-
-impl Read for Timed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.deadline.before_call(|t| self.stream.set_read_timeout(t))?;
-        self.stream.read(buf)
-    }
-}
-
-impl Write for Timed {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.deadline.before_call(|t| self.stream.set_write_timeout(t))?;
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// An open, idle-or-leased connection to a backend: no bytes of an old reply are ever left on
 /// it when it goes back to the idle queue (see [`BackendConn::unusable`]).
 pub struct BackendConn {
@@ -244,8 +204,7 @@ impl BackendConn {
         };
         stream.set_read_timeout(Some(reply_timeout))?;
         stream.set_write_timeout(Some(reply_timeout))?;
-        let read =
-            Timed { stream: stream.try_clone()?, deadline: Deadline::new(Some(reply_timeout)) };
+        let read = Timed::new(stream.try_clone()?, Some(reply_timeout));
         // Once per connection, not per request: one more descriptor, and a lock that prunes
         // the closed ones.
         let socket = Arc::new(stream.tcp().try_clone()?);
@@ -269,7 +228,7 @@ impl BackendConn {
         let limit = self.reader.get_mut().start();
         let read = protocol::read_line(&mut self.reader, header, MAX_HEADER_LINE);
         // The body's reads each get the reply timeout again: it must keep making progress.
-        self.reader.get_mut().deadline.end();
+        self.reader.get_mut().deadline.start(None);
         read.map_err(|e| match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -360,7 +319,6 @@ impl BackendConn {
             let chunk = match body.fill_buf() {
                 Ok([]) => return Err(RelayError::ServerDuring("connection closed".into())),
                 Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(RelayError::ServerDuring(e.to_string())),
             };
             let n = chunk.len();
@@ -597,8 +555,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let theirs = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let stream = Stream::Plain(listener.accept().unwrap().0);
-        let deadline = Deadline::new(Some(Duration::from_secs(10)));
-        (Timed { stream, deadline }, theirs)
+        (Timed::new(stream, Some(Duration::from_secs(10))), theirs)
     }
 
     #[test]

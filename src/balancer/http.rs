@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balancer::backend::Timed;
 use crate::gauge::Held;
-use crate::protocol::{self, Deadline, Line};
+use crate::protocol::{self, Line, Timed};
 use crate::tls::{self, Acceptor, Stream};
 
 /// Most admin connections served at once; more are answered `503` and closed.
@@ -154,7 +153,7 @@ fn connection(
         }
     };
     // Every read of the request shares one deadline, however it trickles in.
-    let mut conn = Timed { stream, deadline: Deadline::new(None) };
+    let mut conn = Timed::new(stream, None);
     conn.deadline.start(Some(deadline - Instant::now()));
     // The handler's answer, or the one that refuses the request.
     let response = read_request(&mut conn, deadline).map_or_else(|refusal| refusal, handle);

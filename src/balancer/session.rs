@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::balancer::backend::{BackendConn, RelayError, Timed, Unusable};
+use crate::balancer::backend::{BackendConn, RelayError, Unusable};
 use crate::balancer::{membership, shared::Balancer};
 use crate::error::{Code, Error};
 use crate::gauge::Held;
 use crate::idle_queue::{Lease, NoServer};
-use crate::protocol::{Deadline, Incoming, ReplyHeader, Request, RequestReader, Timeouts};
+use crate::protocol::{Incoming, ReplyHeader, Request, RequestReader, Timed, Timeouts};
 use crate::tls::{self, Stream};
 
 /// Read buffer on the client side: requests are short, and ten thousand clients each hold one.
@@ -54,8 +54,7 @@ fn serve(lb: &Arc<Balancer>, mut stream: Stream, peer: &str) -> io::Result<()> {
         let _ = stream.write_all(busy.header_line().as_bytes());
     })?;
     let mut reader = RequestReader::new(reading, limits, CLIENT_BUFFER);
-    let deadline = Deadline::new(limits.request);
-    let mut client = Timed { stream, deadline };
+    let mut client = Timed::new(stream, limits.request);
     let (mut line, mut header) = (Vec::new(), Vec::new());
     loop {
         match reader.next(&mut line)? {
