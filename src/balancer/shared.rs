@@ -44,7 +44,7 @@ pub struct BalancerConfig {
     pub servers_file: PathBuf,
     /// Balancing policy: power (fastest idle first, by declared time), measured, round-robin,
     /// least-connections or two-choices.
-    #[arg(long, alias = "algorithm", default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(policy::names()))]
+    #[arg(long, alias = "algorithm", default_value = "power", value_parser = clap::builder::PossibleValuesParser::new(policy::ALL.map(|p| p.name)))]
     pub policy: String,
     /// Seconds a request waits for a busy server before `ERR busy`.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]

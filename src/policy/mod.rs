@@ -53,11 +53,6 @@ fn load(b: &Backend) -> (usize, u64, u64) {
     (b.in_flight.load(Relaxed), r(&b.requests), r(&b.last_chosen))
 }
 
-/// Every policy name `--policy` accepts.
-pub fn names() -> [&'static str; 5] {
-    ALL.map(|p| p.name)
-}
-
 /// The policy called `name`.
 pub fn by_name(name: &str) -> Option<&'static Policy> {
     ALL.iter().find(|p| p.name == name)
@@ -91,14 +86,12 @@ impl Policy {
         if d.busy > 0 {
             parts.push(format!("{} busy", how_many(d.busy, "server")));
         }
-        let reason = (self.reason)(d);
-        parts.push(format!("server {chosen} {reason} by {}", self.name));
+        parts.push(format!("server {chosen} {} by {}", (self.reason)(d), self.name));
         if d.free > 1 {
             parts.push(format!("{} free too", how_many(d.free - 1, "worker")));
         }
         if let Some(place) = d.position {
-            let waited = d.waited.as_millis();
-            parts.push(format!("queued {}, waited {waited} ms", ordinal(place)));
+            parts.push(format!("queued {}, waited {} ms", ordinal(place), d.waited.as_millis()));
         }
         parts.join(", ")
     }
@@ -112,7 +105,7 @@ fn how_many(n: usize, thing: &str) -> String {
 
 fn ordinal(n: usize) -> String {
     let suffix = match (n % 10, n % 100) {
-        (1, 11) | (2, 12) | (3, 13) => "th",
+        (_, 11..=13) => "th",
         (1, _) => "st",
         (2, _) => "nd",
         (3, _) => "rd",
@@ -147,7 +140,7 @@ mod tests {
 
     #[test]
     fn every_name_builds_its_policy() {
-        for name in names() {
+        for name in ALL.map(|p| p.name) {
             assert_eq!(by_name(name).unwrap().name, name);
         }
         assert!(by_name("random").is_none());
