@@ -13,7 +13,6 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::database::Database;
 use super::file_store::FileStore;
-use super::ServerConfig;
 use crate::error::Error;
 use crate::gauge::Held;
 use crate::protocol::{self, Incoming, ReplyHeader, Request, RequestReader, Timeouts};
@@ -24,8 +23,12 @@ const PLAIN_ON_TLS: &[u8] = b"ERR bad_request this server speaks TLS\n";
 
 /// A running server's shared state.
 pub(crate) struct Server {
-    /// Its command line.
-    pub config: ServerConfig,
+    /// Sent in every `OK` header as `server=<id>`.
+    pub id: u32,
+    /// Time each request takes at least.
+    pub processing_time: Duration,
+    /// How long a request line may take to arrive, from its first byte (0: no limit).
+    pub request_timeout: Duration,
     /// Idle workers (each a database connection of its own) go back on this channel...
     pub back: Sender<Box<dyn Database>>,
     /// ...and a request takes one here, waiting while all are busy.
@@ -101,7 +104,7 @@ fn serve_connection(server: &Server, stream: TcpStream) {
 /// Serves requests until the peer closes; returns how many came.
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
     stream.set_nodelay(true)?;
-    let timeout = server.config.request_timeout;
+    let timeout = server.request_timeout;
     let stream = match &server.tls {
         None => Stream::Plain(stream),
         Some(config) => match tls::accept(config, stream, timeout, PLAIN_ON_TLS) {
@@ -150,12 +153,12 @@ fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
 /// Does the request's work: as many requests at a time as the server has workers, each taking
 /// at least the server's processing time.
 fn answer(server: &Server, request: &Request) -> Reply {
-    let id = server.config.id.to_string();
+    let id = server.id.to_string();
     // Held while the request is processed (not while the reply is sent): taking a worker is
     // what makes it busy, and its database connection is this request's alone. `Server`
     // holds both ends of the channel, so it never disconnects.
     let mut worker = Worker(server.idle.recv().ok(), &server.back);
-    std::thread::sleep(server.config.processing_time);
+    std::thread::sleep(server.processing_time);
     let reply = match (request, worker.0.as_mut()) {
         (Request::Query(sql), Some(db)) => db.query(sql).map(|out| {
             let mut fields = vec![("server", id), ("rows", out.rows.to_string())];

@@ -159,7 +159,9 @@ pub fn run(config: ServerConfig, shutdown: Receiver<()>) -> Result<(), String> {
     log::info!("Server {id} is starting (processing time {secs} s, {workers} worker(s))...");
     println!("server {id} listening on {addr}");
     let server = Arc::new(Server {
-        config,
+        id,
+        processing_time: config.processing_time,
+        request_timeout: config.request_timeout,
         back,
         idle,
         files,
