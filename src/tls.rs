@@ -198,15 +198,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Does the server side of a handshake on `tcp`, all of it within `limit` (0: no limit);
-/// `TimedOut` when the peer was too slow. A peer whose first byte does not start a handshake
-/// (someone typing plain text) is sent `refusal`, in plain text, so that it learns why.
+/// The server side of a connection: plain TCP without `tls`; with it, a handshake on `tcp`,
+/// all of it within `limit` (0: no limit), `TimedOut` when the peer was too slow. A peer whose
+/// first byte does not start a handshake (someone typing plain text) is sent `refusal`, in
+/// plain text, so that it learns why.
 pub fn accept(
-    config: &Acceptor,
+    tls: Option<&Acceptor>,
     mut tcp: TcpStream,
     limit: Duration,
     refusal: &[u8],
 ) -> io::Result<Stream> {
+    let Some(config) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
     let started = Instant::now();
     let timeout = (!limit.is_zero()).then_some(limit);
     tcp.set_read_timeout(timeout)?;
@@ -313,28 +317,27 @@ where
         }
         tcp.set_read_timeout(left)?;
         tcp.set_write_timeout(left)?;
-        let step = if conn.wants_write() {
-            conn.write_tls(&mut sock).map(|_| ())
-        } else {
-            match conn.read_tls(&mut sock) {
-                Ok(0) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during the TLS handshake",
-                )),
-                Ok(_) => conn.process_new_packets().map(|_| ()).map_err(|e| {
-                    // Tell the peer why (an alert) before giving up.
-                    let _ = conn.write_tls(&mut sock);
-                    io::Error::new(io::ErrorKind::InvalidData, e)
-                }),
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = step {
-            return Err(if timed_out(&e) { too_slow(limit) } else { e });
-        }
+        step(&mut conn, &mut sock).map_err(|e| if timed_out(&e) { too_slow(limit) } else { e })?;
     }
     let session: Box<dyn Io> = Box::new(StreamOwned::new(conn, sock));
     Ok(Stream::Tls { tcp, tls: Arc::new(Mutex::new(session)) })
+}
+
+/// One step of a handshake: sends what is due, or reads what came and processes it.
+fn step<S: SideData>(conn: &mut ConnectionCommon<S>, sock: &mut Socket) -> io::Result<()> {
+    if conn.wants_write() {
+        conn.write_tls(sock)?;
+    } else if conn.read_tls(sock)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed during the TLS handshake",
+        ));
+    } else if let Err(e) = conn.process_new_packets() {
+        // Tell the peer why (an alert) before giving up.
+        let _ = conn.write_tls(sock);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    Ok(())
 }
 
 /// Whether `e` is a socket timeout firing: Linux reports an expired `SO_RCVTIMEO` or

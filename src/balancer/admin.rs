@@ -140,8 +140,7 @@ fn join(lb: &Balancer, request: &Request) -> Result<Response, Response> {
     }
     let mut now = lb.joined.lock();
     if *now != joined {
-        let why = "another server joined or left meanwhile: try again";
-        return Err(Response::error(409, why));
+        return Err(Response::error(409, "another server joined or left meanwhile: try again"));
     }
     log::info!(
         "server {} at {} joined over the network (processing time {} s)",
@@ -157,21 +156,16 @@ fn join(lb: &Balancer, request: &Request) -> Result<Response, Response> {
 /// Removes a joined server. With a JSON body naming its host and port, only a server at that
 /// address is removed, so an old process that exits late cannot remove its replacement.
 fn leave(lb: &Balancer, id: &str, request: &Request) -> Result<Response, Response> {
-    let Ok(id) = id.parse::<u32>() else {
-        return Err(Response::error(400, "the server id must be a number"));
-    };
+    let id: u32 = id.parse().map_err(|_| Response::error(400, "the server id must be a number"))?;
     let body = body(request)?;
-    let at: Option<ServerEntry> =
-        match body.trim() {
-            "" => None,
-            _ => Some(serde_json::from_str(body).map_err(|e| {
-                Response::error(400, format!("the body is not a server entry: {e}"))
-            })?),
-        };
+    let bad = |e| Response::error(400, format!("the body is not a server entry: {e}"));
+    let at: Option<ServerEntry> = match body.trim() {
+        "" => None,
+        _ => Some(serde_json::from_str(body).map_err(bad)?),
+    };
     let mut joined = lb.joined.lock();
     let Some(entry) = joined.get(&id) else {
-        let why = format!("server {id} did not join over the network");
-        return Err(Response::error(404, why));
+        return Err(Response::error(404, format!("server {id} did not join over the network")));
     };
     if at.is_some_and(|a| a.address() != entry.address()) {
         let now = entry.address();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::gauge::Held;
 use crate::protocol::{self, Line, Timed};
-use crate::tls::{self, Acceptor, Stream};
+use crate::tls::{self, Acceptor};
 
 /// Most admin connections served at once; more are answered `503` and closed.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
@@ -140,17 +140,12 @@ fn connection(
     tls: Option<&Acceptor>,
     handle: &dyn Fn(Request) -> Response,
 ) {
-    let stream = match tls {
-        None => Stream::Plain(stream),
-        Some(config) => {
-            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            // Never 0, which would be no limit.
-            let left = (deadline - Instant::now()).max(Duration::from_millis(1));
-            match tls::accept(config, stream, left, PLAIN_ON_HTTPS) {
-                Ok(stream) => stream,
-                Err(e) => return log::info!("admin listener: {peer}: TLS handshake failed: {e}"),
-            }
-        }
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Never 0, which would be no limit.
+    let left = (deadline - Instant::now()).max(Duration::from_millis(1));
+    let stream = match tls::accept(tls, stream, left, PLAIN_ON_HTTPS) {
+        Ok(stream) => stream,
+        Err(e) => return log::info!("admin listener: {peer}: TLS handshake failed: {e}"),
     };
     // Every read of the request shares one deadline, however it trickles in.
     let mut conn = Timed::new(stream, None);
@@ -224,10 +219,8 @@ fn parse_head(lines: &[String], remote: SocketAddr) -> Result<(Request, usize), 
     if !first.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return Err(Response::error(400, "bad request line"));
     }
-    let mut parts = first.split(' ');
-    let (Some(method), Some(target), Some(_version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let parts: Vec<&str> = first.split(' ').collect();
+    let [method, target, _version] = parts[..] else {
         return Err(Response::error(400, "bad request line"));
     };
     let mut request = Request {

@@ -27,14 +27,9 @@ const PLAIN_ON_TLS: &[u8] =
 pub fn serve_client(lb: &Arc<Balancer>, stream: TcpStream, tls: Option<&tls::Acceptor>) {
     let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
     log::info!("Connected with {peer}");
-    let stream = match tls {
-        None => Stream::Plain(stream),
-        Some(config) => {
-            match tls::accept(config, stream, lb.config.request_timeout, PLAIN_ON_TLS) {
-                Ok(stream) => stream,
-                Err(e) => return log::info!("{peer}: refused: TLS handshake failed: {e}"),
-            }
-        }
+    let stream = match tls::accept(tls, stream, lb.config.request_timeout, PLAIN_ON_TLS) {
+        Ok(stream) => stream,
+        Err(e) => return log::info!("{peer}: refused: TLS handshake failed: {e}"),
     };
     match serve(lb, stream, &peer) {
         Ok(()) => log::info!("{peer} disconnected"),

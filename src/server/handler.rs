@@ -105,14 +105,11 @@ fn serve_connection(server: &Server, stream: TcpStream) {
 fn serve(server: &Server, stream: TcpStream, peer: &str) -> io::Result<u64> {
     stream.set_nodelay(true)?;
     let timeout = server.request_timeout;
-    let stream = match &server.tls {
-        None => Stream::Plain(stream),
-        Some(config) => match tls::accept(config, stream, timeout, PLAIN_ON_TLS) {
-            Ok(stream) => stream,
-            // A balancer's health check: it connects and closes, with no handshake.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-            Err(e) => return Err(e),
-        },
+    let stream = match tls::accept(server.tls.as_ref(), stream, timeout, PLAIN_ON_TLS) {
+        Ok(stream) => stream,
+        // A balancer's health check: it connects and closes, with no handshake.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+        Err(e) => return Err(e),
     };
     // No idle timeout: the balancer's persistent connections are silent between requests.
     let limits = Timeouts::new(Duration::ZERO, timeout);
