@@ -2,7 +2,7 @@
 //! saves downloads, and says how long each took and which server answered. [`Connection`]
 //! also carries the requests of `client bench` (bin/client/bench.rs).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -182,7 +182,7 @@ fn save(
         // A fresh file, never one already there: a symlink planted under the temp name
         // must not redirect the download elsewhere.
         let _ = fs::remove_file(&tmp);
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = File::create_new(&tmp)?;
         conn.copy_body(length, &mut file)?;
         file.sync_all()?;
         place(&tmp, dir, name, config.force)
