@@ -138,8 +138,7 @@ impl Watcher {
     /// One look: join new servers, drain removed ones, start reconnecting lost ones.
     fn poll(&mut self) {
         let listed = self.listed();
-        let lb = Arc::clone(&self.lb);
-        let (queue, stats) = (&lb.queue, &lb.stats);
+        let (queue, stats) = (&self.lb.queue, &self.lb.stats);
         for id in self.draining.extract_if(|id| queue.membership(*id).is_none()) {
             log::info!("server {id} removed: its last request is done");
         }
@@ -158,7 +157,17 @@ impl Watcher {
             true
         });
         for id in gone {
-            self.retire(id);
+            // Out of rotation: removed at once if idle, else draining until its requests in
+            // flight complete (a later look says when it has left).
+            if !queue.retire(id) {
+                continue;
+            }
+            if queue.membership(id).is_some() {
+                log::info!("server {id} left the list: draining (its requests in flight complete)");
+                self.draining.insert(id);
+            } else {
+                log::info!("server {id} left the list: removed");
+            }
         }
         for (id, backend) in listed {
             let known = self.known.entry(id).or_insert_with(|| {
@@ -236,21 +245,6 @@ impl Watcher {
             }
         }
         known.next_try = Some(Instant::now() + backoff(known.failures));
-    }
-
-    /// Takes server `id` out of rotation, saying so once: removed at once if idle, else
-    /// draining until its requests in flight complete (then `poll` says it was removed).
-    fn retire(&mut self, id: u32) {
-        let queue = &self.lb.queue;
-        if !queue.retire(id) {
-            return;
-        }
-        if queue.membership(id).is_some() {
-            log::info!("server {id} left the list: draining (its requests in flight complete)");
-            self.draining.insert(id);
-        } else {
-            log::info!("server {id} left the list: removed");
-        }
     }
 
     /// Every listed server: the servers file's, then those joined over the network, up to
@@ -381,23 +375,18 @@ fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<V
         conn.writer.write_all(PROBE)?;
         conns.push(conn);
     }
+    // Each reply read whole: the server is alive and speaks the protocol.
     for conn in &mut conns {
-        read_probe_reply(conn)?;
+        let mut header = Vec::new();
+        if conn.read_header(&mut header)? != Line::Complete {
+            return Err(io::Error::other("closed the connection instead of answering"));
+        }
+        let length = ReplyHeader::parse(&header).map_err(io::Error::other)?.body_length();
+        if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
+            return Err(io::Error::other("reply cut short"));
+        }
     }
     Ok(conns)
-}
-
-/// Reads the whole reply to [`PROBE`]: the server is alive and speaks the protocol.
-fn read_probe_reply(conn: &mut BackendConn) -> io::Result<()> {
-    let mut header = Vec::new();
-    if conn.read_header(&mut header)? != Line::Complete {
-        return Err(io::Error::other("closed the connection instead of answering"));
-    }
-    let length = ReplyHeader::parse(&header).map_err(io::Error::other)?.body_length();
-    if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
-        return Err(io::Error::other("reply cut short"));
-    }
-    Ok(())
 }
 
 /// Health-checks the servers in the pool every `--check-interval` until `stop` is closed.
