@@ -3,7 +3,7 @@
 //! page all read. [`BackendConn`] is the persistent connection the balancer keeps to it.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use rustix::net::RecvFlags;
 
 use crate::error::Error;
 use crate::protocol::{self, Line, ReplyHeader, Timed, MAX_HEADER_LINE};
-use crate::servers_file::ServerEntry;
+use crate::servers_file::{self, ServerEntry};
 use crate::tls::{Connector, Stream};
 
 /// Bytes read from a server at a time while relaying a reply; one buffer per server connection
@@ -182,21 +182,7 @@ impl BackendConn {
         reply_timeout: Duration,
         tls: Option<&Connector>,
     ) -> io::Result<BackendConn> {
-        let addr = &backend.addr;
-        let mut last = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{addr} does not resolve to an address"),
-        );
-        let mut addrs = addr.to_socket_addrs()?;
-        let stream = loop {
-            let Some(a) = addrs.next() else {
-                return Err(last);
-            };
-            match TcpStream::connect_timeout(&a, connect_timeout) {
-                Ok(stream) => break stream,
-                Err(e) => last = e,
-            }
-        };
+        let stream = servers_file::connect(&backend.addr, connect_timeout)?;
         stream.set_nodelay(true)?;
         let stream = match tls {
             None => Stream::Plain(stream),

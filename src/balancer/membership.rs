@@ -2,10 +2,11 @@
 //! network a few times a second: a server that appears joins, one that disappears drains and
 //! leaves. A listed server not in the pool, or with fewer connections than workers, is
 //! (re)connected by one of [`RECONNECTORS`] threads, which connects, checks that it answers
-//! and sends the outcome back; each failure in a row doubles the wait before the next attempt
-//! (up to [`MAX_BACKOFF`]). A worker's connection that broke, or sent what no request asked
-//! for, is re-probed on a new connection ([`reprobe`]) and dropped if that fails; a server is
-//! down with its last connection.
+//! and sends the connections back: only the watcher adds servers to the pool, so one that has
+//! left the list meanwhile is not added. Each failure in a row doubles the wait before the next
+//! attempt (up to [`MAX_BACKOFF`]). A worker's connection that broke, or sent what no request
+//! asked for, is re-probed on a new connection ([`reprobe`]) and dropped if that fails; a
+//! server is down with its last connection.
 //!
 //! Health checks ([`check_health`], as HAProxy's `check`): every `--check-interval` a TCP
 //! connect to each server in the pool, which costs it no worker. After `--check-fall` misses in
@@ -47,7 +48,7 @@ const BATCH: usize = 16;
 /// A listed server, as the watcher last saw it.
 struct Known {
     backend: Arc<Backend>,
-    /// Set when the server leaves the list, so an attempt in flight does not add it.
+    /// Set when the server leaves the list, so that an attempt not yet started is skipped.
     cancelled: Arc<AtomicBool>,
     /// Attempts that failed in a row, and when the next may start (`None`: one is under way,
     /// so the attempts channel holds at most one per server).
@@ -68,22 +69,19 @@ impl Drop for Known {
     }
 }
 
-/// One attempt for a reconnector: the server, its `cancelled` flag, the failures before.
-type Attempt = (Arc<Backend>, Arc<AtomicBool>, u32);
-
 /// Keeps the idle queue's membership in line with the servers file and the joined servers.
 pub(crate) struct Watcher {
     lb: Arc<Balancer>,
     known: HashMap<u32, Known>,
-    /// The servers file as last read well (kept when a later read fails), and that failure.
+    /// The servers file as last read well (kept when a later read fails).
     last_file: Vec<ServerEntry>,
-    last_error: Option<String>,
-    /// How many listed servers `--max-servers` left out at the last look (to warn once).
-    left_out: usize,
-    /// Carries attempts to the reconnector threads; they stop when it is dropped.
-    attempts: Sender<Attempt>,
-    /// Carries back each attempt's server and whether it was reached.
-    outcomes: Receiver<(Arc<Backend>, bool)>,
+    /// The warnings of the last look: each is logged when it appears, not again while it lasts.
+    warned: Vec<String>,
+    /// Carries attempts (a server, its `cancelled` flag) to the reconnector threads; they stop
+    /// when it is dropped.
+    attempts: Sender<(Arc<Backend>, Arc<AtomicBool>)>,
+    /// Carries back each attempt's server and its new connections, each of which has answered.
+    outcomes: Receiver<(Arc<Backend>, io::Result<Vec<BackendConn>>)>,
     /// Servers draining, to say once when each has left.
     draining: HashSet<u32>,
 }
@@ -91,14 +89,18 @@ pub(crate) struct Watcher {
 impl Watcher {
     /// A watcher for `lb`, with its reconnector threads started.
     pub(crate) fn new(lb: Arc<Balancer>) -> Result<Self, String> {
-        let (attempts, to_do) = crossbeam_channel::unbounded::<Attempt>();
+        let (attempts, to_do) = crossbeam_channel::unbounded::<(Arc<Backend>, Arc<AtomicBool>)>();
         let (done, outcomes) = crossbeam_channel::unbounded();
         for i in 0..RECONNECTORS {
             let (to_do, done) = (to_do.clone(), done.clone());
             spawn_prober(&lb, format!("reconnect-{i}"), move |lb| {
-                for (backend, cancelled, failures) in to_do {
-                    let reached = reconnect(lb, &backend, &cancelled, failures);
-                    let _ = done.send((backend, reached));
+                for (backend, cancelled) in to_do {
+                    if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let missing = backend.workers.saturating_sub(lb.queue.connections(backend.id));
+                    let conns = connect_and_probe(lb, &backend, missing);
+                    let _ = done.send((backend, conns));
                 }
             })
             .map_err(|e| format!("cannot start a reconnector thread: {e}"))?;
@@ -107,22 +109,27 @@ impl Watcher {
             lb,
             known: HashMap::new(),
             last_file: Vec::new(),
-            last_error: None,
-            left_out: 0,
+            warned: Vec::new(),
             attempts,
             outcomes,
             draining: HashSet::new(),
         })
     }
 
-    /// Looks every [`POLL_INTERVAL`] until `stop` is closed.
+    /// Looks every [`POLL_INTERVAL`], and takes each attempt's outcome as it comes, until
+    /// `stop` is closed.
     pub(crate) fn run(mut self, stop: &Receiver<()>) {
         // Carries a tick every POLL_INTERVAL: time for the next look.
         let ticks = crossbeam_channel::tick(POLL_INTERVAL);
+        self.poll();
         loop {
-            self.poll();
             crossbeam_channel::select! {
-                recv(ticks) -> _ => {}
+                recv(ticks) -> _ => self.poll(),
+                recv(self.outcomes) -> outcome => match outcome {
+                    Ok((backend, conns)) => self.settle(backend, conns),
+                    // Every reconnector has died: no outcome can come any more.
+                    Err(_) => self.outcomes = crossbeam_channel::never(),
+                },
                 recv(stop) -> _ => return,
             }
         }
@@ -130,27 +137,11 @@ impl Watcher {
 
     /// One look: join new servers, drain removed ones, start reconnecting lost ones.
     fn poll(&mut self) {
-        for (backend, reached) in self.outcomes.try_iter() {
-            // An outcome for a server that has left the list, or is listed anew, is stale.
-            let Some(known) =
-                (self.known.get_mut(&backend.id)).filter(|k| Arc::ptr_eq(&k.backend, &backend))
-            else {
-                continue;
-            };
-            let failed = known.failures.saturating_add(1);
-            known.failures = if reached { 0 } else { failed };
-            known.next_try = Some(Instant::now() + backoff(known.failures));
-        }
         let listed = self.listed();
-        let lb = Arc::clone(&self.lb);
-        let (queue, stats) = (&lb.queue, &lb.stats);
-        self.draining.retain(|id| {
-            let left = queue.membership(*id).is_none();
-            if left {
-                log::info!("server {id} removed: its last request is done");
-            }
-            !left
-        });
+        let (queue, stats) = (&self.lb.queue, &self.lb.stats);
+        for id in self.draining.extract_if(|id| queue.membership(*id).is_none()) {
+            log::info!("server {id} removed: its last request is done");
+        }
         // Servers gone from the list (twice), or listed again with other settings: drain them.
         let mut gone = Vec::new();
         self.known.retain(|id, known| {
@@ -166,7 +157,17 @@ impl Watcher {
             true
         });
         for id in gone {
-            self.retire(id);
+            // Out of rotation: removed at once if idle, else draining until its requests in
+            // flight complete (a later look says when it has left).
+            if !queue.retire(id) {
+                continue;
+            }
+            if queue.membership(id).is_some() {
+                log::info!("server {id} left the list: draining (its requests in flight complete)");
+                self.draining.insert(id);
+            } else {
+                log::info!("server {id} left the list: removed");
+            }
         }
         for (id, backend) in listed {
             let known = self.known.entry(id).or_insert_with(|| {
@@ -198,33 +199,52 @@ impl Watcher {
             }
             if known.next_try.is_some_and(|t| t <= Instant::now()) {
                 known.next_try = None;
-                let (backend, cancelled) = (&known.backend, &known.cancelled);
-                let attempt = (Arc::clone(backend), Arc::clone(cancelled), known.failures);
+                let attempt = (Arc::clone(&known.backend), Arc::clone(&known.cancelled));
                 // Fails only if every reconnector is gone, and then no attempt can be made.
                 let _ = self.attempts.send(attempt);
             }
         }
-        // A reconnector may have added its server just as the server left the list.
-        for (id, state) in queue.snapshot().members {
-            if state == Membership::Active && !self.known.contains_key(&id) {
-                self.retire(id);
-            }
-        }
     }
 
-    /// Takes server `id` out of rotation, saying so once: removed at once if idle, else
-    /// draining until its requests in flight complete (then `poll` says it was removed).
-    fn retire(&mut self, id: u32) {
-        let queue = &self.lb.queue;
-        if !queue.retire(id) {
+    /// Takes an attempt's outcome: adds the new connections to the pool, or counts the
+    /// failure; either way sets when the next attempt may start.
+    fn settle(&mut self, backend: Arc<Backend>, conns: io::Result<Vec<BackendConn>>) {
+        // An outcome for a server that has left the list, or is listed anew, is stale.
+        let known = self.known.get_mut(&backend.id).filter(|k| Arc::ptr_eq(&k.backend, &backend));
+        let Some(known) = known else {
             return;
+        };
+        let (id, addr, failures) = (backend.id, &backend.addr, known.failures);
+        match conns {
+            Ok(conns) => {
+                let queue = &self.lb.queue;
+                let joins = queue.membership(id).is_none();
+                let mut added = false;
+                for conn in conns {
+                    added |= queue.add(Arc::clone(&backend), conn);
+                }
+                if joins && added {
+                    let (secs, workers) = (backend.processing_time.as_secs_f64(), backend.workers);
+                    let after = match failures {
+                        0 => String::new(),
+                        n => format!(" after {n} failed attempt(s)"),
+                    };
+                    log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
+                }
+                known.failures = 0;
+            }
+            Err(e) => {
+                known.failures = failures.saturating_add(1);
+                // The first failure is news; the rest are the same story.
+                let level = if failures == 0 { log::Level::Warn } else { log::Level::Debug };
+                let next = backoff(known.failures).as_secs_f64();
+                log::log!(
+                    level,
+                    "cannot reach server {id} at {addr}: {e}; next try in {next:.1} s"
+                );
+            }
         }
-        if queue.membership(id).is_some() {
-            log::info!("server {id} left the list: draining (its requests in flight complete)");
-            self.draining.insert(id);
-        } else {
-            log::info!("server {id} left the list: removed");
-        }
+        known.next_try = Some(Instant::now() + backoff(known.failures));
     }
 
     /// Every listed server: the servers file's, then those joined over the network, up to
@@ -232,19 +252,14 @@ impl Watcher {
     /// server is in the pool twice.
     fn listed(&mut self) -> HashMap<u32, Backend> {
         let path = &self.lb.config.servers_file;
+        let mut warnings = Vec::new();
         match servers_file::read(path) {
-            Ok(entries) => {
-                self.last_file = entries;
-                self.last_error = None;
-            }
-            Err(e) => {
-                // Keep the last good list rather than drain every server over a bad edit.
-                let e = format!("cannot read servers file {}: {e}", path.display());
-                if self.last_error.as_ref() != Some(&e) {
-                    log::warn!("{e}; keeping the servers already known");
-                    self.last_error = Some(e);
-                }
-            }
+            Ok(entries) => self.last_file = entries,
+            // Keep the last good list rather than drain every server over a bad edit.
+            Err(e) => warnings.push(format!(
+                "cannot read servers file {}: {e}; keeping the servers already known",
+                path.display()
+            )),
         }
         let joined = self.lb.joined.lock().values().cloned().collect::<Vec<_>>();
         let mut listed = Vec::new();
@@ -258,20 +273,21 @@ impl Watcher {
             }
         }
         let max = self.lb.config.max_servers;
-        let left_out = listed.len().saturating_sub(max);
-        if left_out > 0 {
+        if listed.len() > max {
             // Servers already in the pool keep their places: a newcomer never pushes one out.
             listed.sort_by_key(|b| !self.known.contains_key(&b.id));
+            warnings.push(format!(
+                "{} servers are listed, more than --max-servers {max}: ignoring {} of them; remove them from {} or raise --max-servers",
+                listed.len(),
+                listed.len() - max,
+                path.display()
+            ));
             listed.truncate(max);
-            if left_out != self.left_out {
-                log::warn!(
-                    "{} servers are listed, more than --max-servers {max}: ignoring {left_out} of them; remove them from {} or raise --max-servers",
-                    max + left_out,
-                    path.display()
-                );
-            }
         }
-        self.left_out = left_out;
+        for warning in warnings.iter().filter(|w| !self.warned.contains(w)) {
+            log::warn!("{warning}");
+        }
+        self.warned = warnings;
         listed.into_iter().map(|b| (b.id, b)).collect()
     }
 }
@@ -282,52 +298,6 @@ fn backoff(failures: u32) -> Duration {
         0 => Duration::ZERO,
         n => (FIRST_BACKOFF * (1 << (n - 1).min(16))).min(MAX_BACKOFF),
     }
-}
-
-/// One attempt to bring a server back: connect each of its workers that has no connection,
-/// check that it answers on each, add them to the pool. Returns whether the server answered.
-fn reconnect(lb: &Balancer, backend: &Arc<Backend>, cancelled: &AtomicBool, failures: u32) -> bool {
-    if cancelled.load(Ordering::SeqCst) || lb.stopping.load(Ordering::SeqCst) {
-        return false;
-    }
-    let missing = backend.workers.saturating_sub(lb.queue.connections(backend.id));
-    let conns = match connect_and_probe(lb, backend, missing) {
-        Ok(conns) => conns,
-        Err(e) => {
-            // The first failure is news; the rest are the same story.
-            let level = match failures {
-                0 => log::Level::Warn,
-                _ => log::Level::Debug,
-            };
-            log::log!(
-                level,
-                "cannot reach server {} at {}: {e}; next try in {:.1} s",
-                backend.id,
-                backend.addr,
-                backoff(failures + 1).as_secs_f64()
-            );
-            return false;
-        }
-    };
-    if cancelled.load(Ordering::SeqCst) {
-        return true;
-    }
-    let joins = lb.queue.membership(backend.id).is_none();
-    let added = conns
-        .into_iter()
-        .map(|conn| lb.queue.add(Arc::clone(backend), conn))
-        .filter(|&added| added)
-        .count();
-    if joins && added > 0 {
-        let (id, addr, workers) = (backend.id, &backend.addr, backend.workers);
-        let secs = backend.processing_time.as_secs_f64();
-        let after = match failures {
-            0 => String::new(),
-            n => format!(" after {n} failed attempt(s)"),
-        };
-        log::info!("Connected to server {id} at {addr} (processing time {secs} s, {workers} worker(s)){after}");
-    }
-    true
 }
 
 /// Closes a worker's connection that can no longer be trusted and probes the server on a new
@@ -405,26 +375,18 @@ fn connect_and_probe(lb: &Balancer, backend: &Backend, n: usize) -> io::Result<V
         conn.writer.write_all(PROBE)?;
         conns.push(conn);
     }
+    // Each reply read whole: the server is alive and speaks the protocol.
     for conn in &mut conns {
-        read_probe_reply(conn)?;
+        let mut header = Vec::new();
+        if conn.read_header(&mut header)? != Line::Complete {
+            return Err(io::Error::other("closed the connection instead of answering"));
+        }
+        let length = ReplyHeader::parse(&header).map_err(io::Error::other)?.body_length();
+        if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
+            return Err(io::Error::other("reply cut short"));
+        }
     }
     Ok(conns)
-}
-
-/// Reads the whole reply to [`PROBE`]: the server is alive and speaks the protocol.
-fn read_probe_reply(conn: &mut BackendConn) -> io::Result<()> {
-    let cut = |why: &str| io::Error::new(io::ErrorKind::UnexpectedEof, why.to_string());
-    let mut header = Vec::new();
-    if conn.read_header(&mut header)? != Line::Complete {
-        return Err(cut("closed the connection instead of answering"));
-    }
-    let reply =
-        ReplyHeader::parse(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let length = reply.body_length();
-    if io::copy(&mut (&mut conn.reader).take(length), &mut io::sink())? < length {
-        return Err(cut("reply cut short"));
-    }
-    Ok(())
 }
 
 /// Health-checks the servers in the pool every `--check-interval` until `stop` is closed.
