@@ -7,7 +7,7 @@ Usage: scripts/per-request.py WORKERS CLIENTS REQUESTS [new]   (`new`: a connect
 Environment: MINILB_BASELINE, a folder with another build's `loadbalancer` (e.g. the code
 before a change), measured alternately with this tree's release build, twice each.
 """
-import os, signal, subprocess, sys, tempfile
+import os, shutil, signal, subprocess, sys, tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +27,9 @@ def count(pid, addr, clients, requests, mode):
     perf.send_signal(signal.SIGINT)
     perf.wait()
     n, per = r["requests"], {}
-    for line in out.read_text().splitlines():
+    text = out.read_text()
+    out.unlink()
+    for line in text.splitlines():
         f = line.split(",")
         if len(f) > 2 and f[0].replace(".", "").isdigit():
             per[f[2].split(":")[-1].replace("sys_enter_", "")] = float(f[0]) / n
@@ -46,8 +48,8 @@ def main():
     if os.environ.get("MINILB_BASELINE"):
         builds = [("baseline", Path(os.environ["MINILB_BASELINE"]).resolve()), ("minilb", b.BIN)] * 2
     procs = b.Procs()
+    work = Path(tempfile.mkdtemp(prefix="minilb-per-request-"))
     try:
-        work = Path(tempfile.mkdtemp(prefix="minilb-per-request-"))
         b.ONLY = set()
         b.make_data(work)
         cluster = b.Cluster(procs, work, "p", [0, 0, 0], workers)
@@ -64,6 +66,7 @@ def main():
             print(f"{'haproxy':10} {count(proc.pid, addr, clients, requests, mode)}", flush=True)
     finally:
         procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
